@@ -1,0 +1,32 @@
+"""Shared fixtures. Backend fixtures live in their own modules (one owner each)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from trio_jobqueue.storage import MemoryStorage, Storage
+
+from fixtures_file import *  # noqa: F403  (file_storage_factory)
+from fixtures_redis import *  # noqa: F403  (redis_server, redis_storage_factory)
+
+StorageFactory = Callable[[], Storage]
+
+BACKENDS = ["memory", "redis", "file"]
+
+
+@pytest.fixture
+def memory_storage_factory() -> StorageFactory:
+    return MemoryStorage
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_factory(request: pytest.FixtureRequest) -> StorageFactory:
+    """A callable returning a fresh, unopened storage of each backend in turn.
+
+    Storages from one factory share their backing store (same server / directory) but
+    every test gets a store of its own.
+    """
+    factory: StorageFactory = request.getfixturevalue(f"{request.param}_storage_factory")
+    return factory

@@ -1,0 +1,1 @@
+"""trio-jobqueue: a reliable job queue for trio applications."""

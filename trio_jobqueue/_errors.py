@@ -1,0 +1,72 @@
+"""The exception hierarchy: one base class, :class:`JobQueueError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._types import JobError
+
+__all__ = [
+    "InvalidJobError",
+    "InvalidTtlError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobQueueError",
+    "SerializationError",
+    "StorageError",
+    "WaitTimeoutError",
+]
+
+
+class JobQueueError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidJobError(JobQueueError, ValueError):
+    """A job id, payload or option was rejected before anything was written."""
+
+
+class InvalidTtlError(InvalidJobError):
+    """A TTL was not a finite number of seconds greater than zero.
+
+    The message names the rejected value.
+    """
+
+    def __init__(self, value: object, what: str = "ttl") -> None:
+        super().__init__(f"invalid {what} {value!r}: expected a finite number of seconds > 0")
+        self.value = value
+
+
+class SerializationError(InvalidJobError):
+    """A payload or result could not be encoded or decoded by the serializer."""
+
+
+class StorageError(JobQueueError):
+    """The storage backend failed; raised ``from`` the driver's own exception."""
+
+
+class JobFailedError(JobQueueError):
+    """The job ended in the ``failed`` state (raised by ``enqueue_and_wait``)."""
+
+    def __init__(self, job_id: str, error: JobError) -> None:
+        super().__init__(f"job {job_id!r} failed: {error.type}: {error.message}")
+        self.job_id = job_id
+        self.error = error
+
+
+class JobCancelledError(JobQueueError):
+    """The awaited job was cancelled (or forgotten) before it finished."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} was cancelled or expired while being awaited")
+        self.job_id = job_id
+
+
+class WaitTimeoutError(JobQueueError, TimeoutError):
+    """``enqueue_and_wait`` gave up waiting; the job itself keeps running."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(f"no result for job {job_id!r} within {timeout} s")
+        self.job_id = job_id
+        self.timeout = timeout

@@ -1,0 +1,199 @@
+"""Frozen value types shared by the public API and the storages."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+__all__ = [
+    "CancelResult",
+    "CancelStatus",
+    "EnqueueResult",
+    "EnqueueStatus",
+    "EventKind",
+    "ExecutionContext",
+    "Job",
+    "JobError",
+    "JobEvent",
+    "JobState",
+    "JobStatus",
+    "UpdateTtlResult",
+    "UpdateTtlStatus",
+]
+
+P = TypeVar("P")
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its lifecycle (see ``docs/guarantees.md``)."""
+
+    QUEUED = "queued"
+    """Waiting in the queue for a worker."""
+    PROCESSING = "processing"
+    """Claimed by a worker that holds a lease on it."""
+    FAILING = "failing"
+    """An attempt failed (or stalled); waiting for its retry, possibly delayed."""
+    COMPLETED = "completed"
+    """The handler returned; the result is kept for the job's TTL."""
+    FAILED = "failed"
+    """The last attempt failed; the error is kept for the job's TTL."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EnqueueStatus(str, enum.Enum):
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    COMPLETED = "completed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CancelStatus(str, enum.Enum):
+    CANCELLED = "cancelled"
+    NOT_FOUND = "not_found"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class UpdateTtlStatus(str, enum.Enum):
+    UPDATED = "updated"
+    NOT_FOUND = "not_found"
+    NOT_TERMINAL = "not_terminal"
+    MISSING_PAYLOAD = "missing_payload"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EventKind(str, enum.Enum):
+    ENQUEUED = "enqueued"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILING = "failing"
+    FAILED = "failed"
+    REQUEUED = "requeued"
+    CANCELLED = "cancelled"
+    STALLED = "stalled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class JobError:
+    """A failure, as stored and reported. Always JSON-encodable."""
+
+    type: str
+    """The exception's class name (``"ValueError"``, ``"JobTimeoutError"``, ``"Stalled"``)."""
+    message: str
+    """``str(exception)``."""
+    traceback: str | None = None
+    """The formatted traceback of the failing attempt, when there was one."""
+    details: dict[str, Any] | None = None
+    """Optional JSON-compatible extra data."""
+
+
+@attrs.frozen
+class Job(Generic[P]):
+    """What a handler receives."""
+
+    id: str
+    """The job id given at enqueue."""
+    payload: P
+    """The decoded payload (typed when the queue has ``payload_type``)."""
+    attempt: int
+    """1 on the first run, 2 on the first retry, ..."""
+    max_attempts: int
+    """Total runs allowed for this job."""
+    created_at: float
+    """Epoch seconds of the accepted enqueue."""
+    worker_id: str
+    """Id of the worker running this attempt."""
+
+
+@attrs.frozen
+class EnqueueResult:
+    """What ``Queue.enqueue`` did."""
+
+    status: EnqueueStatus
+    """``queued``, ``duplicate`` or ``completed``."""
+    existing_state: JobState | None = None
+    """For duplicates: the state of the job that already holds the id."""
+    result: Any = None
+    """For ``completed``: the cached result."""
+
+
+@attrs.frozen
+class CancelResult:
+    status: CancelStatus
+
+
+@attrs.frozen
+class UpdateTtlResult:
+    status: UpdateTtlStatus
+
+
+@attrs.frozen
+class JobStatus:
+    """A snapshot of one job."""
+
+    id: str
+    state: JobState
+    created_at: float
+    """Epoch seconds of the accepted enqueue."""
+    attempts: int
+    """Attempts started so far."""
+    max_attempts: int
+    result: Any = None
+    """The result, for completed jobs."""
+    error: JobError | None = None
+    """The last error (failing or failed jobs)."""
+    finished_at: float | None = None
+    """Epoch seconds when the job became terminal."""
+    expires_at: float | None = None
+    """Epoch seconds when a terminal job (and its dedup entry) will be forgotten."""
+
+
+@attrs.frozen
+class JobEvent:
+    """One lifecycle event, as delivered by ``Queue.events()``."""
+
+    kind: EventKind
+    job_id: str
+    attempt: int
+    """The attempt the event is about (0 for ``enqueued`` and ``cancelled``)."""
+    result: Any = None
+    error: JobError | None = None
+
+
+@attrs.define(kw_only=True)
+class ExecutionContext:
+    """Passed to ``after_execution``; ``result``, ``error`` and ``ttl`` may be replaced."""
+
+    job_id: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    created_at: float
+    status: str
+    """``"completed"`` or ``"failed"``."""
+    result: Any
+    error: JobError | None
+    ttl: float
+    """Seconds to keep the result/error and the dedup entry."""
+    worker_id: str
+    started_at: float
+    finished_at: float
+    duration: float

@@ -1,0 +1,366 @@
+"""The storage contract: the :class:`Storage` ABC and the records it exchanges.
+
+Every method that changes state is **one atomic transition** of the job lifecycle (one
+Lua script, one locked file transaction, one synchronous step in memory). Payloads,
+results and errors cross this boundary as ``bytes``; the queue owns (de)serialization.
+
+Ordering rules every backend follows, so that the reference model can compare them:
+
+* ``enqueue`` appends to the tail of the ready list; ``release`` puts the job back at the
+  head; a retry with delay 0 and a stalled job go to the tail at once.
+* A delayed retry becomes ready at its due time. ``claim`` first moves every due delayed job
+  to the tail of the ready list, in order of (due time, UTF-8 bytes of the id), then pops
+  from the head.
+* ``reap`` handles expired leases in order of (lease deadline, UTF-8 bytes of the id).
+* A record whose TTL passed is invisible (as if absent) even before any clean-up ran.
+
+Time is read from one clock per backend (``now()``), shifted by the testing offset that
+:meth:`Storage.advance_clock` adds to.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+
+import attrs
+import trio
+
+from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+
+__all__ = [
+    "Claim",
+    "EnqueueOutcome",
+    "EventRecord",
+    "Fence",
+    "JobRecord",
+    "JobWatch",
+    "ReapResult",
+    "ReapedJob",
+    "SettleStatus",
+    "Storage",
+    "StorageStats",
+]
+
+
+@attrs.frozen
+class EnqueueOutcome:
+    """What an atomic enqueue did."""
+
+    status: EnqueueStatus
+    existing_state: JobState | None = None
+    """For ``duplicate``: the state of the job holding the id."""
+    result: bytes | None = None
+    """For ``completed``: the encoded cached result."""
+
+
+@attrs.frozen
+class Claim:
+    """A job handed to one worker for one attempt."""
+
+    job_id: str
+    payload: bytes
+    attempt: int
+    """1-based number of this attempt (attempts already started + 1)."""
+    max_attempts: int
+    created_at: float
+    token: str
+    """Fencing token: every settlement and heartbeat must present it."""
+    lease_until: float
+    """Storage-clock time at which the lease expires unless renewed."""
+    result_ttl: float
+    """The job's TTL (seconds) for its result/error and dedup entry."""
+
+
+@attrs.frozen
+class JobRecord:
+    """A snapshot of one stored job."""
+
+    job_id: str
+    state: JobState
+    created_at: float
+    attempts: int
+    """Attempts started so far."""
+    max_attempts: int
+    result_ttl: float
+    result: bytes | None = None
+    error: bytes | None = None
+    """The last error (JSON-encoded :class:`~trio_jobqueue.JobError`)."""
+    finished_at: float | None = None
+    expires_at: float | None = None
+    due_at: float | None = None
+    """For ``failing`` jobs waiting out a retry delay: when they become claimable."""
+    worker_id: str | None = None
+    """For ``processing`` jobs: the worker holding the lease."""
+    lease_until: float | None = None
+
+
+@attrs.frozen
+class EventRecord:
+    """One lifecycle event as a storage emits it (bytes not yet decoded)."""
+
+    kind: EventKind
+    job_id: str
+    attempt: int
+    result: bytes | None = None
+    error: bytes | None = None
+
+
+@attrs.frozen
+class ReapedJob:
+    job_id: str
+    attempt: int
+    """The attempt whose lease expired."""
+    failed: bool
+    """True when attempts were exhausted and the job is now ``failed``."""
+
+
+@attrs.frozen
+class ReapResult:
+    stalled: tuple[ReapedJob, ...] = ()
+    next_deadline: float | None = None
+    """Earliest remaining lease deadline (storage clock), if any job is processing."""
+    fenced: bool = False
+    """True when the fence was stale and nothing was done."""
+
+
+@attrs.frozen
+class Fence:
+    """Proof of leadership: the holder of ``lock`` with ``epoch``."""
+
+    lock: str
+    owner: str
+    epoch: int
+
+
+@attrs.frozen
+class StorageStats:
+    queued: int
+    """Jobs ready to claim now."""
+    delayed: int
+    """Failing jobs waiting out a retry delay."""
+    processing: int
+    completed: int
+    failed: int
+
+
+class SettleStatus(str, enum.Enum):
+    """Result of a fenced settlement."""
+
+    OK = "ok"
+    STALE = "stale"
+    """The token no longer owns the job (lease expired and reaped, or job cancelled)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobWatch(abc.ABC):
+    """A subscription to one job's terminal (or cancel) transitions."""
+
+    @abc.abstractmethod
+    async def wait(self) -> None:
+        """Return once a ``completed``, ``failed`` or ``cancelled`` event for the job was seen
+        since the watch opened or since the previous ``wait`` returned. Cancellable."""
+
+
+@attrs.define(eq=False)
+class Storage(abc.ABC):
+    """Base class of all backends.
+
+    Storages are reference-counted async context managers: the first ``async with`` opens
+    them, the last exit closes them, so queues and reapers can share one object. Every
+    ``ns`` argument is a validated queue name; every ``job_id`` a validated id.
+
+    Errors of the underlying driver are raised as :class:`~trio_jobqueue.StorageError`
+    (``from`` the driver's exception). Cancellation: a cancelled call either did nothing
+    or left the job in a state that lease expiry recovers; it never loses a job.
+    """
+
+    _users: int = attrs.field(default=0, init=False)
+    _open_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _clock_offset: float = attrs.field(default=0.0, init=False)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Storage:
+        async with self._open_lock:
+            if self._users == 0:
+                await self._open()
+            self._users += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            async with self._open_lock:
+                self._users -= 1
+                if self._users == 0:
+                    await self._close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._users > 0
+
+    async def _open(self) -> None:
+        """Acquire resources (connections, loops, watchers). Called by the first user."""
+
+    async def _close(self) -> None:
+        """Release resources. Called by the last user; runs shielded."""
+
+    # -- time -------------------------------------------------------------------------
+
+    async def advance_clock(self, seconds: float) -> None:
+        """Testing hook: make this storage's clock ``seconds`` later from now on.
+
+        Leases, delays and TTLs all follow the shifted clock; expired records become
+        invisible at once. Used by :mod:`trio_jobqueue.testing` on backends whose clock
+        cannot be mocked.
+        """
+        self._clock_offset += seconds
+
+    # -- producer transitions ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+    ) -> EnqueueOutcome:
+        """Atomically accept ``job_id`` unless a live record holds it (dedup).
+
+        A new job becomes ``queued`` at the tail with ``attempts=0`` and emits ``enqueued``.
+        Otherwise nothing changes: ``completed`` with its result (``completed`` status) or
+        ``duplicate`` with ``existing_state``.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, ns: str, job_id: str) -> CancelStatus:
+        """Remove a ``queued`` or ``failing`` job (record and message); emits ``cancelled``.
+
+        ``processing`` and ``completed`` are reported, not changed; a ``failed`` job or a
+        missing id gives ``not_found``.
+        """
+
+    @abc.abstractmethod
+    async def get_status(self, ns: str, job_id: str) -> JobRecord | None:
+        """The job's record, or ``None`` when absent or expired."""
+
+    @abc.abstractmethod
+    async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
+        """Restart a terminal job's TTL from now with ``ttl`` seconds."""
+
+    # -- worker transitions -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ready jobs in FIFO order.
+
+        Each becomes ``processing`` with ``attempts += 1``, a fresh token and a lease
+        until ``now + lease``, and emits ``started``. When no job is ready, block up to
+        ``wait`` seconds for one (an enqueue must wake this within milliseconds) and
+        return ``[]`` on timeout. ``limit >= 1``.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
+    ) -> list[bool]:
+        """Extend the leases of ``(job_id, token)`` pairs to ``now + lease``.
+
+        Returns, per pair, whether the token still owns the job.
+        """
+
+    @abc.abstractmethod
+    async def complete(
+        self, ns: str, job_id: str, token: str, result: bytes, *, ttl: float
+    ) -> SettleStatus:
+        """``processing`` -> ``completed`` with ``result`` kept for ``ttl`` seconds.
+
+        Fenced: does nothing and returns ``stale`` unless ``token`` owns the job.
+        Emits ``completed`` and wakes watchers of the job.
+        """
+
+    @abc.abstractmethod
+    async def fail(
+        self, ns: str, job_id: str, token: str, error: bytes, *, ttl: float
+    ) -> SettleStatus:
+        """``processing`` -> ``failed`` (final), ``error`` kept for ``ttl``. Fenced.
+
+        Emits ``failed`` and wakes watchers of the job.
+        """
+
+    @abc.abstractmethod
+    async def retry(
+        self, ns: str, job_id: str, token: str, error: bytes, *, delay: float
+    ) -> SettleStatus:
+        """``processing`` -> ``failing``, claimable after ``delay`` seconds (0: at once,
+        at the tail). The attempt stays consumed; ``error`` is kept as the last error.
+        Fenced. Emits ``failing``.
+        """
+
+    @abc.abstractmethod
+    async def release(self, ns: str, job_id: str, token: str) -> SettleStatus:
+        """``processing`` -> ``queued`` at the head, **un-consuming** the attempt
+        (``attempts -= 1``). Used by graceful shutdown. Fenced. Emits ``requeued``.
+        """
+
+    # -- recovery ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
+        """Recover every job whose lease expired, in one atomic step.
+
+        The attempt stays consumed: the job becomes ``failing`` (ready at the tail at once)
+        or, when ``attempts >= max_attempts``, ``failed`` with a ``Stalled`` error kept
+        for the job's TTL. Emits ``stalled`` for each (and ``failed`` for exhausted ones).
+        With ``fence``, does nothing (``fenced=True``) unless the fence's lock is held by
+        its owner with its epoch.
+        """
+
+    # -- leader lock ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
+        """Take the lock if free or expired (new epoch = previous epoch + 1), or renew it if
+        ``owner`` already holds it (same epoch). Returns the epoch, or ``None`` if held by
+        someone else. Epochs of one lock only ever grow.
+        """
+
+    @abc.abstractmethod
+    async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
+        """Extend the lock if ``owner`` holds it with ``epoch`` (and it has not expired)."""
+
+    @abc.abstractmethod
+    async def release_lock(self, ns: str, lock: str, owner: str, epoch: int) -> bool:
+        """Free the lock if ``owner`` holds it with ``epoch``."""
+
+    # -- notification -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def subscribe_events(self, ns: str) -> AbstractAsyncContextManager[
+        trio.MemoryReceiveChannel[EventRecord]
+    ]:
+        """Receive the namespace's events from the moment the context is entered."""
+
+    @abc.abstractmethod
+    def watch_job(self, ns: str, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
+        """Watch one job's terminal/cancel transitions. Several watchers of one id are
+        independent: closing one never silences another."""
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def stats(self, ns: str) -> StorageStats:
+        """Counts of live jobs per state."""
+
+    async def purge_expired(self, ns: str) -> int:
+        """Physically remove expired records; returns how many. Optional (default: 0)."""
+        return 0
