@@ -1,1 +1,54 @@
-"""trio-jobqueue: a reliable job queue for trio applications."""
+"""trio-jobqueue: a reliable job queue for trio applications.
+
+This module only re-exports; the public surface is pinned by ``tests/test_public_api.py``.
+"""
+
+from ._errors import InvalidJobError as InvalidJobError
+from ._errors import InvalidTtlError as InvalidTtlError
+from ._errors import JobCancelledError as JobCancelledError
+from ._errors import JobFailedError as JobFailedError
+from ._errors import JobQueueError as JobQueueError
+from ._errors import SerializationError as SerializationError
+from ._errors import StorageError as StorageError
+from ._errors import WaitTimeoutError as WaitTimeoutError
+from ._events import EventChannel as EventChannel
+from ._queue import Queue as Queue
+from ._queue import QueueStatistics as QueueStatistics
+from ._queue import open_queue as open_queue
+from ._reaper import Reaper as Reaper
+from ._reaper import ReaperStatistics as ReaperStatistics
+from ._reaper import open_reaper as open_reaper
+from ._retry import ExponentialBackoff as ExponentialBackoff
+from ._retry import FixedDelay as FixedDelay
+from ._retry import RetryPolicy as RetryPolicy
+from ._serde import BytesSerializer as BytesSerializer
+from ._serde import JsonSerializer as JsonSerializer
+from ._serde import Serializer as Serializer
+from ._types import CancelResult as CancelResult
+from ._types import CancelStatus as CancelStatus
+from ._types import EnqueueResult as EnqueueResult
+from ._types import EnqueueStatus as EnqueueStatus
+from ._types import EventKind as EventKind
+from ._types import ExecutionContext as ExecutionContext
+from ._types import Job as Job
+from ._types import JobError as JobError
+from ._types import JobEvent as JobEvent
+from ._types import JobState as JobState
+from ._types import JobStatus as JobStatus
+from ._types import UpdateTtlResult as UpdateTtlResult
+from ._types import UpdateTtlStatus as UpdateTtlStatus
+from ._validate import MAX_JOB_ID_LENGTH as MAX_JOB_ID_LENGTH
+from ._worker import JobTimeoutError as JobTimeoutError
+from .storage import MemoryStorage as MemoryStorage
+from .storage import Storage as Storage
+from .storage import __getattr__ as _storage_getattr
+from .storage import storage_from_url as storage_from_url
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # RedisStorage and FileStorage load lazily (their extras may be missing).
+    if name in ("RedisStorage", "FileStorage"):
+        return _storage_getattr(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

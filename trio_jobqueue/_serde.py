@@ -26,7 +26,8 @@ class JsonSerializer:
     """UTF-8 JSON (the default). ``NaN``/``Infinity`` are rejected, not written."""
 
     def dumps(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
 
     def loads(self, data: bytes) -> Any:
         return json.loads(data)

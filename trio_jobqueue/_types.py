@@ -26,7 +26,7 @@ __all__ = [
 P = TypeVar("P")
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is in its lifecycle (see ``docs/guarantees.md``)."""
 
     QUEUED = "queued"
@@ -44,40 +44,28 @@ class JobState(str, enum.Enum):
     def is_terminal(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EnqueueStatus(str, enum.Enum):
+class EnqueueStatus(enum.StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
     COMPLETED = "completed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class CancelStatus(str, enum.Enum):
+class CancelStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     NOT_FOUND = "not_found"
     PROCESSING = "processing"
     COMPLETED = "completed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class UpdateTtlStatus(str, enum.Enum):
+class UpdateTtlStatus(enum.StrEnum):
     UPDATED = "updated"
     NOT_FOUND = "not_found"
     NOT_TERMINAL = "not_terminal"
     MISSING_PAYLOAD = "missing_payload"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     ENQUEUED = "enqueued"
     STARTED = "started"
     COMPLETED = "completed"
@@ -86,9 +74,6 @@ class EventKind(str, enum.Enum):
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
     STALLED = "stalled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @attrs.frozen

@@ -125,6 +125,9 @@ class ReapResult:
     """Earliest remaining lease deadline (storage clock), if any job is processing."""
     fenced: bool = False
     """True when the fence was stale and nothing was done."""
+    now: float | None = None
+    """The storage clock when the reap ran (lets callers turn ``next_deadline`` into a
+    sleep). Optional for backends."""
 
 
 @attrs.frozen
@@ -147,15 +150,12 @@ class StorageStats:
     failed: int
 
 
-class SettleStatus(str, enum.Enum):
+class SettleStatus(enum.StrEnum):
     """Result of a fenced settlement."""
 
     OK = "ok"
     STALE = "stale"
     """The token no longer owns the job (lease expired and reaped, or job cancelled)."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class JobWatch(abc.ABC):

@@ -468,7 +468,7 @@ class MemoryStorage(Storage):
                 self._to_failing(space, rec, STALLED_ERROR, now, 0.0)
                 stalled.append(ReapedJob(job_id, attempt, failed=False))
                 self._emit(space, EventRecord(EventKind.STALLED, job_id, attempt, error=rec.error))
-        return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline)
+        return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=now)
 
     # -- leader lock ----------------------------------------------------------------------
 

@@ -1,0 +1,421 @@
+"""The worker: claim -> run the handler in a cancel scope -> settle (complete/retry/fail).
+
+One child task per job, bounded by the queue's concurrency. Every job task is shielded
+from outside cancellation: only the worker's own shutdown cancels a handler, and then the
+job is released (returned to the queue without consuming the attempt). Settlements run in
+a shielded scope with their own timeout; a settlement that cannot reach the storage leaves
+the job ``processing`` under a lease that the reaper recovers.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import JobQueueError, SerializationError, StorageError
+from ._retry import RetryPolicy
+from ._serde import TypedCodec, encode_error
+from ._types import ExecutionContext, Job, JobError
+from ._validate import check_ttl
+from .storage import Claim, SettleStatus, Storage
+
+log = logging.getLogger("trio_jobqueue")
+
+Handler = Callable[[Job[Any]], Any]
+AfterExecution = Callable[[ExecutionContext], Any]
+
+SETTLE_TIMEOUT = 30.0
+"""How long a settlement keeps retrying a failing storage before leaving the job to the
+reaper."""
+CLAIM_WAIT = 5.0
+"""Server-side wait of one blocking claim; the claim loop simply calls again."""
+MAX_CLAIM_BATCH = 100
+
+_CONTROL_FLOW = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+class JobTimeoutError(JobQueueError):
+    """The handler ran longer than the queue's ``job_timeout``."""
+
+
+class PayloadDecodeError(SerializationError):
+    """The stored payload cannot be decoded; retrying cannot help, so the job fails."""
+
+
+def _is_control_flow(exc: BaseException) -> bool:
+    if isinstance(exc, _CONTROL_FLOW):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, _CONTROL_FLOW)) is not None
+    return False
+
+
+def error_from_exception(exc: BaseException) -> JobError:
+    return JobError(
+        type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def _is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+@attrs.define
+class WorkerStatistics:
+    """Counters of one worker since it started (see ``Queue.statistics()``)."""
+
+    in_flight: int = 0
+    claimed: int = 0
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    fenced: int = 0
+    """Outcomes rejected because the lease had been taken over (late, stale workers)."""
+    lost_leases: int = 0
+
+
+@attrs.define(eq=False)
+class _Running:
+    claim: Claim
+    scope: trio.CancelScope
+    lease_lost: bool = False
+
+
+@attrs.define(eq=False, kw_only=True)
+class Worker:
+    storage: Storage
+    ns: str
+    handler: Handler
+    worker_id: str
+    concurrency: int
+    visibility_timeout: float
+    job_timeout: float | None
+    retry_policy: RetryPolicy
+    after_execution: AfterExecution | None
+    payload_codec: TypedCodec
+    result_codec: TypedCodec
+    stats: WorkerStatistics = attrs.field(factory=WorkerStatistics)
+
+    _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
+    _slots: trio.Semaphore = attrs.field(init=False)
+    _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
+    _is_async: bool = attrs.field(default=True, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = trio.Semaphore(self.concurrency)
+        self._thread_limiter = trio.CapacityLimiter(self.concurrency)
+        self._is_async = _is_async_callable(self.handler)
+        self._idle.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`shutdown` finishes. Immune to outside cancellation by design:
+        the owner must call :meth:`shutdown` (``open_queue`` always does)."""
+        try:
+            with self._outer:
+                self._outer.shield = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat_loop)
+                    task_status.started()
+                    with self._claim_scope:
+                        await self._claim_loop(nursery)
+                    await trio.sleep_forever()
+        finally:
+            self._finished.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop claiming, give in-flight jobs ``grace`` seconds, then cancel and release
+        the rest. Returns when every job is settled and the worker's tasks are gone."""
+        self._stopping = True
+        self._claim_scope.cancel()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        for running in list(self._running.values()):
+            running.scope.cancel()
+        await self._idle.wait()
+        self._outer.cancel()
+        await self._finished.wait()
+
+    # -- claiming ---------------------------------------------------------------------
+
+    async def _claim_loop(self, nursery: trio.Nursery) -> None:
+        failures = 0
+        while True:
+            await self._slots.acquire()
+            taken = 1
+            while taken < MAX_CLAIM_BATCH:
+                try:
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    break
+                taken += 1
+            try:
+                claims = await self.storage.claim(
+                    self.ns,
+                    self.worker_id,
+                    limit=taken,
+                    lease=self.visibility_timeout,
+                    wait=CLAIM_WAIT,
+                )
+            except StorageError as exc:
+                for _ in range(taken):
+                    self._slots.release()
+                failures += 1
+                delay = min(0.05 * 2**failures, 2.0)
+                log.warning("claim failed (%s); retrying in %.2f s", exc, delay)
+                await trio.sleep(delay)
+                continue
+            failures = 0
+            for _ in range(taken - len(claims)):
+                self._slots.release()
+            for claim in claims:
+                self._start(nursery, claim)
+
+    def _start(self, nursery: trio.Nursery, claim: Claim) -> None:
+        running = _Running(claim, trio.CancelScope())
+        if self._stopping:
+            # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
+            # run nothing and hand the job straight back.
+            running.scope.cancel()
+        self._running[claim.token] = running
+        self._idle = trio.Event()
+        self.stats.claimed += 1
+        self.stats.in_flight = len(self._running)
+        nursery.start_soon(self._run_job, running, name=f"job {claim.job_id!r}")
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.visibility_timeout / 3
+        while True:
+            await trio.sleep(interval)
+            live = [r for r in self._running.values() if not r.lease_lost]
+            if not live:
+                continue
+            try:
+                owned = await self.storage.heartbeat(
+                    self.ns,
+                    [(r.claim.job_id, r.claim.token) for r in live],
+                    lease=self.visibility_timeout,
+                )
+            except StorageError as exc:
+                log.warning("heartbeat failed (%s); will retry", exc)
+                continue
+            for running, still_owned in zip(live, owned, strict=True):
+                if not still_owned:
+                    running.lease_lost = True
+                    self.stats.lost_leases += 1
+                    log.warning(
+                        "lost the lease of job %r attempt %d; its outcome will be rejected",
+                        running.claim.job_id,
+                        running.claim.attempt,
+                    )
+
+    # -- running one job ----------------------------------------------------------------
+
+    async def _run_job(self, running: _Running) -> None:
+        claim = running.claim
+        outcome: tuple[bool, Any] | None = None
+        started_wall = time.time()
+        started = trio.current_time()
+        try:
+            with running.scope:
+                running.scope.shield = True  # only our shutdown may cancel a handler
+                outcome = await self._execute(claim)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._settle(running, outcome, started_wall, trio.current_time() - started)
+                del self._running[claim.token]
+                self.stats.in_flight = len(self._running)
+                self._slots.release()
+                if not self._running:
+                    self._idle.set()
+
+    async def _execute(self, claim: Claim) -> tuple[bool, Any]:
+        """Run the handler once. Returns ``(True, result)`` or ``(False, exception)``."""
+        try:
+            payload = self.payload_codec.decode(claim.payload, f"payload of {claim.job_id!r}")
+        except SerializationError as exc:
+            return False, PayloadDecodeError(str(exc))
+        job: Job[Any] = Job(
+            id=claim.job_id,
+            payload=payload,
+            attempt=claim.attempt,
+            max_attempts=claim.max_attempts,
+            created_at=claim.created_at,
+            worker_id=self.worker_id,
+        )
+        timeout_scope = trio.CancelScope()
+        if self.job_timeout is not None:
+            timeout_scope.relative_deadline = self.job_timeout
+        outcome: tuple[bool, Any] | None = None
+        try:
+            with timeout_scope:
+                outcome = (True, await self._call(job))
+        except BaseException as exc:
+            if _is_control_flow(exc):
+                raise
+            return False, exc
+        if outcome is None:  # the timeout scope absorbed its own cancellation
+            return False, JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s")
+        return outcome
+
+    async def _call(self, job: Job[Any]) -> Any:
+        if self._is_async:
+            return await self.handler(job)
+        result = await trio.to_thread.run_sync(
+            functools.partial(self.handler, job), limiter=self._thread_limiter
+        )
+        if inspect.isawaitable(result):
+            # A sync callable that returned an awaitable (e.g. a lambda around a coroutine).
+            return await result
+        return result
+
+    # -- settling -----------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        running: _Running,
+        outcome: tuple[bool, Any] | None,
+        started_wall: float,
+        duration: float,
+    ) -> None:
+        claim = running.claim
+        ns, job_id, token = self.ns, claim.job_id, claim.token
+        if outcome is None:
+            status = await self._storage_call(lambda: self.storage.release(ns, job_id, token))
+            self._count(status, "released", running)
+            return
+        ok, value = outcome
+        encoded: bytes | None = None
+        if ok:
+            try:
+                encoded = self.result_codec.encode(value, f"result of {job_id!r}")
+            except SerializationError as exc:
+                ok, value = False, exc
+        if not ok:
+            error = (
+                error_from_exception(value)
+                if isinstance(value, BaseException)
+                else JobError(type="Error", message=repr(value))
+            )
+            retryable = not isinstance(value, PayloadDecodeError)
+            if claim.attempt < claim.max_attempts and retryable:
+                delay = max(0.0, float(self.retry_policy.delay(claim.attempt)))
+                err = encode_error(error)
+                status = await self._storage_call(
+                    lambda: self.storage.retry(ns, job_id, token, err, delay=delay)
+                )
+                self._count(status, "retried", running)
+                return
+        ctx = ExecutionContext(
+            job_id=job_id,
+            payload=None,
+            attempt=claim.attempt,
+            max_attempts=claim.max_attempts,
+            created_at=claim.created_at,
+            status="completed" if ok else "failed",
+            result=value if ok else None,
+            error=None if ok else error,
+            ttl=claim.result_ttl,
+            worker_id=self.worker_id,
+            started_at=started_wall,
+            finished_at=started_wall + duration,
+            duration=duration,
+        )
+        if self.after_execution is not None:
+            ctx, encoded = await self._after_execution(ctx, claim, encoded)
+        if ok:
+            assert encoded is not None
+            data = encoded
+            status = await self._storage_call(
+                lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl)
+            )
+            self._count(status, "completed", running)
+        else:
+            err = encode_error(ctx.error or error)
+            status = await self._storage_call(
+                lambda: self.storage.fail(ns, job_id, token, err, ttl=ctx.ttl)
+            )
+            self._count(status, "failed", running)
+
+    async def _after_execution(
+        self, ctx: ExecutionContext, claim: Claim, encoded: bytes | None
+    ) -> tuple[ExecutionContext, bytes | None]:
+        """Run the hook on a copy; keep the original context if it raises or misbehaves."""
+        assert self.after_execution is not None
+        try:
+            ctx.payload = self.payload_codec.decode(claim.payload, "payload")
+        except SerializationError:
+            ctx.payload = None
+        original = attrs.evolve(ctx)
+        try:
+            maybe = self.after_execution(ctx)
+            if inspect.isawaitable(maybe):
+                await maybe
+        except Exception:
+            log.exception("after_execution hook failed for job %r; outcome kept", claim.job_id)
+            return original, encoded
+        try:
+            ctx.ttl = check_ttl(ctx.ttl, "ttl set by after_execution")
+        except ValueError as exc:
+            log.warning("%s; keeping ttl=%s for job %r", exc, original.ttl, claim.job_id)
+            ctx.ttl = original.ttl
+        if ctx.status == "completed" and ctx.result is not original.result:
+            try:
+                encoded = self.result_codec.encode(ctx.result, f"result of {claim.job_id!r}")
+            except SerializationError:
+                log.exception("after_execution set an unencodable result; keeping the original")
+                ctx.result = original.result
+        if ctx.status == "failed" and not isinstance(ctx.error, JobError):
+            log.warning("after_execution set error to a non-JobError; keeping the original")
+            ctx.error = original.error
+        return ctx, encoded
+
+    async def _storage_call(
+        self, call: Callable[[], Awaitable[SettleStatus]]
+    ) -> SettleStatus | None:
+        """Retry a settlement on storage errors for up to SETTLE_TIMEOUT seconds."""
+        delay = 0.05
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while True:
+                try:
+                    return await call()
+                except StorageError as exc:
+                    log.warning("settlement failed (%s); retrying in %.2f s", exc, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        log.error("gave up settling a job; its lease will expire and the reaper recovers it")
+        return None
+
+    def _count(self, status: SettleStatus | None, counter: str, running: _Running) -> None:
+        if status is SettleStatus.OK:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        elif status is SettleStatus.STALE:
+            self.stats.fenced += 1
+            log.warning(
+                "outcome of job %r attempt %d rejected: its lease was taken over",
+                running.claim.job_id,
+                running.claim.attempt,
+            )
