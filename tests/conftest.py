@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-from trio_jobqueue.storage import MemoryStorage, Storage
-
 from fixtures_file import *  # noqa: F403  (file_storage_factory)
 from fixtures_redis import *  # noqa: F403  (redis_server, redis_storage_factory)
+
+from trio_jobqueue.storage import MemoryStorage, Storage
 
 StorageFactory = Callable[[], Storage]
 
@@ -18,7 +17,9 @@ BACKENDS = ["memory", "redis", "file"]
 
 @pytest.fixture
 def memory_storage_factory() -> StorageFactory:
-    return MemoryStorage
+    """Memory keeps its data in the object, so "another process" is the same object."""
+    shared = MemoryStorage()
+    return lambda: shared
 
 
 @pytest.fixture(params=BACKENDS)

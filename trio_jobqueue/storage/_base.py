@@ -345,9 +345,9 @@ class Storage(abc.ABC):
     # -- notification -----------------------------------------------------------------
 
     @abc.abstractmethod
-    def subscribe_events(self, ns: str) -> AbstractAsyncContextManager[
-        trio.MemoryReceiveChannel[EventRecord]
-    ]:
+    def subscribe_events(
+        self, ns: str
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[EventRecord]]:
         """Receive the namespace's events from the moment the context is entered."""
 
     @abc.abstractmethod

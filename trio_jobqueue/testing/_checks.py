@@ -1,5 +1,457 @@
-"""API-level conformance checks (filled in by the queue work)."""
+"""API-level conformance checks: plain async functions, one behaviour each.
+
+Every check takes ``make_storage``, a zero-argument callable returning a fresh, unopened
+:class:`~trio_jobqueue.Storage` (storages from one factory must share their backing
+store), and raises ``AssertionError`` when the backend misbehaves. They run on a real
+clock with short waits and use ``Storage.advance_clock`` instead of sleeping for leases
+and TTLs, so they take well under a second each on any backend.
+
+Run them all with :data:`API_CHECKS`::
+
+    @pytest.mark.parametrize("check", API_CHECKS, ids=lambda c: c.__name__)
+    async def test_api(check):
+        await check(MyStorage)
+"""
 
 from __future__ import annotations
 
-API_CHECKS: list[object] = []
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .._errors import (
+    InvalidJobError,
+    InvalidTtlError,
+    JobFailedError,
+    SerializationError,
+    WaitTimeoutError,
+)
+from .._queue import open_queue
+from .._serde import BytesSerializer
+from .._types import CancelStatus, EnqueueStatus, EventKind, Job, JobEvent, JobState
+from ..storage import Storage
+
+__all__ = ["API_CHECKS", "StorageFactory"]
+
+StorageFactory = Callable[[], Storage]
+Check = Callable[[StorageFactory], Awaitable[None]]
+
+WAIT = 20.0
+"""Generous real-time bound for outcomes that should take milliseconds."""
+
+
+def _name() -> str:
+    return f"chk-{uuid.uuid4().hex[:12]}"
+
+
+async def _echo(job: Job[Any]) -> Any:
+    return job.payload
+
+
+async def check_enqueue_dedup(make_storage: StorageFactory) -> None:
+    """First enqueue wins; duplicates report the existing state and change nothing."""
+    name = _name()
+    async with open_queue(make_storage(), name=name) as q:
+        first = await q.enqueue("a", {"n": 1})
+        assert first.status == "queued"
+        dup = await q.enqueue("a", {"n": 2}, max_attempts=9, result_ttl=5)
+        assert dup.status == "duplicate" and dup.existing_state == "queued"
+        status = await q.get_status("a")
+        assert status is not None and status.state == JobState.QUEUED
+        assert status.max_attempts == 3 and status.attempts == 0
+    async with open_queue(make_storage(), _echo, name=name) as q:
+        assert await q.enqueue_and_wait("a", {"n": 3}, timeout=WAIT) == {"n": 1}
+        again = await q.enqueue("a", {"n": 4})
+        assert again.status == EnqueueStatus.COMPLETED and again.result == {"n": 1}
+
+
+async def check_concurrent_enqueue_accepts_one(make_storage: StorageFactory) -> None:
+    """Many tasks enqueueing one id through separate storage objects: exactly one wins."""
+    name = _name()
+    statuses: list[str] = []
+
+    async def one(i: int) -> None:
+        async with open_queue(make_storage(), name=name) as q:
+            statuses.append((await q.enqueue("same", i)).status)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(one, i)
+    assert statuses.count("queued") == 1 and statuses.count("duplicate") == 11
+
+
+async def check_none_result_is_success(make_storage: StorageFactory) -> None:
+    """A handler returning nothing completes the job (upstream failed it)."""
+
+    async def nothing(job: Job[Any]) -> None:
+        return None
+
+    async with open_queue(make_storage(), nothing, name=_name()) as q:
+        assert await q.enqueue_and_wait("n", 1, timeout=WAIT) is None
+        status = await q.get_status("n")
+        assert status is not None and status.state == "completed"
+
+
+async def check_retry_then_fail(make_storage: StorageFactory) -> None:
+    """Attempts count total runs; the last error is stored and raised to waiters."""
+    seen: list[int] = []
+
+    async def boom(job: Job[Any]) -> None:
+        seen.append(job.attempt)
+        raise ValueError(f"boom {job.attempt}")
+
+    async with open_queue(make_storage(), boom, name=_name(), retry_delay=0) as q:
+        try:
+            await q.enqueue_and_wait("f", 0, timeout=WAIT, max_attempts=3)
+        except JobFailedError as exc:
+            assert exc.job_id == "f"
+            assert exc.error.type == "ValueError" and exc.error.message == "boom 3"
+            assert exc.error.traceback and "boom" in exc.error.traceback
+        else:
+            raise AssertionError("expected JobFailedError")
+        assert seen == [1, 2, 3]
+        status = await q.get_status("f")
+        assert status is not None and status.state == "failed" and status.attempts == 3
+        # A failed duplicate raises at once without running the handler again.
+        try:
+            await q.enqueue_and_wait("f", 0, timeout=WAIT)
+        except JobFailedError:
+            pass
+        else:
+            raise AssertionError("expected JobFailedError for the failed duplicate")
+        assert seen == [1, 2, 3]
+
+
+async def check_retry_succeeds(make_storage: StorageFactory) -> None:
+    """A job that fails once and then succeeds completes on attempt 2."""
+
+    async def flaky(job: Job[Any]) -> int:
+        if job.attempt == 1:
+            raise RuntimeError("first time")
+        return job.attempt
+
+    async with open_queue(make_storage(), flaky, name=_name(), retry_delay=0) as q:
+        assert await q.enqueue_and_wait("r", None, timeout=WAIT) == 2
+
+
+async def check_many_waiters_one_run(make_storage: StorageFactory) -> None:
+    """Several callers waiting on one id share one handler run; one leaving early
+    (timeout) does not silence the others."""
+    runs: list[str] = []
+    release = trio.Event()
+
+    async def slow(job: Job[Any]) -> str:
+        runs.append(job.id)
+        await release.wait()
+        return "done"
+
+    results: list[Any] = []
+    async with open_queue(make_storage(), slow, name=_name(), concurrency=4) as q:
+
+        async def waiter() -> None:
+            results.append(await q.enqueue_and_wait("w", 1, timeout=WAIT))
+
+        async def impatient() -> None:
+            try:
+                await q.enqueue_and_wait("w", 1, timeout=0.05)
+            except WaitTimeoutError as exc:
+                assert isinstance(exc, TimeoutError)
+                results.append("timeout")
+                release.set()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(waiter)
+            nursery.start_soon(impatient)
+    assert runs == ["w"]
+    assert sorted(results) == ["done", "done", "done", "timeout"]
+
+
+async def check_cancel(make_storage: StorageFactory) -> None:
+    """Cancel removes queued jobs (id free again, stale payload never runs) and reports
+    the other states."""
+    name = _name()
+    async with open_queue(make_storage(), name=name) as q:
+        await q.enqueue("c", "old")
+        assert (await q.cancel("c")).status == CancelStatus.CANCELLED
+        assert await q.get_status("c") is None
+        assert (await q.cancel("c")).status == "not_found"
+        assert (await q.enqueue("c", "new")).status == "queued"
+    async with open_queue(make_storage(), _echo, name=name) as q:
+        assert await q.enqueue_and_wait("c", "ignored", timeout=WAIT) == "new"
+        assert (await q.cancel("c")).status == "completed"
+
+
+async def check_cancel_processing_is_reported(make_storage: StorageFactory) -> None:
+    """Cancelling a running job reports ``processing`` and does not stop it."""
+    started = trio.Event()
+    finish = trio.Event()
+
+    async def slow(job: Job[Any]) -> str:
+        started.set()
+        await finish.wait()
+        return "ok"
+
+    async with open_queue(make_storage(), slow, name=_name()) as q:
+        await q.enqueue("p", 1)
+        await started.wait()
+        assert (await q.cancel("p")).status == "processing"
+        finish.set()
+        assert await q.enqueue_and_wait("p", 1, timeout=WAIT) == "ok"
+
+
+async def check_result_ttl_per_job(make_storage: StorageFactory) -> None:
+    """TTLs are per job: a short one expires alone, then the id may be enqueued again."""
+    storage = make_storage()
+    async with open_queue(storage, _echo, name=_name()) as q:
+        await q.enqueue_and_wait("short", 1, timeout=WAIT, result_ttl=60)
+        await q.enqueue_and_wait("long", 2, timeout=WAIT, result_ttl=6000)
+        await storage.advance_clock(120)
+        assert await q.get_status("short") is None
+        assert await q.get_result("short") is None
+        assert await q.get_result("long") == 2
+        assert await q.enqueue_and_wait("short", 3, timeout=WAIT) == 3
+
+
+async def check_update_result_ttl(make_storage: StorageFactory) -> None:
+    """update_result_ttl restarts the TTL of terminal jobs and reports other cases."""
+    storage = make_storage()
+    name = _name()
+    async with open_queue(storage, name=name) as producer:
+        await producer.enqueue("queued", 1)
+        assert (await producer.update_result_ttl("queued", 10)).status == "not_terminal"
+        assert (await producer.update_result_ttl("nope", 10)).status == "not_found"
+        for bad in (0, -1, float("nan"), float("inf"), "10", True):
+            try:
+                await producer.update_result_ttl("queued", bad)  # type: ignore[arg-type]
+            except InvalidTtlError as exc:
+                assert isinstance(exc, ValueError) and repr(bad) in str(exc)
+            else:
+                raise AssertionError(f"ttl {bad!r} accepted")
+        await producer.cancel("queued")
+    async with open_queue(storage, _echo, name=name) as q:
+        await q.enqueue_and_wait("t", 1, timeout=WAIT, result_ttl=100)
+        await storage.advance_clock(90)
+        assert (await q.update_result_ttl("t", 100)).status == "updated"
+        await storage.advance_clock(90)
+        assert await q.get_result("t") == 1
+        await storage.advance_clock(20)
+        assert await q.get_result("t") is None
+
+
+async def check_bad_input_writes_nothing(make_storage: StorageFactory) -> None:
+    """Invalid ids, attempts, TTLs and unencodable payloads raise before any write."""
+    storage = make_storage()
+    async with open_queue(storage, name=_name()) as q:
+        for bad_id in ("", 7, None, b"bytes", "x" * 1025, "\ud800"):
+            try:
+                await q.enqueue(bad_id, 1)  # type: ignore[arg-type]
+            except InvalidJobError:
+                pass
+            else:
+                raise AssertionError(f"id {bad_id!r} accepted")
+        for kwargs in ({"max_attempts": 0}, {"max_attempts": "3"}, {"result_ttl": -1}):
+            try:
+                await q.enqueue("k", 1, **kwargs)
+            except InvalidJobError:
+                pass
+            else:
+                raise AssertionError(f"{kwargs} accepted")
+        try:
+            await q.enqueue("unencodable", {1, 2, 3})
+        except SerializationError:
+            pass
+        else:
+            raise AssertionError("a set was JSON-encoded")
+        for written in ("k", "unencodable"):
+            assert await q.get_status(written) is None
+        stats = await storage.stats(q.name)
+        assert stats.queued == 0
+
+
+async def check_odd_ids(make_storage: StorageFactory) -> None:
+    """Ids with separators, dots, spaces, unicode and 1024 characters round-trip."""
+    ids = ["a:b:c", "../../etc/passwd", "with space", "ünï/cødé ✓", "{tag}", "x" * 1024, "\0"]
+    async with open_queue(make_storage(), _echo, name=_name(), concurrency=4) as q:
+        for job_id in ids:
+            assert await q.enqueue_and_wait(job_id, job_id, timeout=WAIT) == job_id
+            status = await q.get_status(job_id)
+            assert status is not None and status.id == job_id
+
+
+async def check_binary_payloads(make_storage: StorageFactory) -> None:
+    """Binary payloads and results survive byte for byte."""
+    blob = bytes(range(256)) * 4
+
+    async def reverse(job: Job[bytes]) -> bytes:
+        return job.payload[::-1]
+
+    async with open_queue(make_storage(), reverse, name=_name(), serializer=BytesSerializer()) as q:
+        assert await q.enqueue_and_wait("bin", blob, timeout=WAIT) == blob[::-1]
+
+
+async def check_namespaces(make_storage: StorageFactory) -> None:
+    """Different names isolate ids and results; the same name on two storage objects
+    shares them."""
+    name_a, name_b = _name(), _name()
+    async with (
+        open_queue(make_storage(), name=name_a) as a,
+        open_queue(make_storage(), name=name_b) as b,
+    ):
+        assert (await a.enqueue("same", "A")).status == "queued"
+        assert (await b.enqueue("same", "B")).status == "queued"
+    async with open_queue(make_storage(), _echo, name=name_a) as a2:
+        assert await a2.enqueue_and_wait("same", "?", timeout=WAIT) == "A"
+
+
+async def check_unencodable_result_fails_attempt(make_storage: StorageFactory) -> None:
+    """A result the serializer cannot encode fails the attempt instead of sticking."""
+
+    async def bad(job: Job[Any]) -> object:
+        return object()
+
+    async with open_queue(make_storage(), bad, name=_name(), max_attempts=1) as q:
+        try:
+            await q.enqueue_and_wait("u", 1, timeout=WAIT)
+        except JobFailedError as exc:
+            assert exc.error.type == "SerializationError"
+        else:
+            raise AssertionError("expected a failed job")
+
+
+async def check_events(make_storage: StorageFactory) -> None:
+    """events() reports the lifecycle of a job that fails once and then succeeds."""
+
+    async def flaky(job: Job[Any]) -> str:
+        if job.attempt == 1:
+            raise RuntimeError("once")
+        return "ok"
+
+    storage = make_storage()
+    async with open_queue(storage, flaky, name=_name(), retry_delay=0) as q, q.events() as events:
+        await q.enqueue_and_wait("e", 1, timeout=WAIT)
+        seen: list[JobEvent] = []
+        with trio.fail_after(WAIT):
+            async for event in events:
+                seen.append(event)
+                if event.kind == EventKind.COMPLETED:
+                    break
+    kinds = [e.kind for e in seen if e.job_id == "e"]
+    assert kinds == ["enqueued", "started", "failing", "started", "completed"], kinds
+    assert seen[-1].result == "ok" and seen[-1].attempt == 2
+    assert seen[2].error is not None and seen[2].error.message == "once"
+
+
+async def check_stalled_job_consumes_attempt(make_storage: StorageFactory) -> None:
+    """A job whose worker vanished is re-queued by the reaper with its attempt consumed,
+    and fails once attempts run out (no infinite stall loop)."""
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        async with open_queue(storage, name=name, max_attempts=2) as q:
+            await q.enqueue("s", 1)
+        for attempt in (1, 2):
+            claims = await storage.claim(name, "ghost", limit=1, lease=30, wait=WAIT)
+            assert [c.attempt for c in claims] == [attempt]
+            await storage.advance_clock(31)
+            reaped = await storage.reap(name)
+            assert [(j.job_id, j.attempt, j.failed) for j in reaped.stalled] == [
+                ("s", attempt, attempt == 2)
+            ]
+        record = await storage.get_status(name, "s")
+        assert record is not None and record.state == "failed" and record.attempts == 2
+
+
+async def check_late_outcome_is_fenced(make_storage: StorageFactory) -> None:
+    """A stalled worker's late completion cannot overwrite the newer attempt."""
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        await storage.enqueue(name, "j", b"1", max_attempts=3, result_ttl=100)
+        (old,) = await storage.claim(name, "old", limit=1, lease=30)
+        await storage.advance_clock(31)
+        await storage.reap(name)
+        (new,) = await storage.claim(name, "new", limit=1, lease=30)
+        assert new.attempt == 2 and new.token != old.token
+        assert await storage.complete(name, "j", old.token, b'"late"', ttl=100) == "stale"
+        assert await storage.heartbeat(name, [("j", old.token), ("j", new.token)], lease=30) == [
+            False,
+            True,
+        ]
+        assert await storage.complete(name, "j", new.token, b'"fresh"', ttl=100) == "ok"
+        record = await storage.get_status(name, "j")
+        assert record is not None and record.result == b'"fresh"'
+
+
+async def check_shutdown_releases_running_jobs(make_storage: StorageFactory) -> None:
+    """Leaving open_queue past the grace period returns running jobs to the queue
+    without consuming the attempt; the next worker runs them."""
+    storage = make_storage()
+    name = _name()
+    started = trio.Event()
+
+    async def hang(job: Job[Any]) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    async with open_queue(storage, hang, name=name, shutdown_grace=0.05) as q:
+        await q.enqueue("h", 1)
+        await started.wait()
+    async with open_queue(storage, name=name) as q:
+        status = await q.get_status("h")
+        assert status is not None and status.state == "queued" and status.attempts == 0
+
+    async def fine(job: Job[Any]) -> int:
+        return job.attempt
+
+    async with open_queue(storage, fine, name=name) as q:
+        assert await q.enqueue_and_wait("h", 1, timeout=WAIT) == 1
+
+
+async def check_leader_lock(make_storage: StorageFactory) -> None:
+    """One holder at a time; epochs grow; a stale fence cannot reap."""
+    from ..storage import Fence
+
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        e1 = await storage.acquire_lock(name, "reaper", "a", ttl=30)
+        assert e1 is not None
+        assert await storage.acquire_lock(name, "reaper", "b", ttl=30) is None
+        assert await storage.acquire_lock(name, "reaper", "a", ttl=30) == e1
+        await storage.advance_clock(31)
+        e2 = await storage.acquire_lock(name, "reaper", "b", ttl=30)
+        assert e2 is not None and e2 > e1
+        assert not await storage.renew_lock(name, "reaper", "a", e1, ttl=30)
+        assert (await storage.reap(name, fence=Fence("reaper", "a", e1))).fenced
+        assert not (await storage.reap(name, fence=Fence("reaper", "b", e2))).fenced
+        assert await storage.release_lock(name, "reaper", "b", e2)
+        e3 = await storage.acquire_lock(name, "reaper", "a", ttl=30)
+        assert e3 is not None and e3 > e2
+
+
+API_CHECKS: list[Check] = [
+    check_enqueue_dedup,
+    check_concurrent_enqueue_accepts_one,
+    check_none_result_is_success,
+    check_retry_then_fail,
+    check_retry_succeeds,
+    check_many_waiters_one_run,
+    check_cancel,
+    check_cancel_processing_is_reported,
+    check_result_ttl_per_job,
+    check_update_result_ttl,
+    check_bad_input_writes_nothing,
+    check_odd_ids,
+    check_binary_payloads,
+    check_namespaces,
+    check_unencodable_result_fails_attempt,
+    check_events,
+    check_stalled_job_consumes_attempt,
+    check_late_outcome_is_fenced,
+    check_shutdown_releases_running_jobs,
+    check_leader_lock,
+]
+"""Every API-level check, in a stable order."""

@@ -1,0 +1,110 @@
+"""Pins the public surface of ``trio_jobqueue`` (SPEC §2)."""
+
+from __future__ import annotations
+
+import inspect
+
+import trio_jobqueue as jq
+
+EXPECTED = {
+    "BytesSerializer",
+    "CancelResult",
+    "CancelStatus",
+    "EnqueueResult",
+    "EnqueueStatus",
+    "EventChannel",
+    "EventKind",
+    "ExecutionContext",
+    "ExponentialBackoff",
+    "FixedDelay",
+    "InvalidJobError",
+    "InvalidTtlError",
+    "Job",
+    "JobCancelledError",
+    "JobError",
+    "JobEvent",
+    "JobFailedError",
+    "JobQueueError",
+    "JobState",
+    "JobStatus",
+    "JobTimeoutError",
+    "JsonSerializer",
+    "MAX_JOB_ID_LENGTH",
+    "MemoryStorage",
+    "Queue",
+    "QueueStatistics",
+    "Reaper",
+    "ReaperStatistics",
+    "RetryPolicy",
+    "SerializationError",
+    "Serializer",
+    "Storage",
+    "StorageError",
+    "UpdateTtlResult",
+    "UpdateTtlStatus",
+    "WaitTimeoutError",
+    "open_queue",
+    "open_reaper",
+    "storage_from_url",
+}
+
+
+def test_public_names_are_pinned() -> None:
+    """The package exports exactly the documented names (plus lazy backends)."""
+    public = {n for n, v in vars(jq).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert public == EXPECTED
+    assert jq.RedisStorage.__name__ == "RedisStorage"
+    assert jq.FileStorage.__name__ == "FileStorage"
+
+
+def test_open_queue_signature() -> None:
+    """open_queue takes the SPEC §2 options with their documented defaults."""
+    params = inspect.signature(jq.open_queue).parameters
+    defaults = {name: p.default for name, p in params.items()}
+    assert list(params)[:2] == ["storage", "handler"]
+    for name, value in {
+        "handler": None,
+        "name": None,
+        "concurrency": 1,
+        "max_attempts": 3,
+        "visibility_timeout": 30.0,
+        "job_timeout": None,
+        "result_ttl": 3600.0,
+        "worker_id": None,
+        "after_execution": None,
+        "serializer": None,
+        "payload_type": None,
+        "result_type": None,
+    }.items():
+        assert defaults[name] == value, name
+    assert {"retry_delay", "shutdown_grace", "reaper"} <= set(params)
+    reaper = inspect.signature(jq.open_reaper).parameters
+    assert {"name", "visibility_timeout", "leader_election", "lock_ttl"} <= set(reaper)
+
+
+def test_errors_hierarchy() -> None:
+    """One base error; WaitTimeoutError is a TimeoutError; bad input is a ValueError."""
+    for cls in (
+        jq.JobFailedError,
+        jq.WaitTimeoutError,
+        jq.StorageError,
+        jq.InvalidJobError,
+        jq.InvalidTtlError,
+        jq.SerializationError,
+        jq.JobCancelledError,
+    ):
+        assert issubclass(cls, jq.JobQueueError)
+    assert issubclass(jq.WaitTimeoutError, TimeoutError)
+    assert issubclass(jq.InvalidJobError, ValueError)
+    assert issubclass(jq.InvalidTtlError, ValueError)
+    assert jq.JobState.QUEUED == "queued" and jq.EnqueueStatus.DUPLICATE == "duplicate"
+    assert {k.value for k in jq.EventKind} == {
+        "enqueued",
+        "started",
+        "completed",
+        "failing",
+        "failed",
+        "requeued",
+        "cancelled",
+        "stalled",
+    }
