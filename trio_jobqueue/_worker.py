@@ -223,7 +223,8 @@ class Worker:
                 log.warning("heartbeat failed (%s); will retry", exc)
                 continue
             for running, still_owned in zip(live, owned, strict=True):
-                if not still_owned:
+                # A job that settled while the heartbeat was in flight is not "lost".
+                if not still_owned and self._running.get(running.claim.token) is running:
                     running.lease_lost = True
                     self.stats.lost_leases += 1
                     log.warning(
@@ -266,14 +267,18 @@ class Worker:
             created_at=claim.created_at,
             worker_id=self.worker_id,
         )
-        timeout_scope = trio.CancelScope()
-        if self.job_timeout is not None:
-            timeout_scope.relative_deadline = self.job_timeout
+        if self.job_timeout is None:
+            try:
+                return True, await self._call(job)
+            except BaseException as exc:  # noqa: BLE001 - control flow is re-raised
+                if _is_control_flow(exc):
+                    raise
+                return False, exc
         outcome: tuple[bool, Any] | None = None
         try:
-            with timeout_scope:
+            with trio.move_on_after(self.job_timeout):
                 outcome = (True, await self._call(job))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - control flow is re-raised
             if _is_control_flow(exc):
                 raise
             return False, exc
@@ -397,15 +402,19 @@ class Worker:
         self, call: Callable[[], Awaitable[SettleStatus]]
     ) -> SettleStatus | None:
         """Retry a settlement on storage errors for up to SETTLE_TIMEOUT seconds."""
+        try:
+            return await call()
+        except StorageError as exc:
+            log.warning("settlement failed (%s); retrying", exc)
         delay = 0.05
         with trio.move_on_after(SETTLE_TIMEOUT):
             while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
                 try:
                     return await call()
                 except StorageError as exc:
                     log.warning("settlement failed (%s); retrying in %.2f s", exc, delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
         log.error("gave up settling a job; its lease will expire and the reaper recovers it")
         return None
 
