@@ -430,3 +430,32 @@ async def test_invalid_options_rejected(autojump_clock: trio.testing.MockClock) 
             async with jq.open_queue(storage, **kwargs):
                 pass
     assert not storage.is_open
+
+
+async def test_skip_grace_releases_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    """skip_grace() during shutdown ends the grace period: the running job is released
+    (attempt not consumed) without waiting the full grace."""
+    storage = jq.MemoryStorage()
+    started = trio.Event()
+
+    async def hang(job: jq.Job[Any]) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        async with jq.open_queue(storage, hang, shutdown_grace=1000) as q:
+            await q.enqueue("h", 1)
+            await started.wait()
+            assert q.worker is not None
+            worker = q.worker
+
+            async def second_signal() -> None:
+                await trio.sleep(2)
+                worker.skip_grace()
+
+            nursery.start_soon(second_signal)
+            begin = trio.current_time()
+        assert trio.current_time() - begin == pytest.approx(2)
+    async with storage:
+        record = await storage.get_status("default", "h")
+        assert record is not None and record.state == "queued" and record.attempts == 0

@@ -47,29 +47,32 @@ async def run_demo(jobs: int, concurrency: int, work: float, out: TextIO) -> dic
             out.write(("\r" + line) if interactive else (line + "\n"))
             out.flush()
 
-    async with open_queue(storage, handler, name="demo", concurrency=concurrency) as queue:
-        async with queue.events() as events, trio.open_nursery() as nursery:
+    async with (
+        open_queue(storage, handler, name="demo", concurrency=concurrency) as queue,
+        queue.events() as events,
+        trio.open_nursery() as nursery,
+    ):
 
-            async def collect() -> None:
-                async for event in events:
-                    if event.kind == "completed":
-                        latencies.append(time.perf_counter() - enqueued_at[event.job_id])
-                        if len(latencies) == jobs:
-                            done.set()
-                            return
+        async def collect() -> None:
+            async for event in events:
+                if event.kind == "completed":
+                    latencies.append(time.perf_counter() - enqueued_at[event.job_id])
+                    if len(latencies) == jobs:
+                        done.set()
+                        return
 
-            nursery.start_soon(collect)
-            start = time.perf_counter()
-            nursery.start_soon(progress, start)
-            out.write(f"demo: {jobs:,} jobs, concurrency {concurrency}, memory storage\n")
-            for n in range(jobs):
-                job_id = f"demo-{n}"
-                enqueued_at[job_id] = time.perf_counter()
-                await queue.enqueue(job_id, {"n": n})
-            enqueue_seconds = time.perf_counter() - start
-            await done.wait()
-            total = time.perf_counter() - start
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(collect)
+        start = time.perf_counter()
+        nursery.start_soon(progress, start)
+        out.write(f"demo: {jobs:,} jobs, concurrency {concurrency}, memory storage\n")
+        for n in range(jobs):
+            job_id = f"demo-{n}"
+            enqueued_at[job_id] = time.perf_counter()
+            await queue.enqueue(job_id, {"n": n})
+        enqueue_seconds = time.perf_counter() - start
+        await done.wait()
+        total = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
     ordered = sorted(latencies)
     figures = {
         "jobs": float(jobs),

@@ -116,6 +116,7 @@ class Worker:
     _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _grace_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
@@ -144,12 +145,19 @@ class Worker:
         finally:
             self._finished.set()
 
+    def skip_grace(self) -> None:
+        """End the shutdown grace period now (e.g. on a second SIGTERM): running handlers
+        are cancelled and their jobs released, attempt not consumed. Works before or
+        during :meth:`shutdown`."""
+        self._grace_scope.cancel()
+
     async def shutdown(self, grace: float) -> None:
         """Stop claiming, give in-flight jobs ``grace`` seconds, then cancel and release
         the rest. Returns when every job is settled and the worker's tasks are gone."""
         self._stopping = True
         self._claim_scope.cancel()
-        with trio.move_on_after(grace):
+        self._grace_scope.deadline = trio.current_time() + grace
+        with self._grace_scope:
             await self._idle.wait()
         for running in list(self._running.values()):
             running.scope.cancel()
@@ -270,7 +278,7 @@ class Worker:
         if self.job_timeout is None:
             try:
                 return True, await self._call(job)
-            except BaseException as exc:  # noqa: BLE001 - control flow is re-raised
+            except BaseException as exc:
                 if _is_control_flow(exc):
                     raise
                 return False, exc
@@ -278,7 +286,7 @@ class Worker:
         try:
             with trio.move_on_after(self.job_timeout):
                 outcome = (True, await self._call(job))
-        except BaseException as exc:  # noqa: BLE001 - control flow is re-raised
+        except BaseException as exc:
             if _is_control_flow(exc):
                 raise
             return False, exc
