@@ -94,6 +94,12 @@ class _Running:
     claim: Claim
     scope: trio.CancelScope
     lease_lost: bool = False
+    released: bool = False
+    """Set when shutdown cancels the handler: the job goes back to the queue."""
+
+    def release(self) -> None:
+        self.released = True
+        self.scope.cancel()
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -160,7 +166,7 @@ class Worker:
         with self._grace_scope:
             await self._idle.wait()
         for running in list(self._running.values()):
-            running.scope.cancel()
+            running.release()
         await self._idle.wait()
         self._outer.cancel()
         await self._finished.wait()
@@ -171,6 +177,9 @@ class Worker:
         failures = 0
         while True:
             await self._slots.acquire()
+            # Let jobs that are finishing right now free their slots, so that one claim
+            # round trip fetches a batch instead of one job per freed slot.
+            await trio.lowlevel.checkpoint()
             taken = 1
             while taken < MAX_CLAIM_BATCH:
                 try:
@@ -205,9 +214,10 @@ class Worker:
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
-            running.scope.cancel()
+            running.release()
         self._running[claim.token] = running
-        self._idle = trio.Event()
+        if self._idle.is_set():
+            self._idle = trio.Event()
         self.stats.claimed += 1
         self.stats.in_flight = len(self._running)
         nursery.start_soon(self._run_job, running, name=f"job {claim.job_id!r}")
@@ -244,22 +254,34 @@ class Worker:
     # -- running one job ----------------------------------------------------------------
 
     async def _run_job(self, running: _Running) -> None:
+        # Nothing outside this worker can cancel a job task: the worker's nursery is
+        # shielded, and the outer scope is only cancelled once every job has settled.
+        # The one per-job scope is cancelled by shutdown (after the grace period) or by
+        # its deadline (job_timeout); the settlement after it is therefore never
+        # interrupted, and a shutdown release runs shielded all the same.
         claim = running.claim
         outcome: tuple[bool, Any] | None = None
         started_wall = time.time()
         started = trio.current_time()
         try:
+            if self.job_timeout is not None:
+                running.scope.relative_deadline = self.job_timeout
             with running.scope:
-                running.scope.shield = True  # only our shutdown may cancel a handler
                 outcome = await self._execute(claim)
+            if outcome is None and not running.released:
+                outcome = False, JobTimeoutError(
+                    f"handler exceeded job_timeout={self.job_timeout} s"
+                )
+            await self._settle(running, outcome, started_wall, trio.current_time() - started)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._settle(running, outcome, started_wall, trio.current_time() - started)
-                del self._running[claim.token]
-                self.stats.in_flight = len(self._running)
-                self._slots.release()
-                if not self._running:
-                    self._idle.set()
+            if outcome is None:
+                with trio.CancelScope(shield=True):
+                    await self._settle(running, None, started_wall, 0.0)
+            del self._running[claim.token]
+            self.stats.in_flight = len(self._running)
+            self._slots.release()
+            if not self._running:
+                self._idle.set()
 
     async def _execute(self, claim: Claim) -> tuple[bool, Any]:
         """Run the handler once. Returns ``(True, result)`` or ``(False, exception)``."""
@@ -275,24 +297,12 @@ class Worker:
             created_at=claim.created_at,
             worker_id=self.worker_id,
         )
-        if self.job_timeout is None:
-            try:
-                return True, await self._call(job)
-            except BaseException as exc:
-                if _is_control_flow(exc):
-                    raise
-                return False, exc
-        outcome: tuple[bool, Any] | None = None
         try:
-            with trio.move_on_after(self.job_timeout):
-                outcome = (True, await self._call(job))
+            return True, await self._call(job)
         except BaseException as exc:
             if _is_control_flow(exc):
                 raise
             return False, exc
-        if outcome is None:  # the timeout scope absorbed its own cancellation
-            return False, JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s")
-        return outcome
 
     async def _call(self, job: Job[Any]) -> Any:
         if self._is_async:

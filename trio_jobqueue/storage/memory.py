@@ -8,6 +8,7 @@ epoch seconds when the storage opens, so the whole backend runs under ``MockCloc
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import secrets
 import time
@@ -35,6 +36,8 @@ from ._base import (
 from ._common import STALLED_ERROR, lock_expired
 
 __all__ = ["MemoryStorage"]
+
+_WAKES_WATCHERS = frozenset({EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED})
 
 EVENT_BUFFER = 10_000
 """Events buffered per subscriber before new ones are dropped for that subscriber."""
@@ -126,6 +129,9 @@ class MemoryStorage(Storage):
     _spaces: dict[str, _Namespace] = attrs.field(factory=dict, init=False)
     _seq: int = attrs.field(default=0, init=False)
     _epoch_offset: float | None = attrs.field(default=None, init=False)
+    # Fencing tokens only need to be unique per storage: a random prefix and a counter.
+    _token_prefix: str = attrs.field(factory=lambda: secrets.token_hex(4) + "-", init=False)
+    _tokens: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
 
     async def _open(self) -> None:
         self._epoch_offset = time.time() - trio.current_time()
@@ -161,16 +167,27 @@ class MemoryStorage(Storage):
         rec.ready_seq = rec.delay_seq = None
         rec.token = None
 
-    def _emit(self, space: _Namespace, record: EventRecord) -> None:
-        for send in list(space.subscribers):
-            try:
-                send.send_nowait(record)
-            except trio.WouldBlock:
-                space.dropped_events += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                space.subscribers.discard(send)
-        if record.kind in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED):
-            for watch in space.watches.get(record.job_id, ()):
+    def _emit(
+        self,
+        space: _Namespace,
+        kind: EventKind,
+        job_id: str,
+        attempt: int,
+        *,
+        result: bytes | None = None,
+        error: bytes | None = None,
+    ) -> None:
+        if space.subscribers:
+            record = EventRecord(kind, job_id, attempt, result, error)
+            for send in list(space.subscribers):
+                try:
+                    send.send_nowait(record)
+                except trio.WouldBlock:
+                    space.dropped_events += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    space.subscribers.discard(send)
+        if space.watches and kind in _WAKES_WATCHERS:
+            for watch in space.watches.get(job_id, ()):
                 watch.fire()
 
     def _wake_workers(self, space: _Namespace) -> None:
@@ -259,7 +276,7 @@ class MemoryStorage(Storage):
         )
         space.jobs[job_id] = rec
         self._push_ready(space, rec)
-        self._emit(space, EventRecord(EventKind.ENQUEUED, job_id, 0))
+        self._emit(space, EventKind.ENQUEUED, job_id, 0)
         return EnqueueOutcome(EnqueueStatus.QUEUED)
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
@@ -273,7 +290,7 @@ class MemoryStorage(Storage):
         if rec.state is JobState.COMPLETED:
             return CancelStatus.COMPLETED
         self._forget(space, rec)
-        self._emit(space, EventRecord(EventKind.CANCELLED, job_id, rec.attempts))
+        self._emit(space, EventKind.CANCELLED, job_id, rec.attempts)
         return CancelStatus.CANCELLED
 
     async def get_status(self, ns: str, job_id: str) -> JobRecord | None:
@@ -314,7 +331,7 @@ class MemoryStorage(Storage):
                 rec = self._pop_ready(space, now)
                 if rec is None:
                     break
-                token = secrets.token_hex(8)
+                token = f"{self._token_prefix}{next(self._tokens)}"
                 rec.state = JobState.PROCESSING
                 rec.attempts += 1
                 rec.worker_id = worker_id
@@ -333,7 +350,7 @@ class MemoryStorage(Storage):
                         result_ttl=rec.result_ttl,
                     )
                 )
-                self._emit(space, EventRecord(EventKind.STARTED, rec.job_id, rec.attempts))
+                self._emit(space, EventKind.STARTED, rec.job_id, rec.attempts)
             remaining = deadline - trio.current_time()
             if claims or remaining <= 0:
                 return claims
@@ -371,7 +388,7 @@ class MemoryStorage(Storage):
         rec.result = bytes(result)
         rec.error = None
         self._finish(space, rec, JobState.COMPLETED, now, ttl)
-        self._emit(space, EventRecord(EventKind.COMPLETED, job_id, rec.attempts, result=rec.result))
+        self._emit(space, EventKind.COMPLETED, job_id, rec.attempts, result=rec.result)
         return SettleStatus.OK
 
     async def fail(
@@ -385,7 +402,7 @@ class MemoryStorage(Storage):
             return SettleStatus.STALE
         rec.error = bytes(error)
         self._finish(space, rec, JobState.FAILED, now, ttl)
-        self._emit(space, EventRecord(EventKind.FAILED, job_id, rec.attempts, error=rec.error))
+        self._emit(space, EventKind.FAILED, job_id, rec.attempts, error=rec.error)
         return SettleStatus.OK
 
     async def retry(
@@ -398,7 +415,7 @@ class MemoryStorage(Storage):
         if rec is None:
             return SettleStatus.STALE
         self._to_failing(space, rec, bytes(error), now, delay)
-        self._emit(space, EventRecord(EventKind.FAILING, job_id, rec.attempts, error=rec.error))
+        self._emit(space, EventKind.FAILING, job_id, rec.attempts, error=rec.error)
         return SettleStatus.OK
 
     def _to_failing(
@@ -422,7 +439,7 @@ class MemoryStorage(Storage):
         rec.state = JobState.QUEUED if rec.attempts == 0 else JobState.FAILING
         rec.token = rec.worker_id = rec.lease_until = None
         self._push_ready(space, rec, head=True)
-        self._emit(space, EventRecord(EventKind.REQUEUED, job_id, rec.attempts + 1))
+        self._emit(space, EventKind.REQUEUED, job_id, rec.attempts + 1)
         return SettleStatus.OK
 
     # -- recovery -------------------------------------------------------------------------
@@ -462,12 +479,12 @@ class MemoryStorage(Storage):
                 rec.error = STALLED_ERROR
                 self._finish(space, rec, JobState.FAILED, now, rec.result_ttl)
                 stalled.append(ReapedJob(job_id, attempt, failed=True))
-                self._emit(space, EventRecord(EventKind.STALLED, job_id, attempt, error=rec.error))
-                self._emit(space, EventRecord(EventKind.FAILED, job_id, attempt, error=rec.error))
+                self._emit(space, EventKind.STALLED, job_id, attempt, error=rec.error)
+                self._emit(space, EventKind.FAILED, job_id, attempt, error=rec.error)
             else:
                 self._to_failing(space, rec, STALLED_ERROR, now, 0.0)
                 stalled.append(ReapedJob(job_id, attempt, failed=False))
-                self._emit(space, EventRecord(EventKind.STALLED, job_id, attempt, error=rec.error))
+                self._emit(space, EventKind.STALLED, job_id, attempt, error=rec.error)
         return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=now)
 
     # -- leader lock ----------------------------------------------------------------------
