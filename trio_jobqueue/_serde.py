@@ -25,12 +25,14 @@ class Serializer(Protocol):
 class JsonSerializer:
     """UTF-8 JSON (the default). ``NaN``/``Infinity`` are rejected, not written."""
 
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _decoder = json.JSONDecoder()
+
     def dumps(self, value: Any) -> bytes:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode()
+        return self._encoder.encode(value).encode()
 
     def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+        return self._decoder.decode(data.decode())
 
 
 class BytesSerializer:
