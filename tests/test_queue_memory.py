@@ -459,3 +459,42 @@ async def test_skip_grace_releases_at_once(autojump_clock: trio.testing.MockCloc
     async with storage:
         record = await storage.get_status("default", "h")
         assert record is not None and record.state == "queued" and record.attempts == 0
+
+
+async def test_worker_churn_loses_and_duplicates_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Workers that start and stop (grace 0) while 400 jobs flow: every job completes,
+    none is lost, and no handler run that finished is ever repeated."""
+    storage = jq.MemoryStorage()
+    rng = random.Random(7)
+    finished_runs: dict[str, int] = {}
+    total = 400
+
+    async def handler(job: jq.Job[float]) -> None:
+        await trio.sleep(job.payload)
+        finished_runs[job.id] = finished_runs.get(job.id, 0) + 1
+
+    async with storage:
+        async with jq.open_queue(storage) as producer:
+            for i in range(total):
+                await producer.enqueue(f"j{i}", rng.uniform(0.01, 2.0), max_attempts=1)
+
+        async def churn(seed: int) -> None:
+            local = random.Random(seed)
+            while (await storage.stats("default")).queued:
+                async with jq.open_queue(storage, handler, concurrency=20, shutdown_grace=0):
+                    await trio.sleep(local.uniform(0.5, 3.0))
+
+        async with trio.open_nursery() as nursery:
+            for seed in range(3):
+                nursery.start_soon(churn, seed)
+        async with jq.open_queue(storage, handler, concurrency=50) as q:
+            for i in range(total):  # waits for any job still queued; returns at once if done
+                await q.enqueue_and_wait(f"j{i}", 0.0, timeout=100)
+            statuses = [await q.get_status(f"j{i}") for i in range(total)]
+    lost = sum(1 for s in statuses if s is None or s.state != "completed")
+    duplicated = sum(n - 1 for n in finished_runs.values())
+    print(f"memory churn: jobs={total} lost={lost} duplicated={duplicated}")
+    assert lost == 0 and duplicated == 0
+    assert all(s is not None and s.attempts == 1 for s in statuses)

@@ -134,9 +134,9 @@ class Queue(Generic[P, R]):
             WaitTimeoutError: no outcome within ``timeout`` seconds.
             JobCancelledError: the job was cancelled (or expired) while awaited.
         """
-        wait = check_duration(timeout, "timeout")
+        wait = math.inf if timeout == math.inf else check_duration(timeout, "timeout")
         job_id, data, attempts, ttl = self._prepare(id, payload, max_attempts, result_ttl)
-        with trio.move_on_after(wait if math.isfinite(wait) else math.inf) as scope:
+        with trio.move_on_after(wait) as scope:
             async with self.storage.watch_job(self.name, job_id) as watch:
                 outcome = await self.storage.enqueue(
                     self.name, job_id, data, max_attempts=attempts, result_ttl=ttl

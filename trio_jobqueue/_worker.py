@@ -266,8 +266,9 @@ class Worker:
         try:
             if self.job_timeout is not None:
                 running.scope.relative_deadline = self.job_timeout
-            with running.scope:
-                outcome = await self._execute(claim)
+            if not running.released:  # claimed while stopping: never start the handler
+                with running.scope:
+                    outcome = await self._execute(claim)
             if outcome is None and not running.released:
                 outcome = False, JobTimeoutError(
                     f"handler exceeded job_timeout={self.job_timeout} s"
