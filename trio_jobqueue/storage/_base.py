@@ -359,7 +359,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, ns: str) -> StorageStats:
-        """Counts of live jobs per state."""
+        """Counts of live jobs per state. Read-only: a delayed retry whose time has come
+        counts as ``queued`` but is not moved (only ``claim`` moves it), so calling
+        ``stats`` never changes the claim order."""
 
     async def purge_expired(self, ns: str) -> int:
         """Physically remove expired records; returns how many. Optional (default: 0)."""

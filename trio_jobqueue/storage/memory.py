@@ -560,7 +560,8 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         space = self._space(ns)
         now = self.now()
-        self._promote_due(space, now)
+        # Read-only: due retries are counted as queued without being moved (only claim
+        # moves them, so stats() never changes the claim order).
         counts = dict.fromkeys(("queued", "delayed", "processing", "completed", "failed"), 0)
         for job_id in list(space.jobs):
             rec = self._live(space, job_id, now)
@@ -572,7 +573,7 @@ class MemoryStorage(Storage):
                 counts["completed"] += 1
             elif rec.state is JobState.FAILED:
                 counts["failed"] += 1
-            elif rec.delay_seq is not None:
+            elif rec.delay_seq is not None and rec.due_at is not None and rec.due_at > now:
                 counts["delayed"] += 1
             else:
                 counts["queued"] += 1

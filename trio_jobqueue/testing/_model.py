@@ -1,0 +1,429 @@
+"""An independent, pure-Python model of the :class:`~trio_jobqueue.storage.Storage` contract.
+
+The model is deliberately naive (plain lists and dicts, linear scans, no heaps, no lazy
+deletion) so that it shares no code and no cleverness with any backend. It models **one
+namespace** on a **logical clock**: :attr:`StorageModel.now` starts at 0 and only moves when
+:meth:`StorageModel.advance` is called, mirroring ``Storage.advance_clock``.
+
+Time and ties
+-------------
+The backends run on real clocks (Redis ``TIME``, ``time.time()``, trio's clock in a real
+thread), so between two operations of the state machine real time grows by a few
+milliseconds while the model's time stands still. The model is built to predict what a
+real-clock backend does anyway:
+
+* Every duration the machine uses is a multiple of 100 s, so two model deadlines are either
+  equal or at least 100 s apart; milliseconds of drift can only break *exact* ties.
+* A deadline is **passed** when ``deadline <= now``. A deadline the model computes as exactly
+  ``now`` was set by an earlier operation plus a duration that the clock has since been
+  advanced by, and real time has grown in between, so every backend sees it as passed
+  (the contract's own rule is also ``<=``).
+* Deadlines set by *different* operations that the model computes as equal are, on a real
+  clock, ordered by when the operations ran. The model therefore orders leases and retry
+  due times by ``(deadline, operation sequence number, UTF-8 bytes of the id)``: the
+  sequence number breaks ties between operations, the id bytes break ties inside one
+  operation (a multi-job ``claim`` or ``heartbeat`` reads the clock once), exactly as the
+  contract's ``(deadline, id bytes)`` order does on a clock that never stands still.
+
+Readings of the contract the model takes (where the ABC leaves room, MemoryStorage's
+reading is used):
+
+* Due delayed retries are promoted to the ready tail by ``claim`` (in due order), and until
+  then their record keeps ``due_at``. MemoryStorage's ``stats`` promotes them too, which
+  changes the claim order; the machine therefore does not call ``stats`` while a due retry
+  awaits promotion (:meth:`StorageModel.has_due_delayed`), so either reading passes.
+* A ``complete`` clears the job's last error; ``complete``/``fail`` replace the job's
+  ``result_ttl`` with the ``ttl`` they were given.
+* ``release`` sets the state to ``queued`` when no attempt remains consumed, else
+  ``failing``; the last error is kept.
+* Settling or heartbeating a ``processing`` job whose lease has passed but which was not
+  reaped yet still succeeds: only ``reap`` (or cancel/expiry) takes ownership away.
+* Lock epochs start at 1 and grow by one per new holder. ``release_lock`` of a lock whose
+  TTL passed (and that nobody took since) may answer either way; see
+  :meth:`StorageModel.release_lock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from .._types import CancelStatus, EnqueueStatus, JobState, UpdateTtlStatus
+
+__all__ = [
+    "STALLED",
+    "ExpectedClaim",
+    "ExpectedEnqueue",
+    "ExpectedReap",
+    "ModelJob",
+    "ModelLock",
+    "StorageModel",
+]
+
+
+@attrs.frozen
+class _Stalled:
+    """Stands for "a ``Stalled`` error written by ``reap``" (backends encode it as they like)."""
+
+    def __repr__(self) -> str:
+        return "STALLED"
+
+
+STALLED = _Stalled()
+"""The model's marker for the error a reap stores on a stalled job."""
+
+ModelError = bytes | _Stalled
+
+
+@attrs.define
+class ModelJob:
+    """One job as the model sees it. Times are on the model's logical clock."""
+
+    job_id: str
+    payload: bytes
+    state: JobState
+    max_attempts: int
+    result_ttl: float
+    created_at: float
+    attempts: int = 0
+    result: bytes | None = None
+    error: ModelError | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    due_at: float | None = None
+    due_seq: int = 0
+    worker_id: str | None = None
+    token: str | None = None
+    lease_until: float | None = None
+    lease_seq: int = 0
+
+
+@attrs.define
+class ModelLock:
+    owner: str | None
+    epoch: int
+    expires_at: float
+
+    def held_at(self, now: float) -> bool:
+        return self.owner is not None and self.expires_at > now
+
+
+@attrs.frozen
+class ExpectedEnqueue:
+    status: EnqueueStatus
+    existing_state: JobState | None = None
+    result: bytes | None = None
+
+
+@attrs.frozen
+class ExpectedClaim:
+    """What a claim must hand out (the token is the backend's to choose)."""
+
+    job_id: str
+    payload: bytes
+    attempt: int
+    max_attempts: int
+    created_at: float
+    lease_until: float
+    result_ttl: float
+
+
+@attrs.frozen
+class ExpectedReap:
+    stalled: tuple[tuple[str, int, bool], ...]
+    """``(job_id, attempt, failed)`` per recovered job, in order."""
+    next_deadline: float | None
+    fenced: bool
+
+
+def _id_key(job_id: str) -> bytes:
+    return job_id.encode("utf-8")
+
+
+@attrs.define
+class StorageModel:
+    """The contract for one namespace, as plain data. Methods mirror the ``Storage`` ABC."""
+
+    now: float = 0.0
+    jobs: dict[str, ModelJob] = attrs.Factory(dict)
+    ready: list[str] = attrs.Factory(list)
+    """Ids ready to claim, head first."""
+    locks: dict[str, ModelLock] = attrs.Factory(dict)
+    _seq: int = 0
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- time ------------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock; terminal records whose TTL passed are forgotten."""
+        self.now += seconds
+        for job_id in [j for j, job in self.jobs.items() if self._expired(job)]:
+            del self.jobs[job_id]
+
+    def _expired(self, job: ModelJob) -> bool:
+        return job.expires_at is not None and job.expires_at <= self.now
+
+    def live(self, job_id: str) -> ModelJob | None:
+        job = self.jobs.get(job_id)
+        if job is None or self._expired(job):
+            return None
+        return job
+
+    def delayed(self) -> list[ModelJob]:
+        """Failing jobs still parked with a due time (promoted or not yet)."""
+        return [job for job in self.jobs.values() if job.due_at is not None]
+
+    def has_due_delayed(self) -> bool:
+        """True when a delayed retry is due but no claim has promoted it yet."""
+        return any(job.due_at is not None and job.due_at <= self.now for job in self.delayed())
+
+    def owns(self, job_id: str, token: str) -> bool:
+        job = self.live(job_id)
+        return job is not None and job.state is JobState.PROCESSING and job.token == token
+
+    def processing(self) -> list[ModelJob]:
+        return [job for job in self.jobs.values() if job.state is JobState.PROCESSING]
+
+    # -- producer --------------------------------------------------------------------------
+
+    def enqueue(
+        self, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+    ) -> ExpectedEnqueue:
+        job = self.live(job_id)
+        if job is not None:
+            if job.state is JobState.COMPLETED and job.result is not None:
+                return ExpectedEnqueue(EnqueueStatus.COMPLETED, JobState.COMPLETED, job.result)
+            return ExpectedEnqueue(EnqueueStatus.DUPLICATE, job.state)
+        self.jobs[job_id] = ModelJob(
+            job_id=job_id,
+            payload=payload,
+            state=JobState.QUEUED,
+            max_attempts=max_attempts,
+            result_ttl=result_ttl,
+            created_at=self.now,
+        )
+        self.ready.append(job_id)
+        return ExpectedEnqueue(EnqueueStatus.QUEUED)
+
+    def cancel(self, job_id: str) -> CancelStatus:
+        job = self.live(job_id)
+        if job is None or job.state is JobState.FAILED:
+            return CancelStatus.NOT_FOUND
+        if job.state is JobState.PROCESSING:
+            return CancelStatus.PROCESSING
+        if job.state is JobState.COMPLETED:
+            return CancelStatus.COMPLETED
+        del self.jobs[job_id]
+        if job_id in self.ready:
+            self.ready.remove(job_id)
+        return CancelStatus.CANCELLED
+
+    def update_result_ttl(self, job_id: str, ttl: float) -> UpdateTtlStatus:
+        job = self.live(job_id)
+        if job is None:
+            return UpdateTtlStatus.NOT_FOUND
+        if not job.state.is_terminal:
+            return UpdateTtlStatus.NOT_TERMINAL
+        kept = job.result if job.state is JobState.COMPLETED else job.error
+        if kept is None:
+            return UpdateTtlStatus.MISSING_PAYLOAD
+        job.result_ttl = ttl
+        job.expires_at = self.now + ttl
+        return UpdateTtlStatus.UPDATED
+
+    # -- worker ----------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, *, limit: int, lease: float) -> list[ExpectedClaim]:
+        """Promote due retries, then pop up to ``limit`` from the head.
+
+        The claimed jobs are ``processing`` with no token yet: call :meth:`bind_token` with
+        the token the backend handed out.
+        """
+        due = [job for job in self.delayed() if job.due_at is not None and job.due_at <= self.now]
+        due.sort(key=lambda job: (job.due_at, job.due_seq, _id_key(job.job_id)))
+        for job in due:
+            job.due_at = None
+            self.ready.append(job.job_id)
+        seq = self._next_seq()
+        claims: list[ExpectedClaim] = []
+        while self.ready and len(claims) < limit:
+            job = self.jobs[self.ready.pop(0)]
+            job.state = JobState.PROCESSING
+            job.attempts += 1
+            job.worker_id = worker_id
+            job.token = None
+            job.lease_until = self.now + lease
+            job.lease_seq = seq
+            claims.append(
+                ExpectedClaim(
+                    job_id=job.job_id,
+                    payload=job.payload,
+                    attempt=job.attempts,
+                    max_attempts=job.max_attempts,
+                    created_at=job.created_at,
+                    lease_until=job.lease_until,
+                    result_ttl=job.result_ttl,
+                )
+            )
+        return claims
+
+    def bind_token(self, job_id: str, token: str) -> None:
+        self.jobs[job_id].token = token
+
+    def heartbeat(self, claims: Sequence[tuple[str, str]], *, lease: float) -> list[bool]:
+        seq = self._next_seq()
+        owned: list[bool] = []
+        for job_id, token in claims:
+            if self.owns(job_id, token):
+                job = self.jobs[job_id]
+                job.lease_until = self.now + lease
+                job.lease_seq = seq
+                owned.append(True)
+            else:
+                owned.append(False)
+        return owned
+
+    def _finish(self, job: ModelJob, state: JobState, ttl: float) -> None:
+        job.state = state
+        job.token = job.worker_id = job.lease_until = None
+        job.finished_at = self.now
+        job.expires_at = self.now + ttl
+        job.result_ttl = ttl
+
+    def complete(self, job_id: str, token: str, result: bytes, *, ttl: float) -> bool:
+        """Returns whether the token owned the job (``ok``) or not (``stale``)."""
+        if not self.owns(job_id, token):
+            return False
+        job = self.jobs[job_id]
+        job.result = result
+        job.error = None
+        self._finish(job, JobState.COMPLETED, ttl)
+        return True
+
+    def fail(self, job_id: str, token: str, error: bytes, *, ttl: float) -> bool:
+        if not self.owns(job_id, token):
+            return False
+        job = self.jobs[job_id]
+        job.error = error
+        self._finish(job, JobState.FAILED, ttl)
+        return True
+
+    def _to_failing(self, job: ModelJob, error: ModelError, delay: float) -> None:
+        job.state = JobState.FAILING
+        job.error = error
+        job.token = job.worker_id = job.lease_until = None
+        if delay > 0:
+            job.due_at = self.now + delay
+            job.due_seq = self._next_seq()
+        else:
+            self.ready.append(job.job_id)
+
+    def retry(self, job_id: str, token: str, error: bytes, *, delay: float) -> bool:
+        if not self.owns(job_id, token):
+            return False
+        self._to_failing(self.jobs[job_id], error, delay)
+        return True
+
+    def release(self, job_id: str, token: str) -> bool:
+        if not self.owns(job_id, token):
+            return False
+        job = self.jobs[job_id]
+        job.attempts -= 1
+        job.state = JobState.QUEUED if job.attempts == 0 else JobState.FAILING
+        job.token = job.worker_id = job.lease_until = None
+        self.ready.insert(0, job_id)
+        return True
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def fence_valid(self, lock: str, owner: str, epoch: int) -> bool:
+        held = self.locks.get(lock)
+        return (
+            held is not None
+            and held.held_at(self.now)
+            and held.owner == owner
+            and held.epoch == epoch
+        )
+
+    def reap(self, fence: tuple[str, str, int] | None = None) -> ExpectedReap:
+        if fence is not None and not self.fence_valid(*fence):
+            return ExpectedReap(stalled=(), next_deadline=None, fenced=True)
+        expired = [
+            job
+            for job in self.processing()
+            if job.lease_until is not None and job.lease_until <= self.now
+        ]
+        expired.sort(key=lambda job: (job.lease_until, job.lease_seq, _id_key(job.job_id)))
+        stalled: list[tuple[str, int, bool]] = []
+        for job in expired:
+            exhausted = job.attempts >= job.max_attempts
+            if exhausted:
+                job.error = STALLED
+                self._finish(job, JobState.FAILED, job.result_ttl)
+            else:
+                self._to_failing(job, STALLED, 0.0)
+            stalled.append((job.job_id, job.attempts, exhausted))
+        remaining = [job.lease_until for job in self.processing() if job.lease_until is not None]
+        return ExpectedReap(
+            stalled=tuple(stalled),
+            next_deadline=min(remaining) if remaining else None,
+            fenced=False,
+        )
+
+    # -- leader lock -----------------------------------------------------------------------
+
+    def acquire_lock(self, lock: str, owner: str, *, ttl: float) -> int | None:
+        held = self.locks.get(lock)
+        if held is not None and held.held_at(self.now):
+            if held.owner != owner:
+                return None
+            held.expires_at = self.now + ttl
+            return held.epoch
+        epoch = (held.epoch if held is not None else 0) + 1
+        self.locks[lock] = ModelLock(owner=owner, epoch=epoch, expires_at=self.now + ttl)
+        return epoch
+
+    def renew_lock(self, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
+        if not self.fence_valid(lock, owner, epoch):
+            return False
+        self.locks[lock].expires_at = self.now + ttl
+        return True
+
+    def release_lock(self, lock: str, owner: str, epoch: int) -> bool | None:
+        """``True``/``False`` as the backend must answer, or ``None`` when either is right.
+
+        Releasing with the right owner and epoch after the TTL passed (and nobody took the
+        lock since) is ambiguous: the holder's claim lapsed, so a backend that lets the lock
+        vanish on expiry answers ``False`` while MemoryStorage answers ``True``. Both leave
+        the lock free, which is all that is observable afterwards.
+        """
+        held = self.locks.get(lock)
+        if held is None or held.owner != owner or held.epoch != epoch:
+            return False
+        answer = True if held.held_at(self.now) else None
+        held.owner = None
+        return answer
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def stats(self) -> tuple[int, int, int, int, int]:
+        """``(queued, delayed, processing, completed, failed)``; queued counts every ready job,
+        ``failing`` ones included, and delayed retries that are already due (``stats`` is
+        read-only: only ``claim`` moves them)."""
+        live = [job for job in self.jobs.values() if not self._expired(job)]
+
+        def count(state: JobState) -> int:
+            return sum(1 for job in live if job.state is state)
+
+        due = sum(1 for job in live if job.due_at is not None and job.due_at <= self.now)
+        return (
+            len(self.ready) + due,
+            sum(1 for job in live if job.due_at is not None and job.due_at > self.now),
+            count(JobState.PROCESSING),
+            count(JobState.COMPLETED),
+            count(JobState.FAILED),
+        )
