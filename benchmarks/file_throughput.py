@@ -1,0 +1,240 @@
+"""File backend throughput: enqueue, drain and request/response latency, fsync on and off.
+
+    python benchmarks/file_throughput.py [--jobs 5000] [--concurrency 50] [--rounds 3]
+                                         [--dir /path/on/the/target/disk] [--processes 2]
+
+For each fsync setting prints: enqueue jobs/s (one sequential producer, and 50 concurrent
+producers whose calls share transactions), drain jobs/s through ``open_queue`` (one worker
+process with ``--concurrency``, and ``--processes`` worker processes), and p50/p99
+``enqueue_and_wait`` latency, in one process and with the handler in another process
+(a cross-process wake-up each way). Also prints the raw cost of one ``write`` + ``fsync`` on the
+directory's filesystem, the number that decides the design (group commit, batched claims).
+Medians over ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trio_jobqueue as jq
+from trio_jobqueue.storage.file import FileStorage
+
+REPO = str(Path(__file__).resolve().parent.parent)
+
+WORKER = textwrap.dedent(
+    """
+    import sys, trio
+    import trio_jobqueue as jq
+    from trio_jobqueue.storage.file import FileStorage
+
+    root, fsync, concurrency = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+
+    async def noop(job):
+        return None
+
+    async def main():
+        async with FileStorage(root, fsync=fsync) as storage:
+            print("ready", flush=True)
+            await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
+            async with jq.open_queue(storage, noop, name="bench", concurrency=concurrency,
+                                     reaper=False):
+                await trio.to_thread.run_sync(sys.stdin.readline)  # "stop"
+
+    trio.run(main)
+    """
+)
+
+
+def fsync_cost(directory: str, n: int = 500) -> float:
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 300)
+            os.fdatasync(fd)
+        return (time.perf_counter() - start) / n
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+async def enqueue_rates(root: str, n: int, fsync: bool) -> tuple[float, float]:
+    async with jq.open_queue(FileStorage(root, fsync=fsync), name="bench") as producer:
+        start = time.perf_counter()
+        for i in range(n):
+            await producer.enqueue(f"seq-{i}", {"i": i})
+        sequential = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for p in range(50):
+                nursery.start_soon(_produce, producer, p, n // 50)
+        concurrent = (n // 50 * 50) / (time.perf_counter() - start)
+    return sequential, concurrent
+
+
+async def _produce(producer: jq.Queue[Any, Any], p: int, count: int) -> None:
+    for i in range(count):
+        await producer.enqueue(f"con-{p}-{i}", {"i": i})
+
+
+async def drain_in_process(root: str, fsync: bool, concurrency: int) -> float:
+    storage = FileStorage(root, fsync=fsync)
+    async with storage:
+        total = (await storage.stats("bench")).queued
+        done = trio.Event()
+        remaining = total
+
+        async def counting(job: jq.Job[Any]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                done.set()
+
+        start = time.perf_counter()
+        async with jq.open_queue(
+            storage, counting, name="bench", concurrency=concurrency, reaper=False
+        ):
+            await done.wait()
+            return total / (time.perf_counter() - start)
+
+
+async def drain_processes(root: str, fsync: bool, concurrency: int, processes: int) -> float:
+    script = Path(root) / "worker.py"
+    script.write_text(WORKER)
+    async with FileStorage(root, fsync=fsync) as storage:
+        total = (await storage.stats("bench")).queued
+        async with storage.subscribe_events("bench") as events:
+            procs = [_spawn(script, root, fsync, concurrency) for _ in range(processes)]
+            try:
+                for proc in procs:
+                    assert proc.stdout is not None
+                    await trio.to_thread.run_sync(proc.stdout.readline)
+                start = time.perf_counter()
+                for proc in procs:
+                    _send(proc, b"go\n")
+                completed = 0
+                while completed < total:
+                    event = await events.receive()
+                    completed += event.kind is jq.EventKind.COMPLETED
+                return total / (time.perf_counter() - start)
+            finally:
+                for proc in procs:
+                    _send(proc, b"stop\n")
+                for proc in procs:
+                    await trio.to_thread.run_sync(proc.wait)
+
+
+def _spawn(script: Path, root: str, fsync: bool, concurrency: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(script), root, "1" if fsync else "0", str(concurrency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+
+
+def _send(proc: subprocess.Popen[bytes], line: bytes) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line)
+    proc.stdin.flush()
+
+
+async def request_response(root: str, fsync: bool, n: int) -> list[float]:
+    latencies: list[float] = []
+    storage = FileStorage(root, fsync=fsync)
+
+    async def noop(job: jq.Job[Any]) -> None:
+        return None
+
+    async with jq.open_queue(storage, noop, name="rr", concurrency=10) as queue:
+        for i in range(n):
+            start = time.perf_counter()
+            await queue.enqueue_and_wait(f"rr-{i}", i, timeout=10)
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+async def request_response_cross_process(root: str, fsync: bool, n: int) -> list[float]:
+    """enqueue_and_wait from this process, handled by a worker in another process."""
+    script = Path(root) / "worker.py"
+    script.write_text(WORKER)
+    latencies: list[float] = []
+    async with jq.open_queue(FileStorage(root, fsync=fsync), name="bench") as queue:
+        proc = _spawn(script, root, fsync, 10)
+        try:
+            assert proc.stdout is not None
+            await trio.to_thread.run_sync(proc.stdout.readline)
+            _send(proc, b"go\n")
+            await queue.enqueue_and_wait("warm-up", 0, timeout=30)
+            for i in range(n):
+                start = time.perf_counter()
+                await queue.enqueue_and_wait(f"xp-{i}", i, timeout=10)
+                latencies.append(time.perf_counter() - start)
+        finally:
+            _send(proc, b"stop\n")
+            await trio.to_thread.run_sync(proc.wait)
+    return latencies
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def one_round(base: str, args: argparse.Namespace, fsync: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(dir=base) as root:
+        seq, con = await enqueue_rates(root, args.jobs, fsync)
+        out["enqueue sequential"] = seq
+        out["enqueue 50 producers"] = con
+        out["drain 1 process"] = await drain_in_process(root, fsync, args.concurrency)
+    with tempfile.TemporaryDirectory(dir=base) as root:
+        await enqueue_rates(root, args.jobs, fsync)
+        out[f"drain {args.processes} processes"] = await drain_processes(
+            root, fsync, args.concurrency, args.processes
+        )
+    with tempfile.TemporaryDirectory(dir=base) as root:
+        lat = await request_response(root, fsync, max(args.jobs // 20, 50))
+        out["enqueue_and_wait p50 ms"] = percentile(lat, 50) * 1000
+        out["enqueue_and_wait p99 ms"] = percentile(lat, 99) * 1000
+    with tempfile.TemporaryDirectory(dir=base) as root:
+        lat = await request_response_cross_process(root, fsync, max(args.jobs // 20, 50))
+        out["cross-process e_a_w p50 ms"] = percentile(lat, 50) * 1000
+        out["cross-process e_a_w p99 ms"] = percentile(lat, 99) * 1000
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    base = args.dir or tempfile.gettempdir()
+    os.makedirs(base, exist_ok=True)
+    print(f"directory {base}: write+fdatasync {fsync_cost(base) * 1e3:.3f} ms")
+    print(f"jobs={args.jobs} concurrency={args.concurrency} rounds={args.rounds}")
+    for fsync in (True, False):
+        rounds = [await one_round(base, args, fsync) for _ in range(args.rounds)]
+        print(f"\nfsync={'on' if fsync else 'off'}")
+        for key in rounds[0]:
+            value = statistics.median(r[key] for r in rounds)
+            unit = "" if key.endswith("ms") else " jobs/s"
+            print(f"  {key:28s} {value:10.1f}{unit}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--dir", default=None, help="where to put the queues (target disk)")
+    trio.run(main, parser.parse_args())
