@@ -25,6 +25,7 @@ import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import Self
 
 import attrs
 import trio
@@ -186,7 +187,7 @@ class Storage(abc.ABC):
 
     # -- lifetime ---------------------------------------------------------------------
 
-    async def __aenter__(self) -> Storage:
+    async def __aenter__(self) -> Self:
         async with self._open_lock:
             if self._users == 0:
                 await self._open()

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -199,10 +199,6 @@ class FileStorage(Storage):
             self._crash_point = (point, int(count or "1"))
 
     # -- lifetime -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        return self
 
     async def _open(self) -> None:
         try:
