@@ -36,7 +36,7 @@ def decode_event(record: EventRecord, codec: TypedCodec) -> JobEvent:
     result: Any = None
     if record.result is not None:
         try:
-            result = codec.decode(record.result, f"result of {record.job_id!r}")
+            result = codec.decode(record.result, "result", record.job_id)
         except SerializationError:
             result = None
     return JobEvent(

@@ -96,7 +96,7 @@ class Queue(Generic[P, R]):
         )
         result = None
         if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
-            result = self.result_codec.decode(outcome.result, f"result of {job_id!r}")
+            result = self.result_codec.decode(outcome.result, "result", job_id)
         return EnqueueResult(
             status=EnqueueStatus(outcome.status),
             existing_state=outcome.existing_state,
@@ -111,7 +111,7 @@ class Queue(Generic[P, R]):
             max_attempts if max_attempts is not None else self.max_attempts
         )
         ttl = check_ttl(result_ttl if result_ttl is not None else self.result_ttl, "result_ttl")
-        data = self.payload_codec.encode(payload, f"payload of {job_id!r}")
+        data = self.payload_codec.encode(payload, "payload", job_id)
         return job_id, data, attempts, ttl
 
     async def enqueue_and_wait(
@@ -142,7 +142,7 @@ class Queue(Generic[P, R]):
                     self.name, job_id, data, max_attempts=attempts, result_ttl=ttl
                 )
                 if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
-                    value: R = self.result_codec.decode(outcome.result, f"result of {job_id!r}")
+                    value: R = self.result_codec.decode(outcome.result, "result", job_id)
                     return value
                 while True:
                     record = await self.storage.get_status(self.name, job_id)
@@ -151,7 +151,7 @@ class Queue(Generic[P, R]):
                     if record.state is JobState.COMPLETED:
                         if record.result is None:
                             raise JobQueueError(f"the result of job {job_id!r} is gone")
-                        done: R = self.result_codec.decode(record.result, f"result of {job_id!r}")
+                        done: R = self.result_codec.decode(record.result, "result", job_id)
                         return done
                     if record.state is JobState.FAILED:
                         raise JobFailedError(job_id, self._error_of(record))
@@ -180,7 +180,7 @@ class Queue(Generic[P, R]):
             return None
         result: Any = None
         if record.state is JobState.COMPLETED and record.result is not None:
-            result = self.result_codec.decode(record.result, f"result of {record.job_id!r}")
+            result = self.result_codec.decode(record.result, "result", record.job_id)
         return JobStatus(
             id=record.job_id,
             state=record.state,
@@ -198,7 +198,7 @@ class Queue(Generic[P, R]):
         record = await self.storage.get_status(self.name, check_job_id(id))
         if record is None or record.state is not JobState.COMPLETED or record.result is None:
             return None
-        value: R = self.result_codec.decode(record.result, f"result of {record.job_id!r}")
+        value: R = self.result_codec.decode(record.result, "result", record.job_id)
         return value
 
     async def update_result_ttl(self, id: str, ttl: float) -> UpdateTtlResult:

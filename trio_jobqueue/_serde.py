@@ -62,19 +62,20 @@ class TypedCodec:
         self.serializer = serializer
         self.type = type_
 
-    def encode(self, value: Any, what: str) -> bytes:
+    def encode(self, value: Any, what: str, job_id: str) -> bytes:
+        """Encode the ``what`` (``"payload"``/``"result"``) of job ``job_id``."""
         try:
             raw = _converter.unstructure(value) if self.type is not None else value
             return self.serializer.dumps(raw)
         except Exception as exc:
-            raise SerializationError(f"cannot encode {what}: {exc}") from exc
+            raise SerializationError(f"cannot encode {what} of {job_id!r}: {exc}") from exc
 
-    def decode(self, data: bytes, what: str) -> Any:
+    def decode(self, data: bytes, what: str, job_id: str) -> Any:
         try:
             raw = self.serializer.loads(data)
             return _converter.structure(raw, self.type) if self.type is not None else raw
         except Exception as exc:
-            raise SerializationError(f"cannot decode {what}: {exc}") from exc
+            raise SerializationError(f"cannot decode {what} of {job_id!r}: {exc}") from exc
 
 
 def encode_error(error: JobError) -> bytes:

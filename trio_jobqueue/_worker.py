@@ -220,7 +220,7 @@ class Worker:
             self._idle = trio.Event()
         self.stats.claimed += 1
         self.stats.in_flight = len(self._running)
-        nursery.start_soon(self._run_job, running, name=f"job {claim.job_id!r}")
+        nursery.start_soon(self._run_job, running, name="trio_jobqueue job")
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -270,8 +270,9 @@ class Worker:
                 with running.scope:
                     outcome = await self._execute(claim)
             if outcome is None and not running.released:
-                outcome = False, JobTimeoutError(
-                    f"handler exceeded job_timeout={self.job_timeout} s"
+                outcome = (
+                    False,
+                    JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s"),
                 )
             await self._settle(running, outcome, started_wall, trio.current_time() - started)
         finally:
@@ -287,7 +288,7 @@ class Worker:
     async def _execute(self, claim: Claim) -> tuple[bool, Any]:
         """Run the handler once. Returns ``(True, result)`` or ``(False, exception)``."""
         try:
-            payload = self.payload_codec.decode(claim.payload, f"payload of {claim.job_id!r}")
+            payload = self.payload_codec.decode(claim.payload, "payload", claim.job_id)
         except SerializationError as exc:
             return False, PayloadDecodeError(str(exc))
         job: Job[Any] = Job(
@@ -335,7 +336,7 @@ class Worker:
         encoded: bytes | None = None
         if ok:
             try:
-                encoded = self.result_codec.encode(value, f"result of {job_id!r}")
+                encoded = self.result_codec.encode(value, "result", job_id)
             except SerializationError as exc:
                 ok, value = False, exc
         if not ok:
@@ -390,7 +391,7 @@ class Worker:
         """Run the hook on a copy; keep the original context if it raises or misbehaves."""
         assert self.after_execution is not None
         try:
-            ctx.payload = self.payload_codec.decode(claim.payload, "payload")
+            ctx.payload = self.payload_codec.decode(claim.payload, "payload", claim.job_id)
         except SerializationError:
             ctx.payload = None
         original = attrs.evolve(ctx)
@@ -408,7 +409,7 @@ class Worker:
             ctx.ttl = original.ttl
         if ctx.status == "completed" and ctx.result is not original.result:
             try:
-                encoded = self.result_codec.encode(ctx.result, f"result of {claim.job_id!r}")
+                encoded = self.result_codec.encode(ctx.result, "result", claim.job_id)
             except SerializationError:
                 log.exception("after_execution set an unencodable result; keeping the original")
                 ctx.result = original.result
