@@ -15,12 +15,15 @@ key                         type    contents
 ``{tag}:j:<job id>``        hash    one job (fields below); a TTL (``PEXPIREAT``)
                                     only once terminal, for garbage collection
 ``{tag}:ready``             list    ids ready to claim, head first
+``{tag}:ready:quarantine``  list    ids of corrupt job hashes a claim skipped
 ``{tag}:delayed``           zset    failing jobs waiting out a retry delay, by due
 ``{tag}:leases``            zset    processing jobs, by lease deadline
 ``{tag}:completed``         zset    completed jobs, by expiry time
 ``{tag}:failed``            zset    failed jobs, by expiry time
 ``{tag}:lock:<name>``       hash    leader lock: ``owner``, ``epoch``, ``exp``
-``{tag}:ev``                channel events of the namespace (see ``lua/_lib``)
+``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
+``{tag}:ev:done``           channel completed/failed/cancelled events (job watchers)
+``{tag}:ev:wake``           channel "a job became claimable" (blocked claims)
 ==========================  ======  ===============================================
 
 Job hash fields: ``payload state max created attempts ttl result error finished expires
@@ -69,6 +72,11 @@ class NamespaceKeys:
         return self.base + ":ready"
 
     @property
+    def quarantine(self) -> str:
+        """Ids of corrupt job records found by ``claim`` (left in place for inspection)."""
+        return self.ready + ":quarantine"
+
+    @property
     def delayed(self) -> str:
         return self.base + ":delayed"
 
@@ -91,6 +99,16 @@ class NamespaceKeys:
     def events(self) -> str:
         """The pub/sub channel of the namespace's events."""
         return self.base + ":ev"
+
+    @property
+    def done_channel(self) -> str:
+        """Terminal events only: what ``watch_job`` listens to."""
+        return self.events + ":done"
+
+    @property
+    def wake_channel(self) -> str:
+        """A bare wake-up whenever a job became claimable: what blocked claims listen to."""
+        return self.events + ":wake"
 
     def standard(self) -> list[str]:
         """KEYS[1..7] of most scripts: job prefix, ready, delayed, leases, completed,

@@ -1,0 +1,135 @@
+"""Queue-level Redis tests: worker processes (started through the CLI) sharing one queue,
+and a Redis crash + restart while they run. Lost and duplicated jobs are counted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from _proc_harness import WorkerPool
+from fixtures_redis import RedisServer, require_redis_server
+
+import trio_jobqueue as jq
+from trio_jobqueue.storage.redis import RedisStorage
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+WORKER_ARGS = ("--concurrency", "8", "--visibility-timeout", "5", "--log-level", "WARNING")
+
+
+@pytest.fixture
+def aof_server() -> Iterator[RedisServer]:
+    server = RedisServer(require_redis_server(), appendonly=True)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+async def _drain(storage: RedisStorage, name: str, n: int, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                if (await storage.stats(name)).completed >= n:
+                    return
+            except jq.StorageError:
+                pass
+            await trio.sleep(0.05)  # progress happens in other processes
+
+
+async def _lost(q: jq.Queue[object, object], n: int) -> int:
+    lost = 0
+    for i in range(n):
+        status = await q.get_status(f"job-{i}")
+        if status is None or status.state != "completed":
+            lost += 1
+    return lost
+
+
+async def test_two_worker_processes_share_one_queue(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two worker processes drain one queue: every job runs exactly once."""
+    n = 300
+    name = f"two-{uuid.uuid4().hex[:8]}"
+    async with (
+        RedisStorage(redis_server.url) as storage,
+        jq.open_queue(storage, name=name) as q,
+    ):
+        with WorkerPool(tmp_path, redis_server.url, name, WORKER_ARGS) as pool:
+            pool.start()
+            pool.start()
+            for i in range(n):
+                await q.enqueue(f"job-{i}", {"sleep": 0.01})
+            await _drain(storage, name, n, timeout=60)
+            lost = await _lost(q, n)
+            runs = pool.runs_per_job()
+            pids = {pid for _, _, pid in pool.executions()}
+    duplicated = sum(k - 1 for k in runs.values() if k > 1)
+    print(f"lost={lost} duplicated={duplicated} processes_that_ran_jobs={len(pids)}")
+    assert lost == 0
+    assert duplicated == 0
+    assert len(runs) == n
+
+
+async def test_redis_restart_with_worker_processes_running(
+    aof_server: RedisServer, tmp_path: Path
+) -> None:
+    """kill -9 of Redis (AOF) and a restart while two worker processes run: zero lost;
+    duplicates only for executions in flight at the crash."""
+    n = 400
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    storage = RedisStorage(aof_server.url, retry_timeout=30)
+    async with storage, jq.open_queue(storage, name=name, max_attempts=20) as q:
+        with WorkerPool(tmp_path, aof_server.url, name, WORKER_ARGS) as pool:
+            pool.start()
+            pool.start()
+            for i in range(n):
+                await q.enqueue(f"job-{i}", {"sleep": 0.01})
+            with trio.fail_after(60):
+                while sum(pool.runs_per_job().values()) < n // 4:  # noqa: ASYNC110 - progress made elsewhere
+                    await trio.sleep(0.05)
+            aof_server.kill()
+            await trio.sleep(1.0)  # the workers run into the outage
+            await trio.to_thread.run_sync(aof_server.start)
+            await _drain(storage, name, n, timeout=90)
+            lost = await _lost(q, n)
+            runs = pool.runs_per_job()
+            assert all(w.proc.poll() is None for w in pool.workers), pool.all_stderr()
+    duplicated = sum(k - 1 for k in runs.values() if k > 1)
+    print(f"lost={lost} duplicated={duplicated}")
+    assert lost == 0
+    # At most the jobs in flight at the crash (2 processes x concurrency 8), each once.
+    assert duplicated <= 16
+
+
+async def test_two_queues_in_two_tasks_share_one_storage(redis_server: RedisServer) -> None:
+    """Queues opened in different tasks share one RedisStorage; the task that opened it
+    first may leave first, and the other keeps working until it closes it."""
+    storage = RedisStorage(redis_server.url, key_prefix=f"share-{uuid.uuid4().hex[:8]}")
+    first_open = trio.Event()
+    first_gone = trio.Event()
+
+    async def handler(job: jq.Job[int]) -> int:
+        return job.payload * 2
+
+    async def first() -> None:
+        async with jq.open_queue(storage, handler, name="shared") as q:
+            first_open.set()
+            assert await q.enqueue_and_wait("a", 1, timeout=20) == 2
+        first_gone.set()
+
+    async def second() -> None:
+        await first_open.wait()
+        async with jq.open_queue(storage, handler, name="shared") as q:
+            await first_gone.wait()
+            assert storage.is_open
+            assert await q.enqueue_and_wait("b", 2, timeout=20) == 4
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            nursery.start_soon(second)
+    assert not storage.is_open

@@ -1,0 +1,18 @@
+-- acquire_lock.lua: take a free/expired lock (epoch + 1) or renew one already held.
+-- KEYS: 1 the lock hash {tag}:lock:<name>
+-- ARGV: 1 clock offset, 2 owner, 3 ttl seconds
+-- Touches: the lock hash (owner, epoch, exp). It never expires, so epochs only grow.
+-- Returns: the epoch, or nil when another owner holds the lock.
+local l = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'exp')
+local live = l[1] and l[3] and tonumber(l[3]) > NOW
+local expires = fmt(NOW + tonumber(ARGV[3]))
+if live and l[1] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'exp', expires)
+  return tonumber(l[2])
+end
+if live then
+  return nil
+end
+local epoch = tonumber(l[2] or '0') + 1
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'epoch', epoch, 'exp', expires)
+return epoch

@@ -1,0 +1,20 @@
+-- retry.lua: processing -> failing (attempt stays consumed), fenced by the token.
+-- KEYS: standard 1-7
+-- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 delay seconds,
+--       6 "1" when this is a retry after a lost reply
+-- Touches: {tag}:j:<id> (HSET), leases (ZREM), ready (RPUSH, delay 0) or delayed
+--          (ZADD), publishes "failing".
+-- Returns: "ok" | "stale"
+local id = ARGV[2]
+local key = KEYS[1] .. id
+local attempts, settled = owned(key, ARGV[3])
+if not attempts then
+  if settled and ARGV[6] == '1' then
+    return 'ok'
+  end
+  return 'stale'
+end
+to_failing(key, id, ARGV[4], tonumber(ARGV[5]), ARGV[3])
+emit('failing', id, attempts, nil, ARGV[4])
+flush()
+return 'ok'

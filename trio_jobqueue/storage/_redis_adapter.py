@@ -1,0 +1,555 @@
+"""The one module that touches asyncio: redis-py's asyncio client run through trio-asyncio.
+
+:class:`RedisAdapter` owns a trio-asyncio loop that lives in a trio **system task** it
+spawns on :meth:`~RedisAdapter.open` and stops on :meth:`~RedisAdapter.close`. The loop's
+context is never entered by the caller's task, so the first and the last user of a storage
+may be different trio tasks (the storage is reference-counted). Calls from any trio task
+are scheduled on that loop with ``loop.run_aio_coroutine``.
+
+Design decisions:
+
+* The client is built with ``socket_timeout=None`` (redis-py 8's 5 s default would fail
+  long reads and can swallow trio cancellations) and with redis-py's own retries disabled:
+  this module retries connection errors itself, with capped exponential backoff, for at
+  most ``retry_timeout`` seconds, then raises :class:`~trio_jobqueue.StorageError` ``from``
+  the driver's exception. Every other driver error is raised as ``StorageError`` at once.
+* Scripts are sent with ``EVALSHA``; ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``)
+  loads the script and sends it again, transparently.
+* One pub/sub connection per adapter, read by one task. Channels are reference-counted;
+  a subscription is confirmed by the server before :meth:`~RedisAdapter.subscription`
+  yields, so nothing published afterwards is missed. After a reconnect every channel is
+  re-subscribed and its handler's ``on_reconnect`` runs (messages published during the
+  outage are lost, so consumers re-check state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.resources
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+import trio
+import trio_asyncio
+from hiredis import pack_command
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .._errors import StorageError
+
+__all__ = ["ChannelHandler", "RedisAdapter", "ScriptArg"]
+
+log = logging.getLogger("trio_jobqueue.redis")
+
+T = TypeVar("T")
+ScriptArg = str | bytes | int | float
+
+_PUBSUB_IDLE = 5.0
+"""Seconds without pub/sub traffic before the reader pings the server."""
+_PIPELINES = 2
+"""Auto-pipeline batches in flight at once (each on its own connection)."""
+_LINGER = 2.0
+"""Seconds a channel stays subscribed after its last user left, so that a worker's
+consecutive blocking claims (or a producer's consecutive waits) do not re-subscribe."""
+
+
+class _FastPack:
+    """Packs commands with hiredis's C encoder: redis-py's pure-Python ``pack_command``
+    was the largest single CPU cost per job (an EVALSHA carries ~15 arguments)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [pack_command(args)]
+
+
+class _Connection(_FastPack, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_FastPack, aioredis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_FastPack, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+def _connection_class(url: str) -> type[Any] | None:
+    scheme = url.split(":", 1)[0].lower()
+    return {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme)
+
+
+class Disconnected(StorageError):
+    """The connection to Redis failed (retryable)."""
+
+
+class ChannelHandler(Protocol):
+    def on_message(self, data: bytes) -> None: ...
+
+    def on_reconnect(self) -> None: ...
+
+
+def _load_script(name: str) -> bytes:
+    """``lua/_lib.lua`` followed by ``lua/<name>.lua`` (package data of the wheel)."""
+    files = importlib.resources.files("trio_jobqueue").joinpath("lua")
+    lib = files.joinpath("_lib.lua").read_bytes()
+    body = files.joinpath(f"{name}.lua").read_bytes()
+    return lib + b"\n" + body
+
+
+@attrs.define(eq=False)
+class _Script:
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> _Script:
+        source = _load_script(name)
+        return cls(name, source, hashlib.sha1(source).hexdigest())
+
+
+_SCRIPTS: dict[str, _Script] = {}
+
+
+def script(name: str) -> _Script:
+    found = _SCRIPTS.get(name)
+    if found is None:
+        found = _SCRIPTS[name] = _Script.load(name)
+    return found
+
+
+@attrs.define(eq=False)
+class _Call:
+    """One script call waiting for the auto-pipeline."""
+
+    script: _Script
+    keys: Sequence[str]
+    args: Sequence[ScriptArg]
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: StorageError | None = None
+
+    def fail(self, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            self.error = type(exc)(*exc.args)
+            self.error.__cause__ = exc.__cause__
+        else:
+            self.error = _translate(exc)
+            self.error.__cause__ = exc
+        self.done.set()
+
+
+@attrs.define(eq=False)
+class _Channel:
+    name: str
+    handler: ChannelHandler
+    users: int = 0
+    idle_since: float = 0.0
+    confirmed: trio.Event = attrs.Factory(trio.Event)
+    generation: int = 0
+
+
+def _translate(exc: Exception) -> StorageError:
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
+        return StorageError(f"Redis refused the credentials: {exc!r}")
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+        return Disconnected(f"lost the connection to Redis: {exc!r}")
+    return StorageError(f"Redis error: {exc!r}")
+
+
+@attrs.define(eq=False)
+class RedisAdapter:
+    """A redis-py asyncio client living on a private trio-asyncio loop."""
+
+    url: str
+    retry_timeout: float = 10.0
+    options: dict[str, Any] = attrs.Factory(dict)
+
+    _loop: Any = attrs.field(default=None, init=False)
+    _client: Any = attrs.field(default=None, init=False)
+    _ps_client: Any = attrs.field(default=None, init=False)
+    _pending: list[_Call] = attrs.field(factory=list, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+    _inflight: int = attrs.field(default=0, init=False)
+    """Script round trips in flight; calls made meanwhile join the auto-pipeline."""
+    _flush_wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _channels: dict[str, _Channel] = attrs.field(factory=dict, init=False)
+    """Channels in use or lingering; the pub/sub task subscribes to exactly these."""
+    _pubsub: Any = attrs.field(default=None, init=False)
+    _pubsub_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the loop task and check the server answers (``PING``).
+
+        Raises:
+            StorageError: the URL is invalid or the server cannot be reached within
+                ``retry_timeout``.
+        """
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        ready = trio.Event()
+        failure: list[BaseException] = []
+        trio.lowlevel.spawn_system_task(self._serve, ready, failure, name="trio-jobqueue-redis")
+        await ready.wait()
+        if failure:
+            raise StorageError(f"cannot start the Redis client: {failure[0]!r}") from failure[0]
+        try:
+            await self.command("PING")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def _serve(self, ready: trio.Event, failure: list[BaseException]) -> None:
+        try:
+            async with trio_asyncio.open_loop() as loop:
+                self._loop = loop
+                try:
+                    self._client = await loop.run_aio_coroutine(self._make_client())
+                except Exception as exc:  # noqa: BLE001 - re-raised by open() as StorageError
+                    failure.append(exc)
+                    ready.set()
+                    return
+                ready.set()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._read_pubsub)
+                        for _ in range(_PIPELINES):
+                            nursery.start_soon(self._flush_pipeline)
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._closing = True
+                    pending, self._pending = self._pending, []
+                    for call in pending:
+                        call.fail(StorageError("the Redis storage was closed"))
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self._close_client()
+                    self._loop = None
+        except Exception:
+            log.exception("the Redis client task crashed")
+        finally:
+            ready.set()
+            self._stopped.set()
+
+    async def _make_client(self) -> Any:
+        kwargs: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": 5.0,
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,
+        }
+        connection_class = _connection_class(self.url)
+        if connection_class is not None:
+            kwargs["connection_class"] = connection_class
+        kwargs.update(self.options)
+        client = aioredis.Redis.from_url(self.url, **kwargs)
+        # The pub/sub connection gets a pool of its own whose retry catches nothing:
+        # redis-py would otherwise reconnect inside a failed read while another
+        # coroutine (subscribe) may reconnect too, orphaning a socket. The reader task
+        # replaces the whole PubSub after any error instead.
+        kwargs["retry"] = Retry(NoBackoff(), 0, supported_errors=())
+        self._ps_client = aioredis.Redis.from_url(self.url, **kwargs)
+        return client
+
+    async def _close_client(self) -> None:
+        if self._pubsub is not None:
+            pubsub, self._pubsub = self._pubsub, None
+            try:
+                await self._aio(pubsub.aclose())
+            except Exception:
+                log.debug("closing the pub/sub connection failed", exc_info=True)
+        for attr in ("_client", "_ps_client"):
+            client = getattr(self, attr)
+            if client is not None:
+                setattr(self, attr, None)
+                try:
+                    await self._aio(client.aclose())
+                except Exception:
+                    log.debug("closing the Redis client failed", exc_info=True)
+
+    async def _aio(self, coro: Awaitable[T]) -> T:
+        loop = self._loop
+        if loop is None:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise StorageError("the Redis storage is not open")
+        result: T = await loop.run_aio_coroutine(coro)
+        return result
+
+    # -- commands -------------------------------------------------------------------
+
+    async def _once(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            return await self._aio(fn(self._client))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def _with_retry(
+        self, attempt: Callable[[bool], Awaitable[T]], *, retry_for: float | None = None
+    ) -> T:
+        """Run ``attempt(retrying)``, retrying connection errors with backoff."""
+        budget = self.retry_timeout if retry_for is None else retry_for
+        deadline = trio.current_time() + budget
+        delay = 0.02
+        retrying = False
+        while True:
+            try:
+                return await attempt(retrying)
+            except Disconnected as exc:
+                if trio.current_time() + delay > deadline:
+                    raise StorageError(
+                        f"Redis unreachable for {budget:g} s: {exc}"
+                    ) from exc.__cause__
+                log.debug("Redis connection error, retrying in %.2f s: %s", delay, exc)
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+                retrying = True
+
+    async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
+        """Run one Redis command (retrying connection errors)."""
+
+        async def attempt(retrying: bool) -> Any:
+            return await self._once(lambda client: client.execute_command(*args))
+
+        return await self._with_retry(attempt, retry_for=retry_for)
+
+    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        """One script call, sent through the auto-pipeline."""
+        if self._loop is None or self._closing:
+            raise StorageError("the Redis storage is not open")
+        call = _Call(script(name), keys, args)
+        if self._inflight == 0:
+            # Nothing else in flight: send it from this task (one scheduling hop less;
+            # a cancellation here makes redis-py drop the connection, as for any call).
+            self._inflight += 1
+            try:
+                results = await self._aio(self._run_batch([call]))
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+            finally:
+                self._inflight -= 1
+            if isinstance(results[0], Exception):
+                raise _translate(results[0]) from results[0]
+            return results[0]
+        self._pending.append(call)
+        self._flush_wanted.set()
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    async def _flush_pipeline(self) -> None:
+        """Send every script call queued meanwhile as one pipeline (one write, one round
+        trip). Calls made while a batch is in flight form the next batch."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            self._inflight += 1
+            # Shielded: an interrupted pipeline would leave callers waiting forever and
+            # redis-py's connection half-used; shutdown waits for the round trip.
+            with trio.CancelScope(shield=True):
+                try:
+                    results = await self._aio(self._run_batch(batch))
+                except Exception as exc:  # noqa: BLE001 - handed to every caller, who raises it
+                    results = [exc] * len(batch)
+            self._inflight -= 1
+            for call, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    call.fail(result)
+                else:
+                    call.result = result
+                    call.done.set()
+
+    async def _run_batch(self, batch: list[_Call]) -> list[Any]:
+        client = self._client
+        pipe = client.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, rexc.NoScriptError)]
+        if missing:
+            # After a restart or SCRIPT FLUSH: load what is missing and resend just those.
+            for spec in {batch[i].script.name: batch[i].script for i in missing}.values():
+                await client.script_load(spec.source)
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                call = batch[i]
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return results
+
+    async def run_script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Callable[[bool], Sequence[ScriptArg]] | Sequence[ScriptArg],
+        *,
+        retry_for: float | None = None,
+        retry: bool = True,
+    ) -> Any:
+        """Run ``lua/<name>.lua`` with ``keys`` and ``args``.
+
+        ``args`` may be a function of ``retrying`` (True on a retry after a connection
+        error) so scripts can make a resent call idempotent.
+
+        Raises:
+            StorageError: from the driver error (after retries for connection errors).
+        """
+
+        async def attempt(retrying: bool) -> Any:
+            argv = args(retrying) if callable(args) else args
+            return await self._evalsha(name, keys, argv)
+
+        if not retry:
+            return await attempt(False)
+        return await self._with_retry(attempt, retry_for=retry_for)
+
+    # -- pub/sub --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscription(self, channel: str, handler: ChannelHandler) -> AsyncIterator[None]:
+        """Keep ``channel`` subscribed (reference-counted) while the context is open.
+
+        ``handler`` is the one handler of the channel (later subscribers of the same
+        channel must pass the same object). Yields once the server confirmed the
+        subscription.
+
+        Raises:
+            StorageError: not confirmed within ``retry_timeout`` seconds.
+        """
+        chan = self._channels.get(channel)
+        if chan is None:
+            chan = self._channels[channel] = _Channel(channel, handler)
+            self._pubsub_changed.set()
+        chan.users += 1
+        try:
+            with trio.move_on_after(self.retry_timeout) as scope:
+                await chan.confirmed.wait()
+            if scope.cancelled_caught:
+                raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
+            yield
+        finally:
+            chan.users -= 1
+            if chan.users == 0:
+                chan.idle_since = trio.current_time()
+                self._pubsub_changed.set()
+
+    async def _read_pubsub(self) -> None:
+        """Keep the pub/sub connection alive and subscribed; dispatch its messages."""
+        delay = 0.05
+        while True:
+            try:
+                await self._pubsub_session()
+                delay = 0.05
+            except Exception:
+                log.debug("pub/sub connection lost; reconnecting", exc_info=True)
+            if self._pubsub is not None:
+                pubsub, self._pubsub = self._pubsub, None
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await self._aio(pubsub.aclose())
+                    except Exception:
+                        log.debug("closing a broken pub/sub connection failed", exc_info=True)
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def _pubsub_session(self) -> None:
+        pubsub = self._pubsub = self._ps_client.pubsub()
+        # Channel name -> the _Channel the server subscription was made for.
+        subscribed: dict[str, _Channel] = {}
+        ping_sent: float | None = None
+        with trio.CancelScope(shield=True), trio.move_on_after(10) as connecting:
+            await self._aio(pubsub.connect())
+        if connecting.cancelled_caught:
+            raise ConnectionError("connecting the pub/sub connection timed out")
+        async with trio.open_nursery() as nursery:
+
+            async def sync_subscriptions() -> None:
+                # Subscribe/unsubscribe to match ``_channels``; runs on every change.
+                while True:
+                    self._pubsub_changed = trio.Event()
+                    now = trio.current_time()
+                    wake_at = now + 3600.0
+                    drop: list[str] = []
+                    for name, chan in list(self._channels.items()):
+                        if chan.users == 0:
+                            if now - chan.idle_since >= _LINGER:
+                                del self._channels[name]
+                                if subscribed.pop(name, None) is not None:
+                                    drop.append(name)
+                                continue
+                            wake_at = min(wake_at, chan.idle_since + _LINGER)
+                    add = [name for name in self._channels if name not in subscribed]
+                    for name in add:
+                        subscribed[name] = self._channels[name]
+                    # Shielded: cancelling redis-py while it (re)connects can orphan a
+                    # half-made connection. The reader's failure still ends this task
+                    # at the next wait.
+                    with trio.CancelScope(shield=True), trio.move_on_after(10):
+                        if drop:
+                            await self._aio(pubsub.unsubscribe(*drop))
+                        if add:
+                            await self._aio(pubsub.subscribe(*add))
+                    with trio.move_on_at(wake_at):
+                        await self._pubsub_changed.wait()
+
+            nursery.start_soon(sync_subscriptions)
+            while True:
+                msg = await self._aio(pubsub.get_message(timeout=_PUBSUB_IDLE))
+                if msg is None:
+                    now = trio.current_time()
+                    if ping_sent is None:
+                        ping_sent = now
+                        with trio.CancelScope(shield=True), trio.move_on_after(10):
+                            await self._aio(pubsub.ping())
+                    elif now - ping_sent > 2 * _PUBSUB_IDLE:
+                        raise ConnectionError("the pub/sub connection stopped answering")
+                    continue
+                ping_sent = None
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        raw = msg.get("channel")
+        name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        chan = self._channels.get(name)
+        if chan is None:
+            return
+        if kind == "message":
+            data = msg.get("data")
+            if isinstance(data, bytes):
+                chan.handler.on_message(data)
+        elif kind == "subscribe":
+            chan.generation += 1
+            chan.confirmed.set()
+            if chan.generation > 1:
+                chan.handler.on_reconnect()

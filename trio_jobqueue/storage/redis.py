@@ -1,0 +1,614 @@
+"""RedisStorage: the production backend (Redis 7+ / Valkey 8+).
+
+Every transition is one Lua script (``trio_jobqueue/lua/<name>.lua``) run with
+``EVALSHA``; the key schema is in :mod:`._redis_keys`; everything that touches asyncio is
+in :mod:`._redis_adapter`. See ``docs/redis.md`` for the design and failure behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import StorageError
+from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from ._base import (
+    Claim,
+    EnqueueOutcome,
+    EventRecord,
+    Fence,
+    JobRecord,
+    JobWatch,
+    ReapedJob,
+    ReapResult,
+    SettleStatus,
+    Storage,
+    StorageStats,
+)
+from ._common import STALLED_ERROR
+from ._redis_adapter import Disconnected, RedisAdapter, ScriptArg
+from ._redis_keys import NamespaceKeys
+
+__all__ = ["RedisStorage"]
+
+log = logging.getLogger("trio_jobqueue.redis")
+
+DEFAULT_URL = "redis://localhost:6379/0"
+EVENT_BUFFER = 10_000
+"""Events buffered per subscriber before new ones are dropped for that subscriber."""
+_PURGE_BATCH = 1000
+
+
+def parse_events(data: bytes) -> list[EventRecord]:
+    """Decode one pub/sub message of the Lua scripts (see ``lua/_lib.lua``)."""
+    events: list[EventRecord] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        newline = data.index(b"\n", pos)
+        kind, attempt, id_len, result_len, error_len = data[pos:newline].split(b" ")
+        pos = newline + 1
+        n = int(id_len)
+        job_id = data[pos : pos + n].decode("utf-8")
+        pos += n
+        result: bytes | None = None
+        error: bytes | None = None
+        n = int(result_len)
+        if n >= 0:
+            result = data[pos : pos + n]
+            pos += n
+        n = int(error_len)
+        if n >= 0:
+            error = data[pos : pos + n]
+            pos += n
+        events.append(
+            EventRecord(EventKind(kind.decode("ascii")), job_id, int(attempt), result, error)
+        )
+    return events
+
+
+@contextmanager
+def _corrupt_record(ns: str, job_id: str) -> Iterator[None]:
+    """Foreign bytes in a job hash surface as :class:`StorageError`, never as a crash."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StorageError(f"corrupt record for job {job_id!r} in queue {ns!r}") from exc
+
+
+def _opt_float(raw: bytes | None) -> float | None:
+    return None if raw is None or raw == b"" else float(raw)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8")
+
+
+@attrs.define(eq=False)
+class _Watch(JobWatch):
+    event: trio.Event = attrs.Factory(trio.Event)
+
+    def fire(self) -> None:
+        self.event.set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+        self.event = trio.Event()
+
+
+def _decode(data: bytes) -> list[EventRecord] | None:
+    try:
+        return parse_events(data)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("ignoring a malformed event message on a job queue channel")
+        return None
+
+
+@attrs.define(eq=False)
+class _Events:
+    """Handler of the namespace's all-events channel: feeds ``subscribe_events``."""
+
+    subscribers: set[trio.MemorySendChannel[EventRecord]] = attrs.Factory(set)
+    dropped_events: int = 0
+
+    def on_message(self, data: bytes) -> None:
+        for record in _decode(data) or ():
+            for send in list(self.subscribers):
+                try:
+                    send.send_nowait(record)
+                except trio.WouldBlock:
+                    self.dropped_events += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.subscribers.discard(send)
+
+    def on_reconnect(self) -> None:
+        """Events published during the outage are lost (documented)."""
+
+
+@attrs.define(eq=False)
+class _Done:
+    """Handler of the terminal-events channel: wakes ``watch_job`` watchers by job id."""
+
+    watches: dict[str, set[_Watch]] = attrs.Factory(dict)
+
+    def on_message(self, data: bytes) -> None:
+        for record in _decode(data) or ():
+            for watch in self.watches.get(record.job_id, ()):
+                watch.fire()
+
+    def on_reconnect(self) -> None:
+        # A completion may have been published while the connection was down: wake
+        # every watcher so that it re-reads the job's state.
+        for watches in self.watches.values():
+            for watch in watches:
+                watch.fire()
+
+
+@attrs.define(eq=False)
+class _Wake:
+    """Handler of the wake channel: wakes blocked claims."""
+
+    work: trio.Event = attrs.Factory(trio.Event)
+
+    def wake_workers(self) -> None:
+        self.work.set()
+        self.work = trio.Event()
+
+    def on_message(self, data: bytes) -> None:
+        self.wake_workers()
+
+    def on_reconnect(self) -> None:
+        self.wake_workers()
+
+
+@attrs.define(eq=False)
+class _Hub:
+    """Local dispatch of one namespace's three channels."""
+
+    events: _Events = attrs.Factory(_Events)
+    done: _Done = attrs.Factory(_Done)
+    wake: _Wake = attrs.Factory(_Wake)
+
+
+@attrs.define(eq=False, init=False)
+class RedisStorage(Storage):
+    """Jobs in Redis 7+, shared by any number of processes and machines.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS or
+            ``unix://``; defaults to ``$REDIS_URL``, else ``redis://localhost:6379/0``.
+        key_prefix: first part of every key's hash tag (``{prefix:queue}``).
+        retry_timeout: how long (seconds) an operation retries connection errors, with
+            capped exponential backoff, before raising :class:`~trio_jobqueue.StorageError`.
+        claim_repoll: longest a blocked ``claim`` waits for a pub/sub wake-up before it
+            asks the server again (a safety net; wake-ups normally arrive in milliseconds).
+        script_timeout: bound on one shielded claim script call.
+        **options: passed to ``redis.asyncio.Redis.from_url`` (e.g. ``ssl_ca_certs``).
+    """
+
+    url: str
+    key_prefix: str
+    retry_timeout: float
+    claim_repoll: float
+    script_timeout: float
+    options: dict[str, Any]
+    _adapter: RedisAdapter | None = attrs.field(default=None, init=False)
+    _hubs: dict[str, _Hub] = attrs.field(factory=dict, init=False)
+    _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        key_prefix: str = "jq",
+        retry_timeout: float = 10.0,
+        claim_repoll: float = 5.0,
+        script_timeout: float = 10.0,
+        **options: Any,
+    ) -> None:
+        if url is None:
+            url = os.environ.get("REDIS_URL") or DEFAULT_URL
+        if not isinstance(key_prefix, str) or not key_prefix:
+            raise ValueError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
+        self.__attrs_init__(
+            url=url,
+            key_prefix=key_prefix,
+            retry_timeout=float(retry_timeout),
+            claim_repoll=float(claim_repoll),
+            script_timeout=float(script_timeout),
+            options=dict(options),
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStorage(key_prefix={self.key_prefix!r})"
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> RedisStorage:
+        await super().__aenter__()
+        return self
+
+    async def _open(self) -> None:
+        adapter = RedisAdapter(self.url, self.retry_timeout, self.options)
+        await adapter.open()
+        self._adapter = adapter
+
+    async def _close(self) -> None:
+        adapter, self._adapter = self._adapter, None
+        if adapter is not None:
+            await adapter.close()
+
+    @property
+    def adapter(self) -> RedisAdapter:
+        """The open client (raises :class:`StorageError` when the storage is closed)."""
+        if self._adapter is None:
+            raise StorageError("RedisStorage is not open: use `async with storage:`")
+        return self._adapter
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def keys(self, ns: str) -> NamespaceKeys:
+        found = self._keys.get(ns)
+        if found is None:
+            found = self._keys[ns] = NamespaceKeys.of(self.key_prefix, ns)
+        return found
+
+    def _hub(self, ns: str) -> _Hub:
+        hub = self._hubs.get(ns)
+        if hub is None:
+            hub = self._hubs[ns] = _Hub()
+        return hub
+
+    async def _run(
+        self,
+        name: str,
+        ns: str,
+        args: Sequence[ScriptArg],
+        *,
+        idempotent_flag: bool = False,
+    ) -> Any:
+        """Run a script with the standard keys and ``ARGV[1]`` = the clock offset.
+
+        With ``idempotent_flag``, a last ARGV of ``"1"`` tells the script the call is
+        being resent after a connection error.
+        """
+        argv: list[ScriptArg] = [repr(self._clock_offset), *args]
+        keys = self.keys(ns).standard()
+        if idempotent_flag:
+            return await self.adapter.run_script(
+                name, keys, lambda retrying: [*argv, "1" if retrying else "0"]
+            )
+        return await self.adapter.run_script(name, keys, argv)
+
+    # -- producer transitions ---------------------------------------------------------
+
+    async def enqueue(
+        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+    ) -> EnqueueOutcome:
+        nonce = secrets.token_hex(8)
+        reply = await self._run(
+            "enqueue",
+            ns,
+            [job_id, bytes(payload), int(max_attempts), repr(float(result_ttl)), nonce],
+        )
+        status = EnqueueStatus(reply[0].decode())
+        if status is EnqueueStatus.QUEUED:
+            return EnqueueOutcome(status)
+        with _corrupt_record(ns, job_id):
+            state = JobState(reply[1].decode())
+        if status is EnqueueStatus.COMPLETED:
+            return EnqueueOutcome(status, state, bytes(reply[2]))
+        return EnqueueOutcome(status, state)
+
+    async def cancel(self, ns: str, job_id: str) -> CancelStatus:
+        reply = await self._run("cancel", ns, [job_id])
+        return CancelStatus(reply.decode())
+
+    async def get_status(self, ns: str, job_id: str) -> JobRecord | None:
+        reply = await self._run("status", ns, [job_id])
+        if reply is None:
+            return None
+        with _corrupt_record(ns, job_id):
+            return self._record(job_id, reply)
+
+    @staticmethod
+    def _record(job_id: str, reply: list[Any]) -> JobRecord:
+        (
+            state,
+            created,
+            attempts,
+            max_attempts,
+            ttl,
+            result,
+            error,
+            finished,
+            expires,
+            due,
+            worker,
+            lease,
+        ) = reply
+        return JobRecord(
+            job_id=job_id,
+            state=JobState(state.decode()),
+            created_at=float(created),
+            attempts=int(attempts),
+            max_attempts=int(max_attempts),
+            result_ttl=float(ttl),
+            result=None if result is None else bytes(result),
+            error=None if error is None else bytes(error),
+            finished_at=_opt_float(finished),
+            expires_at=_opt_float(expires),
+            due_at=_opt_float(due),
+            worker_id=_text(worker),
+            lease_until=_opt_float(lease),
+        )
+
+    async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
+        reply = await self._run("update_ttl", ns, [job_id, repr(float(ttl))])
+        return UpdateTtlStatus(reply.decode())
+
+    # -- worker transitions -----------------------------------------------------------
+
+    async def claim(
+        self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
+    ) -> list[Claim]:
+        """See :meth:`Storage.claim`.
+
+        The script call itself is shielded (bounded by ``script_timeout``), so a claim
+        whose script ran always hands its jobs back; if the caller was cancelled
+        meanwhile, those jobs are released at once (attempt not consumed) and
+        ``Cancelled`` propagates. Only the waiting between attempts is cancellable. A
+        blocked claim waits for the namespace's pub/sub wake-up (milliseconds after an
+        enqueue) and keeps retrying connection errors until its ``wait`` runs out.
+
+        Raises:
+            StorageError: Redis failed, or stayed unreachable for
+                ``max(wait, retry_timeout)`` seconds.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit!r}")
+        start = trio.current_time()
+        deadline = start + wait
+        retry_until = start + max(wait, self.retry_timeout)
+        if wait <= 0:
+            claims, _, _ = await self._claim_once(ns, worker_id, limit, lease, retry_until)
+            return claims
+        hub = self._hub(ns)
+        async with self.adapter.subscription(self.keys(ns).wake_channel, hub.wake):
+            while True:
+                work = hub.wake.work  # taken before the script runs: no lost wake-up
+                claims, server_now, next_due = await self._claim_once(
+                    ns, worker_id, limit, lease, retry_until
+                )
+                remaining = deadline - trio.current_time()
+                if claims or remaining <= 0:
+                    return claims
+                sleep_for = min(remaining, self.claim_repoll)
+                if next_due is not None:
+                    sleep_for = min(sleep_for, max(next_due - server_now, 0.0))
+                with trio.move_on_after(sleep_for):
+                    await work.wait()
+
+    async def _claim_once(
+        self, ns: str, worker_id: str, limit: int, lease: float, retry_until: float
+    ) -> tuple[list[Claim], float, float | None]:
+        keys = self.keys(ns).standard()
+        delay = 0.02
+        while True:
+            argv: list[ScriptArg] = [
+                repr(self._clock_offset),
+                worker_id,
+                int(limit),
+                repr(float(lease)),
+                secrets.token_hex(8),
+            ]
+            reply: Any = None
+            error: StorageError | None = None
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.script_timeout):
+                    try:
+                        reply = await self.adapter.run_script("claim", keys, argv, retry=False)
+                    except StorageError as exc:
+                        error = exc
+                if reply is None and error is None:
+                    error = StorageError(
+                        f"claim script got no reply within {self.script_timeout:g} s"
+                        " (any job it claimed is recovered when its lease expires)"
+                    )
+            if error is not None:
+                if not isinstance(error, Disconnected) or trio.current_time() >= retry_until:
+                    raise error
+                await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+                delay = min(delay * 2, 1.0)
+                continue
+            break
+        claims = [
+            Claim(
+                job_id=reply[i].decode("utf-8"),
+                payload=bytes(reply[i + 1]),
+                attempt=int(reply[i + 2]),
+                max_attempts=int(reply[i + 3]),
+                created_at=float(reply[i + 4]),
+                token=reply[i + 5].decode("ascii"),
+                lease_until=float(reply[i + 6]),
+                result_ttl=float(reply[i + 7]),
+            )
+            for i in range(2, len(reply), 8)
+        ]
+        if claims:
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except trio.Cancelled:
+                # The caller is gone: hand the jobs back now rather than at lease expiry.
+                with trio.CancelScope(shield=True), trio.move_on_after(self.script_timeout):
+                    for claim in reversed(claims):
+                        try:
+                            await self.release(ns, claim.job_id, claim.token)
+                        except StorageError:
+                            log.warning(
+                                "could not release job %r after a cancelled claim;"
+                                " its lease will expire",
+                                claim.job_id,
+                            )
+                raise
+        return claims, float(reply[0]), _opt_float(reply[1])
+
+    async def heartbeat(
+        self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
+    ) -> list[bool]:
+        if not claims:
+            await trio.lowlevel.checkpoint()
+            return []
+        args: list[ScriptArg] = [repr(float(lease))]
+        for job_id, token in claims:
+            args += [job_id, token]
+        reply = await self._run("heartbeat", ns, args)
+        return [bool(x) for x in reply]
+
+    async def complete(
+        self, ns: str, job_id: str, token: str, result: bytes, *, ttl: float
+    ) -> SettleStatus:
+        reply = await self._run(
+            "complete",
+            ns,
+            [job_id, token, bytes(result), repr(float(ttl))],
+            idempotent_flag=True,
+        )
+        return SettleStatus(reply.decode())
+
+    async def fail(
+        self, ns: str, job_id: str, token: str, error: bytes, *, ttl: float
+    ) -> SettleStatus:
+        reply = await self._run(
+            "fail", ns, [job_id, token, bytes(error), repr(float(ttl))], idempotent_flag=True
+        )
+        return SettleStatus(reply.decode())
+
+    async def retry(
+        self, ns: str, job_id: str, token: str, error: bytes, *, delay: float
+    ) -> SettleStatus:
+        reply = await self._run(
+            "retry", ns, [job_id, token, bytes(error), repr(float(delay))], idempotent_flag=True
+        )
+        return SettleStatus(reply.decode())
+
+    async def release(self, ns: str, job_id: str, token: str) -> SettleStatus:
+        reply = await self._run("release", ns, [job_id, token], idempotent_flag=True)
+        return SettleStatus(reply.decode())
+
+    # -- recovery ---------------------------------------------------------------------
+
+    async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
+        keys = self.keys(ns)
+        if fence is None:
+            lock_key, fenced = keys.lock(""), ["0", "", ""]
+        else:
+            lock_key, fenced = keys.lock(fence.lock), ["1", fence.owner, str(fence.epoch)]
+        reply = await self.adapter.run_script(
+            "reap",
+            [*keys.standard(), lock_key],
+            [repr(self._clock_offset), STALLED_ERROR, *fenced],
+        )
+        if reply[0] == b"fenced":
+            return ReapResult(fenced=True)
+        stalled = tuple(
+            ReapedJob(reply[i].decode("utf-8"), int(reply[i + 1]), reply[i + 2] == b"1")
+            for i in range(3, len(reply), 3)
+        )
+        return ReapResult(stalled=stalled, next_deadline=_opt_float(reply[1]), now=float(reply[2]))
+
+    # -- leader lock ------------------------------------------------------------------
+
+    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
+        reply = await self.adapter.run_script(
+            "acquire_lock",
+            [self.keys(ns).lock(lock)],
+            [repr(self._clock_offset), owner, repr(float(ttl))],
+        )
+        return None if reply is None else int(reply)
+
+    async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
+        reply = await self.adapter.run_script(
+            "renew_lock",
+            [self.keys(ns).lock(lock)],
+            [repr(self._clock_offset), owner, str(int(epoch)), repr(float(ttl))],
+        )
+        return bool(reply)
+
+    async def release_lock(self, ns: str, lock: str, owner: str, epoch: int) -> bool:
+        reply = await self.adapter.run_script(
+            "release_lock",
+            [self.keys(ns).lock(lock)],
+            [repr(self._clock_offset), owner, str(int(epoch))],
+        )
+        return bool(reply)
+
+    # -- notification -----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe_events(
+        self, ns: str
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[EventRecord]]:
+        """See :meth:`Storage.subscribe_events`. Events published while the pub/sub
+        connection is down (a Redis restart) are not delivered."""
+        hub = self._hub(ns)
+        send, receive = trio.open_memory_channel[EventRecord](EVENT_BUFFER)
+        hub.events.subscribers.add(send)
+        try:
+            async with self.adapter.subscription(self.keys(ns).events, hub.events), receive:
+                yield receive
+        finally:
+            hub.events.subscribers.discard(send)
+            send.close()
+
+    @asynccontextmanager
+    async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
+        """See :meth:`Storage.watch_job`. The watch is active (the server confirmed the
+        subscription) when the context yields. After a pub/sub reconnect ``wait`` returns
+        even without an event, since one may have been missed: callers re-check state."""
+        hub = self._hub(ns)
+        watch = _Watch()
+        watches = hub.done.watches
+        watches.setdefault(job_id, set()).add(watch)
+        try:
+            async with self.adapter.subscription(self.keys(ns).done_channel, hub.done):
+                yield watch
+        finally:
+            watchers = watches.get(job_id)
+            if watchers is not None:
+                watchers.discard(watch)
+                if not watchers:
+                    del watches[job_id]
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    async def stats(self, ns: str) -> StorageStats:
+        queued, delayed, processing, completed, failed = await self._run("stats", ns, [])
+        return StorageStats(
+            queued=int(queued),
+            delayed=int(delayed),
+            processing=int(processing),
+            completed=int(completed),
+            failed=int(failed),
+        )
+
+    async def purge_expired(self, ns: str) -> int:
+        total = 0
+        while True:
+            count = int(await self._run("purge", ns, [_PURGE_BATCH]))
+            total += count
+            if count < _PURGE_BATCH:
+                return total
+
+    # -- testing / operations ---------------------------------------------------------
+
+    async def server_command(self, *args: ScriptArg) -> Any:
+        """Run a raw Redis command on the storage's connection (for tests and tools)."""
+        return await self.adapter.command(*args)
