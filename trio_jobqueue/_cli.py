@@ -1,4 +1,8 @@
-"""The ``trio-jobqueue`` command line (also ``python -m trio_jobqueue``)."""
+"""The ``trio-jobqueue`` command line (also ``python -m trio_jobqueue``).
+
+Commands: ``worker`` (:mod:`._cli_worker`), ``enqueue``/``status``/``result``/``cancel``/
+``stats`` (:mod:`._cli_admin`) and ``demo`` (here). Reference: ``docs/cli.md``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,22 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 import trio
 
+from ._cli_admin import (
+    add_admin_parsers,
+    run_cancel,
+    run_enqueue,
+    run_result,
+    run_stats,
+    run_status,
+)
+from ._cli_common import URL_ENV, CliError, ExitCode, positive_int
+from ._cli_worker import add_worker_parser, run_worker
+from ._errors import InvalidJobError, StorageError
 from ._queue import open_queue
 from ._types import Job
 from .storage import MemoryStorage
@@ -96,17 +111,23 @@ async def run_demo(jobs: int, concurrency: int, work: float, out: TextIO) -> dic
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
+    return positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trio-jobqueue", description="A reliable job queue for trio applications."
+        prog="trio-jobqueue",
+        description="A reliable job queue for trio applications.",
+        epilog=(
+            f"--storage defaults to ${URL_ENV}. Exit codes: 0 ok, 1 negative answer "
+            "(unknown job, no result, job failed, not cancelled), 2 usage error, "
+            "3 storage error, 4 wait timeout, 5 unhealthy (stats checks), "
+            "130 interrupted. See docs/cli.md."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_worker_parser(sub)
+    add_admin_parsers(sub)
     demo = sub.add_parser("demo", help="run N jobs through an in-memory queue and report")
     demo.add_argument("--jobs", "-n", type=_positive_int, default=10_000)
     demo.add_argument("--concurrency", "-c", type=_positive_int, default=100)
@@ -116,13 +137,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The only exception inside (nested) single-member groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"trio-jobqueue: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-jobqueue`` / ``python -m trio_jobqueue``; returns the exit
+    code (see :class:`~trio_jobqueue._cli_common.ExitCode`)."""
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
+    command = args.command
+    if command == "demo":
         try:
             trio.run(run_demo, args.jobs, args.concurrency, args.work, sys.stdout)
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130
         return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    runners: dict[str, Callable[..., Awaitable[ExitCode]]] = {
+        "enqueue": run_enqueue,
+        "status": run_status,
+        "result": run_result,
+        "cancel": run_cancel,
+        "stats": run_stats,
+    }
+    try:
+        if command == "worker":
+            code = trio.run(run_worker, args)
+        else:
+            code = trio.run(runners[command], args, sys.stdout)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BaseExceptionGroup as group:
+        leaf = _leaf(group)
+        if isinstance(leaf, CliError):
+            return _fail(str(leaf), leaf.code)
+        if isinstance(leaf, StorageError):
+            return _fail(f"storage failed: {leaf}", ExitCode.STORAGE)
+        if isinstance(leaf, InvalidJobError):
+            return _fail(str(leaf), ExitCode.USAGE)
+        if isinstance(leaf, KeyboardInterrupt):
+            print("\ninterrupted", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        raise
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except StorageError as exc:
+        return _fail(f"storage failed: {exc}", ExitCode.STORAGE)
+    except InvalidJobError as exc:  # e.g. a bad option value reaching open_queue
+        return _fail(str(exc), ExitCode.USAGE)
+    return int(code)

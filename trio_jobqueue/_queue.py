@@ -19,6 +19,7 @@ from ._types import (
     CancelResult,
     EnqueueResult,
     EnqueueStatus,
+    EventKind,
     JobError,
     JobState,
     JobStatus,
@@ -27,7 +28,7 @@ from ._types import (
 from ._util import open_service_nursery
 from ._validate import check_duration, check_job_id, check_max_attempts, check_name, check_ttl
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
-from .storage import JobRecord, Storage
+from .storage import Storage
 
 __all__ = ["Queue", "QueueStatistics", "open_queue"]
 
@@ -144,24 +145,39 @@ class Queue(Generic[P, R]):
                 if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
                     value: R = self.result_codec.decode(outcome.result, "result", job_id)
                     return value
+                # A job we just queued cannot be terminal yet, and the watch was open
+                # before the enqueue: its outcome will arrive through the watch. A
+                # duplicate may already be finished, so read its state first.
+                read_state = outcome.status is not EnqueueStatus.QUEUED
                 while True:
-                    record = await self.storage.get_status(self.name, job_id)
-                    if record is None:
+                    if read_state:
+                        record = await self.storage.get_status(self.name, job_id)
+                        if record is None:
+                            raise JobCancelledError(job_id)
+                        if record.state is JobState.COMPLETED:
+                            if record.result is None:
+                                raise JobQueueError(f"the result of job {job_id!r} is gone")
+                            done: R = self.result_codec.decode(record.result, "result", job_id)
+                            return done
+                        if record.state is JobState.FAILED:
+                            raise JobFailedError(job_id, self._error_of(record.error))
+                    event = await watch.wait()
+                    read_state = True
+                    if event is None:
+                        continue  # the backend may have missed something: re-read
+                    if event.kind is EventKind.COMPLETED and event.result is not None:
+                        result: R = self.result_codec.decode(event.result, "result", job_id)
+                        return result
+                    if event.kind is EventKind.FAILED:
+                        raise JobFailedError(job_id, self._error_of(event.error))
+                    if event.kind is EventKind.CANCELLED:
                         raise JobCancelledError(job_id)
-                    if record.state is JobState.COMPLETED:
-                        if record.result is None:
-                            raise JobQueueError(f"the result of job {job_id!r} is gone")
-                        done: R = self.result_codec.decode(record.result, "result", job_id)
-                        return done
-                    if record.state is JobState.FAILED:
-                        raise JobFailedError(job_id, self._error_of(record))
-                    await watch.wait()
         assert scope.cancelled_caught
         raise WaitTimeoutError(job_id, wait)
 
     @staticmethod
-    def _error_of(record: JobRecord) -> JobError:
-        return decode_error(record.error) or JobError(type="Unknown", message="no error stored")
+    def _error_of(error: bytes | None) -> JobError:
+        return decode_error(error) or JobError(type="Unknown", message="no error stored")
 
     # -- inspecting and managing -----------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -159,13 +160,31 @@ class SettleStatus(enum.StrEnum):
     """The token no longer owns the job (lease expired and reaped, or job cancelled)."""
 
 
-class JobWatch(abc.ABC):
-    """A subscription to one job's terminal (or cancel) transitions."""
+class JobWatch:
+    """A subscription to one job's terminal (or cancel) transitions.
 
-    @abc.abstractmethod
-    async def wait(self) -> None:
-        """Return once a ``completed``, ``failed`` or ``cancelled`` event for the job was seen
-        since the watch opened or since the previous ``wait`` returned. Cancellable."""
+    Backends create one per ``watch_job`` and call :meth:`fire` for every ``completed``,
+    ``failed`` or ``cancelled`` event of the job (or ``fire(None)`` when they may have
+    missed one, e.g. after a reconnect).
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._records: deque[EventRecord | None] = deque()
+
+    def fire(self, record: EventRecord | None = None) -> None:
+        self._records.append(record)
+        self._event.set()
+
+    async def wait(self) -> EventRecord | None:
+        """Wait for the next event fired since the watch opened (or since the previous
+        ``wait`` returned) and return it, with its result or error bytes. ``None`` means
+        the backend cannot tell what happened: re-read the job's state. Cancellable."""
+        await self._event.wait()
+        record = self._records.popleft()
+        if not self._records:
+            self._event = trio.Event()
+        return record
 
 
 @attrs.define(eq=False)

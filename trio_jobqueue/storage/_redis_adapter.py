@@ -346,7 +346,7 @@ class RedisAdapter:
             # a cancellation here makes redis-py drop the connection, as for any call).
             self._inflight += 1
             try:
-                results = await self._aio(self._run_batch([call]))
+                results = await self._aio(self._run_one(call))
             except StorageError:
                 raise
             except Exception as exc:
@@ -387,6 +387,23 @@ class RedisAdapter:
                 else:
                     call.result = result
                     call.done.set()
+
+    async def _run_one(self, call: _Call) -> list[Any]:
+        """A lone call: a plain EVALSHA (a redis-py pipeline costs more than it saves)."""
+        client = self._client
+        spec = call.script
+        try:
+            result = await client.execute_command(
+                "EVALSHA", spec.sha, len(call.keys), *call.keys, *call.args
+            )
+        except rexc.NoScriptError:
+            await client.script_load(spec.source)
+            result = await client.execute_command(
+                "EVALSHA", spec.sha, len(call.keys), *call.keys, *call.args
+            )
+        except rexc.ResponseError as exc:
+            return [exc]
+        return [result]
 
     async def _run_batch(self, batch: list[_Call]) -> list[Any]:
         client = self._client

@@ -95,14 +95,10 @@ class _Op:
     pos: Pos = (0, 0)
 
 
-@attrs.define(eq=False)
 class _Watch(JobWatch):
-    next_pos: Pos | None = None
-    event: trio.Event = attrs.Factory(trio.Event)
-
-    async def wait(self) -> None:
-        await self.event.wait()
-        self.event = trio.Event()
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_pos: Pos | None = None
 
 
 @attrs.define(eq=False)
@@ -681,7 +677,7 @@ class FileStorage(Storage):
                         # chunk read twice (the tailer was rewound) fires it once.
                         if watch.next_pos is not None and at >= watch.next_pos:
                             watch.next_pos = end
-                            watch.event.set()
+                            watch.fire(event)
             if work and end > space.work_pos:
                 space.work_pos = end
                 space.work.set()

@@ -88,18 +88,6 @@ class _Lock:
     expires_at: float = -math.inf
 
 
-@attrs.define(eq=False)
-class _Watch(JobWatch):
-    event: trio.Event = attrs.field(factory=trio.Event)
-
-    def fire(self) -> None:
-        self.event.set()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-        self.event = trio.Event()
-
-
 def _key(job_id: str) -> bytes:
     return job_id.encode("utf-8")
 
@@ -114,7 +102,7 @@ class _Namespace:
     expiries: list[tuple[float, bytes, str]] = attrs.Factory(list)
     locks: dict[str, _Lock] = attrs.Factory(dict)
     work: trio.Event = attrs.Factory(trio.Event)
-    watches: dict[str, set[_Watch]] = attrs.Factory(dict)
+    watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
     subscribers: set[trio.MemorySendChannel[EventRecord]] = attrs.Factory(set)
     dropped_events: int = 0
 
@@ -177,6 +165,7 @@ class MemoryStorage(Storage):
         result: bytes | None = None,
         error: bytes | None = None,
     ) -> None:
+        record: EventRecord | None = None
         if space.subscribers:
             record = EventRecord(kind, job_id, attempt, result, error)
             for send in list(space.subscribers):
@@ -187,8 +176,11 @@ class MemoryStorage(Storage):
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     space.subscribers.discard(send)
         if space.watches and kind in _WAKES_WATCHERS:
-            for watch in space.watches.get(job_id, ()):
-                watch.fire()
+            watches = space.watches.get(job_id)
+            if watches:
+                record = record or EventRecord(kind, job_id, attempt, result, error)
+                for watch in watches:
+                    watch.fire(record)
 
     def _wake_workers(self, space: _Namespace) -> None:
         space.work.set()
@@ -543,7 +535,7 @@ class MemoryStorage(Storage):
     @asynccontextmanager
     async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
         space = self._space(ns)
-        watch = _Watch()
+        watch = JobWatch()
         space.watches.setdefault(job_id, set()).add(watch)
         try:
             yield watch

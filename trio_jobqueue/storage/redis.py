@@ -91,18 +91,6 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8")
 
 
-@attrs.define(eq=False)
-class _Watch(JobWatch):
-    event: trio.Event = attrs.Factory(trio.Event)
-
-    def fire(self) -> None:
-        self.event.set()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-        self.event = trio.Event()
-
-
 def _decode(data: bytes) -> list[EventRecord] | None:
     try:
         return parse_events(data)
@@ -136,19 +124,19 @@ class _Events:
 class _Done:
     """Handler of the terminal-events channel: wakes ``watch_job`` watchers by job id."""
 
-    watches: dict[str, set[_Watch]] = attrs.Factory(dict)
+    watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
 
     def on_message(self, data: bytes) -> None:
         for record in _decode(data) or ():
             for watch in self.watches.get(record.job_id, ()):
-                watch.fire()
+                watch.fire(record)
 
     def on_reconnect(self) -> None:
         # A completion may have been published while the connection was down: wake
         # every watcher so that it re-reads the job's state.
         for watches in self.watches.values():
             for watch in watches:
-                watch.fire()
+                watch.fire(None)
 
 
 @attrs.define(eq=False)
@@ -574,7 +562,7 @@ class RedisStorage(Storage):
         subscription) when the context yields. After a pub/sub reconnect ``wait`` returns
         even without an event, since one may have been missed: callers re-check state."""
         hub = self._hub(ns)
-        watch = _Watch()
+        watch = JobWatch()
         watches = hub.done.watches
         watches.setdefault(job_id, set()).add(watch)
         try:
