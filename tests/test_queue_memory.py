@@ -356,11 +356,13 @@ async def test_crashed_leader_replaced_within_lock_ttl(
     """A leader that stops renewing (crash) is replaced within lock_ttl."""
     storage = jq.MemoryStorage()
     async with storage:
-        epoch = await storage.acquire_lock("default", "reaper", "crashed", ttl=3)
+        # Held the way a reaper with lock_ttl=3 holds it (a lease of 3/4 of lock_ttl),
+        # by a process that then died without releasing it.
+        epoch = await storage.acquire_lock("default", "reaper", "crashed", ttl=3 * 0.75)
         assert epoch is not None
         async with jq.open_reaper(storage, lock_ttl=3, owner="heir") as heir:
             assert not heir.is_leader
-            await trio.sleep(3 + 1.01)
+            await trio.sleep(3)
             assert heir.is_leader and heir.epoch == epoch + 1
 
 

@@ -337,10 +337,13 @@ async def open_queue(
             owner=wid,
         )
     async with storage, open_service_nursery() as nursery:
-        if queue.worker is not None:
-            await nursery.start(queue.worker.run)
-        if queue.reaper is not None:
-            await nursery.start(queue.reaper.run)
+        # Start-up does no I/O; shielding it means a cancellation can never land between
+        # starting a (shielded) worker and the ``try`` that shuts it down.
+        with trio.CancelScope(shield=True):
+            if queue.worker is not None:
+                await nursery.start(queue.worker.run)
+            if queue.reaper is not None:
+                await nursery.start(queue.reaper.run)
         try:
             yield queue
         finally:

@@ -3,8 +3,9 @@
 Any number of reapers may run against one queue (one per worker process is the normal
 set-up). With leader election on, they compete for a lease-based lock with a fencing
 epoch; only the holder reaps, and every reap presents the epoch, so a stale leader (paused,
-partitioned) that wakes up cannot act. A crashed leader's lock expires after ``lock_ttl``
-and another reaper takes over at its next attempt (every ``lock_ttl / 3`` seconds).
+partitioned) that wakes up cannot act. The lock's lease is ``3/4 * lock_ttl`` and every reaper
+tries to take or renew it every ``lock_ttl / 4`` seconds, so a crashed leader is replaced
+within ``lock_ttl``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Reaper:
         await self._finished.wait()
 
     async def _loop(self) -> None:
-        renew_every = self.lock_ttl / 3
+        renew_every = self.lock_ttl / 4
         while True:
             sleep_for = min(self.interval, renew_every) if self.leader_election else self.interval
             try:
@@ -113,15 +114,18 @@ class Reaper:
         """Try to lead, reap once if leader; return how long until the next scan is due."""
         fence: Fence | None = None
         if self.leader_election:
+            # The lock's lease is 3/4 of lock_ttl and everyone retries every 1/4: a
+            # crashed leader is replaced within lock_ttl, and a live one may miss two
+            # renewals before it loses the lock.
             epoch = await self.storage.acquire_lock(
-                self.ns, REAPER_LOCK, self.owner, ttl=self.lock_ttl
+                self.ns, REAPER_LOCK, self.owner, ttl=self.lock_ttl * 0.75
             )
             if epoch is not None and epoch != self._epoch:
                 self.stats.elections_won += 1
                 log.info("reaper %s leads %r with epoch %d", self.owner, self.ns, epoch)
             self._epoch = epoch
             if epoch is None:
-                return self.lock_ttl / 3
+                return self.lock_ttl / 4
             fence = Fence(REAPER_LOCK, self.owner, epoch)
         result = await self.storage.reap(self.ns, fence=fence)
         self.stats.scans += 1
@@ -201,7 +205,8 @@ async def open_reaper(
         owner=owner,
     )
     async with storage, open_service_nursery() as nursery:
-        await nursery.start(reaper.run)
+        with trio.CancelScope(shield=True):  # see open_queue: no gap before the try
+            await nursery.start(reaper.run)
         try:
             yield reaper
         finally:

@@ -261,6 +261,7 @@ class Worker:
         # interrupted, and a shutdown release runs shielded all the same.
         claim = running.claim
         outcome: tuple[bool, Any] | None = None
+        settled = False
         started_wall = time.time()
         started = trio.current_time()
         try:
@@ -275,8 +276,9 @@ class Worker:
                     JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s"),
                 )
             await self._settle(running, outcome, started_wall, trio.current_time() - started)
+            settled = True
         finally:
-            if outcome is None:
+            if not settled:
                 with trio.CancelScope(shield=True):
                     await self._settle(running, None, started_wall, 0.0)
             del self._running[claim.token]

@@ -1,0 +1,366 @@
+"""The command line, run as subprocesses: usage errors, admin commands, burst workers,
+``stats`` with live workers, and signal handling (SPEC §7, issue 5)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from _proc_harness import Worker, WorkerPool, cli_env, run_cli, spawn_cli, wait_for
+from fixtures_redis import RedisServer
+
+import trio_jobqueue as jq
+from trio_jobqueue._cli import main
+from trio_jobqueue._cli_common import ExitCode
+
+
+@pytest.fixture(params=["file", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage URL of each cross-process backend."""
+    if request.param == "file":
+        return f"file://{tmp_path}/queue"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def name() -> str:
+    """A queue name unique to the test (isolates tests sharing one redis-server)."""
+    return f"cli-{uuid.uuid4().hex[:10]}"
+
+
+@attrs.frozen
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Awaitable[Done]]:
+    """Run ``main(args)`` in a thread of this process (cheaper than a subprocess; the
+    subprocess tests cover the entry point itself)."""
+    lock = trio.Lock()
+
+    async def run(*args: str) -> Done:
+        async with lock:
+            capsys.readouterr()
+            code = await trio.to_thread.run_sync(main, list(args))
+            captured = capsys.readouterr()
+            return Done(code, captured.out, captured.err)
+
+    return run
+
+
+def _one_line_error(done: Done | subprocess.CompletedProcess[str]) -> str:
+    err = done.stderr
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("trio-jobqueue: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["stats", "--storage", "bogus://x"], "unknown storage URL"),
+        (["stats", "--storage", "file://relative/path"], "file:///absolute/path"),
+        (["stats"], "TRIO_JOBQUEUE_URL"),
+        (["enqueue", "a", "{not json", "--storage", "memory://"], "not valid JSON"),
+        (["enqueue", "", "{}", "--storage", "memory://"], "must not be empty"),
+        (["worker", "no_such_module:handler", "--storage", "memory://"], "cannot import"),
+        (["worker", "_proc_handlers:nope", "--storage", "memory://"], "no attribute"),
+        (["worker", "_proc_handlers:not_callable", "--storage", "memory://"], "not callable"),
+        (["worker", "_proc_handlers", "--storage", "memory://"], "MODULE:HANDLER"),
+        (["status", "x", "--storage", "memory://", "--name", ""], "queue name"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    """Bad URL, missing storage, bad JSON, bad id, unknown module/handler: one clear line
+    on stderr, exit code 2, no traceback."""
+    done = run_cli(*args)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert needle in _one_line_error(done)
+
+
+def test_argparse_errors_exit_2_without_traceback() -> None:
+    """Bad option values are rejected by the parser (exit 2, usage on stderr)."""
+    done = run_cli("worker", "m:h", "--concurrency", "0", "--storage", "memory://")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--concurrency" in done.stderr
+
+
+def test_storage_that_cannot_be_opened_exits_3(tmp_path: Path) -> None:
+    """A storage that fails to open is one line and exit code 3."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run_cli("stats", "--listen", "0", "--storage", f"file://{blocker}/queue")
+    assert done.returncode == ExitCode.STORAGE
+    assert "storage failed" in _one_line_error(done)
+
+
+def test_storage_url_from_environment(tmp_path: Path, name: str) -> None:
+    """--storage defaults to $TRIO_JOBQUEUE_URL (and --name to $TRIO_JOBQUEUE_NAME)."""
+    env = cli_env()
+    env["TRIO_JOBQUEUE_URL"] = f"file://{tmp_path}/q"
+    env["TRIO_JOBQUEUE_NAME"] = name
+    assert run_cli("enqueue", "a", "{}", env=env).stdout == "queued\n"
+    done = run_cli("stats", "--json", "--listen", "0", env=env)
+    assert json.loads(done.stdout)["jobs"]["queued"] == 1
+    assert json.loads(done.stdout)["queue"] == name
+
+
+async def test_admin_commands_and_burst_worker(
+    url: str, name: str, tmp_path: Path, cli: Callable[..., Awaitable[Done]]
+) -> None:
+    """enqueue/status/result/cancel print what they did and use the documented exit codes;
+    `worker --burst` drains the queue (async and sync handlers) and exits 0."""
+    s = ["--storage", url, "--name", name]
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        done = await cli(*args, *s)
+        return done.returncode, done.stdout, done.stderr
+
+    assert await run("enqueue", "a", '{"n": 1}') == (0, "queued\n", "")
+    assert await run("enqueue", "a", '{"n": 2}') == (0, "duplicate (queued)\n", "")
+    assert (await run("enqueue", "bad", '{"fail": true}', "--max-attempts", "1"))[0] == 0
+    assert (await run("enqueue", "c", "null"))[0] == 0
+    assert await run("cancel", "c") == (0, "cancelled\n", "")
+    code, out, _ = await run("cancel", "c")
+    assert (code, out) == (ExitCode.NEGATIVE, "not_found\n")
+    code, out, _ = await run("status", "a")
+    assert code == 0 and "state:     queued" in out and "attempts:  0/3" in out
+    code, _, err = await run("result", "a")
+    assert code == ExitCode.NEGATIVE and "it is queued" in err
+    code, _, err = await run("status", "never")
+    assert code == ExitCode.NEGATIVE and "unknown" in err
+    code, _, err = await run("enqueue", "w", "{}", "--wait", "--timeout", "0.3")
+    assert code == ExitCode.TIMEOUT and "keeps running" in err
+
+    with WorkerPool(tmp_path, url, name) as pool:
+        w = pool.start("--burst", "--concurrency", "4")
+        assert await pool.wait(w, 60) == 0, w.stderr()
+        assert "burst: the queue is drained" in w.stderr()
+        pool.handler = "_proc_handlers:record_sync"
+        assert (await run("enqueue", "s", "{}"))[0] == 0
+        w2 = pool.start("--burst")
+        assert await pool.wait(w2, 60) == 0, w2.stderr()
+
+    code, out, _ = await run("result", "a")
+    assert code == 0 and json.loads(out) == {"pid": w.pid, "attempt": 1}
+    assert json.loads((await run("result", "s"))[1])["pid"] == w2.pid
+    code, out, _ = await run("status", "bad", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["state"] == "failed"
+    assert status["error"]["type"] == "ValueError" and status["attempts"] == 1
+    code, _, err = await run("result", "bad")
+    assert code == ExitCode.NEGATIVE and "failed" in err
+    # A completed id answers at once with the cached result.
+    code, out, _ = await run("enqueue", "a", "{}")
+    assert code == 0 and out.splitlines()[0] == "completed"
+    code, out, _ = await run("enqueue", "a", "{}", "--wait")
+    assert code == 0 and json.loads(out)["pid"] == w.pid
+    code, _, err = await run("enqueue", "bad", "{}", "--wait")
+    assert code == ExitCode.NEGATIVE and "ValueError: asked to fail" in err
+    stats = json.loads((await run("stats", "--json", "--listen", "0"))[1])
+    assert stats["jobs"] == {
+        "queued": 0, "delayed": 0, "processing": 0, "completed": 3, "failed": 1,
+    }  # fmt: skip
+    assert stats["depth"] == 0
+
+
+async def test_enqueue_wait_gets_result_from_worker_process(
+    url: str, name: str, tmp_path: Path
+) -> None:
+    """`enqueue --wait` prints the result computed by a worker process."""
+    with WorkerPool(tmp_path, url, name) as pool:
+        w = pool.start()
+        done = await trio.to_thread.run_sync(
+            lambda: run_cli(
+                "enqueue",
+                "x",
+                '{"sleep": 0.2}',
+                "--wait",
+                "--timeout",
+                "30",
+                "--storage",
+                url,
+                "--name",
+                name,
+            )
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"pid": w.pid, "attempt": 1}
+
+
+async def test_stats_lists_live_workers_in_flight_jobs_and_leader(
+    url: str, name: str, tmp_path: Path, cli: Callable[..., Awaitable[Done]]
+) -> None:
+    """`stats` shows counts per state, each live worker with its in-flight job ids, and
+    the reaper leader; --check-worker/--min-workers give exit 5 when unmet."""
+    s = ["--storage", url, "--name", name]
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        for i in range(3):
+            await q.enqueue(f"long-{i}", {"sleep": 30})
+        with WorkerPool(tmp_path, url, name, ("--heartbeat-interval", "0.2")) as pool:
+            pool.start("--concurrency", "2", "--worker-id", "alpha")
+            pool.start("--concurrency", "2", "--worker-id", "beta")
+            await wait_for(lambda: len(pool.executions()) == 3, 30, "the three jobs to start", 0.05)
+
+            async def stats(*extra: str) -> tuple[int, dict[str, Any], str]:
+                done = await cli("stats", "--json", "--listen", "0.6", *extra, *s)
+                return done.returncode, json.loads(done.stdout), done.stderr
+
+            code, data, _ = await stats()
+            assert code == 0
+            assert data["jobs"] == {
+                "queued": 0, "delayed": 0, "processing": 3, "completed": 0, "failed": 0,
+            }  # fmt: skip
+            workers = data["workers"]
+            assert isinstance(workers, list)
+            assert sorted(w["worker_id"] for w in workers) == ["alpha", "beta"]
+            assert sorted(j for w in workers for j in w["jobs"]) == [f"long-{i}" for i in range(3)]
+            assert sum(w["in_flight"] for w in workers) == 3
+            assert data["leader"] in ("alpha", "beta")
+            assert [w["worker_id"] for w in workers if w["leader"]] == [data["leader"]]
+
+            code, _, _ = await stats("--check-worker", "alpha")
+            assert code == 0
+            code, _, err = await stats("--check-worker", "gamma")
+            assert code == ExitCode.UNHEALTHY and "'gamma' is not live" in err
+            code, _, _ = await stats("--min-workers", "3")
+            assert code == ExitCode.UNHEALTHY
+
+            text = (await cli("stats", "--listen", "0.6", *s)).stdout
+            assert "workers: 2 live" in text and "reaper leader: " in text
+            assert "long-" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_lets_running_job_finish(
+    url: str, name: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """One SIGTERM/SIGINT: stop claiming, let the running job finish within the grace
+    period, exit 0; the queued job stays queued for the next worker."""
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        await q.enqueue("running", {"sleep": 1.5})
+        with WorkerPool(tmp_path, url, name) as pool:
+            w = pool.start("--shutdown-grace", "20")
+            await wait_for(lambda: pool.runs_per_job()["running"] == 1, 30, "the job to start")
+            await q.enqueue("waiting", {})
+            w.proc.send_signal(sig)
+            started = time.monotonic()
+            assert await pool.wait(w, 30) == 0, w.stderr()
+            assert time.monotonic() - started >= 0.5  # it waited for the job
+        status = await q.get_status("running")
+        assert status is not None and status.state == "completed"
+        waiting = await q.get_status("waiting")
+        assert waiting is not None and waiting.state in ("queued", "completed")
+        assert f"{sig.name}: graceful shutdown" in w.stderr()
+        assert "completed=1" in w.stderr()
+
+
+async def test_second_signal_skips_grace_and_releases_jobs(
+    url: str, name: str, tmp_path: Path
+) -> None:
+    """A second SIGTERM ends the grace period at once; the unfinished jobs go back to the
+    queue with their attempt not consumed, and the worker exits 0."""
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        for i in range(2):
+            await q.enqueue(f"slow-{i}", {"sleep": 60})
+        with WorkerPool(tmp_path, url, name) as pool:
+            w = pool.start("--concurrency", "2", "--shutdown-grace", "60")
+            await wait_for(lambda: len(pool.executions()) == 2, 30, "both jobs to start")
+            w.proc.send_signal(signal.SIGTERM)
+            await wait_for(lambda: "graceful shutdown" in w.stderr(), 10, "the first signal")
+            await trio.sleep(0.3)
+            assert w.proc.poll() is None  # still in its grace period
+            started = time.monotonic()
+            w.proc.send_signal(signal.SIGTERM)
+            assert await pool.wait(w, 15) == 0, w.stderr()
+            assert time.monotonic() - started < 5
+        for i in range(2):
+            status = await q.get_status(f"slow-{i}")
+            assert status is not None
+            assert (status.state, status.attempts) == ("queued", 0)
+        assert "ending the grace period" in w.stderr()
+        assert "released=2" in w.stderr()
+
+
+async def test_signal_while_storage_unreachable_exits_promptly(tmp_path: Path) -> None:
+    """SIGTERM while the worker is still connecting stops it at once (exit 0)."""
+    with WorkerPool(tmp_path, "redis://127.0.0.1:9/0", "x") as pool:
+        w = pool.start()
+        await wait_for(lambda: "opening redis://" in w.stderr(), 30, "signal handling")
+        await trio.sleep(0.2)
+        assert w.proc.poll() is None
+        w.proc.send_signal(signal.SIGTERM)
+        assert await pool.wait(w, 10) == 0, w.stderr()
+
+
+async def test_stats_watch_refreshes_until_signal(tmp_path: Path, name: str) -> None:
+    """`stats --watch` prints a fresh snapshot every interval and exits 0 on SIGINT."""
+    url = f"file://{tmp_path}/q"
+    out = tmp_path / "watch.out"
+    proc = spawn_cli(
+        "stats", "--watch", "--json", "--interval", "0.2", "--storage", url, "--name", name,
+        stdout=out,
+    )  # fmt: skip
+    try:
+        async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+            await wait_for(lambda: out.read_bytes().count(b"\n") >= 2, 30, "two snapshots")
+            await q.enqueue("a", {})
+            await wait_for(lambda: b'"queued": 1' in out.read_bytes(), 10, "a fresh snapshot")
+        proc.send_signal(signal.SIGINT)
+        _, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=10))
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    snapshots = [json.loads(line) for line in out.read_text().splitlines()]
+    assert snapshots[0]["jobs"]["queued"] == 0 and snapshots[-1]["jobs"]["queued"] == 1
+    assert snapshots[-1]["workers"] == [] and snapshots[-1]["leader"] is None
+
+
+async def test_worker_storage_failure_exits_3(tmp_path: Path) -> None:
+    """A worker whose storage cannot be opened prints one line and exits 3."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = await trio.to_thread.run_sync(
+        lambda: run_cli("worker", "_proc_handlers:record", "--storage", f"file://{blocker}/q")
+    )
+    assert done.returncode == ExitCode.STORAGE, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "trio-jobqueue: error: storage failed" in done.stderr
+
+
+async def test_sigterm_at_any_moment_of_startup_exits_promptly(tmp_path: Path) -> None:
+    """SIGTERM while the worker is opening its storage and starting its services (at
+    staggered moments) always ends in a prompt, clean exit 0: a half-opened queue never
+    waits forever for its shielded services."""
+    url = f"file://{tmp_path}/q"
+    with WorkerPool(tmp_path, url, "startup") as pool:
+        workers = [pool.start() for _ in range(8)]
+
+        async def stop(index: int, worker: Worker) -> None:
+            await wait_for(lambda: "opening file://" in worker.stderr(), 60, "signal handling")
+            await trio.sleep(index * 0.03)
+            worker.proc.send_signal(signal.SIGTERM)
+            assert await pool.wait(worker, 20) == 0, worker.stderr()
+
+        async with trio.open_nursery() as nursery:
+            for index, worker in enumerate(workers):
+                nursery.start_soon(stop, index, worker)

@@ -1,0 +1,226 @@
+"""Worker processes started through the CLI, on Redis and on File: reaper fail-over with
+fencing, leases of long handlers, frozen (SIGSTOP) workers whose late outcomes are fenced.
+
+The tests watch the workers through the same announcements `stats` reads
+(:mod:`trio_jobqueue._cli_registry`), so they see leadership as the processes report it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from _proc_harness import WorkerPool, by_pid, wait_for
+from fixtures_redis import RedisServer
+
+import trio_jobqueue as jq
+from trio_jobqueue._cli_registry import WorkerDirectory, follow_workers
+from trio_jobqueue._reaper import REAPER_LOCK
+from trio_jobqueue.storage import Fence, Storage
+
+pytestmark = pytest.mark.slow
+
+LOCK_TTL = 2.0
+VT = 1.5
+
+
+@pytest.fixture(params=["redis", "file"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/queue"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def name() -> str:
+    return f"proc-{uuid.uuid4().hex[:10]}"
+
+
+@asynccontextmanager
+async def watching(url: str, name: str) -> AsyncIterator[tuple[Storage, WorkerDirectory]]:
+    """This process's own storage object plus a live directory of the queue's workers."""
+    directory = WorkerDirectory()
+    async with jq.storage_from_url(url) as storage, trio.open_nursery() as nursery:
+        await nursery.start(follow_workers, storage, name, directory)
+        yield storage, directory
+        nursery.cancel_scope.cancel()
+
+
+def _leaders(directory: WorkerDirectory) -> list[str]:
+    return [i.worker_id for i in directory.live() if i.leader]
+
+
+async def test_reaper_failover_and_fenced_stale_leader(
+    url: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three worker processes: exactly one leads. SIGKILL the leader: another leads within
+    lock_ttl. SIGSTOP the new leader: a third takes over; the
+    stopped one's epoch is fenced (a reap with it does nothing), and when it resumes it
+    does not lead again."""
+    args = (
+        "--lock-ttl", str(LOCK_TTL), "--visibility-timeout", str(VT),
+        "--heartbeat-interval", "0.2",
+    )  # fmt: skip
+    async with watching(url, name) as (storage, directory):
+        with WorkerPool(tmp_path, url, name, args) as pool:
+            for _ in range(3):
+                pool.start()
+            await wait_for(lambda: len(directory.live()) == 3, 30, "three live workers")
+            await wait_for(lambda: len(_leaders(directory)) == 1, 10, "one leader")
+            # Exactly one leader, over a few announcement rounds.
+            for _ in range(10):
+                assert len(_leaders(directory)) == 1, directory.live()
+                await trio.sleep(0.1)
+            first = directory.leader()
+            assert first is not None and first.epoch is not None
+            victim = next(w for w in pool.workers if w.pid == first.pid)
+
+            victim.proc.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await pool.wait(victim, 10)
+
+            def new_leader() -> bool:
+                lead = directory.leader()
+                return lead is not None and lead.pid != first.pid
+
+            await wait_for(new_leader, LOCK_TTL * 3, "a new leader", poll=0.02)
+            takeover = time.monotonic() - killed_at
+            second = directory.leader()
+            assert second is not None and second.epoch is not None
+            assert second.epoch > first.epoch
+            with capsys.disabled():
+                print(f"\nfail-over[{url.split(':')[0]}] after SIGKILL: {takeover:.2f} s "
+                      f"(lock_ttl {LOCK_TTL} s)")  # fmt: skip
+            # The lock's lease is 3/4 of lock_ttl and the survivors try every 1/4, so a
+            # survivor leads within lock_ttl; its announcement adds up to one heartbeat
+            # interval of the worker registry.
+            assert takeover <= LOCK_TTL + 1.0
+
+            # Freeze the new leader: the third worker takes over with a higher epoch.
+            frozen = next(w for w in pool.workers if w.pid == second.pid)
+            frozen.proc.send_signal(signal.SIGSTOP)
+            try:
+                await wait_for(
+                    lambda: (lead := directory.leader()) is not None and lead.pid != second.pid,
+                    LOCK_TTL * 3,
+                    "a third leader",
+                )
+                third = directory.leader()
+                assert third is not None and third.epoch is not None
+                assert third.epoch > second.epoch
+                # The stale epoch cannot act: a reap presenting it is fenced.
+                stale = await storage.reap(
+                    name, fence=Fence(REAPER_LOCK, second.worker_id, second.epoch)
+                )
+                assert stale.fenced
+                current = await storage.reap(
+                    name, fence=Fence(REAPER_LOCK, third.worker_id, third.epoch)
+                )
+                assert not current.fenced
+            finally:
+                frozen.proc.send_signal(signal.SIGCONT)
+            # Resumed, the stale leader learns it lost the lock and never leads again.
+            await wait_for(
+                lambda: (
+                    (info := by_pid(directory, second.pid)) is not None
+                    and not info.leader
+                    and info.seq > 0
+                ),
+                10,
+                "the resumed worker to report it does not lead",
+            )
+            for _ in range(10):
+                assert _leaders(directory) == [third.worker_id]
+                await trio.sleep(0.1)
+            lead = directory.leader()
+            assert lead is not None and lead.epoch == third.epoch
+            for w in pool.alive():
+                w.proc.send_signal(signal.SIGTERM)
+            for w in pool.workers:
+                assert await pool.wait(w, 20) in (0, -signal.SIGKILL), w.stderr()
+
+
+async def test_long_handler_in_live_worker_is_never_reaped(
+    url: str, name: str, tmp_path: Path
+) -> None:
+    """A handler running 5x the visibility timeout in a live worker keeps its lease (the
+    worker heartbeats): never stalled, never run twice, completed on attempt 1 -- while
+    another worker process reaps and idles next to it."""
+    vt = 1.0
+    args = ("--visibility-timeout", str(vt), "--lock-ttl", "1.5", "--concurrency", "2")
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        async with q.events() as events, trio.open_nursery() as nursery:
+            seen: list[str] = []
+
+            async def collect() -> None:
+                async for event in events:
+                    seen.append(f"{event.kind}:{event.job_id}")
+
+            nursery.start_soon(collect)
+            with WorkerPool(tmp_path, url, name, args) as pool:
+                pool.start()
+                pool.start()
+                value = await q.enqueue_and_wait("long", {"sleep": 5 * vt}, timeout=60)
+                for w in pool.workers:
+                    w.proc.send_signal(signal.SIGTERM)
+                for w in pool.workers:
+                    assert await pool.wait(w, 20) == 0, w.stderr()
+            await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+        assert value["attempt"] == 1
+        assert pool.runs_per_job() == {"long": 1}
+        assert "stalled:long" not in seen
+        status = await q.get_status("long")
+        assert status is not None and (status.state, status.attempts) == ("completed", 1)
+        assert "lost the lease" not in pool.all_stderr()
+
+
+async def test_frozen_worker_is_reaped_and_its_late_completion_fenced(
+    url: str, name: str, tmp_path: Path
+) -> None:
+    """A worker frozen with SIGSTOP mid-job has the job reaped and re-run by another
+    worker process; resumed, its late completion is rejected (fenced), reported in its
+    log and its `fenced` counter, and the stored result stays the rescuer's."""
+    args = ("--visibility-timeout", str(VT), "--lock-ttl", str(LOCK_TTL))
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        with WorkerPool(tmp_path, url, name, args) as pool:
+            frozen = pool.start()
+            await q.enqueue("job", {"sleep": 2.0})
+            await wait_for(lambda: pool.runs_per_job()["job"] == 1, 30, "the job to start")
+            frozen.proc.send_signal(signal.SIGSTOP)
+            try:
+                rescuer = pool.start()
+                value = await q.enqueue_and_wait("job", None, timeout=VT + LOCK_TTL + 30)
+                assert value == {"pid": rescuer.pid, "attempt": 2}
+            finally:
+                frozen.proc.send_signal(signal.SIGCONT)
+            # The frozen worker wakes up, finishes its (old) attempt and is fenced.
+            await wait_for(
+                lambda: "rejected: its lease was taken over" in frozen.stderr(),
+                20,
+                "the late completion to be rejected",
+            )
+            for w in (frozen, rescuer):
+                w.proc.send_signal(signal.SIGTERM)
+            for w in (frozen, rescuer):
+                assert await pool.wait(w, 20) == 0, w.stderr()
+        log = frozen.stderr()
+        assert "outcome of job 'job' attempt 1 rejected" in log
+        assert "completed=0" in log and "fenced=1" in log
+        assert [
+            (job_id, attempt, pid)
+            for job_id, attempt, pid in sorted(pool.executions(), key=lambda e: e[1])
+        ] == [
+            ("job", 1, frozen.pid),
+            ("job", 2, rescuer.pid),
+        ]
+        status = await q.get_status("job")
+        assert status is not None and status.state == "completed"
+        assert status.result == {"pid": rescuer.pid, "attempt": 2}

@@ -1,0 +1,323 @@
+"""Admin commands: ``enqueue``, ``status``, ``result``, ``cancel`` and ``stats``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import signal
+import time
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from ._cli_common import (
+    CliError,
+    ExitCode,
+    add_storage_options,
+    make_storage,
+    positive_int,
+    positive_seconds,
+    queue_name,
+    seconds,
+)
+from ._cli_registry import WorkerDirectory, WorkerInfo, follow_workers
+from ._errors import JobCancelledError, JobFailedError, WaitTimeoutError
+from ._queue import open_queue
+from ._types import CancelStatus, EnqueueStatus, JobStatus
+from .storage import Storage, StorageStats
+
+
+def add_admin_parsers(sub: Any) -> None:
+    p = sub.add_parser("enqueue", help="enqueue a job (optionally wait for its result)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("payload", metavar="PAYLOAD_JSON", help="the payload as JSON, e.g. '{}'")
+    add_storage_options(p)
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="with --wait: give up after this long (exit 4; the job keeps running)",
+    )  # fmt: skip
+    p.add_argument("--max-attempts", type=positive_int, default=None)
+    p.add_argument("--result-ttl", type=positive_seconds, default=None, metavar="SECONDS")
+
+    for command, text in (
+        ("status", "show a job's state (exit 1 if unknown)"),
+        ("result", "print a completed job's result as JSON (exit 1 if none)"),
+        ("cancel", "cancel a queued or retrying job (exit 1 if not cancelled)"),
+    ):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("id", metavar="ID")
+        add_storage_options(p)
+        if command == "status":
+            p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("stats", help="jobs per state, live workers, the reaper leader")
+    add_storage_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument(
+        "--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
+        help="with --watch: seconds between refreshes",
+    )  # fmt: skip
+    p.add_argument(
+        "--listen", type=seconds, default=1.5, metavar="SECONDS",
+        help="how long to listen for worker announcements (0: skip workers)",
+    )  # fmt: skip
+    p.add_argument(
+        "--check-worker", metavar="WORKER_ID", default=None,
+        help="exit 5 unless this worker is live (a liveness probe)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-workers", type=int, default=None, metavar="N",
+        help="exit 5 if fewer than N workers are live",
+    )  # fmt: skip
+
+
+def _job_id(text: str) -> str:
+    from ._validate import check_job_id
+
+    try:
+        return check_job_id(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+async def run_enqueue(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    job_id = _job_id(args.id)
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise CliError(f"PAYLOAD_JSON is not valid JSON: {exc}") from exc
+    ns = queue_name(args)
+    storage = make_storage(args)
+    async with open_queue(storage, name=ns) as queue:
+        if not args.wait:
+            r = await queue.enqueue(
+                job_id, payload, max_attempts=args.max_attempts, result_ttl=args.result_ttl
+            )
+            if r.status is EnqueueStatus.DUPLICATE:
+                out.write(f"duplicate ({r.existing_state})\n")
+            elif r.status is EnqueueStatus.COMPLETED:
+                out.write(f"completed\n{_dump(r.result)}\n")
+            else:
+                out.write(f"{r.status}\n")
+            return ExitCode.OK
+        try:
+            value = await queue.enqueue_and_wait(
+                job_id,
+                payload,
+                timeout=args.timeout,
+                max_attempts=args.max_attempts,
+                result_ttl=args.result_ttl,
+            )
+        except JobFailedError as exc:
+            raise CliError(str(exc), ExitCode.NEGATIVE) from exc
+        except JobCancelledError as exc:
+            raise CliError(str(exc), ExitCode.NEGATIVE) from exc
+        except WaitTimeoutError as exc:
+            raise CliError(f"{exc} (the job keeps running)", ExitCode.TIMEOUT) from exc
+        out.write(_dump(value) + "\n")
+        return ExitCode.OK
+
+
+def _status_dict(status: JobStatus) -> dict[str, Any]:
+    data = attrs.asdict(status)
+    data["state"] = str(status.state)
+    return data
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+
+
+async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    job_id = _job_id(args.id)
+    ns = queue_name(args)
+    async with open_queue(make_storage(args), name=ns) as queue:
+        status = await queue.get_status(job_id)
+    if status is None:
+        if args.json:
+            out.write("null\n")
+        raise CliError(
+            f"job {job_id!r} is unknown (never enqueued, cancelled or expired)", ExitCode.NEGATIVE
+        )
+    if args.json:
+        out.write(_dump(_status_dict(status)) + "\n")
+        return ExitCode.OK
+    out.write(f"id:        {status.id}\nstate:     {status.state}\n")
+    out.write(f"attempts:  {status.attempts}/{status.max_attempts}\n")
+    out.write(f"created:   {_when(status.created_at)}\n")
+    if status.finished_at is not None:
+        out.write(f"finished:  {_when(status.finished_at)}\n")
+    if status.expires_at is not None:
+        out.write(f"expires:   {_when(status.expires_at)}\n")
+    if status.result is not None:
+        out.write(f"result:    {_dump(status.result)}\n")
+    if status.error is not None:
+        out.write(f"error:     {status.error.type}: {status.error.message}\n")
+    return ExitCode.OK
+
+
+async def run_result(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    job_id = _job_id(args.id)
+    ns = queue_name(args)
+    async with open_queue(make_storage(args), name=ns) as queue:
+        status = await queue.get_status(job_id)
+    if status is None:
+        raise CliError(
+            f"job {job_id!r} is unknown (never enqueued, cancelled or expired)", ExitCode.NEGATIVE
+        )
+    if str(status.state) != "completed":
+        raise CliError(f"job {job_id!r} has no result: it is {status.state}", ExitCode.NEGATIVE)
+    out.write(_dump(status.result) + "\n")
+    return ExitCode.OK
+
+
+async def run_cancel(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    job_id = _job_id(args.id)
+    ns = queue_name(args)
+    async with open_queue(make_storage(args), name=ns) as queue:
+        r = await queue.cancel(job_id)
+    out.write(f"{r.status}\n")
+    return ExitCode.OK if r.status is CancelStatus.CANCELLED else ExitCode.NEGATIVE
+
+
+# -- stats ------------------------------------------------------------------------------
+
+
+def stats_dict(ns: str, counts: StorageStats, directory: WorkerDirectory | None) -> dict[str, Any]:
+    """The ``stats --json`` object."""
+    data: dict[str, Any] = {
+        "queue": ns,
+        "jobs": attrs.asdict(counts),
+        "depth": counts.queued + counts.delayed,
+    }
+    if directory is not None:
+        live = directory.live()
+        leader = directory.leader()
+        data["workers"] = [_worker_dict(info) for info in live]
+        data["leader"] = None if leader is None else leader.worker_id
+        data["leader_epoch"] = None if leader is None else leader.epoch
+    return data
+
+
+def _worker_dict(info: WorkerInfo) -> dict[str, Any]:
+    data = attrs.asdict(info)
+    data["jobs"] = list(info.jobs)
+    return data
+
+
+def render_stats(data: dict[str, Any]) -> str:
+    jobs = data["jobs"]
+    lines = [
+        f"queue {data['queue']!r}   depth {data['depth']} (queued {jobs['queued']}, "
+        f"delayed {jobs['delayed']})",
+        "",
+        "  " + "  ".join(f"{k:>10}" for k in jobs),
+        "  " + "  ".join(f"{v:>10}" for v in jobs.values()),
+    ]
+    if "workers" in data:
+        workers = data["workers"]
+        lines += ["", f"workers: {len(workers)} live"]
+        if workers:
+            lines.append(
+                f"  {'WORKER':<32} {'PID':>7} {'STATE':<8} {'RUN':>5} {'DONE':>7} "
+                f"{'FENCED':>6}  LEADER  JOBS"
+            )
+        for w in workers:
+            jobs_text = ", ".join(w["jobs"][:5]) + (" ..." if w["in_flight"] > 5 else "")
+            lines.append(
+                f"  {w['worker_id'][:32]:<32} {w['pid']:>7} {w['state']:<8} "
+                f"{w['in_flight']:>3}/{w['concurrency']:<3}{w['completed']:>6} "
+                f"{w['fenced']:>6}  {'  *   ' if w['worker_id'] == data['leader'] else '      '}"
+                f"  {jobs_text}"
+            )
+        leader = data["leader"]
+        lines.append(
+            f"reaper leader: {leader} (epoch {data['leader_epoch']})"
+            if leader
+            else "reaper leader: none seen"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _health(args: argparse.Namespace, data: dict[str, Any]) -> str | None:
+    workers = data.get("workers", [])
+    if args.check_worker is not None and args.check_worker not in {w["worker_id"] for w in workers}:
+        return f"worker {args.check_worker!r} is not live"
+    if args.min_workers is not None and len(workers) < args.min_workers:
+        return f"{len(workers)} live workers, fewer than {args.min_workers}"
+    return None
+
+
+async def run_stats(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    """``stats``: one snapshot (after listening ``--listen`` seconds for workers), or with
+    ``--watch`` a refreshing view until SIGINT/SIGTERM (exit 0)."""
+    ns = queue_name(args)
+    storage = make_storage(args)
+    listen = args.listen
+    if (args.check_worker is not None or args.min_workers is not None) and listen == 0:
+        raise CliError("--check-worker/--min-workers need --listen > 0")
+    async with storage, trio.open_nursery() as nursery:
+        directory: WorkerDirectory | None = None
+        if listen > 0:
+            directory = WorkerDirectory()
+            await nursery.start(follow_workers, storage, ns, directory)
+        if args.watch:
+            await _watch_stats(args, out, storage, ns, directory)
+            nursery.cancel_scope.cancel()
+            return ExitCode.OK
+        await trio.sleep(listen)
+        data = stats_dict(ns, await storage.stats(ns), directory)
+        out.write(json.dumps(data, ensure_ascii=False) + "\n" if args.json else render_stats(data))
+        out.flush()
+        nursery.cancel_scope.cancel()
+    problem = _health(args, data)
+    if problem is not None:
+        raise CliError(problem, ExitCode.UNHEALTHY)
+    return ExitCode.OK
+
+
+async def _watch_stats(
+    args: argparse.Namespace,
+    out: TextIO,
+    storage: Storage,
+    ns: str,
+    directory: WorkerDirectory | None,
+) -> None:
+    """Refresh every ``--interval`` seconds until SIGINT/SIGTERM; redraw in place on a
+    terminal, else print one snapshot after the other."""
+    interactive = out.isatty() and not args.json
+    started = time.monotonic()
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.CancelScope() as scope,
+    ):
+
+        async def stop_on_signal() -> None:
+            async for _ in signals:
+                scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signal)
+            while True:
+                data = stats_dict(ns, await storage.stats(ns), directory)
+                if args.json:
+                    out.write(json.dumps(data, ensure_ascii=False) + "\n")
+                elif interactive:
+                    stamp = time.strftime("%H:%M:%S")
+                    out.write(f"\x1b[H\x1b[2J{stamp}  (Ctrl-C to stop)\n{render_stats(data)}")
+                else:
+                    out.write(render_stats(data) + "\n")
+                out.flush()
+                # Until the first announcements have arrived, refresh sooner.
+                warming = directory is not None and time.monotonic() - started < args.listen
+                await trio.sleep(min(args.interval, 0.5) if warming else args.interval)

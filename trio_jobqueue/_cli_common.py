@@ -1,0 +1,133 @@
+"""Shared pieces of the command line: exit codes, the one-line error, storage options."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+import os
+import urllib.parse
+
+from ._validate import check_name
+from .storage import Storage, storage_from_url
+
+URL_ENV = "TRIO_JOBQUEUE_URL"
+"""Environment variable giving the default ``--storage`` URL."""
+NAME_ENV = "TRIO_JOBQUEUE_NAME"
+"""Environment variable giving the default ``--name`` (queue name)."""
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of every command (documented in ``docs/cli.md``)."""
+
+    OK = 0
+    """Success; for ``worker``: stopped gracefully (signal, or ``--burst`` drained)."""
+    NEGATIVE = 1
+    """The command ran but the answer is "no": unknown job, no result, job failed, job not
+    cancelled. Also an unexpected internal error (with a traceback: a bug)."""
+    USAGE = 2
+    """A user mistake: bad arguments, bad URL, missing storage, unknown module or handler,
+    bad JSON, invalid job id or option. Nothing was written."""
+    STORAGE = 3
+    """The storage failed or could not be reached."""
+    TIMEOUT = 4
+    """``enqueue --wait`` gave up waiting (the job keeps running)."""
+    UNHEALTHY = 5
+    """``stats --check-worker``/``--min-workers``: the expected workers are not live."""
+    INTERRUPTED = 130
+    """An admin command was interrupted by Ctrl-C."""
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        "-s",
+        metavar="URL",
+        default=None,
+        help=f"memory://, redis://..., rediss://... or file:///abs/path (default: ${URL_ENV})",
+    )
+    parser.add_argument(
+        "--name",
+        "-q",
+        metavar="QUEUE",
+        default=None,
+        help=f"queue name (default: ${NAME_ENV}, else 'default')",
+    )
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    url: str | None = args.storage or os.environ.get(URL_ENV) or None
+    if url is None:
+        raise CliError(f"no storage given: pass --storage URL or set ${URL_ENV}")
+    return url
+
+
+def redacted(url: str) -> str:
+    """``url`` without user name and password (for logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def make_storage(args: argparse.Namespace) -> Storage:
+    """Build the (unopened) storage named by ``--storage``/``$TRIO_JOBQUEUE_URL``.
+
+    Raises:
+        CliError: no URL, a malformed URL, or a backend whose extra is not installed.
+    """
+    url = storage_url(args)
+    try:
+        return storage_from_url(url)
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def queue_name(args: argparse.Namespace) -> str:
+    name = args.name if args.name is not None else os.environ.get(NAME_ENV) or "default"
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value

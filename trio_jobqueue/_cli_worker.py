@@ -1,0 +1,391 @@
+"""``trio-jobqueue worker MODULE:HANDLER``: a worker process with an embedded reaper.
+
+Signals: the first SIGTERM/SIGINT starts a graceful shutdown (leave the ``open_queue``
+block: stop claiming, give in-flight jobs ``--shutdown-grace`` seconds, release the rest
+to the queue without consuming an attempt). A second signal ends the grace period at once
+(``Worker.skip_grace``); unfinished jobs are still released. The signal-watching task
+lives outside the ``open_queue`` block so that it keeps running during the shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._cli_common import (
+    CliError,
+    ExitCode,
+    add_storage_options,
+    make_storage,
+    positive_int,
+    positive_seconds,
+    queue_name,
+    redacted,
+    seconds,
+    storage_url,
+)
+from ._cli_registry import Announcer
+from ._errors import JobQueueError
+from ._queue import DEFAULT_SHUTDOWN_GRACE, Queue, open_queue
+from ._types import Job
+from .storage import Storage
+
+log = logging.getLogger("trio_jobqueue.cli")
+
+DRAIN_POLL = 0.1
+"""Seconds between two ``storage.stats`` checks of ``--burst``."""
+
+
+def add_worker_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "worker",
+        help="run a worker process (with an embedded reaper) until SIGTERM/SIGINT",
+        description=(
+            "Run HANDLER (an async or sync callable taking a Job) on the queue's jobs. "
+            "SIGTERM/SIGINT: graceful shutdown; a second signal skips the grace period "
+            "(unfinished jobs still return to the queue)."
+        ),
+    )
+    parser.add_argument("handler", metavar="MODULE:HANDLER", help="e.g. myapp.jobs:send_email")
+    add_storage_options(parser)
+    parser.add_argument("--concurrency", "-c", type=positive_int, default=1)
+    parser.add_argument("--burst", action="store_true", help="drain the queue, then exit 0")
+    parser.add_argument("--max-attempts", type=positive_int, default=3)
+    parser.add_argument(
+        "--visibility-timeout", type=positive_seconds, default=30.0, metavar="SECONDS"
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=seconds, default=DEFAULT_SHUTDOWN_GRACE, metavar="SECONDS"
+    )
+    parser.add_argument("--job-timeout", type=positive_seconds, default=None, metavar="SECONDS")
+    parser.add_argument("--result-ttl", type=positive_seconds, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--retry-delay",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="fixed delay between attempts (default: exponential backoff with jitter)",
+    )
+    parser.add_argument("--no-reaper", action="store_true", help="do not run the reaper")
+    parser.add_argument("--lock-ttl", type=positive_seconds, default=30.0, metavar="SECONDS")
+    parser.add_argument("--worker-id", default=None, help="unique id (default host:pid:random)")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the worker announces itself to `stats` (default 1)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
+    """Import ``MODULE:ATTR[.ATTR...]`` (the current directory is importable).
+
+    Raises:
+        CliError: malformed spec, module not found, import failure, missing attribute or
+            not callable.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise CliError(f"handler must be MODULE:HANDLER (e.g. myapp.jobs:send), not {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
+            raise CliError(f"cannot import module {module_name!r}: {exc}") from exc
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise CliError(f"{spec!r} is not callable")
+    handler: Callable[[Job[Any]], Any] = target
+    return handler
+
+
+@attrs.define
+class InFlight:
+    """Tracks the ids of the jobs this process's handlers are running (for ``stats``)."""
+
+    ids: dict[str, int] = attrs.field(factory=dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def _enter(self, job_id: str) -> None:
+        with self._lock:
+            self.ids[job_id] = self.ids.get(job_id, 0) + 1
+
+    def _exit(self, job_id: str) -> None:
+        with self._lock:
+            left = self.ids.get(job_id, 0) - 1
+            if left > 0:
+                self.ids[job_id] = left
+            else:
+                self.ids.pop(job_id, None)
+
+    def snapshot(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self.ids)
+
+    def wrap(self, handler: Callable[[Job[Any]], Any]) -> Callable[[Job[Any]], Any]:
+        """The same handler (async stays async, sync stays sync), tracked."""
+        if _is_async(handler):
+
+            @functools.wraps(handler)
+            async def tracked_async(job: Job[Any]) -> Any:
+                self._enter(job.id)
+                try:
+                    return await handler(job)
+                finally:
+                    self._exit(job.id)
+
+            return tracked_async
+
+        @functools.wraps(handler)
+        def tracked_sync(job: Job[Any]) -> Any:
+            self._enter(job.id)
+            try:
+                return handler(job)
+            finally:
+                self._exit(job.id)
+
+        return tracked_sync
+
+
+def _is_async(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+    # watchfiles (the File backend's watcher) logs every change batch at INFO.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+async def wait_drained(storage: Storage, queue: Queue[Any, Any]) -> None:
+    """Return once the queue has nothing queued, delayed or processing (anywhere) and
+    this worker runs nothing, seen on two consecutive checks."""
+    clean = 0
+    while clean < 2:
+        await trio.sleep(DRAIN_POLL)
+        try:
+            counts = await storage.stats(queue.name)
+        except JobQueueError as exc:
+            log.warning("stats failed while draining (%s); retrying", exc)
+            clean = 0
+            continue
+        idle = counts.queued == counts.delayed == counts.processing == 0
+        clean = clean + 1 if idle and queue.statistics().in_flight == 0 else 0
+
+
+async def run_worker(args: argparse.Namespace) -> ExitCode:
+    """The ``worker`` command (see the module docstring). Returns the exit code.
+
+    Raises:
+        CliError: a user mistake (before anything runs).
+        StorageError: the storage could not be opened.
+    """
+    setup_logging(args.log_level)
+    if args.worker_id is not None and not args.worker_id.strip():
+        raise CliError("--worker-id must not be empty")
+    handler = load_handler(args.handler)
+    process = WorkerProcess(args=args, ns=queue_name(args), storage=make_storage(args))
+    await process.run(handler)
+    return ExitCode.OK
+
+
+@attrs.define(eq=False, kw_only=True)
+class WorkerProcess:
+    """One worker process: signals, the queue, the announcements to ``stats``."""
+
+    args: argparse.Namespace
+    ns: str
+    storage: Storage
+    tracker: InFlight = attrs.field(factory=InFlight)
+    queue: Queue[Any, Any] | None = None
+    phase: str = "running"
+    """``running``, ``stopping`` or ``stopped`` (as announced)."""
+    signals: int = 0
+    stop: trio.Event = attrs.field(factory=trio.Event)
+    """Set by the first signal (or when ``--burst`` drained the queue)."""
+    storage_open: bool = False
+    open_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    """Cancelled by a signal that arrives while the storage is still opening."""
+
+    def options(self) -> dict[str, Any]:
+        args = self.args
+        options: dict[str, Any] = {
+            "name": self.ns,
+            "concurrency": args.concurrency,
+            "max_attempts": args.max_attempts,
+            "visibility_timeout": args.visibility_timeout,
+            "job_timeout": args.job_timeout,
+            "result_ttl": args.result_ttl,
+            "shutdown_grace": args.shutdown_grace,
+            "worker_id": args.worker_id,
+            "reaper": not args.no_reaper,
+            "lock_ttl": args.lock_ttl,
+        }
+        if args.retry_delay is not None:
+            options["retry_delay"] = args.retry_delay
+        return options
+
+    def snapshot(self) -> dict[str, Any]:
+        """The changing part of this worker's announcement."""
+        queue = self.queue
+        if queue is None:
+            return {
+                "state": self.phase, "in_flight": 0, "jobs": (), "completed": 0, "failed": 0,
+                "retried": 0, "released": 0, "fenced": 0, "leader": False, "epoch": None,
+            }  # fmt: skip
+        st = queue.statistics()
+        return {
+            "state": self.phase,
+            "in_flight": st.in_flight,
+            "jobs": self.tracker.snapshot(),
+            "completed": st.completed,
+            "failed": st.failed,
+            "retried": st.retried,
+            "released": st.released,
+            "fenced": st.fenced,
+            "leader": bool(st.is_reaper_leader),
+            "epoch": queue.reaper.epoch if queue.reaper is not None else None,
+        }
+
+    def _skip_grace(self) -> None:
+        if self.signals >= 2 and self.queue is not None and self.queue.worker is not None:
+            self.queue.worker.skip_grace()
+
+    async def _watch_signals(self, receiver: AsyncIterator[int]) -> None:
+        async for signum in receiver:
+            self.signals += 1
+            name = signal.Signals(signum).name
+            if self.signals == 1:
+                self.phase = "stopping"
+                log.info(
+                    "%s: graceful shutdown (grace %.1f s); send it again to skip the grace",
+                    name,
+                    self.args.shutdown_grace,
+                )
+                self.stop.set()
+                if not self.storage_open:
+                    self.open_scope.cancel()  # still connecting: give up at once
+            else:
+                log.warning(
+                    "%s again: ending the grace period; unfinished jobs return to the queue",
+                    name,
+                )
+                self._skip_grace()
+
+    async def run(self, handler: Callable[[Job[Any]], Any]) -> None:
+        """Serve until a signal (or, with ``--burst``, until the queue is drained)."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as receiver:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, receiver)
+                # Signals are handled from here on (the tests wait for this line).
+                log.info("opening %s for queue %r", redacted(storage_url(self.args)), self.ns)
+                # Only the opening of the storage is stopped by cancellation. open_queue is
+                # never cancelled half-way in (its services are shielded and would be
+                # waited for forever): once the storage is open, a signal sets `stop` and
+                # the block is left normally, which runs the graceful shutdown.
+                with self.open_scope:
+                    async with self.storage, trio.open_nursery() as services:
+                        self.storage_open = True  # no checkpoint since the storage opened
+                        if not self.open_scope.cancel_called:
+                            await self._serve(handler, services)
+                nursery.cancel_scope.cancel()
+
+    async def _serve(self, handler: Callable[[Job[Any]], Any], services: trio.Nursery) -> None:
+        args = self.args
+        announcer: Announcer | None = None
+        try:
+            async with open_queue(
+                self.storage, self.tracker.wrap(handler), **self.options()
+            ) as queue:
+                self.queue = queue
+                self._skip_grace()  # in case a second signal came while opening
+                log.info(
+                    "worker %s serving queue %r (concurrency %d, reaper %s)%s",
+                    queue.worker_id,
+                    self.ns,
+                    args.concurrency,
+                    "off" if args.no_reaper else "on",
+                    " in burst mode" if args.burst else "",
+                )
+                announcer = Announcer(
+                    storage=self.storage,
+                    ns=self.ns,
+                    worker_id=queue.worker_id,
+                    interval=args.heartbeat_interval,
+                    concurrency=args.concurrency,
+                    snapshot=self.snapshot,
+                )
+                # Shielded inside: keeps announcing "stopping" during the grace period.
+                services.start_soon(announcer.run)
+                if args.burst:
+                    async with trio.open_nursery() as race:
+                        race.start_soon(self._drain, queue)
+                        await self.stop.wait()
+                        race.cancel_scope.cancel()
+                else:
+                    await self.stop.wait()
+        finally:
+            self.phase = "stopped"
+            if announcer is not None:
+                announcer.stop()
+                await announcer.farewell()
+            if self.queue is not None:
+                _log_summary(self.queue)
+
+    async def _drain(self, queue: Queue[Any, Any]) -> None:
+        await wait_drained(self.storage, queue)
+        log.info("burst: the queue is drained")
+        self.phase = "stopping"
+        self.stop.set()
+
+
+def _log_summary(queue: Queue[Any, Any]) -> None:
+    st = queue.statistics()
+    log.info(
+        "worker %s stopped: claimed=%d completed=%d retried=%d failed=%d released=%d "
+        "fenced=%d lost_leases=%d",
+        st.worker_id,
+        st.claimed,
+        st.completed,
+        st.retried,
+        st.failed,
+        st.released,
+        st.fenced,
+        st.lost_leases,
+    )
