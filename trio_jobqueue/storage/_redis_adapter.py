@@ -25,13 +25,11 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.resources
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import redis.asyncio as aioredis
@@ -43,21 +41,27 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._errors import StorageError
+from ._redis_common import (
+    _LINGER,
+    _PUBSUB_IDLE,
+    ChannelHandler,
+    Disconnected,
+    ScriptArg,
+    _Channel,
+    _Script,
+    _translate,
+    script,
+    with_retry,
+)
 
-__all__ = ["ChannelHandler", "RedisAdapter", "ScriptArg"]
+__all__ = ["ChannelHandler", "Disconnected", "RedisAdapter", "ScriptArg", "script"]
 
 log = logging.getLogger("trio_jobqueue.redis")
 
 T = TypeVar("T")
-ScriptArg = str | bytes | int | float
 
-_PUBSUB_IDLE = 5.0
-"""Seconds without pub/sub traffic before the reader pings the server."""
 _PIPELINES = 2
 """Auto-pipeline batches in flight at once (each on its own connection)."""
-_LINGER = 2.0
-"""Seconds a channel stays subscribed after its last user left, so that a worker's
-consecutive blocking claims (or a producer's consecutive waits) do not re-subscribe."""
 
 
 class _FastPack:
@@ -89,46 +93,6 @@ def _connection_class(url: str) -> type[Any] | None:
     return {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme)
 
 
-class Disconnected(StorageError):
-    """The connection to Redis failed (retryable)."""
-
-
-class ChannelHandler(Protocol):
-    def on_message(self, data: bytes) -> None: ...
-
-    def on_reconnect(self) -> None: ...
-
-
-def _load_script(name: str) -> bytes:
-    """``lua/_lib.lua`` followed by ``lua/<name>.lua`` (package data of the wheel)."""
-    files = importlib.resources.files("trio_jobqueue").joinpath("lua")
-    lib = files.joinpath("_lib.lua").read_bytes()
-    body = files.joinpath(f"{name}.lua").read_bytes()
-    return lib + b"\n" + body
-
-
-@attrs.define(eq=False)
-class _Script:
-    name: str
-    source: bytes
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> _Script:
-        source = _load_script(name)
-        return cls(name, source, hashlib.sha1(source).hexdigest())
-
-
-_SCRIPTS: dict[str, _Script] = {}
-
-
-def script(name: str) -> _Script:
-    found = _SCRIPTS.get(name)
-    if found is None:
-        found = _SCRIPTS[name] = _Script.load(name)
-    return found
-
-
 @attrs.define(eq=False)
 class _Call:
     """One script call waiting for the auto-pipeline."""
@@ -148,24 +112,6 @@ class _Call:
             self.error = _translate(exc)
             self.error.__cause__ = exc
         self.done.set()
-
-
-@attrs.define(eq=False)
-class _Channel:
-    name: str
-    handler: ChannelHandler
-    users: int = 0
-    idle_since: float = 0.0
-    confirmed: trio.Event = attrs.Factory(trio.Event)
-    generation: int = 0
-
-
-def _translate(exc: Exception) -> StorageError:
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
-        return StorageError(f"Redis refused the credentials: {exc!r}")
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
-        return Disconnected(f"lost the connection to Redis: {exc!r}")
-    return StorageError(f"Redis error: {exc!r}")
 
 
 @attrs.define(eq=False)
@@ -311,22 +257,7 @@ class RedisAdapter:
         self, attempt: Callable[[bool], Awaitable[T]], *, retry_for: float | None = None
     ) -> T:
         """Run ``attempt(retrying)``, retrying connection errors with backoff."""
-        budget = self.retry_timeout if retry_for is None else retry_for
-        deadline = trio.current_time() + budget
-        delay = 0.02
-        retrying = False
-        while True:
-            try:
-                return await attempt(retrying)
-            except Disconnected as exc:
-                if trio.current_time() + delay > deadline:
-                    raise StorageError(
-                        f"Redis unreachable for {budget:g} s: {exc}"
-                    ) from exc.__cause__
-                log.debug("Redis connection error, retrying in %.2f s: %s", delay, exc)
-                await trio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
-                retrying = True
+        return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
 
     async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
         """Run one Redis command (retrying connection errors)."""

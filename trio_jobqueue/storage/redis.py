@@ -1,8 +1,9 @@
 """RedisStorage: the production backend (Redis 7+ / Valkey 8+).
 
 Every transition is one Lua script (``trio_jobqueue/lua/<name>.lua``) run with
-``EVALSHA``; the key schema is in :mod:`._redis_keys`; everything that touches asyncio is
-in :mod:`._redis_adapter`. See ``docs/redis.md`` for the design and failure behaviour.
+``EVALSHA``; the key schema is in :mod:`._redis_keys`; the client is the trio-native
+:mod:`._redis_trio` (default) or redis-py through trio-asyncio (:mod:`._redis_adapter`).
+See ``docs/redis.md`` for the design and failure behaviour.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
@@ -33,7 +34,11 @@ from ._base import (
     StorageStats,
 )
 from ._common import STALLED_ERROR
-from ._redis_adapter import Disconnected, RedisAdapter, ScriptArg
+from ._redis_common import Disconnected, ScriptArg
+from ._redis_trio import TrioRedisAdapter
+
+if TYPE_CHECKING:
+    from ._redis_adapter import RedisAdapter
 from ._redis_keys import NamespaceKeys
 
 __all__ = ["RedisStorage"]
@@ -178,7 +183,13 @@ class RedisStorage(Storage):
         claim_repoll: longest a blocked ``claim`` waits for a pub/sub wake-up before it
             asks the server again (a safety net; wake-ups normally arrive in milliseconds).
         script_timeout: bound on one shielded claim script call.
-        **options: passed to ``redis.asyncio.Redis.from_url`` (e.g. ``ssl_ca_certs``).
+        client: ``"trio"`` (default): the trio-native client; ``"asyncio"``: redis-py's
+            asyncio client through trio-asyncio. ``$TRIO_JOBQUEUE_REDIS_CLIENT``
+            overrides the default. See ``docs/redis.md`` ("Client").
+        **options: connection options (e.g. ``ssl_ca_certs``): the ``ssl_*`` ones,
+            ``username``, ``password``, ``db`` and ``socket_connect_timeout`` for the
+            trio client; anything ``redis.asyncio.Redis.from_url`` takes for
+            ``client="asyncio"``.
     """
 
     url: str
@@ -186,8 +197,9 @@ class RedisStorage(Storage):
     retry_timeout: float
     claim_repoll: float
     script_timeout: float
+    client: str
     options: dict[str, Any]
-    _adapter: RedisAdapter | None = attrs.field(default=None, init=False)
+    _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
     _hubs: dict[str, _Hub] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
 
@@ -199,10 +211,15 @@ class RedisStorage(Storage):
         retry_timeout: float = 10.0,
         claim_repoll: float = 5.0,
         script_timeout: float = 10.0,
+        client: Literal["trio", "asyncio"] | None = None,
         **options: Any,
     ) -> None:
         if url is None:
             url = os.environ.get("REDIS_URL") or DEFAULT_URL
+        if client is None:
+            client = os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"  # type: ignore[assignment]
+        if client not in ("trio", "asyncio"):
+            raise ValueError(f'client must be "trio" or "asyncio", not {client!r}')
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ValueError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
         self.__attrs_init__(
@@ -211,6 +228,7 @@ class RedisStorage(Storage):
             retry_timeout=float(retry_timeout),
             claim_repoll=float(claim_repoll),
             script_timeout=float(script_timeout),
+            client=client,
             options=dict(options),
         )
 
@@ -224,7 +242,14 @@ class RedisStorage(Storage):
         return self
 
     async def _open(self) -> None:
-        adapter = RedisAdapter(self.url, self.retry_timeout, self.options)
+        adapter: TrioRedisAdapter | RedisAdapter
+        if self.client == "asyncio":
+            # Imported on demand: it pulls in asyncio and trio-asyncio.
+            from ._redis_adapter import RedisAdapter
+
+            adapter = RedisAdapter(self.url, self.retry_timeout, self.options)
+        else:
+            adapter = TrioRedisAdapter(self.url, self.retry_timeout, self.options)
         await adapter.open()
         self._adapter = adapter
 
@@ -234,7 +259,7 @@ class RedisStorage(Storage):
             await adapter.close()
 
     @property
-    def adapter(self) -> RedisAdapter:
+    def adapter(self) -> TrioRedisAdapter | RedisAdapter:
         """The open client (raises :class:`StorageError` when the storage is closed)."""
         if self._adapter is None:
             raise StorageError("RedisStorage is not open: use `async with storage:`")
