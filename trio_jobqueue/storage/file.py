@@ -10,7 +10,7 @@ Layout (one directory per namespace under ``<root>/ns/``)::
 
 A transition is one **locked transaction** run in a worker thread: take the flock, catch up
 with entries other processes appended, apply the transition to the in-memory mirror
-(:mod:`._file_state`), append one checksummed frame, fsync, unlock. Concurrent calls from
+(:mod:`._state`), append one checksummed frame, fsync, unlock. Concurrent calls from
 one storage object are coalesced into one transaction and one fsync (group commit). The
 frame is the commit point: a process killed before the frame is complete leaves a torn
 tail that the next transaction cuts off (the call never returned), and a complete frame is
@@ -42,7 +42,7 @@ import trio
 from .._errors import StorageError
 from .._types import CancelStatus, EventKind, UpdateTtlStatus
 from . import _file_io as fio
-from . import _file_state as fst
+from . import _state as fst
 from ._base import (
     Claim,
     EnqueueOutcome,

@@ -1,13 +1,14 @@
-"""FileStorage's in-memory mirror of one namespace and its transitions (no I/O).
+"""The job lifecycle as pure, synchronous transitions over one namespace (no I/O).
 
-Every process keeps a :class:`NsState` per namespace, rebuilt from the snapshot plus the
-journal and brought up to date at the start of every locked transaction. A transition is
-a plain function of ``(state, tx)``: it changes the state and records, in ``tx``, the full
-new version of every record it touched (redo records), the lock changes and the events.
-The journal entry written for a transaction holds exactly that, so replaying it on any
-process reproduces the same state. The transition logic mirrors
-:mod:`trio_jobqueue.storage.memory` step by step (including its ordering tie-breaks and
-its lazy forgetting of expired records) so that both backends give identical results.
+A transition is a plain function of a :class:`Tx` (the namespace's :class:`NsState` plus
+the current time): it changes the state and records, in the ``tx``, the full new version
+of every record it touched (redo records), the lock changes and the events it emits.
+
+Both in-process backends run on these functions. ``MemoryStorage`` applies them to state
+held in the object and delivers the events directly; ``FileStorage`` keeps a mirror per
+process, rebuilt from the snapshot plus the journal and brought up to date at the start of
+every locked transaction, and appends exactly what the ``tx`` recorded as one journal
+entry, so replaying it on any process reproduces the same state.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ def merge_entry(state: NsState, txs: Sequence[Tx]) -> dict[str, Any] | None:
     }
 
 
-# -- transitions (mirrors of MemoryStorage) -----------------------------------------------
+# -- transitions -----------------------------------------------------------------------------
 
 
 def _live(tx: Tx, job_id: str) -> Rec | None:
@@ -648,7 +649,7 @@ def reap(tx: Tx, fence: Fence | None) -> ReapResult:
             _to_failing(tx, rec, STALLED_ERROR, 0.0)
             stalled.append(ReapedJob(job_id, attempt, failed=False))
             tx.emit(EventRecord(EventKind.STALLED, job_id, attempt, error=rec.error))
-    return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline)
+    return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=tx.now)
 
 
 def acquire_lock(tx: Tx, lock: str, owner: str, ttl: float) -> int | None:
