@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -44,6 +43,7 @@ from .._errors import StorageError
 from ._redis_common import (
     _LINGER,
     _PUBSUB_IDLE,
+    AdapterCommon,
     ChannelHandler,
     Disconnected,
     ScriptArg,
@@ -51,7 +51,6 @@ from ._redis_common import (
     _Script,
     _translate,
     script,
-    with_retry,
 )
 
 __all__ = ["ChannelHandler", "Disconnected", "RedisAdapter", "ScriptArg", "script"]
@@ -115,7 +114,7 @@ class _Call:
 
 
 @attrs.define(eq=False)
-class RedisAdapter:
+class RedisAdapter(AdapterCommon):
     """A redis-py asyncio client living on a private trio-asyncio loop."""
 
     url: str
@@ -253,19 +252,8 @@ class RedisAdapter:
         except Exception as exc:
             raise _translate(exc) from exc
 
-    async def _with_retry(
-        self, attempt: Callable[[bool], Awaitable[T]], *, retry_for: float | None = None
-    ) -> T:
-        """Run ``attempt(retrying)``, retrying connection errors with backoff."""
-        return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
-
-    async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
-        """Run one Redis command (retrying connection errors)."""
-
-        async def attempt(retrying: bool) -> Any:
-            return await self._once(lambda client: client.execute_command(*args))
-
-        return await self._with_retry(attempt, retry_for=retry_for)
+    async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
+        return await self._once(lambda client: client.execute_command(*args))
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """One script call, sent through the auto-pipeline."""
@@ -355,62 +343,6 @@ class RedisAdapter:
                 results[i] = result
         return results
 
-    async def run_script(
-        self,
-        name: str,
-        keys: Sequence[str],
-        args: Callable[[bool], Sequence[ScriptArg]] | Sequence[ScriptArg],
-        *,
-        retry_for: float | None = None,
-        retry: bool = True,
-    ) -> Any:
-        """Run ``lua/<name>.lua`` with ``keys`` and ``args``.
-
-        ``args`` may be a function of ``retrying`` (True on a retry after a connection
-        error) so scripts can make a resent call idempotent.
-
-        Raises:
-            StorageError: from the driver error (after retries for connection errors).
-        """
-
-        async def attempt(retrying: bool) -> Any:
-            argv = args(retrying) if callable(args) else args
-            return await self._evalsha(name, keys, argv)
-
-        if not retry:
-            return await attempt(False)
-        return await self._with_retry(attempt, retry_for=retry_for)
-
-    # -- pub/sub --------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def subscription(self, channel: str, handler: ChannelHandler) -> AsyncIterator[None]:
-        """Keep ``channel`` subscribed (reference-counted) while the context is open.
-
-        ``handler`` is the one handler of the channel (later subscribers of the same
-        channel must pass the same object). Yields once the server confirmed the
-        subscription.
-
-        Raises:
-            StorageError: not confirmed within ``retry_timeout`` seconds.
-        """
-        chan = self._channels.get(channel)
-        if chan is None:
-            chan = self._channels[channel] = _Channel(channel, handler)
-            self._pubsub_changed.set()
-        chan.users += 1
-        try:
-            with trio.move_on_after(self.retry_timeout) as scope:
-                await chan.confirmed.wait()
-            if scope.cancelled_caught:
-                raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
-            yield
-        finally:
-            chan.users -= 1
-            if chan.users == 0:
-                chan.idle_since = trio.current_time()
-                self._pubsub_changed.set()
-
     async def _read_pubsub(self) -> None:
         """Keep the pub/sub connection alive and subscribed; dispatch its messages."""
         delay = 0.05
@@ -486,18 +418,4 @@ class RedisAdapter:
                 self._dispatch(msg)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        raw = msg.get("channel")
-        name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        chan = self._channels.get(name)
-        if chan is None:
-            return
-        if kind == "message":
-            data = msg.get("data")
-            if isinstance(data, bytes):
-                chan.handler.on_message(data)
-        elif kind == "subscribe":
-            chan.generation += 1
-            chan.confirmed.set()
-            if chan.generation > 1:
-                chan.handler.on_reconnect()
+        self._on_channel_message(str(msg.get("type")), msg.get("channel"), msg.get("data"))

@@ -8,8 +8,9 @@ import hashlib
 import importlib.resources
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import redis.exceptions as rexc
@@ -17,7 +18,14 @@ import trio
 
 from .._errors import StorageError
 
-__all__ = ["ChannelHandler", "Disconnected", "ScriptArg", "script", "with_retry"]
+__all__ = [
+    "AdapterCommon",
+    "ChannelHandler",
+    "Disconnected",
+    "ScriptArg",
+    "script",
+    "with_retry",
+]
 
 log = logging.getLogger("trio_jobqueue.redis")
 
@@ -105,3 +113,103 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
             await trio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
             retrying = True
+
+
+class AdapterCommon:
+    """What both Redis clients do the same way on top of their own transport: commands and
+    scripts with retries, and reference-counted channel subscriptions with their
+    dispatch. A client provides ``_command_once`` and ``_evalsha`` and keeps
+    ``_channels`` (the pub/sub task subscribes to exactly these) and ``_pubsub_changed``.
+    """
+
+    retry_timeout: float
+    _channels: dict[str, _Channel]
+    _pubsub_changed: trio.Event
+
+    async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
+        raise NotImplementedError
+
+    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        raise NotImplementedError
+
+    async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
+        """Run one Redis command (retrying connection errors)."""
+
+        async def attempt(retrying: bool) -> Any:
+            return await self._command_once(args)
+
+        return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
+
+    async def run_script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Callable[[bool], Sequence[ScriptArg]] | Sequence[ScriptArg],
+        *,
+        retry_for: float | None = None,
+        retry: bool = True,
+    ) -> Any:
+        """Run ``lua/<name>.lua`` with ``keys`` and ``args``.
+
+        ``args`` may be a function of ``retrying`` (True on a retry after a connection
+        error) so scripts can make a resent call idempotent.
+
+        Raises:
+            StorageError: from the driver error (after retries for connection errors).
+        """
+
+        async def attempt(retrying: bool) -> Any:
+            argv = args(retrying) if callable(args) else args
+            return await self._evalsha(name, keys, argv)
+
+        if not retry:
+            return await attempt(False)
+        return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
+
+    @asynccontextmanager
+    async def subscription(self, channel: str, handler: ChannelHandler) -> AsyncIterator[None]:
+        """Keep ``channel`` subscribed (reference-counted) while the context is open.
+
+        ``handler`` is the one handler of the channel (later subscribers of the same
+        channel must pass the same object). Yields once the server confirmed the
+        subscription.
+
+        Raises:
+            StorageError: not confirmed within ``retry_timeout`` seconds.
+        """
+        chan = self._channels.get(channel)
+        if chan is None:
+            chan = self._channels[channel] = _Channel(channel, handler)
+            self._pubsub_changed.set()
+        chan.users += 1
+        try:
+            if not chan.confirmed.is_set():
+                with trio.move_on_after(self.retry_timeout) as scope:
+                    await chan.confirmed.wait()
+                if scope.cancelled_caught:
+                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
+            else:
+                await trio.lowlevel.checkpoint()
+            yield
+        finally:
+            chan.users -= 1
+            if chan.users == 0:
+                chan.idle_since = trio.current_time()
+                self._pubsub_changed.set()
+
+    def _on_channel_message(self, kind: str, channel: object, data: object) -> None:
+        """Dispatch one pub/sub push: ``message`` to the channel's handler; a
+        ``subscribe`` confirmation sets ``confirmed`` and, on re-subscription after a
+        reconnect, calls the handler's ``on_reconnect``."""
+        name = channel.decode("utf-8") if isinstance(channel, bytes) else str(channel)
+        chan = self._channels.get(name)
+        if chan is None:
+            return
+        if kind == "message":
+            if isinstance(data, bytes):
+                chan.handler.on_message(data)
+        elif kind == "subscribe":
+            chan.generation += 1
+            chan.confirmed.set()
+            if chan.generation > 1:
+                chan.handler.on_reconnect()

@@ -30,8 +30,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -47,13 +46,12 @@ from .._errors import StorageError
 from ._redis_common import (
     _LINGER,
     _PUBSUB_IDLE,
-    ChannelHandler,
+    AdapterCommon,
     Disconnected,
     ScriptArg,
     _Channel,
     _translate,
     script,
-    with_retry,
 )
 
 __all__ = ["TrioRedisAdapter"]
@@ -249,7 +247,7 @@ class _Slot:
 
 
 @attrs.define(eq=False)
-class TrioRedisAdapter:
+class TrioRedisAdapter(AdapterCommon):
     """A trio-native Redis client with the interface of ``RedisAdapter``."""
 
     url: str
@@ -433,21 +431,12 @@ class TrioRedisAdapter:
 
     # -- commands -------------------------------------------------------------------
 
-    async def _once(self, args: Sequence[ScriptArg]) -> Any:
+    async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         reply = await self._call(_pack(args))
         if isinstance(reply, hiredis.ReplyError):
             error = _reply_error(reply)
             raise _translate(error) from error
         return reply
-
-    async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
-        """Run one Redis command (retrying connection errors)."""
-
-        async def attempt(retrying: bool) -> Any:
-            return await self._once(args)
-
-        budget = self.retry_timeout if retry_for is None else retry_for
-        return await with_retry(attempt, budget)
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         spec = script(name)
@@ -457,73 +446,13 @@ class TrioRedisAdapter:
             error = _reply_error(reply)
             if isinstance(error, rexc.NoScriptError):
                 # After a restart or SCRIPT FLUSH: load it and send the call again.
-                await self._once(("SCRIPT", "LOAD", spec.source))
+                await self._command_once(("SCRIPT", "LOAD", spec.source))
                 reply = await self._call(packed)
                 if not isinstance(reply, hiredis.ReplyError):
                     return reply
                 error = _reply_error(reply)
             raise _translate(error) from error
         return reply
-
-    async def run_script(
-        self,
-        name: str,
-        keys: Sequence[str],
-        args: Callable[[bool], Sequence[ScriptArg]] | Sequence[ScriptArg],
-        *,
-        retry_for: float | None = None,
-        retry: bool = True,
-    ) -> Any:
-        """Run ``lua/<name>.lua`` with ``keys`` and ``args``.
-
-        ``args`` may be a function of ``retrying`` (True on a retry after a connection
-        error) so scripts can make a resent call idempotent.
-
-        Raises:
-            StorageError: from the driver error (after retries for connection errors).
-        """
-
-        async def attempt(retrying: bool) -> Any:
-            argv = args(retrying) if callable(args) else args
-            return await self._evalsha(name, keys, argv)
-
-        if not retry:
-            return await attempt(False)
-        budget = self.retry_timeout if retry_for is None else retry_for
-        return await with_retry(attempt, budget)
-
-    # -- pub/sub --------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def subscription(self, channel: str, handler: ChannelHandler) -> AsyncIterator[None]:
-        """Keep ``channel`` subscribed (reference-counted) while the context is open.
-
-        ``handler`` is the one handler of the channel (later subscribers of the same
-        channel must pass the same object). Yields once the server confirmed the
-        subscription.
-
-        Raises:
-            StorageError: not confirmed within ``retry_timeout`` seconds.
-        """
-        chan = self._channels.get(channel)
-        if chan is None:
-            chan = self._channels[channel] = _Channel(channel, handler)
-            self._pubsub_changed.set()
-        chan.users += 1
-        try:
-            if not chan.confirmed.is_set():
-                with trio.move_on_after(self.retry_timeout) as scope:
-                    await chan.confirmed.wait()
-                if scope.cancelled_caught:
-                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
-            else:
-                await trio.lowlevel.checkpoint()
-            yield
-        finally:
-            chan.users -= 1
-            if chan.users == 0:
-                chan.idle_since = trio.current_time()
-                self._pubsub_changed.set()
 
     async def _read_pubsub(self) -> None:
         """Keep the pub/sub connection alive and subscribed; dispatch its messages."""
@@ -612,17 +541,5 @@ class TrioRedisAdapter:
             if isinstance(msg, hiredis.ReplyError):
                 raise _reply_error(msg)
             return  # PONG
-        kind, raw = msg[0], msg[1]
-        name = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        chan = self._channels.get(name)
-        if chan is None:
-            return
-        if kind == b"message":
-            data = msg[2]
-            if isinstance(data, bytes):
-                chan.handler.on_message(data)
-        elif kind == b"subscribe":
-            chan.generation += 1
-            chan.confirmed.set()
-            if chan.generation > 1:
-                chan.handler.on_reconnect()
+        kind = msg[0].decode() if isinstance(msg[0], bytes) else str(msg[0])
+        self._on_channel_message(kind, msg[1], msg[2])
