@@ -27,7 +27,7 @@ from ._types import (
 )
 from ._util import open_service_nursery
 from ._validate import check_duration, check_job_id, check_max_attempts, check_name, check_ttl
-from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
+from ._worker import AfterExecution, Handler, Worker, WorkerStatistics, is_async_callable
 from .storage import Storage
 
 __all__ = ["Queue", "QueueStatistics", "open_queue"]
@@ -280,7 +280,10 @@ async def open_queue(
     consuming an attempt, then closes the storage if this was its last user.
 
     Raises:
-        ValueError: an option is invalid (nothing is opened).
+        ValueError: an option is invalid (nothing is opened), e.g. ``job_timeout`` with a
+            sync handler.
+        KeyboardInterrupt, SystemExit: raised by a handler; the worker released its jobs
+            (attempts not consumed) and stopped.
     """
     if handler is not None and not callable(handler):
         raise TypeError(f"handler must be callable, not {handler!r}")
@@ -291,6 +294,11 @@ async def open_queue(
     policy = as_retry_policy(retry_delay)
     vt = check_ttl(visibility_timeout, "visibility_timeout")
     timeout = None if job_timeout is None else check_ttl(job_timeout, "job_timeout")
+    if timeout is not None and handler is not None and not is_async_callable(handler):
+        raise ValueError(
+            "job_timeout needs an async handler: a sync handler runs in a thread, which "
+            "cannot be interrupted (write the handler as `async def`, or drop job_timeout)"
+        )
     ttl = check_ttl(result_ttl, "result_ttl")
     grace = check_duration(shutdown_grace, "shutdown_grace")
     if after_execution is not None and not callable(after_execution):

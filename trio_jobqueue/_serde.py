@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any, Protocol, runtime_checkable
 
 import cattrs
+import trio
 
 from ._errors import SerializationError
 from ._types import JobError
 
-__all__ = ["BytesSerializer", "JsonSerializer", "Serializer", "TypedCodec"]
+__all__ = [
+    "BytesSerializer",
+    "JsonSerializer",
+    "Serializer",
+    "TypedCodec",
+    "describe_exception",
+    "error_from_exception",
+]
+
+MAX_ERROR_TEXT = 64 * 1024
+"""Longest stored error message or traceback, in characters (longer ones are cut)."""
 
 
 @runtime_checkable
@@ -52,6 +64,67 @@ class BytesSerializer:
 _converter = cattrs.Converter()
 
 
+def _plain_text(text: str) -> str:
+    """``text`` as a plain ``str`` that always encodes as UTF-8, at most
+    :data:`MAX_ERROR_TEXT` characters. ``str.encode`` is called unbound so that a ``str``
+    subclass cannot interfere; lone surrogates become backslash escapes."""
+    plain = str.encode(text, "utf-8", "backslashreplace").decode("utf-8")
+    if len(plain) > MAX_ERROR_TEXT:
+        cut = len(plain) - MAX_ERROR_TEXT
+        plain = f"{plain[:MAX_ERROR_TEXT]}... [{cut} characters cut]"
+    return plain
+
+
+def _type_name(value: object) -> str:
+    try:
+        name = type(value).__name__
+        if isinstance(name, str) and name:
+            return _plain_text(name)
+    except Exception:  # noqa: BLE001 - an odd metaclass must not break error reporting
+        pass
+    return "UnknownError"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or ``repr(exc)``, or a placeholder: never raises (some exceptions'
+    ``__str__`` does)."""
+    for render in (str, repr):
+        try:
+            text = render(exc)
+            if isinstance(text, str):
+                return _plain_text(text)
+        except Exception:  # noqa: BLE001 - a broken __str__/__repr__ is reported, not raised
+            continue
+    return f"<unprintable {_type_name(exc)} object>"
+
+
+def _format_traceback(exc: BaseException, type_name: str, message: str) -> str | None:
+    try:
+        return _plain_text("".join(traceback.format_exception(exc)))
+    except Exception:  # noqa: BLE001 - fall back to the frames alone
+        pass
+    try:
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return _plain_text(f"Traceback (most recent call last):\n{frames}{type_name}: {message}\n")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def error_from_exception(exc: BaseException, *, context: BaseException | None = None) -> JobError:
+    """A best-effort :class:`JobError` for ``exc``; never raises, whatever ``exc`` is.
+
+    ``context`` (e.g. the exception group ``exc`` was taken from) gives the traceback
+    instead of ``exc`` itself.
+    """
+    type_name = _type_name(exc)
+    message = describe_exception(exc)
+    return JobError(
+        type=type_name,
+        message=message,
+        traceback=_format_traceback(context if context is not None else exc, type_name, message),
+    )
+
+
 class TypedCodec:
     """Serializer plus optional cattrs (un)structuring to a declared type.
 
@@ -66,30 +139,67 @@ class TypedCodec:
         """Encode the ``what`` (``"payload"``/``"result"``) of job ``job_id``."""
         try:
             raw = _converter.unstructure(value) if self.type is not None else value
-            return self.serializer.dumps(raw)
-        except Exception as exc:
-            raise SerializationError(f"cannot encode {what} of {job_id!r}: {exc}") from exc
+            data = self.serializer.dumps(raw)
+        except BaseException as exc:  # any failure of user code; control flow re-raised
+            if is_control_flow(exc):
+                raise
+            raise _serializer_failure(exc, f"cannot encode {what} of {job_id!r}") from exc
+        if isinstance(data, bytes):
+            return data
+        if isinstance(data, bytearray | memoryview):
+            return bytes(data)
+        raise SerializationError(
+            f"cannot encode {what} of {job_id!r}: the serializer returned "
+            f"{_type_name(data)}, not bytes"
+        )
 
     def decode(self, data: bytes, what: str, job_id: str) -> Any:
         try:
             raw = self.serializer.loads(data)
             return _converter.structure(raw, self.type) if self.type is not None else raw
-        except Exception as exc:
-            raise SerializationError(f"cannot decode {what} of {job_id!r}: {exc}") from exc
+        except BaseException as exc:  # any failure of user code; control flow re-raised
+            if is_control_flow(exc):
+                raise
+            raise _serializer_failure(exc, f"cannot decode {what} of {job_id!r}") from exc
+
+
+CONTROL_FLOW = (trio.Cancelled, KeyboardInterrupt, SystemExit)
+"""Exceptions that are never a job's (or a serializer's) failure: cancellation, and the
+interpreter being asked to exit."""
+
+
+def is_control_flow(exc: BaseException) -> bool:
+    """``exc`` is, or is a group containing, one of :data:`CONTROL_FLOW`."""
+    if isinstance(exc, CONTROL_FLOW):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(CONTROL_FLOW) is not None
+    return False
+
+
+def _serializer_failure(exc: BaseException, doing: str) -> SerializationError:
+    """What a serializer's failure becomes: any error (even an odd ``BaseException``
+    subclass, or one whose ``str()`` raises) is a :class:`SerializationError` with a
+    message that can be printed. (Cancellation and interpreter exits are re-raised by
+    the caller before this.)"""
+    return SerializationError(f"{doing}: {_type_name(exc)}: {describe_exception(exc)}")
 
 
 def encode_error(error: JobError) -> bytes:
-    """Errors are always stored as JSON, whatever the queue's serializer."""
-    return json.dumps(
-        {
-            "type": error.type,
-            "message": error.message,
-            "traceback": error.traceback,
-            "details": error.details,
-        },
-        ensure_ascii=False,
-        default=repr,
-    ).encode()
+    """Errors are always stored as JSON, whatever the queue's serializer. Never raises:
+    ``details`` that cannot be encoded are dropped, text that is not valid UTF-8 is
+    escaped."""
+    fields = {
+        "type": _plain_text(str(error.type)),
+        "message": _plain_text(str(error.message)),
+        "traceback": None if error.traceback is None else _plain_text(str(error.traceback)),
+    }
+    try:
+        return json.dumps(
+            {**fields, "details": error.details}, ensure_ascii=False, default=repr
+        ).encode("utf-8")
+    except Exception:  # noqa: BLE001 - odd details (a repr that raises, surrogates)
+        return json.dumps({**fields, "details": None}, ensure_ascii=False).encode("utf-8")
 
 
 def decode_error(data: bytes | None) -> JobError | None:

@@ -2,9 +2,19 @@
 
 One child task per job, bounded by the queue's concurrency. Every job task is shielded
 from outside cancellation: only the worker's own shutdown cancels a handler, and then the
-job is released (returned to the queue without consuming the attempt). Settlements run in
-a shielded scope with their own timeout; a settlement that cannot reach the storage leaves
-the job ``processing`` under a lease that the reaper recovers.
+job is released (returned to the queue without consuming the attempt). A settlement that
+cannot reach the storage is retried while the job's lease lasts (the heartbeat keeps
+renewing it); one that never gets through leaves the job ``processing`` under a lease that
+the reaper recovers.
+
+Whatever a handler raises is that attempt's outcome, decided here and nowhere else:
+
+* an exception (any ``BaseException`` subclass that is not control flow, even one whose
+  ``str()`` raises) fails the attempt, with a best-effort :class:`JobError`;
+* an exception group is split: its ``trio.Cancelled`` part is control flow (the job's own
+  cancel scope: ``job_timeout`` or shutdown), the rest is the attempt's failure;
+* ``KeyboardInterrupt``/``SystemExit`` stop the worker: every job is released (attempt not
+  consumed) and the exception leaves :meth:`Worker.run` as itself, unwrapped.
 """
 
 from __future__ import annotations
@@ -12,8 +22,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +32,7 @@ import trio
 
 from ._errors import JobQueueError, SerializationError, StorageError
 from ._retry import RetryPolicy
-from ._serde import TypedCodec, encode_error
+from ._serde import TypedCodec, describe_exception, encode_error, error_from_exception
 from ._types import ExecutionContext, Job, JobError
 from ._validate import check_ttl
 from .storage import Claim, SettleStatus, Storage
@@ -33,13 +43,16 @@ Handler = Callable[[Job[Any]], Any]
 AfterExecution = Callable[[ExecutionContext], Any]
 
 SETTLE_TIMEOUT = 30.0
-"""How long a settlement keeps retrying a failing storage before leaving the job to the
-reaper."""
+"""A settlement that fails keeps retrying while the job's lease lasts, and at least this
+long, before it leaves the job to the reaper."""
 CLAIM_WAIT = 5.0
 """Server-side wait of one blocking claim; the claim loop simply calls again."""
 MAX_CLAIM_BATCH = 100
+STUCK_WARNING = 10.0
+"""After the grace period, how often shutdown logs the handlers it still waits for (sync
+handlers run in threads, which cannot be interrupted)."""
 
-_CONTROL_FLOW = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+_FATAL = (KeyboardInterrupt, SystemExit)
 
 
 class JobTimeoutError(JobQueueError):
@@ -50,23 +63,49 @@ class PayloadDecodeError(SerializationError):
     """The stored payload cannot be decoded; retrying cannot help, so the job fails."""
 
 
-def _is_control_flow(exc: BaseException) -> bool:
-    if isinstance(exc, _CONTROL_FLOW):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(lambda e: isinstance(e, _CONTROL_FLOW)) is not None
-    return False
+@attrs.frozen
+class _Outcome:
+    """What one run of a handler came to."""
+
+    ok: bool
+    value: Any = None
+    """The result (``ok``) or the exception that failed the attempt."""
+    context: BaseException | None = None
+    """The group ``value`` was split from, for the traceback."""
+    fatal: BaseException | None = None
+    """A ``KeyboardInterrupt``/``SystemExit`` the handler raised: the worker stops."""
 
 
-def error_from_exception(exc: BaseException) -> JobError:
-    return JobError(
-        type=type(exc).__name__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
 
 
-def _is_async_callable(fn: object) -> bool:
+def outcome_of(exc: BaseException) -> _Outcome | None:
+    """Classify what a handler raised; ``None`` means "only cancellation": re-raise it."""
+    if not isinstance(exc, BaseExceptionGroup):
+        if isinstance(exc, trio.Cancelled):
+            return None
+        if isinstance(exc, _FATAL):
+            return _Outcome(ok=False, fatal=exc)
+        return _Outcome(ok=False, value=exc)
+    fatal, rest = exc.split(_FATAL)
+    if fatal is not None:
+        return _Outcome(ok=False, fatal=_leaves(fatal)[0])
+    failure = rest.split(trio.Cancelled)[1] if rest is not None else None
+    if failure is None:
+        return None
+    leaves = _leaves(failure)
+    # One real error is reported as itself (with the whole group's traceback).
+    return _Outcome(ok=False, value=leaves[0] if len(leaves) == 1 else failure, context=exc)
+
+
+def is_async_callable(fn: object) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -93,9 +132,13 @@ class WorkerStatistics:
 class _Running:
     claim: Claim
     scope: trio.CancelScope
+    lease_deadline: float
+    """When the lease runs out unless renewed (trio clock, conservative)."""
     lease_lost: bool = False
     released: bool = False
     """Set when shutdown cancels the handler: the job goes back to the queue."""
+    settling: bool = False
+    """The outcome is being stored: a heartbeat that finds the job gone is not a loss."""
 
     def release(self) -> None:
         self.released = True
@@ -126,19 +169,25 @@ class Worker:
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stopping: bool = attrs.field(default=False, init=False)
+    _fatal: BaseException | None = attrs.field(default=None, init=False)
     _is_async: bool = attrs.field(default=True, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = trio.Semaphore(self.concurrency)
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
-        self._is_async = _is_async_callable(self.handler)
+        self._is_async = is_async_callable(self.handler)
         self._idle.set()
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`shutdown` finishes. Immune to outside cancellation by design:
-        the owner must call :meth:`shutdown` (``open_queue`` always does)."""
+        the owner must call :meth:`shutdown` (``open_queue`` always does).
+
+        Raises:
+            KeyboardInterrupt, SystemExit: a handler raised it; every job was released
+                first (unwrapped: never inside an exception group).
+        """
         try:
             with self._outer:
                 self._outer.shield = True
@@ -150,6 +199,8 @@ class Worker:
                     await trio.sleep_forever()
         finally:
             self._finished.set()
+        if self._fatal is not None:
+            raise self._fatal
 
     def skip_grace(self) -> None:
         """End the shutdown grace period now (e.g. on a second SIGTERM): running handlers
@@ -162,14 +213,39 @@ class Worker:
         the rest. Returns when every job is settled and the worker's tasks are gone."""
         self._stopping = True
         self._claim_scope.cancel()
-        self._grace_scope.deadline = trio.current_time() + grace
+        self._grace_scope.deadline = min(self._grace_scope.deadline, trio.current_time() + grace)
         with self._grace_scope:
             await self._idle.wait()
         for running in list(self._running.values()):
             running.release()
-        await self._idle.wait()
+        while True:
+            with trio.move_on_after(STUCK_WARNING):
+                await self._idle.wait()
+                break
+            # Only a sync handler (a thread) can ignore its cancellation.
+            log.warning(
+                "shutdown is waiting for %d handler(s) that ignore cancellation (sync "
+                "handlers cannot be interrupted): jobs %s",
+                len(self._running),
+                ", ".join(repr(r.claim.job_id) for r in list(self._running.values())[:10]),
+            )
         self._outer.cancel()
         await self._finished.wait()
+
+    def _stop_for(self, exc: BaseException) -> None:
+        """A handler raised ``KeyboardInterrupt``/``SystemExit``: stop claiming, release
+        every job now, then let :meth:`run` raise ``exc``."""
+        if self._fatal is None:
+            self._fatal = exc
+            log.error(
+                "a handler raised %s: stopping the worker; its jobs return to the queue",
+                type(exc).__name__,
+            )
+        self._stopping = True
+        self._claim_scope.cancel()
+        self._grace_scope.cancel()
+        for running in list(self._running.values()):
+            running.release()
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -187,6 +263,7 @@ class Worker:
                 except trio.WouldBlock:
                     break
                 taken += 1
+            claimed_at = trio.current_time()
             try:
                 claims = await self.storage.claim(
                     self.ns,
@@ -207,10 +284,10 @@ class Worker:
             for _ in range(taken - len(claims)):
                 self._slots.release()
             for claim in claims:
-                self._start(nursery, claim)
+                self._start(nursery, claim, claimed_at + self.visibility_timeout)
 
-    def _start(self, nursery: trio.Nursery, claim: Claim) -> None:
-        running = _Running(claim, trio.CancelScope())
+    def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
+        running = _Running(claim, trio.CancelScope(), lease_deadline)
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
@@ -231,6 +308,7 @@ class Worker:
             live = [r for r in self._running.values() if not r.lease_lost]
             if not live:
                 continue
+            sent_at = trio.current_time()
             try:
                 owned = await self.storage.heartbeat(
                     self.ns,
@@ -241,8 +319,12 @@ class Worker:
                 log.warning("heartbeat failed (%s); will retry", exc)
                 continue
             for running, still_owned in zip(live, owned, strict=True):
-                # A job that settled while the heartbeat was in flight is not "lost".
-                if not still_owned and self._running.get(running.claim.token) is running:
+                if still_owned:
+                    running.lease_deadline = sent_at + self.visibility_timeout
+                    continue
+                # A job whose outcome is being (or was) stored while the heartbeat was in
+                # flight is not "lost": its settlement tells whether the lease was kept.
+                if not running.settling and self._running.get(running.claim.token) is running:
                     running.lease_lost = True
                     self.stats.lost_leases += 1
                     log.warning(
@@ -260,23 +342,31 @@ class Worker:
         # its deadline (job_timeout); the settlement after it is therefore never
         # interrupted, and a shutdown release runs shielded all the same.
         claim = running.claim
-        outcome: tuple[bool, Any] | None = None
         settled = False
+        fatal: BaseException | None = None
         started_wall = time.time()
         started = trio.current_time()
         try:
+            outcome: _Outcome | None = None
             if self.job_timeout is not None:
                 running.scope.relative_deadline = self.job_timeout
             if not running.released:  # claimed while stopping: never start the handler
                 with running.scope:
                     outcome = await self._execute(claim)
-            if outcome is None and not running.released:
-                outcome = (
-                    False,
-                    JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s"),
+            if outcome is not None and outcome.fatal is not None:
+                fatal, outcome = outcome.fatal, None
+            elif outcome is None and not running.released:
+                outcome = _Outcome(
+                    ok=False,
+                    value=JobTimeoutError(f"handler exceeded job_timeout={self.job_timeout} s"),
                 )
+            elif outcome is not None and running.released and not outcome.ok:
+                # Failed because shutdown cancelled it: not the job's fault.
+                outcome = None
             await self._settle(running, outcome, started_wall, trio.current_time() - started)
             settled = True
+        except _FATAL as exc:  # e.g. a KeyboardInterrupt delivered while settling
+            fatal = exc
         finally:
             if not settled:
                 with trio.CancelScope(shield=True):
@@ -284,15 +374,20 @@ class Worker:
             del self._running[claim.token]
             self.stats.in_flight = len(self._running)
             self._slots.release()
+            if fatal is not None:
+                self._stop_for(fatal)
             if not self._running:
                 self._idle.set()
+                if self._fatal is not None:
+                    self._outer.cancel()
 
-    async def _execute(self, claim: Claim) -> tuple[bool, Any]:
-        """Run the handler once. Returns ``(True, result)`` or ``(False, exception)``."""
+    async def _execute(self, claim: Claim) -> _Outcome:
+        """Run the handler once; every exception it raises is classified, only pure
+        cancellation propagates (see the module docstring)."""
         try:
             payload = self.payload_codec.decode(claim.payload, "payload", claim.job_id)
         except SerializationError as exc:
-            return False, PayloadDecodeError(str(exc))
+            return _Outcome(ok=False, value=PayloadDecodeError(str(exc)))
         job: Job[Any] = Job(
             id=claim.job_id,
             payload=payload,
@@ -302,11 +397,12 @@ class Worker:
             worker_id=self.worker_id,
         )
         try:
-            return True, await self._call(job)
-        except BaseException as exc:
-            if _is_control_flow(exc):
+            return _Outcome(ok=True, value=await self._call(job))
+        except BaseException as exc:  # split deliberately by outcome_of
+            outcome = outcome_of(exc)
+            if outcome is None:
                 raise
-            return False, exc
+            return outcome
 
     async def _call(self, job: Job[Any]) -> Any:
         if self._is_async:
@@ -324,35 +420,42 @@ class Worker:
     async def _settle(
         self,
         running: _Running,
-        outcome: tuple[bool, Any] | None,
+        outcome: _Outcome | None,
         started_wall: float,
         duration: float,
     ) -> None:
+        """Store the attempt's outcome (``None``: release the job). Never raises for a
+        misbehaving handler, serializer, hook or retry policy: each is reported and the
+        attempt fails instead."""
         claim = running.claim
         ns, job_id, token = self.ns, claim.job_id, claim.token
+        running.settling = True
         if outcome is None:
-            status = await self._storage_call(lambda: self.storage.release(ns, job_id, token))
+            status = await self._storage_call(
+                running, "release", lambda: self.storage.release(ns, job_id, token)
+            )
             self._count(status, "released", running)
             return
-        ok, value = outcome
-        encoded: bytes | None = None
+        ok, value, encoded = outcome.ok, outcome.value, None
         if ok:
             try:
                 encoded = self.result_codec.encode(value, "result", job_id)
             except SerializationError as exc:
                 ok, value = False, exc
-        if not ok:
-            error = (
-                error_from_exception(value)
-                if isinstance(value, BaseException)
-                else JobError(type="Error", message=repr(value))
-            )
+        error = None if ok else self._error_of(value, outcome.context)
+        if error is not None:
             retryable = not isinstance(value, PayloadDecodeError)
             if claim.attempt < claim.max_attempts and retryable:
-                delay = max(0.0, float(self.retry_policy.delay(claim.attempt)))
+                delay = self._retry_delay(claim)
+                log.warning(
+                    "job %r attempt %d/%d failed: %s: %s; retrying in %.3g s",
+                    job_id, claim.attempt, claim.max_attempts, error.type, error.message, delay,
+                )  # fmt: skip
                 err = encode_error(error)
                 status = await self._storage_call(
-                    lambda: self.storage.retry(ns, job_id, token, err, delay=delay)
+                    running,
+                    "retry",
+                    lambda: self.storage.retry(ns, job_id, token, err, delay=delay),
                 )
                 self._count(status, "retried", running)
                 return
@@ -364,7 +467,7 @@ class Worker:
             created_at=claim.created_at,
             status="completed" if ok else "failed",
             result=value if ok else None,
-            error=None if ok else error,
+            error=error,
             ttl=claim.result_ttl,
             worker_id=self.worker_id,
             started_at=started_wall,
@@ -377,15 +480,49 @@ class Worker:
             assert encoded is not None
             data = encoded
             status = await self._storage_call(
-                lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl)
+                running,
+                "complete",
+                lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl),
             )
             self._count(status, "completed", running)
-        else:
-            err = encode_error(ctx.error or error)
-            status = await self._storage_call(
-                lambda: self.storage.fail(ns, job_id, token, err, ttl=ctx.ttl)
+            return
+        final = ctx.error if isinstance(ctx.error, JobError) else error
+        assert final is not None
+        log.error(
+            "job %r failed after attempt %d/%d: %s: %s\n%s",
+            job_id, claim.attempt, claim.max_attempts, final.type, final.message,
+            final.traceback or "(no traceback)",
+        )  # fmt: skip
+        err = encode_error(final)
+        status = await self._storage_call(
+            running, "fail", lambda: self.storage.fail(ns, job_id, token, err, ttl=ctx.ttl)
+        )
+        self._count(status, "failed", running)
+
+    @staticmethod
+    def _error_of(value: Any, context: BaseException | None) -> JobError:
+        if isinstance(value, BaseException):
+            return error_from_exception(value, context=context)
+        return JobError(type="Error", message=describe_exception(Exception(value)))
+
+    def _retry_delay(self, claim: Claim) -> float:
+        """The policy's delay for this attempt; a policy that raises or answers nonsense is
+        reported and the job retried at once."""
+        try:
+            delay = float(self.retry_policy.delay(claim.attempt))
+        except Exception as exc:  # noqa: BLE001 - a user policy must not break settling
+            log.error(
+                "retry_delay policy failed for job %r (%s); retrying at once",
+                claim.job_id,
+                describe_exception(exc),
             )
-            self._count(status, "failed", running)
+            return 0.0
+        if not math.isfinite(delay) or delay < 0:
+            log.error(
+                "retry_delay policy returned %r for job %r; retrying at once", delay, claim.job_id
+            )
+            return 0.0
+        return delay
 
     async def _after_execution(
         self, ctx: ExecutionContext, claim: Claim, encoded: bytes | None
@@ -421,24 +558,36 @@ class Worker:
         return ctx, encoded
 
     async def _storage_call(
-        self, call: Callable[[], Awaitable[SettleStatus]]
+        self, running: _Running, what: str, call: Callable[[], Awaitable[SettleStatus]]
     ) -> SettleStatus | None:
-        """Retry a settlement on storage errors for up to SETTLE_TIMEOUT seconds."""
-        try:
-            return await call()
-        except StorageError as exc:
-            log.warning("settlement failed (%s); retrying", exc)
+        """Run a settlement, retrying storage errors while the job's lease lasts (the
+        heartbeat keeps renewing it meanwhile) and for at least ``SETTLE_TIMEOUT``."""
+        job_id = running.claim.job_id
         delay = 0.05
-        with trio.move_on_after(SETTLE_TIMEOUT):
-            while True:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                try:
-                    return await call()
-                except StorageError as exc:
-                    log.warning("settlement failed (%s); retrying in %.2f s", exc, delay)
-        log.error("gave up settling a job; its lease will expire and the reaper recovers it")
-        return None
+        first_failure: float | None = None
+        while True:
+            try:
+                return await call()
+            except StorageError as exc:
+                now = trio.current_time()
+                if first_failure is None:
+                    first_failure = now
+                give_up_at = max(running.lease_deadline, first_failure + SETTLE_TIMEOUT)
+                if running.lease_lost or now + delay > give_up_at:
+                    log.error(
+                        "gave up trying to %s job %r after %.1f s (%s); its lease will"
+                        " expire and the reaper recovers it",
+                        what,
+                        job_id,
+                        now - first_failure,
+                        exc,
+                    )
+                    return None
+                log.warning(
+                    "could not %s job %r (%s); retrying in %.2f s", what, job_id, exc, delay
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _count(self, status: SettleStatus | None, counter: str, running: _Running) -> None:
         if status is SettleStatus.OK:
