@@ -317,7 +317,7 @@ async def test_job_timeout_with_sync_handler_is_refused() -> None:
 
 
 async def test_shutdown_waits_for_a_sync_handler_that_ignores_cancellation(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A sync handler still running after the grace period cannot be interrupted:
     shutdown logs that it waits, waits for it, and stores its result (real clock)."""
@@ -331,17 +331,20 @@ async def test_shutdown_waits_for_a_sync_handler_that_ignores_cancellation(
         release.wait(30)
         return "finished anyway"
 
-    async def release_after_warning() -> None:
-        while not any("ignore cancellation" in r.getMessage() for r in caplog.records):
-            await trio.sleep(0.01)
-        release.set()
+    class ReleaseOnWarning(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "ignore cancellation" in record.getMessage():
+                release.set()
 
-    caplog.set_level(logging.WARNING, logger="trio_jobqueue")
-    async with trio.open_nursery() as nursery:
+    watcher = ReleaseOnWarning()
+    logging.getLogger("trio_jobqueue").addHandler(watcher)
+    try:
         async with jq.open_queue(storage, stubborn, shutdown_grace=0.05) as q:
             await q.enqueue("t", None)
             await trio.to_thread.run_sync(started.wait, 10)
-            nursery.start_soon(release_after_warning)
+    finally:
+        logging.getLogger("trio_jobqueue").removeHandler(watcher)
+    assert release.is_set()
     async with jq.open_queue(storage) as q:
         status = await q.get_status("t")
     assert status is not None and status.state is jq.JobState.COMPLETED
