@@ -487,8 +487,10 @@ def run_storage_machine(
     failing step's ``AssertionError`` (or the storage's exception) after Hypothesis has
     shrunk and printed the counterexample.
     """
+    # Typed locally: some Hypothesis releases ship this function without annotations.
+    run: Callable[..., None] = run_state_machine_as_test
     with open_storage_portal(make_storage) as portal:
-        run_state_machine_as_test(
+        run(
             make_storage_machine(portal),
             settings=settings if settings is not None else DEFAULT_SETTINGS,
         )
