@@ -28,7 +28,7 @@ from ._types import (
 from ._util import open_service_nursery
 from ._validate import check_duration, check_job_id, check_max_attempts, check_name, check_ttl
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics, is_async_callable
-from .storage import Storage
+from .storage import JobWatch, Storage
 
 __all__ = ["Queue", "QueueStatistics", "open_queue"]
 
@@ -137,43 +137,49 @@ class Queue(Generic[P, R]):
         """
         wait = math.inf if timeout == math.inf else check_duration(timeout, "timeout")
         job_id, data, attempts, ttl = self._prepare(id, payload, max_attempts, result_ttl)
-        with trio.move_on_after(wait) as scope:
-            async with self.storage.watch_job(self.name, job_id) as watch:
-                outcome = await self.storage.enqueue(
-                    self.name, job_id, data, max_attempts=attempts, result_ttl=ttl
-                )
-                if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
-                    value: R = self.result_codec.decode(outcome.result, "result", job_id)
-                    return value
+        deadline = trio.current_time() + wait
+        # The timeout bounds only the waiting: the watch and the enqueue always run to
+        # completion (or raise StorageError), so a WaitTimeoutError means the job exists.
+        async with self.storage.watch_job(self.name, job_id) as watch:
+            outcome = await self.storage.enqueue(
+                self.name, job_id, data, max_attempts=attempts, result_ttl=ttl
+            )
+            if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
+                value: R = self.result_codec.decode(outcome.result, "result", job_id)
+                return value
+            with trio.move_on_at(deadline):
                 # A job we just queued cannot be terminal yet, and the watch was open
                 # before the enqueue: its outcome will arrive through the watch. A
                 # duplicate may already be finished, so read its state first.
-                read_state = outcome.status is not EnqueueStatus.QUEUED
-                while True:
-                    if read_state:
-                        record = await self.storage.get_status(self.name, job_id)
-                        if record is None:
-                            raise JobCancelledError(job_id)
-                        if record.state is JobState.COMPLETED:
-                            if record.result is None:
-                                raise JobQueueError(f"the result of job {job_id!r} is gone")
-                            done: R = self.result_codec.decode(record.result, "result", job_id)
-                            return done
-                        if record.state is JobState.FAILED:
-                            raise JobFailedError(job_id, self._error_of(record.error))
-                    event = await watch.wait()
-                    read_state = True
-                    if event is None:
-                        continue  # the backend may have missed something: re-read
-                    if event.kind is EventKind.COMPLETED and event.result is not None:
-                        result: R = self.result_codec.decode(event.result, "result", job_id)
-                        return result
-                    if event.kind is EventKind.FAILED:
-                        raise JobFailedError(job_id, self._error_of(event.error))
-                    if event.kind is EventKind.CANCELLED:
-                        raise JobCancelledError(job_id)
-        assert scope.cancelled_caught
+                return await self._wait_for(
+                    job_id, watch, outcome.status is not EnqueueStatus.QUEUED
+                )
         raise WaitTimeoutError(job_id, wait)
+
+    async def _wait_for(self, job_id: str, watch: JobWatch, read_state: bool) -> R:
+        while True:
+            if read_state:
+                record = await self.storage.get_status(self.name, job_id)
+                if record is None:
+                    raise JobCancelledError(job_id)
+                if record.state is JobState.COMPLETED:
+                    if record.result is None:
+                        raise JobQueueError(f"the result of job {job_id!r} is gone")
+                    done: R = self.result_codec.decode(record.result, "result", job_id)
+                    return done
+                if record.state is JobState.FAILED:
+                    raise JobFailedError(job_id, self._error_of(record.error))
+            event = await watch.wait()
+            read_state = True
+            if event is None:
+                continue  # the backend may have missed something: re-read
+            if event.kind is EventKind.COMPLETED and event.result is not None:
+                result: R = self.result_codec.decode(event.result, "result", job_id)
+                return result
+            if event.kind is EventKind.FAILED and event.error is not None:
+                raise JobFailedError(job_id, self._error_of(event.error))
+            if event.kind is EventKind.CANCELLED:
+                raise JobCancelledError(job_id)
 
     @staticmethod
     def _error_of(error: bytes | None) -> JobError:
