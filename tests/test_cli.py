@@ -1,14 +1,18 @@
 """The command line, run as subprocesses: usage errors, admin commands, burst workers,
-``stats`` with live workers, and signal handling (SPEC §7, issue 5)."""
+``stats`` with live workers, signal handling, Ctrl-C and closed pipes."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from _proc_harness import Worker, WorkerPool, cli_env, run_cli, spawn_cli, wait_
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli import main
+from trio_jobqueue._cli import _exit_code, build_parser, main
 from trio_jobqueue._cli_common import ExitCode
 
 
@@ -93,11 +97,73 @@ def test_user_mistakes_are_one_line_and_exit_2(args: list[str], needle: str) -> 
     assert needle in _one_line_error(done)
 
 
-def test_argparse_errors_exit_2_without_traceback() -> None:
-    """Bad option values are rejected by the parser (exit 2, usage on stderr)."""
-    done = run_cli("worker", "m:h", "--concurrency", "0", "--storage", "memory://")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "--concurrency" in done.stderr
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["demo", "--work", "-1"], "--work"),
+        (["demo", "--work", "nan"], "--work"),
+        (["demo", "--work", "inf"], "--work"),
+        (["demo", "--jobs", "0"], "--jobs"),
+        (["demo", "--concurrency", "x"], "--concurrency"),
+        (["demo", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["--no-such-option"], "required: COMMAND"),
+        (["no-such-command"], "invalid choice: 'no-such-command'"),
+        ([], "required: COMMAND"),
+        (["worker", "m:h", "--concurrency", "0", "--storage", "memory://"], "--concurrency"),
+        (["worker", "m:h", "--log-level", "LOUD"], "--log-level"),
+        (["worker"], "MODULE:HANDLER"),
+        (["stats", "--listen", "-1"], "--listen"),
+        (["stats", "--min-workers", "0"], "--min-workers"),
+        (["enqueue", "a"], "PAYLOAD_JSON"),
+        (["enqueue", "a", "{}", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_argparse_errors_are_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    """Usage errors of the parser and of every sub-command parser (bad values, unknown
+    options and commands, missing arguments) are one `trio-jobqueue: error:` line, exit 2."""
+    done = run_cli(*args)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert needle in _one_line_error(done)
+    assert done.stdout == ""
+
+
+def _walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from _walk(subparser, f"{path} {name}")
+
+
+def test_every_option_shows_its_default_and_every_command_has_a_description() -> None:
+    """Walking the whole parser: every option of every command has help text stating its
+    default, every positional argument has help, every sub-command a one-line help."""
+    commands: list[str] = []
+    for path, action in _walk(build_parser(), "trio-jobqueue"):
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                help_text = choice.help or ""
+                assert help_text.strip() and "\n" not in help_text, (path, choice.dest)
+                commands.append(choice.dest)
+            continue
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        what = f"{path} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help, what
+        if action.option_strings:
+            assert "(default: " in action.help, what
+    assert sorted(commands) == sorted(
+        ["worker", "enqueue", "status", "result", "cancel", "stats", "demo"]
+    )
+    demo_help = run_cli("demo", "--help").stdout
+    assert "(default: 10000)" in demo_help and "(default: 0, a no-op job)" in demo_help
+
+
+def test_version_prints_the_installed_version() -> None:
+    """`--version` prints `trio-jobqueue <version>` (from the package metadata), exit 0."""
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"trio-jobqueue {importlib.metadata.version('trio-jobqueue')}\n"
 
 
 def test_storage_that_cannot_be_opened_exits_3(tmp_path: Path) -> None:
@@ -364,3 +430,139 @@ async def test_sigterm_at_any_moment_of_startup_exits_promptly(tmp_path: Path) -
         async with trio.open_nursery() as nursery:
             for index, worker in enumerate(workers):
                 nursery.start_soon(stop, index, worker)
+
+
+# -- Ctrl-C and closed pipes -------------------------------------------------------------
+
+
+def _assert_interrupted(proc: subprocess.Popen[str], err: str) -> None:
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1] == "interrupted", err
+    assert err.count("interrupted") == 1, err
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trio_jobqueue", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=Path(__file__).parent,
+    )
+
+
+def test_ctrl_c_during_demo_is_one_line_and_exit_130() -> None:
+    """SIGINT while `demo --jobs 10000000` runs (the KeyboardInterrupt surfaces inside
+    trio's nested exception groups): the line `interrupted`, no traceback, exit 130."""
+    proc = _spawn("demo", "--jobs", "10000000")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("demo: 10,000,000 jobs")
+        time.sleep(0.5)  # well into the run: enqueueing, working, reporting progress
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    _assert_interrupted(proc, err)
+
+
+async def test_ctrl_c_during_admin_command_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """SIGINT while `enqueue --wait` waits for a result: `interrupted`, exit 130."""
+    url = f"file://{tmp_path}/q"
+    proc = _spawn("enqueue", "job", "{}", "--wait", "--timeout", "600", "--storage", url)
+    try:
+        async with jq.storage_from_url(url) as storage, jq.open_queue(storage) as queue:
+            # The job exists once the command is past its enqueue, waiting.
+            deadline = time.monotonic() + 60
+            while await queue.get_status("job") is None:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                await trio.sleep(0.05)
+        await trio.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    _assert_interrupted(proc, err)
+
+
+def test_interrupt_inside_nested_exception_groups_exits_130(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A KeyboardInterrupt nested in exception groups next to other errors is still a
+    Ctrl-C: one line, exit 130, nothing re-raised."""
+    group = BaseExceptionGroup(
+        "outer",
+        [ValueError("x"), BaseExceptionGroup("inner", [OSError("y"), KeyboardInterrupt()])],
+    )
+    assert _exit_code(group) == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err.strip() == "interrupted"
+    stale = ExceptionGroup("g", [ExceptionGroup("h", [jq.StorageError("down")])])
+    assert _exit_code(stale) == ExitCode.STORAGE
+    assert capsys.readouterr().err == "trio-jobqueue: error: storage failed: down\n"
+
+
+@pytest.fixture
+def queue_url(tmp_path: Path) -> str:
+    """A File queue holding the queued job `x`."""
+    url = f"file://{tmp_path}/q"
+
+    async def fill() -> None:
+        async with jq.storage_from_url(url) as storage, jq.open_queue(storage) as q:
+            await q.enqueue("x", {"n": 1})
+
+    trio.run(fill)
+    return url
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "x"],
+        ["status", "x", "--json"],
+        ["stats", "--listen", "0"],
+        ["stats", "--json", "--watch", "--listen", "0", "--interval", "0.05"],
+        ["enqueue", "y", "{}"],
+        ["demo", "--jobs", "2000"],
+    ],
+    ids=lambda a: "-".join(a[:2]),
+)
+def test_closed_stdout_exits_quietly_with_141(queue_url: str, args: list[str]) -> None:
+    """Output into a pipe whose reader is gone: no traceback, no "Exception ignored"
+    message, nothing at all on stderr, exit 141 (128 + SIGPIPE, as coreutils report)."""
+    if args[0] != "demo":
+        args = [*args, "--storage", queue_url]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes anything
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "trio_jobqueue", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (ExitCode.BROKEN_PIPE, "")
+
+
+def test_pipe_into_head_is_quiet(queue_url: str) -> None:
+    """`trio-jobqueue status x | head -1` prints the first line and nothing on stderr,
+    whichever of the two processes finishes first."""
+    done = subprocess.run(
+        ["bash", "-c", '"$0" -m trio_jobqueue status x --storage "$1" | head -1; '
+         'echo "exit=${PIPESTATUS[0]}"', sys.executable, queue_url],
+        capture_output=True, text=True, timeout=60, env=cli_env(),
+    )  # fmt: skip
+    assert done.stderr == ""
+    first, status = done.stdout.splitlines()
+    assert first == "id:        x"
+    assert status in ("exit=0", "exit=141")

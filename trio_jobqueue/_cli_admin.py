@@ -30,48 +30,67 @@ from .storage import Storage, StorageStats
 
 
 def add_admin_parsers(sub: Any) -> None:
-    p = sub.add_parser("enqueue", help="enqueue a job (optionally wait for its result)")
-    p.add_argument("id", metavar="ID")
+    p = sub.add_parser(
+        "enqueue",
+        help="enqueue a job (optionally wait for its result)",
+        description=(
+            "Enqueue job ID with PAYLOAD_JSON. Prints queued, duplicate (<state>) when the "
+            "id is already taken, or completed and the cached result."
+        ),
+    )
+    p.add_argument("id", metavar="ID", help="the job id (any non-empty text)")
     p.add_argument("payload", metavar="PAYLOAD_JSON", help="the payload as JSON, e.g. '{}'")
     add_storage_options(p)
-    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument(
+        "--wait", action="store_true",
+        help="wait for the result and print it as JSON (default: off)",
+    )  # fmt: skip
     p.add_argument(
         "--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
-        help="with --wait: give up after this long (exit 4; the job keeps running)",
+        help="with --wait: give up after this long, exit 4; the job keeps running "
+        "(default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--max-attempts", type=positive_int, default=None)
-    p.add_argument("--result-ttl", type=positive_seconds, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--max-attempts", type=positive_int, default=None, metavar="N",
+        help="total runs allowed for this job (default: the queue's, 3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--result-ttl", type=positive_seconds, default=None, metavar="SECONDS",
+        help="how long the result, error and id are kept (default: the queue's, 3600)",
+    )  # fmt: skip
 
     for command, text in (
         ("status", "show a job's state (exit 1 if unknown)"),
         ("result", "print a completed job's result as JSON (exit 1 if none)"),
         ("cancel", "cancel a queued or retrying job (exit 1 if not cancelled)"),
     ):
-        p = sub.add_parser(command, help=text)
-        p.add_argument("id", metavar="ID")
+        p = sub.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("id", metavar="ID", help="the job id")
         add_storage_options(p)
         if command == "status":
-            p.add_argument("--json", action="store_true", help="print JSON")
+            p.add_argument("--json", action="store_true", help="print JSON (default: off)")
 
-    p = sub.add_parser("stats", help="jobs per state, live workers, the reaper leader")
+    text = "jobs per state, live workers, the reaper leader"
+    p = sub.add_parser("stats", help=text, description=text[0].upper() + text[1:] + ".")
     add_storage_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: off)")
+    p.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C (default: off)")
     p.add_argument(
         "--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
-        help="with --watch: seconds between refreshes",
+        help="with --watch: seconds between refreshes (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--listen", type=seconds, default=1.5, metavar="SECONDS",
-        help="how long to listen for worker announcements (0: skip workers)",
+        help="how long to listen for worker announcements; 0 skips workers "
+        "(default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--check-worker", metavar="WORKER_ID", default=None,
-        help="exit 5 unless this worker is live (a liveness probe)",
+        help="exit 5 unless this worker is live, a liveness probe (default: no check)",
     )  # fmt: skip
     p.add_argument(
-        "--min-workers", type=int, default=None, metavar="N",
-        help="exit 5 if fewer than N workers are live",
+        "--min-workers", type=positive_int, default=None, metavar="N",
+        help="exit 5 if fewer than N workers are live (default: no check)",
     )  # fmt: skip
 
 

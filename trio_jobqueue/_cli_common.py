@@ -1,4 +1,5 @@
-"""Shared pieces of the command line: exit codes, the one-line error, storage options."""
+"""Shared pieces of the command line: exit codes, the one-line error, the parser class,
+storage options."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import enum
 import math
 import os
 import urllib.parse
+from typing import NoReturn
 
 from ._validate import check_name
 from .storage import Storage, storage_from_url
@@ -35,7 +37,10 @@ class ExitCode(enum.IntEnum):
     UNHEALTHY = 5
     """``stats --check-worker``/``--min-workers``: the expected workers are not live."""
     INTERRUPTED = 130
-    """An admin command was interrupted by Ctrl-C."""
+    """Interrupted by Ctrl-C (SIGINT) outside a worker's graceful shutdown (128 + SIGINT)."""
+    BROKEN_PIPE = 141
+    """The reader of stdout went away (``... | head -1``): output stopped quietly. 128 +
+    SIGPIPE, the status a coreutils command killed by SIGPIPE reports to the shell."""
 
 
 class CliError(Exception):
@@ -46,13 +51,33 @@ class CliError(Exception):
         self.code = code
 
 
+PROG = "trio-jobqueue"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: they raise :class:`CliError`
+    (exit 2), which ``main`` prints as ``trio-jobqueue: error: ...``. Sub-command parsers
+    made by ``add_subparsers`` are of the same class, so this holds for every command."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        where = f"{command}: " if command else ""
+        hint = f"{PROG} {command} --help" if command else f"{PROG} --help"
+        text = " ".join(f"{where}{message}".split())  # one line, whatever argparse says
+        raise CliError(f"{text} (see '{hint}')", ExitCode.USAGE)
+
+
 def add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         "-s",
         metavar="URL",
         default=None,
-        help=f"memory://, redis://..., rediss://... or file:///abs/path (default: ${URL_ENV})",
+        help=(
+            "memory://, redis://host[:port][/db], rediss://..., unix://... or "
+            "file:///abs/path; storage options go in the query, e.g. "
+            f"file:///var/q?fsync=0 (default: ${URL_ENV})"
+        ),
     )
     parser.add_argument(
         "--name",
@@ -110,7 +135,7 @@ def seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0:  # NaN and inf are refused here too
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
     return value
 
@@ -124,6 +149,7 @@ def positive_seconds(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:

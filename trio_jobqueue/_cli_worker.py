@@ -60,37 +60,59 @@ def add_worker_parser(sub: Any) -> None:
     )
     parser.add_argument("handler", metavar="MODULE:HANDLER", help="e.g. myapp.jobs:send_email")
     add_storage_options(parser)
-    parser.add_argument("--concurrency", "-c", type=positive_int, default=1)
-    parser.add_argument("--burst", action="store_true", help="drain the queue, then exit 0")
-    parser.add_argument("--max-attempts", type=positive_int, default=3)
     parser.add_argument(
-        "--visibility-timeout", type=positive_seconds, default=30.0, metavar="SECONDS"
-    )
+        "--concurrency", "-c", type=positive_int, default=1, metavar="N",
+        help="jobs run at once in this process (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
-        "--shutdown-grace", type=seconds, default=DEFAULT_SHUTDOWN_GRACE, metavar="SECONDS"
-    )
-    parser.add_argument("--job-timeout", type=positive_seconds, default=None, metavar="SECONDS")
-    parser.add_argument("--result-ttl", type=positive_seconds, default=3600.0, metavar="SECONDS")
+        "--burst", action="store_true",
+        help="drain the queue, then exit 0 (default: off, serve until a signal)",
+    )  # fmt: skip
     parser.add_argument(
-        "--retry-delay",
-        type=seconds,
-        default=None,
-        metavar="SECONDS",
+        "--max-attempts", type=positive_int, default=3, metavar="N",
+        help="attempts of jobs enqueued without their own value (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--visibility-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="lease of a claimed job, renewed while it runs (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shutdown-grace", type=seconds, default=DEFAULT_SHUTDOWN_GRACE, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running jobs may finish (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--job-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+        help="per-attempt deadline of the handler (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--result-ttl", type=positive_seconds, default=3600.0, metavar="SECONDS",
+        help="how long results, errors and ids are kept (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-delay", type=seconds, default=None, metavar="SECONDS",
         help="fixed delay between attempts (default: exponential backoff with jitter)",
-    )
-    parser.add_argument("--no-reaper", action="store_true", help="do not run the reaper")
-    parser.add_argument("--lock-ttl", type=positive_seconds, default=30.0, metavar="SECONDS")
-    parser.add_argument("--worker-id", default=None, help="unique id (default host:pid:random)")
+    )  # fmt: skip
     parser.add_argument(
-        "--heartbeat-interval",
-        type=positive_seconds,
-        default=1.0,
-        metavar="SECONDS",
-        help="how often the worker announces itself to `stats` (default 1)",
-    )
+        "--no-reaper", action="store_true",
+        help="do not run the embedded reaper (default: the reaper runs)",
+    )  # fmt: skip
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+        "--lock-ttl", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="lease of the reaper leader lock; a dead leader is replaced within it "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-id", default=None, metavar="ID",
+        help="unique id of this worker (default: host:pid:random)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heartbeat-interval", type=positive_seconds, default=1.0, metavar="SECONDS",
+        help="how often the worker announces itself to `stats` (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level; logs go to stderr (default: %(default)s)",
+    )  # fmt: skip
 
 
 def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
