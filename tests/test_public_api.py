@@ -107,4 +107,5 @@ def test_errors_hierarchy() -> None:
         "requeued",
         "cancelled",
         "stalled",
+        "missed",
     }

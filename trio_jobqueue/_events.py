@@ -10,33 +10,53 @@ import trio
 
 from ._errors import SerializationError
 from ._serde import TypedCodec, decode_error
-from ._types import EventKind, JobEvent
+from ._types import EventKind, JobEvent, JobState
 from .storage import EventRecord, Storage
 
 
 class EventChannel(trio.abc.ReceiveChannel[JobEvent]):
     """A receive channel of :class:`JobEvent` that decodes storage events lazily.
 
-    Results that cannot be decoded arrive as ``None`` rather than breaking the stream.
+    Results that cannot be decoded arrive as ``None`` rather than breaking the stream. A
+    result too large to travel with its event is read from the storage when the event is
+    received (``None`` if it expired meanwhile). Where events were lost (a slow
+    consumer, a lost connection) the stream holds a ``missed`` event; :attr:`missed`
+    counts the events known to be lost so far.
     """
 
-    def __init__(self, raw: trio.MemoryReceiveChannel[EventRecord], codec: TypedCodec) -> None:
+    def __init__(
+        self,
+        raw: trio.abc.ReceiveChannel[EventRecord],
+        codec: TypedCodec,
+        storage: Storage,
+        ns: str,
+    ) -> None:
         self._raw = raw
         self._codec = codec
+        self._storage = storage
+        self._ns = ns
+        self.missed = 0
+        """Events known to be lost so far (markers with an unknown count add nothing)."""
 
     async def receive(self) -> JobEvent:
         record = await self._raw.receive()
-        return decode_event(record, self._codec)
+        if record.kind is EventKind.MISSED:
+            self.missed += record.missed
+        elif record.result_ref and record.result is None:
+            stored = await self._storage.get_status(self._ns, record.job_id)
+            if stored is not None and stored.state is JobState.COMPLETED:
+                return decode_event(record, self._codec, stored.result)
+        return decode_event(record, self._codec, record.result)
 
     async def aclose(self) -> None:
         await self._raw.aclose()
 
 
-def decode_event(record: EventRecord, codec: TypedCodec) -> JobEvent:
+def decode_event(record: EventRecord, codec: TypedCodec, data: bytes | None) -> JobEvent:
     result: Any = None
-    if record.result is not None:
+    if data is not None:
         try:
-            result = codec.decode(record.result, "result", record.job_id)
+            result = codec.decode(data, "result", record.job_id)
         except SerializationError:
             result = None
     return JobEvent(
@@ -45,6 +65,7 @@ def decode_event(record: EventRecord, codec: TypedCodec) -> JobEvent:
         attempt=record.attempt,
         result=result,
         error=decode_error(record.error),
+        missed=record.missed,
     )
 
 
@@ -53,6 +74,6 @@ async def open_event_channel(
     storage: Storage, ns: str, codec: TypedCodec
 ) -> AsyncIterator[EventChannel]:
     async with storage.subscribe_events(ns) as raw:
-        channel = EventChannel(raw, codec)
+        channel = EventChannel(raw, codec, storage, ns)
         async with channel:
             yield channel

@@ -74,6 +74,10 @@ class EventKind(enum.StrEnum):
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
     STALLED = "stalled"
+    MISSED = "missed"
+    """Not a job's event: a marker in an event stream where events were lost (the
+    subscriber fell behind, or the storage lost its event feed). ``JobEvent.missed``
+    counts them (0: an unknown number). Re-read any state derived from events."""
 
 
 @attrs.frozen
@@ -161,6 +165,8 @@ class JobEvent:
     """The attempt the event is about (0 for ``enqueued`` and ``cancelled``)."""
     result: Any = None
     error: JobError | None = None
+    missed: int = 0
+    """For ``missed`` markers: how many events were lost here (0: an unknown number)."""
 
 
 @attrs.define(kw_only=True)

@@ -20,6 +20,8 @@
 -- Events: each script publishes at most one message on KEYS[7] carrying all the events
 -- of the transition, each encoded binary-safely as
 --   "<kind> <attempt> <#id> <#result or -1> <#error or -1>\n" .. id .. result .. error
+-- where a result longer than INLINE_RESULT_MAX bytes is left out and its length given
+-- as -2 ("the job has a result: read it"), so large results are never published.
 -- plus, so that each listener gets only what it needs, the terminal events
 -- (completed/failed/cancelled) again on KEYS[7] .. ":done" (for job watchers) and a
 -- bare "1" on KEYS[7] .. ":wake" when a job became claimable (for blocked claims).
@@ -40,6 +42,7 @@ local function gc_at(expires)
   return math.floor((expires - OFFSET + GC_MARGIN) * 1000)
 end
 
+local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._feed.INLINE_RESULT_MAX
 local EVENTS = {}
 local DONE = {}
 local WAKE = false
@@ -48,7 +51,13 @@ local DONE_KINDS = {completed = true, failed = true, cancelled = true}
 
 local function emit(kind, id, attempt, result, err)
   local rl, el = -1, -1
-  if result then rl = #result else result = '' end
+  if result and #result > INLINE_RESULT_MAX then
+    rl, result = -2, ''
+  elseif result then
+    rl = #result
+  else
+    result = ''
+  end
   if err then el = #err else err = '' end
   local record = kind .. ' ' .. tostring(attempt) .. ' ' .. #id .. ' ' .. rl .. ' '
     .. el .. '\n' .. id .. result .. err

@@ -109,6 +109,11 @@ class EventRecord:
     attempt: int
     result: bytes | None = None
     error: bytes | None = None
+    result_ref: bool = False
+    """The job has a result that was too large to carry in the event: read it with
+    ``get_status`` (it may have expired meanwhile)."""
+    missed: int = 0
+    """For ``missed`` markers (see ``_feed``): events lost here (0: unknown)."""
 
 
 @attrs.frozen
@@ -367,8 +372,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def subscribe_events(
         self, ns: str
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[EventRecord]]:
-        """Receive the namespace's events from the moment the context is entered."""
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[EventRecord]]:
+        """Receive the namespace's events from the moment the context is entered.
+
+        A subscriber that falls behind, or a backend that may have lost events, gets a
+        ``missed`` marker (:class:`~._feed.EventSubscription`) in place of what was lost;
+        events are never dropped silently and the backend never blocks on a subscriber.
+        """
 
     @abc.abstractmethod
     def watch_job(self, ns: str, job_id: str) -> AbstractAsyncContextManager[JobWatch]:

@@ -35,6 +35,7 @@ from ._base import (
     StorageStats,
 )
 from ._common import STALLED_ERROR, lock_expired
+from ._feed import INLINE_RESULT_MAX
 
 FORMAT_VERSION = 1
 
@@ -194,15 +195,27 @@ class Lock:
 
 
 def encode_event(event: EventRecord) -> list[Any]:
-    return [event.kind.value, event.job_id, event.attempt, _b(event.result), _b(event.error)]
+    """An event as journalled; a large result stays only in the job record (the event
+    says it exists: ``result_ref``)."""
+    result = event.result
+    if result is not None and len(result) > INLINE_RESULT_MAX:
+        return [event.kind.value, event.job_id, event.attempt, None, _b(event.error), 1]
+    return [event.kind.value, event.job_id, event.attempt, _b(result), _b(event.error)]
 
 
 def decode_event(raw: Any) -> EventRecord:
     try:
-        kind, job_id, attempt, result, error = raw
+        kind, job_id, attempt, result, error, *flags = raw
         if not isinstance(job_id, str):
             raise CorruptRecord("event without job id")
-        return EventRecord(EventKind(kind), job_id, int(attempt), _unb(result), _unb(error))
+        return EventRecord(
+            EventKind(kind),
+            job_id,
+            int(attempt),
+            _unb(result),
+            _unb(error),
+            result_ref=bool(flags and flags[0]),
+        )
     except CorruptRecord:
         raise
     except (TypeError, ValueError) as exc:

@@ -40,7 +40,7 @@ import attrs
 import trio
 
 from .._errors import StorageError
-from .._types import CancelStatus, EventKind, UpdateTtlStatus
+from .._types import CancelStatus, UpdateTtlStatus
 from . import _file_io as fio
 from . import _state as fst
 from ._base import (
@@ -55,6 +55,7 @@ from ._base import (
     Storage,
     StorageStats,
 )
+from ._feed import TERMINAL_KINDS, EventSubscription
 
 __all__ = ["FileStorage", "QuarantineReport"]
 
@@ -64,8 +65,6 @@ T = TypeVar("T")
 Pos = tuple[int, int]
 """A journal position: (generation, byte offset)."""
 
-EVENT_BUFFER = 10_000
-"""Events buffered per subscriber before new ones are dropped for that subscriber."""
 COMPACT_BYTES = 8 << 20
 """Compact once the journal is larger than this and than the snapshot."""
 SAFETY_POLL = 1.0
@@ -103,7 +102,7 @@ class _Watch(JobWatch):
 
 @attrs.define(eq=False)
 class _Sub:
-    send: trio.MemorySendChannel[EventRecord]
+    feed: EventSubscription
     next_pos: Pos | None = None
 
 
@@ -133,7 +132,6 @@ class _Space:
     watches: dict[str, set[_Watch]] = attrs.Factory(dict)
     work_pos: Pos = (-1, 0)
     work: trio.Event = attrs.Factory(trio.Event)
-    dropped_events: int = 0
 
 
 @attrs.frozen
@@ -609,8 +607,7 @@ class FileStorage(Storage):
                 logger.warning("cannot read the journal of %r: %s", space.ns, exc)
                 return
             if gap:
-                logger.warning("event log of %r was compacted past a reader", space.ns)
-                space.dropped_events += 1
+                self._lost_track(space)
             self._dispatch(space, chunks)
             if space.pos == start:
                 space.pos = new_pos
@@ -654,27 +651,33 @@ class FileStorage(Storage):
                 gen += 1
             offset = 0
 
+    def _lost_track(self, space: _Space) -> None:
+        """The journal was compacted past this reader: events are lost. Subscribers get
+        a ``missed`` marker, every job watch re-reads its job, blocked claims retry."""
+        logger.warning("event log of %r was compacted past a reader", space.ns)
+        for sub in space.subscribers:
+            sub.feed.gap()
+        for watches in space.watches.values():
+            for watch in watches:
+                watch.fire(None)
+        space.work.set()
+        space.work = trio.Event()
+
     def _dispatch(self, space: _Space, chunks: list[_FeedChunk]) -> None:
         for chunk in chunks:
             at: Pos = (chunk.gen, chunk.start)
             end: Pos = (chunk.gen, chunk.end)
-            for sub in list(space.subscribers):
+            for sub in space.subscribers:
                 if sub.next_pos is None or at < sub.next_pos:
                     continue
                 sub.next_pos = end
                 for event in chunk.events:
-                    try:
-                        sub.send.send_nowait(event)
-                    except trio.WouldBlock:
-                        space.dropped_events += 1
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        space.subscribers.discard(sub)
-                        break
+                    sub.feed.offer(event)
             work = False
             for event in chunk.events:
                 if event.kind in fst.WORK_EVENTS:
                     work = True
-                if event.kind in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED):
+                if event.kind in TERMINAL_KINDS:
                     for watch in space.watches.get(event.job_id, ()):
                         # next_pos moves past every chunk that fired the watch, so a
                         # chunk read twice (the tailer was rewound) fires it once.
@@ -826,24 +829,21 @@ class FileStorage(Storage):
         return pos
 
     @asynccontextmanager
-    async def subscribe_events(
-        self, ns: str
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[EventRecord]]:
+    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
         space = self._space(ns)
-        send, receive = trio.open_memory_channel[EventRecord](EVENT_BUFFER)
-        sub = _Sub(send)
+        sub = _Sub(EventSubscription(ns))
         space.subscribers.add(sub)
         self._add_interest(space)
         try:
             pos = await self._position(ns)
             sub.next_pos = pos
             self._seed(space, pos)
-            async with receive:
-                yield receive
+            async with sub.feed:
+                yield sub.feed
         finally:
             space.subscribers.discard(sub)
             self._drop_interest(space)
-            send.close()
+            sub.feed.end()
 
     @asynccontextmanager
     async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:

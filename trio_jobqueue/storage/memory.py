@@ -16,7 +16,7 @@ from typing import TypeVar
 import attrs
 import trio
 
-from .._types import CancelStatus, EventKind, UpdateTtlStatus
+from .._types import CancelStatus, UpdateTtlStatus
 from . import _state as st
 from ._base import (
     Claim,
@@ -30,24 +30,19 @@ from ._base import (
     Storage,
     StorageStats,
 )
+from ._feed import EventSubscription, SubscriberSet, WatchSet
 
 __all__ = ["MemoryStorage"]
 
 T = TypeVar("T")
-
-_WAKES_WATCHERS = frozenset({EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED})
-
-EVENT_BUFFER = 10_000
-"""Events buffered per subscriber before new ones are dropped for that subscriber."""
 
 
 @attrs.define(eq=False)
 class _Namespace:
     state: st.NsState = attrs.Factory(st.NsState)
     work: trio.Event = attrs.Factory(trio.Event)
-    watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
-    subscribers: set[trio.MemorySendChannel[EventRecord]] = attrs.Factory(set)
-    dropped_events: int = 0
+    watches: WatchSet = attrs.Factory(WatchSet)
+    subscribers: SubscriberSet = attrs.Factory(SubscriberSet)
 
 
 @attrs.define(eq=False)
@@ -85,18 +80,10 @@ class MemoryStorage(Storage):
         return result
 
     def _deliver(self, space: _Namespace, events: list[EventRecord]) -> None:
+        space.subscribers.offer(events)
         wake = False
         for record in events:
-            for send in list(space.subscribers):
-                try:
-                    send.send_nowait(record)
-                except trio.WouldBlock:
-                    space.dropped_events += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    space.subscribers.discard(send)
-            if record.kind in _WAKES_WATCHERS:
-                for watch in space.watches.get(record.job_id, ()):
-                    watch.fire(record)
+            space.watches.fire(record)
             wake = wake or record.kind in st.WORK_EVENTS
         if wake:
             # A failing job with a delay also wakes sleeping claims, which then recompute
@@ -198,32 +185,24 @@ class MemoryStorage(Storage):
     # -- notification ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscribe_events(
-        self, ns: str
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[EventRecord]]:
+    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
         space = self._space(ns)
-        send, receive = trio.open_memory_channel[EventRecord](EVENT_BUFFER)
-        space.subscribers.add(send)
+        subscription = space.subscribers.open(ns)
         try:
-            async with receive:
-                yield receive
+            async with subscription:
+                yield subscription
         finally:
-            space.subscribers.discard(send)
-            send.close()
+            space.subscribers.close(subscription)
 
     @asynccontextmanager
     async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
         space = self._space(ns)
         watch = JobWatch()
-        space.watches.setdefault(job_id, set()).add(watch)
+        space.watches.add(job_id, watch)
         try:
             yield watch
         finally:
-            watchers = space.watches.get(job_id)
-            if watchers is not None:
-                watchers.discard(watch)
-                if not watchers:
-                    del space.watches[job_id]
+            space.watches.discard(job_id, watch)
 
     # -- housekeeping ---------------------------------------------------------------------
 
