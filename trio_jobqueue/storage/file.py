@@ -272,7 +272,13 @@ class FileStorage(Storage):
 
     async def _run(self, ns: str, fn: Callable[[fst.Tx], T]) -> tuple[T, Pos]:
         """Run ``fn`` as (part of) one locked transaction; return its value and the
-        journal position after it.
+        journal position where the transaction's frame starts (the end of the journal if
+        it wrote nothing).
+
+        The frame holds every transition of the batch (group commit), so a reader that
+        starts at this position also sees what other calls did in the same transaction:
+        a claim that found nothing then cannot miss the wake-up of an enqueue committed
+        right after it in the same frame.
 
         Cancellation: an op not yet handed to a transaction is withdrawn (nothing done);
         once handed over, the transaction finishes and the caller gets its result.
@@ -529,9 +535,10 @@ class FileStorage(Storage):
         self._maybe_crash("after-append")
         if self.fsync and any(tx.durable for tx in txs):
             os.fdatasync(space.jfd)
+        start = (space.gen, space.jsize)
         space.jsize += len(frame)
         self._maybe_crash("after-fsync")
-        return (space.gen, space.jsize), True
+        return start, True
 
     def _maybe_compact(self, space: _Space, state: fst.NsState) -> None:
         if space.jsize <= max(self.compact_bytes, space.snap_size):
