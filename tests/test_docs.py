@@ -63,3 +63,15 @@ def test_writing_a_backend_snippet_runs_as_written(tmp_path: Path) -> None:
     from trio_jobqueue.testing import API_CHECKS
 
     assert int(passed.group(1)) == 1 + len(API_CHECKS), summary
+
+
+def test_docs_state_the_sigkill_recovery_bound() -> None:
+    """docs/cli.md and docs/production.md promise what tests/test_sigkill_recovery.py
+    measures: a SIGKILLed worker's jobs are back within visibility timeout + lock TTL (the
+    lock TTL counts when the dead worker led the reaper), not the visibility timeout alone."""
+    cli = " ".join((ROOT / "docs" / "cli.md").read_text().split())
+    assert "back in the queue within **`--visibility-timeout` + `--lock-ttl`**" in cli
+    assert "re-run after at most S" not in cli
+    production = " ".join((ROOT / "docs" / "production.md").read_text().split())
+    assert "within `--visibility-timeout` + `--lock-ttl`" in production
+    assert "(≤ `--visibility-timeout`)" not in production
