@@ -14,25 +14,18 @@ USER_DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 INTERNAL = re.compile(r"SPEC|§|\b[Ii]ssues? #?\d")
 """References to the specification, its sections, or tracker items by number."""
 
-PENDING: dict[str, set[str]] = {
-    # Owned by the backend documentation; reworded there. Listed so that no new internal
-    # reference can slip in meanwhile.
-    "docs/guarantees.md": {"## SPEC §9: upstream defects and the tests that pin them"},
-}
-
 
 def test_user_docs_carry_no_internal_references() -> None:
     """README.md and docs/*.md never point readers at the internal specification or at
-    tracker items ("SPEC §9", "Issue 6's targets"); the only lines left are the known ones
-    pending their rewording, and none may be added."""
+    tracker items ("SPEC §9", "Issue 6's targets")."""
     assert len(USER_DOCS) > 5
-    found: dict[str, set[str]] = {}
-    for path in USER_DOCS:
-        for line in path.read_text().splitlines():
-            if INTERNAL.search(line):
-                found.setdefault(str(path.relative_to(ROOT)), set()).add(line.strip())
-    for doc, lines in found.items():
-        assert lines <= PENDING.get(doc, set()), (doc, lines - PENDING.get(doc, set()))
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in USER_DOCS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if INTERNAL.search(line)
+    ]
+    assert found == []
 
 
 def _python_block_after(text: str, heading: str) -> str:
