@@ -1,9 +1,14 @@
 """The trio-native Redis client (``trio_jobqueue.storage._redis_trio``): pipelining order
-under cancellation, reconnects of both connections, close(), unix sockets and options."""
+under cancellation, reconnects of both connections, close(), unix sockets and options;
+Redis URLs and storage options (both clients), and server error text."""
 
 from __future__ import annotations
 
+import math
 import random
+import ssl
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +17,9 @@ import trio
 from fixtures_redis import RedisServer, require_redis_server
 
 from trio_jobqueue import StorageError
+from trio_jobqueue.storage._redis_common import RedisReplyError
 from trio_jobqueue.storage._redis_trio import TrioRedisAdapter
+from trio_jobqueue.storage._redis_url import parse_url
 from trio_jobqueue.storage.redis import RedisStorage
 
 
@@ -155,13 +162,186 @@ async def test_unix_socket_and_db() -> None:
 
 async def test_unsupported_option_is_rejected(redis_server: RedisServer) -> None:
     """redis-py-only options fail loudly with the trio client, pass with asyncio."""
-    with pytest.raises(StorageError, match="not supported"):
-        async with RedisStorage(redis_server.url, client="trio", health_check_interval=5):
-            pass
-    async with RedisStorage(redis_server.url, client="asyncio", health_check_interval=5) as storage:
+    with pytest.raises(ValueError, match="not supported by the trio Redis client"):
+        RedisStorage(redis_server.url, client="trio", max_connections=5)
+    async with RedisStorage(redis_server.url, client="asyncio", max_connections=5) as storage:
         assert await storage.server_command("PING") is True
 
 
 def test_client_option_validated() -> None:
     with pytest.raises(ValueError, match="client"):
         RedisStorage("redis://127.0.0.1:1/0", client="bogus")  # type: ignore[arg-type]
+
+
+# -- URLs and options ---------------------------------------------------------------------
+
+
+def test_storage_options_from_url_query_and_keywords_win() -> None:
+    """Every storage option can come from the URL; explicit keyword arguments win; the
+    connection options land in ``options`` as typed values."""
+    url = (
+        "redis://h:1/2?key_prefix=myapp&retry_timeout=5&command_timeout=2"
+        "&health_check_interval=3&claim_repoll=1.5&script_timeout=4&client=asyncio"
+        "&socket_connect_timeout=0.5&ssl_check_hostname=false&ssl_cert_reqs=none"
+        "&ssl_min_version=TLSv1_2&ssl_ca_certs=/etc/ca%20file.pem"
+    )
+    storage = RedisStorage(url)
+    assert (storage.key_prefix, storage.retry_timeout, storage.command_timeout) == (
+        "myapp",
+        5.0,
+        2.0,
+    )
+    assert (storage.health_check_interval, storage.claim_repoll, storage.script_timeout) == (
+        3.0,
+        1.5,
+        4.0,
+    )
+    assert storage.client == "asyncio"
+    assert storage.options == {
+        "socket_connect_timeout": 0.5,
+        "ssl_check_hostname": False,
+        "ssl_cert_reqs": "none",
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+        "ssl_ca_certs": "/etc/ca file.pem",
+    }
+    override = RedisStorage(url, key_prefix="kw", command_timeout=0.25, client="trio")
+    assert (override.key_prefix, override.command_timeout, override.client) == (
+        "kw",
+        0.25,
+        "trio",
+    )
+    defaults = RedisStorage("redis://h/0", client="trio")
+    assert (defaults.key_prefix, defaults.retry_timeout, defaults.command_timeout) == (
+        "jq",
+        10.0,
+        5.0,
+    )
+    assert defaults.health_check_interval == 5.0
+    assert "pw" not in repr(RedisStorage("redis://u:pw@h/0"))
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://h/0?bogus=1&key_prefix=x&other=2", "unknown option(s) 'bogus', 'other'"),
+        ("redis://h/0?command_timeout=abc", "invalid command_timeout 'abc'"),
+        ("redis://h/0?command_timeout=0", "invalid command_timeout '0'"),
+        ("redis://h/0?retry_timeout=inf", "invalid retry_timeout 'inf'"),
+        ("redis://h/0?health_check_interval=-1", "invalid health_check_interval '-1'"),
+        ("redis://h/0?db=x", "invalid db 'x'"),
+        ("redis://h/x", "invalid database number 'x'"),
+        ("redis://h:port/0", "invalid port"),
+        ("redis://h/0?client=sync", "invalid client 'sync'"),
+        ("redis://h/0?ssl_check_hostname=maybe", "invalid ssl_check_hostname 'maybe'"),
+        ("redis://h/0?key_prefix=", "invalid key_prefix ''"),
+        ("redis://h/0?db=1&db=2", "'db' is given twice"),
+        ("http://h/0", "unsupported Redis URL scheme 'http'"),
+    ],
+)
+def test_bad_url_is_refused_naming_what(url: str, words: str) -> None:
+    """Unknown URL parameters and invalid values raise ValueError naming them."""
+    with pytest.raises(ValueError) as info:
+        RedisStorage(url, client="trio")
+    assert words in str(info.value)
+    if "unknown" in words:
+        assert "in the Redis URL; accepted: " in str(info.value)
+        assert "command_timeout" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"command_timeout": 0}, {"retry_timeout": -1.0}, {"health_check_interval": math.nan}],
+)
+def test_bad_keyword_option_is_refused(options: dict[str, float]) -> None:
+    """Durations given as keywords are validated too (finite, > 0)."""
+    with pytest.raises(ValueError, match="invalid"):
+        RedisStorage("redis://h/0", **options)  # type: ignore[arg-type]
+
+
+def test_parse_url_forms() -> None:
+    """User and password percent-decoded, IPv6 hosts, /db paths, unix sockets."""
+    url = parse_url("redis://us%40er:p%3Ass@[::1]:6380/3?command_timeout=1")
+    assert (url.username, url.password, url.host, url.port, url.db) == (
+        "us@er",
+        "p:ss",
+        "::1",
+        6380,
+        3,
+    )
+    assert url.address == "[::1]:6380"
+    assert url.base == "redis://us%40er:p%3Ass@[::1]:6380/3"
+    assert url.query == {"command_timeout": "1"}
+    bare = parse_url("rediss://example.com")
+    assert (bare.scheme, bare.host, bare.port, bare.db, bare.password) == (
+        "rediss",
+        "example.com",
+        6379,
+        None,
+        None,
+    )
+    assert parse_url("redis://:secret@h/").password == "secret"
+    unix = parse_url("unix:///run/redis.sock?db=2")
+    assert (unix.path, unix.query, unix.address) == ("/run/redis.sock", {"db": "2"}, unix.path)
+
+
+@pytest.mark.parametrize("client", ["trio", "asyncio"])
+async def test_url_options_reach_the_server(redis_server: RedisServer, client: str) -> None:
+    """Storage options in the URL configure the storage and never reach redis-py; the
+    database comes from ``?db=`` too."""
+    prefix = f"fromurl-{random.randrange(10**9)}"
+    url = f"{redis_server.url}?key_prefix={prefix}&db=4&command_timeout=2&retry_timeout=3"
+    async with RedisStorage(url, client=client) as storage:  # type: ignore[arg-type]
+        assert storage.key_prefix == prefix
+        info = (await storage.server_command("CLIENT", "INFO")).decode()
+        assert " db=4 " in info
+        await storage.enqueue("q", "j", b"x", max_attempts=1, result_ttl=60)
+        keys = await storage.server_command("KEYS", f"*{prefix}*")
+        assert keys and all(prefix.encode() in key for key in keys)
+
+
+def test_trio_client_does_not_import_redis_py() -> None:
+    """The default client runs without redis-py: importing the storage and opening it
+    with client="trio" imports no ``redis`` module (only hiredis)."""
+    code = (
+        "import sys, trio\n"
+        "from trio_jobqueue.storage.redis import RedisStorage\n"
+        "async def main():\n"
+        "    try:\n"
+        "        async with RedisStorage('redis://127.0.0.1:1/0', retry_timeout=0.1,"
+        " client='trio'):\n"
+        "            pass\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "trio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("client", ["trio", "asyncio"])
+async def test_server_error_replies_keep_the_servers_text(client: str) -> None:
+    """StorageError for an error reply carries the server's own text (OOM at maxmemory,
+    unknown command), not only a class name; the trio client raises it from a
+    RedisReplyError with the code."""
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        async with RedisStorage(server.url, client=client) as storage:  # type: ignore[arg-type]
+            with pytest.raises(StorageError) as unknown:
+                await storage.server_command("NO-SUCH-COMMAND")
+            assert "unknown command" in str(unknown.value)
+            await storage.server_command("CONFIG", "SET", "maxmemory", "1")
+            with pytest.raises(StorageError) as oom:
+                await storage.server_command("SET", "k", "v")
+            await storage.server_command("CONFIG", "SET", "maxmemory", "0")
+        message = str(oom.value)
+        assert "OOM command not allowed when used memory > 'maxmemory'." in message
+        assert f"127.0.0.1:{server.port}" in message
+        if client == "trio":
+            assert isinstance(oom.value.__cause__, RedisReplyError)
+            assert oom.value.__cause__.code == "OOM"
+    finally:
+        server.cleanup()

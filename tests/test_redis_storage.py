@@ -21,6 +21,7 @@ from trio_jobqueue import StorageError
 from trio_jobqueue._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
 from trio_jobqueue.storage import EventRecord, Fence, SettleStatus
 from trio_jobqueue.storage._common import STALLED_ERROR
+from trio_jobqueue.storage._redis_common import RedisReplyError
 from trio_jobqueue.storage._redis_keys import NamespaceKeys, hash_tag
 from trio_jobqueue.storage.redis import RedisStorage, parse_events
 
@@ -481,16 +482,27 @@ async def test_password_acl_user_and_db(redis_server: RedisServer) -> None:
     with pytest.raises(StorageError) as info_:
         async with bad:
             pass
-    assert isinstance(info_.value.__cause__, redis.exceptions.RedisError)
+    # The server's refusal, with its text: our RedisReplyError (code WRONGPASS) from the
+    # trio client, redis-py's AuthenticationError from the asyncio one.
+    assert "refused the credentials" in str(info_.value)
+    assert "invalid username-password pair" in str(info_.value)
+    cause = info_.value.__cause__
+    if bad.client == "trio":
+        assert isinstance(cause, RedisReplyError) and cause.code == "WRONGPASS"
+    else:
+        assert isinstance(cause, redis.exceptions.AuthenticationError)
 
 
 async def test_unreachable_server_raises_storage_error_from_driver() -> None:
-    """Connection errors are retried briefly, then raised as StorageError from the driver."""
-    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}/0", retry_timeout=0.3)
+    """Connection errors are retried briefly, then raised as StorageError from the OS
+    error (the same with either client), naming the address and what happened."""
+    port = free_port()
+    storage = RedisStorage(f"redis://127.0.0.1:{port}/0", retry_timeout=0.3)
     with pytest.raises(StorageError) as info:
         async with storage:
             pass
-    assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    assert f"cannot connect to Redis at 127.0.0.1:{port}: connection refused" in str(info.value)
 
 
 def test_parse_events_round_trip_shapes() -> None:

@@ -12,7 +12,18 @@ Design decisions:
   long reads and can swallow trio cancellations) and with redis-py's own retries disabled:
   this module retries connection errors itself, with capped exponential backoff, for at
   most ``retry_timeout`` seconds, then raises :class:`~trio_jobqueue.StorageError` ``from``
-  the driver's exception. Every other driver error is raised as ``StorageError`` at once.
+  the underlying error (the ``OSError`` behind redis-py's ``ConnectionError`` where there
+  is one). Every other driver error is raised as ``StorageError`` at once, with the
+  server's text.
+* Every request waits at most ``command_timeout`` seconds (a trio cancel scope around the
+  call into asyncio; cancelling makes redis-py drop that connection), then fails as
+  :class:`Disconnected` and is retried on a new connection. When no request completed
+  for ``health_check_interval`` seconds, an idle-probe task sends a ``PING`` (bounded by
+  ``command_timeout``); if it gets no answer, every idle pooled connection is dropped.
+  The pub/sub reader pings after ``health_check_interval`` seconds of silence and
+  reconnects when the answer does not come within ``command_timeout``.
+* Our own URL query parameters are stripped: redis-py gets the URL without its query
+  and the connection options as keyword arguments (:mod:`._redis_url`).
 * Scripts are sent with ``EVALSHA``; ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``)
   loads the script and sends it again, transparently.
 * One pub/sub connection per adapter, read by one task. Channels are reference-counted;
@@ -42,16 +53,19 @@ from redis.backoff import NoBackoff
 from .._errors import StorageError
 from ._redis_common import (
     _LINGER,
-    _PUBSUB_IDLE,
     AdapterCommon,
     ChannelHandler,
     Disconnected,
+    RedisReplyError,
     ScriptArg,
     _Channel,
     _Script,
     _translate,
+    describe_os_error,
+    root_os_error,
     script,
 )
+from ._redis_url import DEFAULTS, check_seconds, parse_url, split_query
 
 __all__ = ["ChannelHandler", "Disconnected", "RedisAdapter", "ScriptArg", "script"]
 
@@ -92,6 +106,49 @@ def _connection_class(url: str) -> type[Any] | None:
     return {"redis": _Connection, "rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme)
 
 
+_REPLY_CODES: dict[type[Exception], str] = {
+    rexc.OutOfMemoryError: "OOM",
+    rexc.ReadOnlyError: "READONLY",
+    rexc.BusyLoadingError: "LOADING",
+    rexc.NoScriptError: "NOSCRIPT",
+    rexc.NoPermissionError: "NOPERM",
+    rexc.ExecAbortError: "EXECABORT",
+    rexc.TryAgainError: "TRYAGAIN",
+    rexc.MasterDownError: "MASTERDOWN",
+}
+"""Error codes that redis-py strips from the message of its exception classes."""
+
+
+def _translate_driver(exc: Exception, where: str) -> StorageError:
+    """Our error for a redis-py (or OS) exception, with ``__cause__`` set: the ``OSError``
+    behind a connection error, else ``exc``. Server error replies keep their text."""
+    cause: BaseException = exc
+    error: StorageError
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
+        error = StorageError(f"{where} refused the credentials: {exc}")
+    elif isinstance(exc, rexc.ResponseError | rexc.BusyLoadingError):
+        text = str(exc)
+        code = getattr(exc, "status_code", None) or _REPLY_CODES.get(type(exc))
+        if code and not text.startswith(code):
+            text = f"{code} {text}"
+        error = _translate(RedisReplyError(text), where)
+    elif isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+        cause = root_os_error(exc)
+        message = str(exc)
+        if isinstance(cause, OSError):
+            reason = describe_os_error(cause)
+        else:
+            reason = message or type(exc).__name__
+        if "connecting to" in message or "Timeout connecting" in message:
+            error = Disconnected(f"cannot connect to {where}: {reason}")
+        else:
+            error = Disconnected(f"lost the connection to {where}: {reason}")
+    else:
+        error = _translate(exc, where)
+    error.__cause__ = cause
+    return error
+
+
 @attrs.define(eq=False)
 class _Call:
     """One script call waiting for the auto-pipeline."""
@@ -103,23 +160,28 @@ class _Call:
     result: Any = None
     error: StorageError | None = None
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception, where: str) -> None:
         if isinstance(exc, StorageError):
             self.error = type(exc)(*exc.args)
             self.error.__cause__ = exc.__cause__
         else:
-            self.error = _translate(exc)
-            self.error.__cause__ = exc
+            self.error = _translate_driver(exc, where)
         self.done.set()
 
 
 @attrs.define(eq=False)
 class RedisAdapter(AdapterCommon):
-    """A redis-py asyncio client living on a private trio-asyncio loop."""
+    """A redis-py asyncio client living on a private trio-asyncio loop.
+
+    ``command_timeout`` bounds every request's wait; ``health_check_interval`` is the
+    idle time after which the connections are probed with ``PING``.
+    """
 
     url: str
-    retry_timeout: float = 10.0
+    retry_timeout: float = DEFAULTS["retry_timeout"]
     options: dict[str, Any] = attrs.Factory(dict)
+    command_timeout: float = DEFAULTS["command_timeout"]
+    health_check_interval: float = DEFAULTS["health_check_interval"]
 
     _loop: Any = attrs.field(default=None, init=False)
     _client: Any = attrs.field(default=None, init=False)
@@ -135,18 +197,37 @@ class RedisAdapter(AdapterCommon):
     """Channels in use or lingering; the pub/sub task subscribes to exactly these."""
     _pubsub: Any = attrs.field(default=None, init=False)
     _pubsub_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _where: str = attrs.field(default="Redis", init=False)
+    """``"Redis at host:port"``, for messages."""
+    _connect_timeout: float = attrs.field(default=DEFAULTS["socket_connect_timeout"], init=False)
+    _last_done: float = attrs.field(default=0.0, init=False)
+    """When a request last completed (the idle probe's clock)."""
+    _last_failure: Disconnected | None = attrs.field(default=None, init=False)
+    _answered: bool = attrs.field(default=False, init=False)
+    """Whether the server ever answered a request of this client."""
 
     # -- lifetime -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Start the loop task and check the server answers (``PING``).
+        """Start the loop task and check the server answers (``PING``), all within
+        ``retry_timeout`` seconds (one deadline for every attempt together).
 
         Raises:
-            StorageError: the URL is invalid or the server cannot be reached within
-                ``retry_timeout``.
+            StorageError: the URL is invalid, the server refused the credentials, or it
+                did not answer within ``retry_timeout``; the message names the address
+                and what happened, raised from the underlying error.
         """
+        try:
+            self._where = f"Redis at {parse_url(self.url).address}"
+            self.command_timeout = check_seconds("command_timeout", self.command_timeout)
+            self.health_check_interval = check_seconds(
+                "health_check_interval", self.health_check_interval
+            )
+        except ValueError as exc:
+            raise StorageError(f"cannot start the Redis client: {exc}") from exc
         self._stop = trio.Event()
         self._stopped = trio.Event()
+        self._last_failure = None
         ready = trio.Event()
         failure: list[BaseException] = []
         trio.lowlevel.spawn_system_task(self._serve, ready, failure, name="trio-jobqueue-redis")
@@ -154,7 +235,18 @@ class RedisAdapter(AdapterCommon):
         if failure:
             raise StorageError(f"cannot start the Redis client: {failure[0]!r}") from failure[0]
         try:
-            await self.command("PING")
+            with trio.move_on_after(self.retry_timeout) as scope:
+                await self.command("PING")
+            if scope.cancelled_caught:
+                last = self._last_failure
+                cause: BaseException | None
+                if last is not None:
+                    message, cause = str(last), last.__cause__
+                else:
+                    cause = TimeoutError(f"no reply within {self.retry_timeout:g} s")
+                    message = f"cannot connect to {self._where}: timed out ({cause})"
+                error = StorageError(f"Redis unavailable for {self.retry_timeout:g} s: {message}")
+                raise error from cause
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.close()
@@ -178,6 +270,7 @@ class RedisAdapter(AdapterCommon):
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._read_pubsub)
+                        nursery.start_soon(self._probe_idle)
                         for _ in range(_PIPELINES):
                             nursery.start_soon(self._flush_pipeline)
                         await self._stop.wait()
@@ -186,7 +279,7 @@ class RedisAdapter(AdapterCommon):
                     self._closing = True
                     pending, self._pending = self._pending, []
                     for call in pending:
-                        call.fail(StorageError("the Redis storage was closed"))
+                        call.fail(StorageError("the Redis storage was closed"), self._where)
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
                         await self._close_client()
                     self._loop = None
@@ -197,9 +290,16 @@ class RedisAdapter(AdapterCommon):
             self._stopped.set()
 
     async def _make_client(self) -> Any:
+        parsed = parse_url(self.url)
+        storage_options, from_query = split_query(parsed.query)
+        if storage_options:
+            raise ValueError(
+                f"storage option(s) {sorted(storage_options)} belong to RedisStorage,"
+                " not to the Redis client"
+            )
         kwargs: dict[str, Any] = {
             "socket_timeout": None,
-            "socket_connect_timeout": 5.0,
+            "socket_connect_timeout": DEFAULTS["socket_connect_timeout"],
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),
             "decode_responses": False,
@@ -207,14 +307,23 @@ class RedisAdapter(AdapterCommon):
         connection_class = _connection_class(self.url)
         if connection_class is not None:
             kwargs["connection_class"] = connection_class
+        kwargs.update(from_query)
         kwargs.update(self.options)
-        client = aioredis.Redis.from_url(self.url, **kwargs)
+        if kwargs["socket_connect_timeout"] is not None:
+            self._connect_timeout = float(kwargs["socket_connect_timeout"])
+        base = parsed.base
+        if parsed.path is None:
+            # redis-py lets the URL's /db override keyword arguments: ours win (the
+            # ``db`` option over the path), as with the trio client.
+            kwargs.setdefault("db", parsed.db or 0)
+            base = base.rsplit("/", 1)[0] if parsed.db is not None else base
+        client = aioredis.Redis.from_url(base, **kwargs)
         # The pub/sub connection gets a pool of its own whose retry catches nothing:
         # redis-py would otherwise reconnect inside a failed read while another
         # coroutine (subscribe) may reconnect too, orphaning a socket. The reader task
         # replaces the whole PubSub after any error instead.
         kwargs["retry"] = Retry(NoBackoff(), 0, supported_errors=())
-        self._ps_client = aioredis.Redis.from_url(self.url, **kwargs)
+        self._ps_client = aioredis.Redis.from_url(base, **kwargs)
         return client
 
     async def _close_client(self) -> None:
@@ -244,13 +353,45 @@ class RedisAdapter(AdapterCommon):
 
     # -- commands -------------------------------------------------------------------
 
+    def _timed_out(self) -> Disconnected:
+        cause = TimeoutError(f"no reply within command_timeout={self.command_timeout:g} s")
+        # redis-py's pool hides which connection it was: "lost" once the server answered.
+        verb = "lost the connection to" if self._answered else "cannot connect to"
+        error = Disconnected(f"{verb} {self._where}: timed out ({cause})")
+        error.__cause__ = cause
+        self._last_failure = error
+        return error
+
+    def _driver_error(self, exc: Exception) -> StorageError:
+        error = _translate_driver(exc, self._where)
+        if isinstance(error, Disconnected):
+            self._last_failure = error
+        return error
+
+    async def _bounded(self, coro: Awaitable[T]) -> T:
+        """``coro`` on the asyncio loop, waiting at most ``command_timeout`` (cancelling
+        makes redis-py drop the connection the request was on).
+
+        Raises:
+            Disconnected: no reply in time, or the connection failed.
+            StorageError: any other driver error.
+        """
+        with trio.move_on_after(self.command_timeout) as scope:
+            try:
+                result = await self._aio(coro)
+            except StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - raised as ours, from its root cause
+                error = self._driver_error(exc)
+                raise error from error.__cause__
+            self._last_done = trio.current_time()
+            self._answered = True
+            return result
+        assert scope.cancelled_caught
+        raise self._timed_out()
+
     async def _once(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        try:
-            return await self._aio(fn(self._client))
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return await self._bounded(fn(self._client))
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         return await self._once(lambda client: client.execute_command(*args))
@@ -265,15 +406,12 @@ class RedisAdapter(AdapterCommon):
             # a cancellation here makes redis-py drop the connection, as for any call).
             self._inflight += 1
             try:
-                results = await self._aio(self._run_one(call))
-            except StorageError:
-                raise
-            except Exception as exc:
-                raise _translate(exc) from exc
+                results = await self._bounded(self._run_one(call))
             finally:
                 self._inflight -= 1
             if isinstance(results[0], Exception):
-                raise _translate(results[0]) from results[0]
+                error = self._driver_error(results[0])
+                raise error from error.__cause__
             return results[0]
         self._pending.append(call)
         self._flush_wanted.set()
@@ -292,17 +430,18 @@ class RedisAdapter(AdapterCommon):
             if not batch:
                 continue
             self._inflight += 1
-            # Shielded: an interrupted pipeline would leave callers waiting forever and
-            # redis-py's connection half-used; shutdown waits for the round trip.
+            # Shielded: an interrupted pipeline would leave callers waiting forever;
+            # shutdown waits for the round trip, bounded by ``command_timeout`` (then
+            # redis-py drops the connection and every call of the batch is retried).
             with trio.CancelScope(shield=True):
                 try:
-                    results = await self._aio(self._run_batch(batch))
+                    results = await self._bounded(self._run_batch(batch))
                 except Exception as exc:  # noqa: BLE001 - handed to every caller, who raises it
                     results = [exc] * len(batch)
             self._inflight -= 1
             for call, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
-                    call.fail(result)
+                    call.fail(result, self._where)
                 else:
                     call.result = result
                     call.done.set()
@@ -343,6 +482,31 @@ class RedisAdapter(AdapterCommon):
                 results[i] = result
         return results
 
+    async def _probe_idle(self) -> None:
+        """``PING`` when no request completed for ``health_check_interval`` seconds; no
+        answer within ``command_timeout`` drops every idle pooled connection (the one
+        that timed out is dropped by redis-py), so the next request connects afresh."""
+        idle = self.health_check_interval
+        self._last_done = trio.current_time()
+        while True:
+            await trio.sleep_until(self._last_done + idle)
+            if trio.current_time() - self._last_done < idle:
+                continue
+            try:
+                await self._command_once(("PING",))
+            except Disconnected:
+                log.debug("the idle Redis connection did not answer PING; dropping it")
+                pool = self._client.connection_pool if self._client is not None else None
+                if pool is not None:
+                    with trio.move_on_after(self.command_timeout):
+                        try:
+                            await self._aio(pool.disconnect(inuse_connections=False))
+                        except Exception:
+                            log.debug("dropping idle connections failed", exc_info=True)
+                self._last_done = trio.current_time()
+            except StorageError:
+                self._last_done = trio.current_time()
+
     async def _read_pubsub(self) -> None:
         """Keep the pub/sub connection alive and subscribed; dispatch its messages."""
         delay = 0.05
@@ -367,7 +531,12 @@ class RedisAdapter(AdapterCommon):
         # Channel name -> the _Channel the server subscription was made for.
         subscribed: dict[str, _Channel] = {}
         ping_sent: float | None = None
-        with trio.CancelScope(shield=True), trio.move_on_after(10) as connecting:
+        timeout = self.command_timeout
+        idle = self.health_check_interval
+        # Not shielded (closing must not wait for a server that does not answer): a
+        # connection cancelled half-made stays in the pub/sub pool, which close()
+        # disconnects.
+        with trio.move_on_after(self._connect_timeout + timeout) as connecting:
             await self._aio(pubsub.connect())
         if connecting.cancelled_caught:
             raise ConnectionError("connecting the pub/sub connection timed out")
@@ -393,26 +562,33 @@ class RedisAdapter(AdapterCommon):
                         subscribed[name] = self._channels[name]
                     # Shielded: cancelling redis-py while it (re)connects can orphan a
                     # half-made connection. The reader's failure still ends this task
-                    # at the next wait.
-                    with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    # at the next wait; an unanswered subscription is the reader's
+                    # (no confirmation: the PING after ``idle`` goes unanswered too).
+                    with trio.CancelScope(shield=True), trio.move_on_after(timeout) as sending:
                         if drop:
                             await self._aio(pubsub.unsubscribe(*drop))
                         if add:
                             await self._aio(pubsub.subscribe(*add))
+                    if sending.cancelled_caught:
+                        raise ConnectionError("the pub/sub connection did not take a write")
                     with trio.move_on_at(wake_at):
                         await self._pubsub_changed.wait()
 
             nursery.start_soon(sync_subscriptions)
             while True:
-                msg = await self._aio(pubsub.get_message(timeout=_PUBSUB_IDLE))
+                now = trio.current_time()
+                wait = idle if ping_sent is None else max(ping_sent + timeout - now, 0.0)
+                msg = await self._aio(pubsub.get_message(timeout=wait))
                 if msg is None:
                     now = trio.current_time()
                     if ping_sent is None:
                         ping_sent = now
-                        with trio.CancelScope(shield=True), trio.move_on_after(10):
+                        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
                             await self._aio(pubsub.ping())
-                    elif now - ping_sent > 2 * _PUBSUB_IDLE:
-                        raise ConnectionError("the pub/sub connection stopped answering")
+                    elif now - ping_sent >= timeout:
+                        raise ConnectionError(
+                            f"the pub/sub connection got no answer to PING within {timeout:g} s"
+                        )
                     continue
                 ping_sent = None
                 self._dispatch(msg)

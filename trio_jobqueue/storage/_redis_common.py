@@ -8,12 +8,13 @@ import hashlib
 import importlib.resources
 import logging
 import random
+import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 import attrs
-import redis.exceptions as rexc
 import trio
 
 from .._errors import StorageError
@@ -22,6 +23,7 @@ __all__ = [
     "AdapterCommon",
     "ChannelHandler",
     "Disconnected",
+    "RedisReplyError",
     "ScriptArg",
     "script",
     "with_retry",
@@ -40,7 +42,30 @@ consecutive blocking claims (or a producer's consecutive waits) do not re-subscr
 
 
 class Disconnected(StorageError):
-    """The connection to Redis failed (retryable)."""
+    """A request got no reply and may be sent again (:func:`with_retry` does): the
+    connection could not be made, broke or timed out, or the server answered that it
+    cannot serve yet (``LOADING``, ``BUSY``, ...)."""
+
+
+class RedisReplyError(Exception):
+    """An error reply of the server (the ``__cause__`` of the trio client's
+    :class:`StorageError`). ``str()`` is the server's own text, ``code`` its first word
+    (``"OOM"``, ``"NOSCRIPT"``, ``"WRONGPASS"``, ``"ERR"``, ...).
+
+    The trio client has hiredis build these directly (``hiredis.Reader(replyError=...)``).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = message.split(" ", 1)[0] if message else "ERR"
+
+
+_AUTH_CODES = frozenset({"WRONGPASS", "NOAUTH", "NOPERM"})
+"""Error codes of refused credentials or permissions (never retried)."""
+_BUSY_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"})
+"""Error codes of a server that did not run the command but will soon (retried)."""
+_REFUSED_WRITE_CODES = frozenset({"OOM", "READONLY", "MISCONF", "NOREPLICAS"})
+"""Error codes of a server that refuses writes (an operator's problem: not retried here)."""
 
 
 class ChannelHandler(Protocol):
@@ -89,17 +114,76 @@ class _Channel:
     generation: int = 0
 
 
-def _translate(exc: Exception) -> StorageError:
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
-        return StorageError(f"Redis refused the credentials: {exc!r}")
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
-        return Disconnected(f"lost the connection to Redis: {exc!r}")
-    return StorageError(f"Redis error: {exc!r}")
+def root_os_error(exc: BaseException) -> BaseException:
+    """The most telling error behind ``exc``: trio's "all attempts to connect failed"
+    ``OSError`` carries the per-address errors as an exception group in ``__cause__``;
+    a driver's wrapper keeps the ``OSError`` in ``__cause__``/``__context__``."""
+    for _ in range(5):
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, BaseExceptionGroup) and inner.exceptions:
+            errors = [e for e in inner.exceptions if isinstance(e, OSError)]
+            if not errors:
+                break
+            # Prefer what most addresses said (refused vs. timed out vs. unreachable).
+            exc = max(errors, key=lambda e: sum(type(x) is type(e) for x in errors))
+        elif isinstance(inner, OSError) and not isinstance(exc, OSError | RedisReplyError):
+            exc = inner
+        else:
+            break
+    return exc
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short human reason for a connection failure: ``connection refused``, ``timed
+    out``, ``name not found``, ... followed by the OS's own text."""
+    if isinstance(exc, socket.gaierror):
+        reason = "name not found"
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "connection refused"
+    elif isinstance(exc, TimeoutError):
+        reason = "timed out"
+    elif isinstance(exc, ConnectionResetError):
+        reason = "connection reset"
+    elif isinstance(exc, BrokenPipeError | ConnectionAbortedError):
+        reason = "connection broken"
+    elif isinstance(exc, ssl.SSLError):
+        reason = "TLS error"
+    elif isinstance(exc, FileNotFoundError):
+        reason = "no such socket"
+    else:
+        reason = "connection error"
+    detail = str(exc) or type(exc).__name__
+    return reason if detail == reason else f"{reason} ({detail})"
+
+
+def _translate(exc: Exception, where: str = "Redis") -> StorageError:
+    """The :class:`StorageError` (or retryable :class:`Disconnected`) for a failure of
+    one request; ``where`` names the server (``"Redis at host:port"``). The caller
+    raises it ``from`` ``exc``. Server error replies keep the server's own text."""
+    if isinstance(exc, RedisReplyError):
+        if exc.code in _AUTH_CODES:
+            return StorageError(f"{where} refused the credentials: {exc}")
+        if exc.code in _BUSY_CODES:
+            return Disconnected(f"{where} cannot serve requests yet: {exc}")
+        if exc.code in _REFUSED_WRITE_CODES:
+            return StorageError(f"{where} refused the command: {exc}")
+        return StorageError(f"{where} replied with an error: {exc}")
+    if isinstance(exc, OSError):
+        return Disconnected(f"lost the connection to {where}: {describe_os_error(exc)}")
+    return StorageError(f"{where} error: {type(exc).__name__}: {exc}")
 
 
 async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> T:
     """Run ``attempt(retrying)``, retrying :class:`Disconnected` with capped exponential
-    backoff for at most ``budget`` seconds, then raise ``StorageError`` from the cause."""
+    backoff for at most ``budget`` seconds.
+
+    Each attempt is bounded by the client (``command_timeout`` per request), so a call
+    returns within about ``budget + command_timeout``.
+
+    Raises:
+        StorageError: from the last attempt's cause, its message kept, once ``budget``
+            is spent; any other ``StorageError`` of an attempt at once.
+    """
     deadline = trio.current_time() + budget
     delay = 0.02
     retrying = False
@@ -108,7 +192,7 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
             return await attempt(retrying)
         except Disconnected as exc:
             if trio.current_time() + delay > deadline:
-                raise StorageError(f"Redis unreachable for {budget:g} s: {exc}") from exc.__cause__
+                raise StorageError(f"Redis unavailable for {budget:g} s: {exc}") from exc.__cause__
             log.debug("Redis connection error, retrying in %.2f s: %s", delay, exc)
             await trio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)

@@ -2,7 +2,10 @@
 
 :class:`TrioRedisAdapter` has the interface and semantics of
 :class:`~._redis_adapter.RedisAdapter` (redis-py through trio-asyncio) at a fraction of
-its CPU cost per request: no asyncio loop iterations, no per-call tasks or locks.
+its CPU cost per request: no asyncio loop iterations, no per-call tasks or locks. It uses
+nothing of redis-py: URLs are parsed by :mod:`._redis_url` (standard library), hiredis
+packs commands and parses replies, and error replies are classified by their code
+(:class:`~._redis_common.RedisReplyError`).
 
 Design:
 
@@ -12,13 +15,23 @@ Design:
   replies (``hiredis.Reader``) and resolves the slots in FIFO order. A cancelled caller
   abandons its slot: unsent, it is dropped; sent, its reply is still read and discarded,
   so the connection never desynchronizes.
-* On connection loss every call in flight or pending fails with :class:`Disconnected`
-  (callers retry with :func:`~._redis_common.with_retry`, bounded by ``retry_timeout``);
-  the next call reconnects (``AUTH``/``SELECT`` first).
+* **Deadlines without a cancel scope per call**: one watchdog task per connection looks
+  at the oldest unanswered request. When the server has been silent for
+  ``command_timeout`` seconds while a reply is due (since that request was sent or since
+  the last bytes arrived, whichever is later), the connection is torn down. When the
+  connection has been idle for ``health_check_interval`` seconds, the watchdog sends a
+  ``PING`` through the pipeline, so a half-open idle connection is found within
+  ``health_check_interval + command_timeout``.
+* On connection loss every call in flight fails with :class:`Disconnected` (callers retry
+  with :func:`~._redis_common.with_retry`, bounded by ``retry_timeout``); calls not sent
+  yet stay queued, and the connection is made again when calls are waiting (``AUTH`` /
+  ``SELECT`` first, bounded by ``socket_connect_timeout``).
 * One **pub/sub connection**, subscribed to exactly the reference-counted channels in
-  use (or lingering); messages are dispatched synchronously from its reader. After a
-  reconnect (with backoff) every channel is re-subscribed and its handler's
-  ``on_reconnect`` runs.
+  use (or lingering); messages are dispatched synchronously from its reader. It sends a
+  ``PING`` after ``health_check_interval`` seconds of silence and gives up on the
+  connection when a ``PING`` or (un)subscription gets no answer within
+  ``command_timeout``. After a reconnect (with backoff) every channel is re-subscribed
+  and its handler's ``on_reconnect`` runs.
 * Every task lives in a nursery owned by a trio **system task** started by
   :meth:`~TrioRedisAdapter.open` and stopped by :meth:`~TrioRedisAdapter.close`.
 """
@@ -32,57 +45,39 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import attrs
 import hiredis
 import outcome
-import redis.exceptions as rexc
 import trio
-from redis._parsers.base import BaseParser
-from redis.connection import parse_url
 
 from .._errors import StorageError
 from ._redis_common import (
     _LINGER,
-    _PUBSUB_IDLE,
     AdapterCommon,
     Disconnected,
+    RedisReplyError,
     ScriptArg,
     _Channel,
     _translate,
+    describe_os_error,
+    root_os_error,
     script,
 )
+from ._redis_url import CONNECTION_OPTIONS, DEFAULTS, check_seconds, parse_url, split_query
 
 __all__ = ["TrioRedisAdapter"]
 
 log = logging.getLogger("trio_jobqueue.redis")
 
 _RECEIVE = 65536
-_CONNECT_TIMEOUT = 5.0
-_SSL_OPTIONS = {
-    "ssl_keyfile",
-    "ssl_certfile",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_data",
-    "ssl_ca_path",
-    "ssl_check_hostname",
-    "ssl_password",
-    "ssl_min_version",
-    "ssl_ciphers",
-}
-_OPTIONS = _SSL_OPTIONS | {"username", "password", "db", "socket_connect_timeout"}
+_OPTIONS = {*CONNECTION_OPTIONS, "username", "password"}
+_NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class _Lost(Exception):
-    """The command connection broke (internal)."""
-
-
-def _reply_error(err: Exception) -> rexc.RedisError:
-    """hiredis's ``ReplyError`` as the redis-py exception redis-py would raise."""
-    error: rexc.RedisError = BaseParser.parse_error(str(err))  # type: ignore[no-untyped-call]
-    return error
+def _reader() -> hiredis.Reader:
+    """A RESP parser whose error replies are :class:`RedisReplyError` instances."""
+    return hiredis.Reader(replyError=RedisReplyError)
 
 
 def _pack(args: Sequence[ScriptArg]) -> bytes:
@@ -91,14 +86,18 @@ def _pack(args: Sequence[ScriptArg]) -> bytes:
     return packed
 
 
-def _connection_error(exc: BaseException) -> Disconnected:
-    """``Disconnected`` whose ``__cause__`` is a redis-py ``ConnectionError`` (as the
-    asyncio client's errors are), chained to the original error."""
-    cause = rexc.ConnectionError(f"{type(exc).__name__}: {exc}")
-    cause.__cause__ = exc
-    error = Disconnected(f"lost the connection to Redis: {cause!r}")
+def _failure(message: str, cause: BaseException) -> Disconnected:
+    error = Disconnected(message)
     error.__cause__ = cause
     return error
+
+
+def _copy(error: StorageError) -> StorageError:
+    """A fresh exception per waiting caller (one object raised by many tasks would
+    collect their tracebacks)."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
 
 
 @attrs.define(eq=False)
@@ -112,38 +111,60 @@ class _Target:
     username: str | None = None
     password: str | None = None
     ssl_context: ssl.SSLContext | None = None
-    connect_timeout: float = _CONNECT_TIMEOUT
+    connect_timeout: float = DEFAULTS["socket_connect_timeout"]
+
+    @property
+    def address(self) -> str:
+        """``host:port`` or the socket path, for messages."""
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        return f"Redis at {self.address}"
 
     @classmethod
     def parse(cls, url: str, options: dict[str, Any]) -> _Target:
+        """Raises:
+        StorageError: an option the trio client does not support.
+        ValueError: a malformed URL or option value.
+        """
         unknown = set(options) - _OPTIONS
         if unknown:
             raise StorageError(
                 f"option(s) {sorted(unknown)} are not supported by the trio Redis client"
                 ' (client="asyncio" passes options to redis-py)'
             )
-        scheme = urlparse(url).scheme.lower()
-        if scheme not in ("redis", "rediss", "unix"):
-            raise StorageError(f"unsupported Redis URL scheme {scheme!r}")
-        kwargs: dict[str, Any] = dict(parse_url(url))  # type: ignore[no-untyped-call]
-        kwargs.pop("connection_class", None)
+        parsed = parse_url(url)
+        storage_options, kwargs = split_query(parsed.query)
+        if storage_options:
+            raise ValueError(
+                f"storage option(s) {sorted(storage_options)} belong to RedisStorage,"
+                " not to the Redis client"
+            )
         kwargs.update(options)
+        db = kwargs.get("db", parsed.db)
         target = cls(
-            host=kwargs.get("host") or "localhost",
-            port=int(kwargs.get("port") or 6379),
-            path=kwargs.get("path"),
-            db=int(kwargs.get("db") or 0),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            connect_timeout=float(kwargs.get("socket_connect_timeout") or _CONNECT_TIMEOUT),
+            host=parsed.host,
+            port=parsed.port,
+            path=parsed.path,
+            db=int(db or 0),
+            username=kwargs.get("username", parsed.username),
+            password=kwargs.get("password", parsed.password),
+            connect_timeout=check_seconds(
+                "socket_connect_timeout",
+                kwargs.get("socket_connect_timeout", DEFAULTS["socket_connect_timeout"]),
+            ),
         )
-        if scheme == "rediss":
+        if parsed.scheme == "rediss":
             target.ssl_context = _ssl_context(kwargs)
         return target
 
 
 def _ssl_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
-    """The TLS context redis-py would build from the same ``ssl_*`` settings."""
+    """The TLS context for the ``ssl_*`` settings (the same meaning as redis-py's)."""
     reqs: Any = kwargs.get("ssl_cert_reqs", "required")
     if isinstance(reqs, str):
         modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}
@@ -173,15 +194,25 @@ def _ssl_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
 
 
 async def _open_stream(target: _Target) -> trio.abc.Stream:
-    """Connect, TLS handshake, ``AUTH`` and ``SELECT``; raises ``Disconnected`` for
-    connection failures and ``StorageError`` (from the redis-py error) for refusals."""
+    """Connect, TLS handshake, ``AUTH`` and ``SELECT``, all within ``connect_timeout``.
+
+    Raises:
+        Disconnected: the connection could not be made ("cannot connect to Redis at
+            host:port: connection refused / timed out / name not found ..."), from the
+            OS error.
+        StorageError: the server refused ``AUTH`` or ``SELECT``, from its
+            :class:`RedisReplyError`.
+    """
     stream: trio.abc.Stream | None = None
+    where = target.where
+    phase = "no connection"
     try:
         with trio.fail_after(target.connect_timeout):
             if target.path is not None:
                 stream = await trio.open_unix_socket(target.path)
             else:
                 stream = await trio.open_tcp_stream(target.host, target.port)
+            phase = "connected, but no TLS handshake"
             if isinstance(stream, trio.SocketStream):
                 stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if target.ssl_context is not None:
@@ -198,28 +229,28 @@ async def _open_stream(target: _Target) -> trio.abc.Stream:
             if target.db:
                 hello.append(("SELECT", target.db))
             if hello:
+                phase = "connected, but no reply to AUTH/SELECT"
                 await stream.send_all(b"".join(_pack(c) for c in hello))
-                reader = hiredis.Reader()
+                reader = _reader()
                 for _ in hello:
                     reply = reader.gets()
                     while reply is False:
                         data = await stream.receive_some(_RECEIVE)
                         if not data:
-                            raise ConnectionResetError("Redis closed the connection")
+                            raise ConnectionResetError("the server closed the connection")
                         reader.feed(data)  # type: ignore[arg-type]
                         reply = reader.gets()
-                    if isinstance(reply, hiredis.ReplyError):
-                        error = _reply_error(reply)
-                        raise _translate(error) from error
+                    if isinstance(reply, RedisReplyError):
+                        raise _translate(reply, where) from reply
         return stream
     except trio.TooSlowError:
         await _aclose(stream)
-        lost = _connection_error(TimeoutError("connecting to Redis timed out"))
-        raise lost from lost.__cause__  # the redis-py ConnectionError
-    except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+        cause = TimeoutError(f"{phase} within {target.connect_timeout:g} s")
+        raise _failure(f"cannot connect to {where}: timed out ({cause})", cause) from cause
+    except (OSError, trio.BrokenResourceError, ssl.SSLError, hiredis.ProtocolError) as exc:
         await _aclose(stream)
-        lost = _connection_error(exc)
-        raise lost from lost.__cause__
+        root = root_os_error(exc)
+        raise _failure(f"cannot connect to {where}: {describe_os_error(root)}", root) from root
     except BaseException:
         await _aclose(stream)
         raise
@@ -248,11 +279,19 @@ class _Slot:
 
 @attrs.define(eq=False)
 class TrioRedisAdapter(AdapterCommon):
-    """A trio-native Redis client with the interface of ``RedisAdapter``."""
+    """A trio-native Redis client with the interface of ``RedisAdapter``.
+
+    ``command_timeout`` bounds the server's silence while a reply is due (the connection
+    is torn down after it); ``health_check_interval`` is the idle time after which a
+    connection is probed with ``PING``. ``options`` are connection options (``ssl_*``,
+    ``db``, ``username``, ``password``, ``socket_connect_timeout``).
+    """
 
     url: str
-    retry_timeout: float = 10.0
+    retry_timeout: float = DEFAULTS["retry_timeout"]
     options: dict[str, Any] = attrs.Factory(dict)
+    command_timeout: float = DEFAULTS["command_timeout"]
+    health_check_interval: float = DEFAULTS["health_check_interval"]
 
     _target: _Target | None = attrs.field(default=None, init=False)
     _open: bool = attrs.field(default=False, init=False)
@@ -260,7 +299,15 @@ class TrioRedisAdapter(AdapterCommon):
     """Calls not sent yet."""
     _inflight: deque[_Slot] = attrs.field(factory=deque, init=False)
     """Calls sent on the current connection, in order."""
+    _busy_since: float = attrs.field(default=0.0, init=False)
+    """When the oldest of ``_inflight`` was sent, if none was in flight before it."""
+    _last_recv: float = attrs.field(default=0.0, init=False)
+    """When the command connection last received bytes."""
+    _connected_at: float | None = attrs.field(default=None, init=False)
+    """When the current command connection was made (``None``: not connected)."""
     _lost_error: Disconnected | None = attrs.field(default=None, init=False)
+    _last_failure: Disconnected | None = attrs.field(default=None, init=False)
+    """The latest connection failure (for the message of a failed :meth:`open`)."""
     _wake_writer: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -271,28 +318,52 @@ class TrioRedisAdapter(AdapterCommon):
     # -- lifetime -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Start the service task and check the server answers (``PING``).
+        """Start the service task and check the server answers (``PING``), all within
+        ``retry_timeout`` seconds (one deadline for every attempt together).
 
         Raises:
-            StorageError: the URL is invalid or the server cannot be reached within
-                ``retry_timeout``.
+            StorageError: the URL or an option is invalid, the server refused the
+                credentials, or it did not answer within ``retry_timeout``; the message
+                names the address and what happened (connection refused, timed out,
+                name not found, ...), raised from the underlying error.
         """
         try:
             self._target = _Target.parse(self.url, self.options)
+            self.command_timeout = check_seconds("command_timeout", self.command_timeout)
+            self.health_check_interval = check_seconds(
+                "health_check_interval", self.health_check_interval
+            )
         except StorageError:
             raise
         except (ValueError, TypeError, OSError) as exc:  # bad URL, options or TLS files
-            raise StorageError(f"cannot start the Redis client: {exc!r}") from exc
+            raise StorageError(f"cannot start the Redis client: {exc}") from exc
         self._stop = trio.Event()
         self._stopped = trio.Event()
+        self._last_failure = None
         self._open = True
         trio.lowlevel.spawn_system_task(self._serve, name="trio-jobqueue-redis")
         try:
-            await self.command("PING")
+            with trio.move_on_after(self.retry_timeout) as scope:
+                await self.command("PING")
+            if scope.cancelled_caught:
+                raise self._open_timed_out()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.close()
             raise
+
+    def _open_timed_out(self) -> StorageError:
+        assert self._target is not None
+        last = self._last_failure
+        if last is not None:
+            message, cause = str(last), last.__cause__
+        else:
+            state = "no connection" if self._connected_at is None else "connected, but no reply"
+            cause = TimeoutError(f"{state} within {self.retry_timeout:g} s")
+            message = f"cannot connect to {self._target.where}: timed out ({cause})"
+        error = StorageError(f"Redis unavailable for {self.retry_timeout:g} s: {message}")
+        error.__cause__ = cause
+        return error
 
     async def close(self) -> None:
         self._stop.set()
@@ -318,9 +389,7 @@ class TrioRedisAdapter(AdapterCommon):
         self._pending.clear()
         for slot in slots:
             if slot.task is not None:
-                failure = type(error)(*error.args)
-                failure.__cause__ = error.__cause__
-                slot.resolve(outcome.Error(failure))
+                slot.resolve(outcome.Error(_copy(error)))
 
     # -- the command connection -----------------------------------------------------
 
@@ -333,32 +402,52 @@ class TrioRedisAdapter(AdapterCommon):
             try:
                 stream = await _open_stream(self._target)
             except StorageError as exc:
+                if isinstance(exc, Disconnected):
+                    self._last_failure = exc
+                log.debug("Redis connection failed: %s", exc)
                 self._fail_all(exc)
                 continue
+            self._connected_at = self._last_recv = trio.current_time()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, stream, nursery.cancel_scope)
                     nursery.start_soon(self._read, stream, nursery.cancel_scope)
+                    nursery.start_soon(self._watch, nursery.cancel_scope)
             finally:
+                self._connected_at = None
                 with trio.CancelScope(shield=True):
                     await _aclose(stream)
-            log.debug("the Redis command connection was lost")
             # Sent calls may or may not have run: their callers decide (retry logic).
+            error = self._lost_error or self._lost("the connection closed", ConnectionError())
+            self._lost_error = None
+            self._last_failure = error
+            log.debug("the Redis command connection was lost: %s", error)
             inflight = list(self._inflight)
             self._inflight.clear()
-            error = self._lost_error or _connection_error(ConnectionResetError("connection lost"))
-            self._lost_error = None
             for slot in inflight:
                 if slot.task is not None:
-                    failure = Disconnected(*error.args)
-                    failure.__cause__ = error.__cause__
-                    slot.resolve(outcome.Error(failure))
+                    slot.resolve(outcome.Error(_copy(error)))
+
+    def _lost(self, what: str, cause: BaseException) -> Disconnected:
+        """The error for the current connection's failure: "lost the connection" once
+        the server answered on it, "cannot connect" while it never did."""
+        assert self._target is not None
+        connected_at = self._connected_at
+        if connected_at is not None and self._last_recv > connected_at:
+            return _failure(f"lost the connection to {self._target.where}: {what}", cause)
+        return _failure(f"cannot connect to {self._target.where}: {what}", cause)
+
+    def _broke(self, scope: trio.CancelScope, what: str, cause: BaseException) -> None:
+        if self._lost_error is None:
+            self._lost_error = self._lost(what, cause)
+        scope.cancel()
 
     async def _wait_writer(self) -> None:
         await self._wake_writer.wait()
         self._wake_writer = trio.Event()
 
     async def _write(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        inflight = self._inflight
         while True:
             if not self._pending:
                 await self._wait_writer()
@@ -367,54 +456,88 @@ class TrioRedisAdapter(AdapterCommon):
             live = [slot for slot in batch if slot.task is not None]
             if not live:
                 continue
-            self._inflight.extend(live)
+            if not inflight:
+                self._busy_since = trio.current_time()
+            inflight.extend(live)
             data = live[0].data if len(live) == 1 else b"".join(s.data for s in live)
             try:
                 await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._lost_error = _connection_error(exc)
-                scope.cancel()
+            except _NETWORK_ERRORS as exc:
+                root = root_os_error(exc)
+                self._broke(scope, describe_os_error(root), root)
                 return
 
     async def _read(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
-        reader = hiredis.Reader()
+        reader = _reader()
         inflight = self._inflight
         while True:
             try:
                 data = await stream.receive_some(_RECEIVE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._lost_error = _connection_error(exc)
-                scope.cancel()
+            except _NETWORK_ERRORS as exc:
+                root = root_os_error(exc)
+                self._broke(scope, describe_os_error(root), root)
                 return
             if not data:
-                self._lost_error = _connection_error(ConnectionResetError("Redis closed it"))
-                scope.cancel()
+                self._broke(
+                    scope,
+                    "the server closed the connection",
+                    ConnectionResetError("the server closed the connection"),
+                )
                 return
+            self._last_recv = trio.current_time()
             reader.feed(data)  # type: ignore[arg-type]
             try:
                 reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._lost_error = _connection_error(exc)
-                scope.cancel()
-                return
-            while reply is not False:
-                if not inflight:
-                    self._lost_error = _connection_error(
-                        rexc.InvalidResponse("a reply without a request")
-                    )
-                    scope.cancel()
-                    return
-                inflight.popleft().resolve(outcome.Value(reply))
-                try:
+                while reply is not False:
+                    if not inflight:
+                        raise hiredis.ProtocolError("a reply without a request")
+                    inflight.popleft().resolve(outcome.Value(reply))
                     reply = reader.gets()
-                except hiredis.ProtocolError as exc:
-                    self._lost_error = _connection_error(exc)
-                    scope.cancel()
+            except hiredis.ProtocolError as exc:
+                self._broke(scope, f"protocol error: {exc}", exc)
+                return
+
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        """The connection's deadlines: tear it down when the server stays silent for
+        ``command_timeout`` while a reply is due; ``PING`` it after
+        ``health_check_interval`` idle seconds. Wakes at most about once per
+        ``min(command_timeout, health_check_interval)``: the hot path only stamps
+        times."""
+        timeout = self.command_timeout
+        idle = self.health_check_interval
+        inflight = self._inflight
+        ping = _pack(("PING",))
+        while True:
+            now = trio.current_time()
+            quiet_since = max(self._busy_since, self._last_recv)
+            if inflight:
+                if now - quiet_since >= timeout:
+                    cause = TimeoutError(f"no reply within command_timeout={timeout:g} s")
+                    self._broke(scope, f"timed out ({cause})", cause)
                     return
+                wake = quiet_since + timeout
+            elif now - quiet_since >= idle and not self._pending:
+                # Idle: probe. Requests made meanwhile queue behind the PING, so its
+                # deadline covers them too.
+                with trio.move_on_after(timeout) as probe:
+                    await self._call(ping)
+                if probe.cancelled_caught:
+                    cause = TimeoutError(f"no reply to PING within command_timeout={timeout:g} s")
+                    self._broke(scope, f"timed out ({cause})", cause)
+                    return
+                continue
+            else:
+                # A request sent before the next wake-up is checked then, still before its
+                # own deadline (the period is at most ``timeout``). Calls waiting for the
+                # writer (``_pending``) are checked once sent.
+                wake = min(quiet_since + idle, now + timeout)
+                if wake <= now:
+                    wake = now + timeout
+            await trio.sleep_until(wake)
 
     async def _call(self, data: bytes) -> Any:
         """Send one packed command through the auto-pipeline; return its raw reply
-        (a ``hiredis.ReplyError`` for an error reply)."""
+        (a :class:`RedisReplyError` for an error reply)."""
         if not self._open:
             raise StorageError("the Redis storage is not open")
         slot = _Slot(data, trio.lowlevel.current_task())
@@ -431,28 +554,33 @@ class TrioRedisAdapter(AdapterCommon):
 
     # -- commands -------------------------------------------------------------------
 
+    def _error(self, reply: RedisReplyError) -> StorageError:
+        assert self._target is not None
+        error = _translate(reply, self._target.where)
+        error.__cause__ = reply
+        return error
+
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         reply = await self._call(_pack(args))
-        if isinstance(reply, hiredis.ReplyError):
-            error = _reply_error(reply)
-            raise _translate(error) from error
+        if isinstance(reply, RedisReplyError):
+            raise self._error(reply)
         return reply
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         spec = script(name)
         packed = _pack(("EVALSHA", spec.sha, len(keys), *keys, *args))
         reply = await self._call(packed)
-        if isinstance(reply, hiredis.ReplyError):
-            error = _reply_error(reply)
-            if isinstance(error, rexc.NoScriptError):
+        if isinstance(reply, RedisReplyError):
+            if reply.code == "NOSCRIPT":
                 # After a restart or SCRIPT FLUSH: load it and send the call again.
                 await self._command_once(("SCRIPT", "LOAD", spec.source))
                 reply = await self._call(packed)
-                if not isinstance(reply, hiredis.ReplyError):
+                if not isinstance(reply, RedisReplyError):
                     return reply
-                error = _reply_error(reply)
-            raise _translate(error) from error
+            raise self._error(reply)
         return reply
+
+    # -- the pub/sub connection -----------------------------------------------------
 
     async def _read_pubsub(self) -> None:
         """Keep the pub/sub connection alive and subscribed; dispatch its messages."""
@@ -461,13 +589,13 @@ class TrioRedisAdapter(AdapterCommon):
         while True:
             try:
                 stream = await _open_stream(self._target)
-            except StorageError:
-                log.debug("pub/sub connection failed; retrying", exc_info=True)
+            except StorageError as exc:
+                log.debug("pub/sub connection failed; retrying: %s", exc)
             else:
                 try:
                     await self._pubsub_session(stream)
-                except Exception:
-                    log.debug("pub/sub connection lost; reconnecting", exc_info=True)
+                except Exception as exc:  # noqa: BLE001 - any failure: reconnect
+                    log.debug("pub/sub connection lost; reconnecting: %r", exc)
                 finally:
                     with trio.CancelScope(shield=True):
                         await _aclose(stream)
@@ -478,16 +606,23 @@ class TrioRedisAdapter(AdapterCommon):
     async def _pubsub_session(self, stream: trio.abc.Stream) -> None:
         # Channel name -> the _Channel the server subscription was made for.
         subscribed: dict[str, _Channel] = {}
+        timeout = self.command_timeout
+        idle = self.health_check_interval
         last_seen = [trio.current_time()]
 
         async def sync_subscriptions() -> None:
             # The only writer: subscribe/unsubscribe to match ``_channels`` on every
-            # change, and ping when the connection has been quiet for a while.
-            ping_sent: float | None = None
+            # change, and ping when the connection has been quiet for a while. Anything
+            # written must be followed by some traffic within ``timeout``.
+            awaiting: float | None = None  # when we wrote with no traffic seen since
             while True:
                 self._pubsub_changed = trio.Event()
                 now = trio.current_time()
-                wake_at = now + _PUBSUB_IDLE
+                if awaiting is not None and last_seen[0] >= awaiting:
+                    awaiting = None
+                if awaiting is not None and now - awaiting >= timeout:
+                    raise TimeoutError(f"the pub/sub connection got no answer within {timeout:g} s")
+                wake_at = now + idle
                 drop: list[str] = []
                 for name, chan in list(self._channels.items()):
                     if chan.users == 0:
@@ -505,26 +640,22 @@ class TrioRedisAdapter(AdapterCommon):
                     out.append(_pack(("UNSUBSCRIBE", *drop)))
                 if add:
                     out.append(_pack(("SUBSCRIBE", *add)))
-                if ping_sent is not None and last_seen[0] > ping_sent:
-                    ping_sent = None
-                if now - last_seen[0] >= _PUBSUB_IDLE:
-                    if ping_sent is None:
-                        ping_sent = now
-                        out.append(_pack(("PING",)))
-                    elif now - ping_sent > 2 * _PUBSUB_IDLE:
-                        raise ConnectionError("the pub/sub connection stopped answering")
-                if ping_sent is None:
-                    wake_at = min(wake_at, last_seen[0] + _PUBSUB_IDLE)
-                else:
-                    wake_at = min(wake_at, ping_sent + 2 * _PUBSUB_IDLE + 0.01)
+                if awaiting is None and now - last_seen[0] >= idle:
+                    out.append(_pack(("PING",)))
                 if out:
                     await stream.send_all(b"".join(out))
+                    if awaiting is None:
+                        awaiting = now
+                if awaiting is None:
+                    wake_at = min(wake_at, last_seen[0] + idle)
+                else:
+                    wake_at = min(wake_at, awaiting + timeout)
                 with trio.move_on_at(wake_at):
                     await self._pubsub_changed.wait()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sync_subscriptions)
-            reader = hiredis.Reader()
+            reader = _reader()
             while True:
                 data = await stream.receive_some(_RECEIVE)
                 if not data:
@@ -538,8 +669,8 @@ class TrioRedisAdapter(AdapterCommon):
 
     def _dispatch(self, msg: Any) -> None:
         if not isinstance(msg, list) or len(msg) < 3:
-            if isinstance(msg, hiredis.ReplyError):
-                raise _reply_error(msg)
+            if isinstance(msg, RedisReplyError):
+                raise msg
             return  # PONG
         kind = msg[0].decode() if isinstance(msg[0], bytes) else str(msg[0])
         self._on_channel_message(kind, msg[1], msg[2])

@@ -174,27 +174,48 @@ class _Hub:
 class RedisStorage(Storage):
     """Jobs in Redis 7+, shared by any number of processes and machines.
 
+    Every option may also be given as a query parameter of the URL
+    (``redis://host:6379/0?key_prefix=myapp&command_timeout=2``); keyword arguments win
+    over the URL. ``None`` means "from the URL, else the default". See ``docs/redis.md``
+    ("Connecting") for the URL forms and every option.
+
     Args:
-        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS or
-            ``unix://``; defaults to ``$REDIS_URL``, else ``redis://localhost:6379/0``.
-        key_prefix: first part of every key's hash tag (``{prefix:queue}``).
+        url: ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
+            ``rediss://`` for TLS or ``unix:///path?db=N``; defaults to ``$REDIS_URL``,
+            else ``redis://localhost:6379/0``.
+        key_prefix: first part of every key's hash tag (``{prefix:queue}``); ``"jq"``.
         retry_timeout: how long (seconds) an operation retries connection errors, with
-            capped exponential backoff, before raising :class:`~trio_jobqueue.StorageError`.
+            capped exponential backoff, before raising :class:`~trio_jobqueue.StorageError`
+            (10 s); also the overall deadline of opening the storage.
+        command_timeout: longest the server may stay silent while a reply is due (5 s):
+            the connection is then dropped, the request fails (and is retried within
+            ``retry_timeout``), and the next request reconnects.
+        health_check_interval: idle seconds after which a connection is probed with
+            ``PING`` (5 s), so a connection that died silently is replaced within
+            ``health_check_interval + command_timeout`` even when nothing is sent.
         claim_repoll: longest a blocked ``claim`` waits for a pub/sub wake-up before it
-            asks the server again (a safety net; wake-ups normally arrive in milliseconds).
-        script_timeout: bound on one shielded claim script call.
+            asks the server again (a safety net; wake-ups normally arrive in
+            milliseconds); 5 s.
+        script_timeout: bound on one shielded claim script call (10 s).
         client: ``"trio"`` (default): the trio-native client; ``"asyncio"``: redis-py's
             asyncio client through trio-asyncio. ``$TRIO_JOBQUEUE_REDIS_CLIENT``
             overrides the default. See ``docs/redis.md`` ("Client").
         **options: connection options (e.g. ``ssl_ca_certs``): the ``ssl_*`` ones,
-            ``username``, ``password``, ``db`` and ``socket_connect_timeout`` for the
-            trio client; anything ``redis.asyncio.Redis.from_url`` takes for
+            ``username``, ``password``, ``db`` and ``socket_connect_timeout`` (5 s) for
+            the trio client; anything ``redis.asyncio.Redis.from_url`` takes for
             ``client="asyncio"``.
+
+    Raises:
+        ValueError: a malformed URL, an unknown URL parameter (the message names it and
+            lists the accepted ones), an invalid value (named), or an option the trio
+            client does not support.
     """
 
     url: str
     key_prefix: str
     retry_timeout: float
+    command_timeout: float
+    health_check_interval: float
     claim_repoll: float
     script_timeout: float
     client: str
@@ -207,33 +228,70 @@ class RedisStorage(Storage):
         self,
         url: str | None = None,
         *,
-        key_prefix: str = "jq",
-        retry_timeout: float = 10.0,
-        claim_repoll: float = 5.0,
-        script_timeout: float = 10.0,
+        key_prefix: str | None = None,
+        retry_timeout: float | None = None,
+        command_timeout: float | None = None,
+        health_check_interval: float | None = None,
+        claim_repoll: float | None = None,
+        script_timeout: float | None = None,
         client: Literal["trio", "asyncio"] | None = None,
         **options: Any,
     ) -> None:
+        from . import _redis_url
+
         if url is None:
             url = os.environ.get("REDIS_URL") or DEFAULT_URL
-        if client is None:
-            client = os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"  # type: ignore[assignment]
-        if client not in ("trio", "asyncio"):
-            raise ValueError(f'client must be "trio" or "asyncio", not {client!r}')
-        if not isinstance(key_prefix, str) or not key_prefix:
-            raise ValueError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
+        parsed = _redis_url.parse_url(url)
+        settings, connection = _redis_url.split_query(parsed.query)
+        explicit = {
+            "key_prefix": key_prefix,
+            "retry_timeout": retry_timeout,
+            "command_timeout": command_timeout,
+            "health_check_interval": health_check_interval,
+            "claim_repoll": claim_repoll,
+            "script_timeout": script_timeout,
+            "client": client,
+        }
+        settings.update((name, value) for name, value in explicit.items() if value is not None)
+        chosen = settings.get("client") or os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"
+        if chosen not in ("trio", "asyncio"):
+            raise ValueError(f'client must be "trio" or "asyncio", not {chosen!r}')
+        prefix = settings.get("key_prefix", _redis_url.DEFAULTS["key_prefix"])
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"key_prefix must be a non-empty str, not {prefix!r}")
+
+        def seconds(name: str) -> float:
+            return _redis_url.check_seconds(name, settings.get(name, _redis_url.DEFAULTS[name]))
+
+        connection.update(options)
+        if chosen == "trio":
+            supported = {*_redis_url.CONNECTION_OPTIONS, "username", "password"}
+            unsupported = sorted(set(connection) - supported)
+            if unsupported:
+                raise ValueError(
+                    f"option(s) {unsupported} are not supported by the trio Redis client"
+                    f' (client="asyncio" passes options to redis-py); accepted:'
+                    f" {', '.join(sorted(supported))}"
+                )
         self.__attrs_init__(
             url=url,
-            key_prefix=key_prefix,
-            retry_timeout=float(retry_timeout),
-            claim_repoll=float(claim_repoll),
-            script_timeout=float(script_timeout),
-            client=client,
-            options=dict(options),
+            key_prefix=prefix,
+            retry_timeout=seconds("retry_timeout"),
+            command_timeout=seconds("command_timeout"),
+            health_check_interval=seconds("health_check_interval"),
+            claim_repoll=seconds("claim_repoll"),
+            script_timeout=seconds("script_timeout"),
+            client=chosen,
+            options=connection,
         )
 
     def __repr__(self) -> str:
-        return f"RedisStorage(key_prefix={self.key_prefix!r})"
+        from ._redis_url import redact
+
+        return (
+            f"RedisStorage({redact(self.url)!r}, key_prefix={self.key_prefix!r},"
+            f" client={self.client!r})"
+        )
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -242,14 +300,23 @@ class RedisStorage(Storage):
         return self
 
     async def _open(self) -> None:
+        from ._redis_url import parse_url
+
+        # The clients get the URL without our query parameters (already in the
+        # attributes and ``options``).
+        url = parse_url(self.url).base
+        timeouts = {
+            "command_timeout": self.command_timeout,
+            "health_check_interval": self.health_check_interval,
+        }
         adapter: TrioRedisAdapter | RedisAdapter
         if self.client == "asyncio":
             # Imported on demand: it pulls in asyncio and trio-asyncio.
             from ._redis_adapter import RedisAdapter
 
-            adapter = RedisAdapter(self.url, self.retry_timeout, self.options)
+            adapter = RedisAdapter(url, self.retry_timeout, self.options, **timeouts)
         else:
-            adapter = TrioRedisAdapter(self.url, self.retry_timeout, self.options)
+            adapter = TrioRedisAdapter(url, self.retry_timeout, self.options, **timeouts)
         await adapter.open()
         self._adapter = adapter
 

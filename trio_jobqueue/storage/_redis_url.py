@@ -1,0 +1,249 @@
+"""Redis URLs and ``RedisStorage`` options, parsed with the standard library only.
+
+Accepted forms (``docs/redis.md``, "Connecting")::
+
+    redis://[[user]:password@]host[:port][/db][?option=value&...]
+    rediss://...                                  (TLS)
+    unix://[[user]:password@]/path/to/socket[?db=N&option=value&...]
+
+User and password are percent-decoded. The query string carries storage options
+(:data:`STORAGE_OPTIONS`) and connection options (:data:`CONNECTION_OPTIONS`); anything
+else is refused with a :class:`ValueError` that names it, and so is a value that does not
+parse. Both clients get the URL without its query (:attr:`RedisURL.base`) plus the
+connection options as typed values, so redis-py never sees our own parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "CONNECTION_OPTIONS",
+    "DEFAULTS",
+    "STORAGE_OPTIONS",
+    "RedisURL",
+    "check_seconds",
+    "parse_url",
+    "redact",
+    "split_query",
+]
+
+DEFAULT_PORT = 6379
+
+DEFAULTS: Mapping[str, Any] = {
+    "key_prefix": "jq",
+    "retry_timeout": 10.0,
+    "command_timeout": 5.0,
+    "health_check_interval": 5.0,
+    "claim_repoll": 5.0,
+    "script_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
+}
+"""Defaults of the options that have one (documented in ``docs/redis.md``)."""
+
+
+def check_seconds(name: str, value: object) -> float:
+    """``value`` as a finite number of seconds > 0.
+
+    Raises:
+        ValueError: it is not one (the message names the option and the value).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"invalid {name} {value!r}: expected a finite number of seconds > 0")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"invalid {name} {value!r}: expected a finite number of seconds > 0")
+    return seconds
+
+
+def _text(name: str, value: str) -> str:
+    if not value:
+        raise ValueError(f"invalid {name} {value!r}: expected a non-empty string")
+    return value
+
+
+def _client(name: str, value: str) -> str:
+    if value not in ("trio", "asyncio"):
+        raise ValueError(f'invalid {name} {value!r}: expected "trio" or "asyncio"')
+    return value
+
+
+def _db(name: str, value: str) -> int:
+    try:
+        db = int(value)
+    except ValueError:
+        db = -1
+    if db < 0:
+        raise ValueError(f"invalid {name} {value!r}: expected a database number >= 0")
+    return db
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid {name} {value!r}: expected true/false (or 1/0, yes/no, on/off)")
+
+
+def _cert_reqs(name: str, value: str) -> str:
+    if value.lower() not in ("none", "optional", "required"):
+        raise ValueError(f'invalid {name} {value!r}: expected "none", "optional" or "required"')
+    return value.lower()
+
+
+def _tls_version(name: str, value: str) -> ssl.TLSVersion:
+    try:
+        return ssl.TLSVersion[value.replace(".", "_")]
+    except KeyError:
+        raise ValueError(
+            f"invalid {name} {value!r}: expected an ssl.TLSVersion name such as TLSv1_2"
+        ) from None
+
+
+STORAGE_OPTIONS: Mapping[str, Callable[[str, str], Any]] = {
+    "key_prefix": _text,
+    "retry_timeout": check_seconds,
+    "command_timeout": check_seconds,
+    "health_check_interval": check_seconds,
+    "claim_repoll": check_seconds,
+    "script_timeout": check_seconds,
+    "client": _client,
+}
+"""Options of :class:`~trio_jobqueue.storage.redis.RedisStorage` itself, with their
+parsers (URL text -> value)."""
+
+CONNECTION_OPTIONS: Mapping[str, Callable[[str, str], Any]] = {
+    "db": _db,
+    "socket_connect_timeout": check_seconds,
+    "ssl_keyfile": _text,
+    "ssl_certfile": _text,
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_ca_certs": _text,
+    "ssl_ca_path": _text,
+    "ssl_ca_data": _text,
+    "ssl_check_hostname": _flag,
+    "ssl_password": _text,
+    "ssl_min_version": _tls_version,
+    "ssl_ciphers": _text,
+}
+"""Connection options accepted in the URL (and as keyword arguments by both clients)."""
+
+
+@attrs.frozen
+class RedisURL:
+    """A parsed Redis URL."""
+
+    scheme: str
+    """``redis``, ``rediss`` or ``unix``."""
+    host: str
+    port: int
+    path: str | None
+    """The socket path of a ``unix://`` URL."""
+    db: int | None
+    """The database from the path (``/2``), ``None`` when absent."""
+    username: str | None
+    password: str | None
+    query: Mapping[str, str]
+    """The query parameters, not validated yet (see :func:`split_query`)."""
+    base: str
+    """The URL without its query string."""
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6]:port``) or the socket path, for messages."""
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_url(url: str) -> RedisURL:
+    """Parse ``redis://``, ``rediss://`` and ``unix://`` URLs.
+
+    Raises:
+        ValueError: not such a URL, a bad port or database number, or a repeated query
+            parameter.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"a Redis URL must be a str, not {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"unsupported Redis URL scheme {parts.scheme!r} in {redact(url)!r}:"
+            " expected redis://, rediss:// or unix://"
+        )
+    query: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name in query:
+            raise ValueError(f"option {name!r} is given twice in the Redis URL")
+        query[name] = value
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"a unix:// Redis URL needs a socket path: {redact(url)!r}")
+        return RedisURL(
+            scheme, "localhost", DEFAULT_PORT, urllib.parse.unquote(parts.path), None,
+            username, password, query, base,
+        )  # fmt: skip
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"invalid port in the Redis URL {redact(url)!r}") from None
+    db: int | None = None
+    path = parts.path.strip("/")
+    if path:
+        db = _db("database number", path)
+    return RedisURL(
+        scheme, parts.hostname or "localhost", port, None, db, username, password, query, base
+    )
+
+
+def split_query(query: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate and convert URL query parameters into ``(storage options, connection
+    options)``.
+
+    Raises:
+        ValueError: an unknown parameter (all of them are named, with the accepted ones)
+            or a value that does not parse (named with its option).
+    """
+    unknown = sorted(set(query) - set(STORAGE_OPTIONS) - set(CONNECTION_OPTIONS))
+    if unknown:
+        accepted = ", ".join(sorted({*STORAGE_OPTIONS, *CONNECTION_OPTIONS}))
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} in the Redis URL;"
+            f" accepted: {accepted}"
+        )
+    storage: dict[str, Any] = {}
+    connection: dict[str, Any] = {}
+    for name, value in query.items():
+        if name in STORAGE_OPTIONS:
+            storage[name] = STORAGE_OPTIONS[name](name, value)
+        else:
+            connection[name] = CONNECTION_OPTIONS[name](name, value)
+    return storage, connection
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for error messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(
+        (parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment)
+    )
