@@ -173,8 +173,8 @@ class TcpProxy:
                     data = await source.receive_some(_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     data = b""
-                if not data and source is link.client:
-                    link.client_closed.set()
+                if not data and source is link.client and not link.closed:
+                    link.client_closed.set()  # the client's close, not our reset
                 try:
                     queue.send_nowait(data)
                 except trio.BrokenResourceError:

@@ -169,6 +169,7 @@ async def test_unsupported_option_is_rejected(redis_server: RedisServer) -> None
 
 
 def test_client_option_validated() -> None:
+    """An unknown ``client`` is refused at construction."""
     with pytest.raises(ValueError, match="client"):
         RedisStorage("redis://127.0.0.1:1/0", client="bogus")  # type: ignore[arg-type]
 

@@ -219,6 +219,7 @@ class _OpenCase:
 async def open_case(
     request: pytest.FixtureRequest, proxy: TcpProxy, own_server: RedisServer
 ) -> AsyncIterator[_OpenCase]:
+    """The target of one open-failure case, with the words and the cause expected."""
     kind = request.param
     if kind.startswith("frozen proxy"):
         proxy.freeze()
