@@ -126,3 +126,21 @@ def test_cli_file_url_options_reach_the_storage(tmp_path: Path) -> None:
     assert run_cli("enqueue", "a", "{}", "--storage", url).stdout == "queued\n"
     done = run_cli("status", "a", "--storage", url)
     assert done.returncode == 0 and "state:     queued" in done.stdout
+
+
+def test_redis_url_query_reaches_redis_storage() -> None:
+    """Redis URLs go to RedisStorage whole, query included: `?key_prefix=myapp` sets the
+    key prefix, and an unknown parameter is refused by RedisStorage's own parser."""
+    from trio_jobqueue.storage.redis import RedisStorage
+
+    storage = jq.storage_from_url("redis://127.0.0.1:6379/0?key_prefix=myapp")
+    assert isinstance(storage, RedisStorage) and storage.key_prefix == "myapp"
+    default = jq.storage_from_url("redis://127.0.0.1:6379/0")
+    assert isinstance(default, RedisStorage) and default.key_prefix == "jq"
+    with pytest.raises(ValueError, match="bogus"):
+        jq.storage_from_url("redis://127.0.0.1:6379/0?bogus=1")
+    done = run_cli("stats", "--listen", "0", "--storage", "redis://127.0.0.1:9/0?bogus=1")
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trio-jobqueue: error: "), done.stderr
+    assert "'bogus'" in lines[0] and "key_prefix" in lines[0]
