@@ -46,6 +46,8 @@ class Link:
     closed: bool = False
     client_closed: trio.Event = attrs.Factory(trio.Event)
     """Set when the client closed (or reset) its end: the client gave up on the link."""
+    cut_reply: trio.Event | None = None
+    """Armed by :meth:`TcpProxy.lose_reply_to`: the next server->client chunk is cut."""
 
     def reset(self) -> None:
         """RST both ends (``SO_LINGER`` 0, then close)."""
@@ -78,6 +80,7 @@ class TcpProxy:
     frozen: bool = False
     _changed: trio.Event = attrs.Factory(trio.Event)
     _cut_next: trio.Event | None = None
+    _cut_after: tuple[bytes, trio.Event] | None = None
     accepted: int = 0
 
     @property
@@ -123,6 +126,15 @@ class TcpProxy:
         bytes) is forwarded only in part, then that link is reset on both sides."""
         done = trio.Event()
         self._cut_next = done
+        await done.wait()
+
+    async def lose_reply_to(self, marker: bytes) -> None:
+        """Arm a lost reply and wait for it: the next client->server chunk containing
+        ``marker`` reaches the server whole (so the server runs that request), then the
+        server's next chunk on that link is cut in half and the link reset, so the
+        client never sees the reply."""
+        done = trio.Event()
+        self._cut_after = (marker, done)
         await done.wait()
 
     def _notify(self) -> None:
@@ -201,15 +213,20 @@ class TcpProxy:
                 if not data:
                     link.close()  # pass the FIN on (Redis never half-closes)
                     return
-                cut = self._cut_next
+                cut = link.cut_reply if link.cut_reply is not None else self._cut_next
                 try:
                     if downstream and cut is not None and len(data) >= 2:
-                        self._cut_next = None
+                        if cut is self._cut_next:
+                            self._cut_next = None
                         await sink.send_all(data[: len(data) // 2])
                         link.reset()
                         cut.set()
                         return
                     await sink.send_all(data)
+                    armed = self._cut_after
+                    if not downstream and armed is not None and armed[0] in data:
+                        self._cut_after = None
+                        link.cut_reply = armed[1]
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     link.reset()
                     return

@@ -28,13 +28,13 @@ class InvalidJobError(JobQueueError, ValueError):
 
 
 class InvalidTtlError(InvalidJobError):
-    """A TTL was not a finite number of seconds greater than zero.
+    """A TTL was not a number of seconds greater than zero and at most 1e15.
 
     The message names the rejected value.
     """
 
     def __init__(self, value: object, what: str = "ttl") -> None:
-        super().__init__(f"invalid {what} {value!r}: expected a finite number of seconds > 0")
+        super().__init__(f"invalid {what} {value!r}: expected a number of seconds > 0 and <= 1e15")
         self.value = value
 
 

@@ -11,6 +11,8 @@ MAX_JOB_ID_LENGTH = 1024
 """Longest accepted job id, in characters."""
 MAX_NAME_LENGTH = 200
 """Longest accepted queue name, in characters."""
+MAX_TTL = 1e15
+"""Longest accepted TTL or lease, in seconds (about 31.7 million years: "forever")."""
 
 
 def check_job_id(job_id: object) -> str:
@@ -44,11 +46,12 @@ def check_name(name: object) -> str:
 
 
 def check_ttl(value: object, what: str = "ttl") -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise."""
+    """Return ``value`` as a float if it is a number > 0 and at most :data:`MAX_TTL`,
+    else raise :class:`InvalidTtlError` naming it."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise InvalidTtlError(value, what)
     ttl = float(value)
-    if not math.isfinite(ttl) or ttl <= 0:
+    if not math.isfinite(ttl) or ttl <= 0 or ttl > MAX_TTL:
         raise InvalidTtlError(value, what)
     return ttl
 

@@ -2,6 +2,12 @@
 -- directory before SCRIPT LOAD (Redis has no `require`). Not a transition of its own.
 --
 -- Conventions of every script that includes it:
+--   line 1   "#!lua" with the script's flags (moved before this prelude when loading):
+--            scripts that may grow memory (enqueue, claim, reap) have none, so Redis
+--            refuses them as a whole above maxmemory (and on a read-only replica or
+--            under MISCONF) before anything is written; settlements, heartbeats,
+--            deletions and locks are "allow-oom", so a handler's success is stored and
+--            leases are kept while new work is refused.
 --   ARGV[1]  the storage's testing clock offset in seconds (see Storage.advance_clock)
 --   "standard" KEYS (scripts say when they use them):
 --   KEYS[1]  job hash prefix "{tag}:j:" (the raw job id is appended; same hash tag)
@@ -38,8 +44,33 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
+-- Redis expiry (ms, server clock) for a record the storage clock expires at
+-- `expires`: an integer string, never "1e+18" (PEXPIREAT takes integers only), capped
+-- at 2^53 ms (about 285,000 years) so that any valid TTL works.
 local function gc_at(expires)
-  return math.floor((expires - OFFSET + GC_MARGIN) * 1000)
+  local ms = math.floor((expires - OFFSET + GC_MARGIN) * 1000)
+  if ms > 9007199254740992 then
+    ms = 9007199254740992
+  end
+  return string.format('%d', ms)
+end
+
+-- Reply cache of the scripts whose resent call (after a lost reply) could not tell
+-- what the first call did: the first call stores its reply under a per-call key (a
+-- declared KEY, `{tag}:rc:<nonce>`) for a short time; a resent call returns it.
+local function cached_reply(key, resent)
+  if resent == '1' then
+    local raw = redis.call('GET', key)
+    if raw then
+      return cmsgpack.unpack(raw)
+    end
+  end
+  return nil
+end
+
+local function remember(key, reply, ttl_ms)
+  redis.call('SET', key, cmsgpack.pack(reply), 'PX', ttl_ms)
+  return reply
 end
 
 local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._feed.INLINE_RESULT_MAX
@@ -168,4 +199,19 @@ local function owned(key, token)
     return tonumber(f[3]), false
   end
   return nil, (f[4] == token)
+end
+
+-- processing -> queued/failing at the HEAD, un-consuming the attempt (shutdown, a
+-- cancelled claim, a claim whose reply was lost for good).
+local function release_job(key, id, token)
+  local attempts = tonumber(redis.call('HGET', key, 'attempts')) - 1
+  local state = 'failing'
+  if attempts == 0 then
+    state = 'queued'
+  end
+  redis.call('HSET', key, 'state', state, 'attempts', attempts, 'settled', token)
+  redis.call('HDEL', key, 'token', 'worker', 'lease', 'due')
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('LPUSH', KEYS[2], id)
+  emit('requeued', id, attempts + 1)
 end

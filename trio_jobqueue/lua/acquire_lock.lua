@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- acquire_lock.lua: take a free/expired lock (epoch + 1) or renew one already held.
 -- KEYS: 1 the lock hash {tag}:lock:<name>
 -- ARGV: 1 clock offset, 2 owner, 3 ttl seconds

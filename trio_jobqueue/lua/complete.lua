@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- complete.lua: processing -> completed, fenced by the claim token.
 -- KEYS: standard 1-7
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 result (bytes), 5 ttl seconds,

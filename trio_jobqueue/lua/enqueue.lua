@@ -1,3 +1,4 @@
+#!lua
 -- enqueue.lua: accept a new job unless a live record holds its id (dedup).
 -- KEYS: standard 1-7 (job prefix, ready, delayed, leases, completed, failed, events)
 -- ARGV: 1 clock offset, 2 job id, 3 payload (bytes), 4 max_attempts, 5 result_ttl,

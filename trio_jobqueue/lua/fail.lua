@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fail.lua: processing -> failed (final), fenced by the claim token.
 -- KEYS: standard 1-7
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 ttl seconds,

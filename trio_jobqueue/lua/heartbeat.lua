@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- heartbeat.lua: extend the leases of (id, token) pairs the tokens still own.
 -- KEYS: standard 1-7 (touches 1 and 4)
 -- ARGV: 1 clock offset, 2 lease seconds, then pairs: id, token, id, token, ...

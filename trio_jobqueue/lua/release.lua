@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release.lua: processing -> queued/failing at the HEAD, un-consuming the attempt.
 -- KEYS: standard 1-7
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 "1" when this is a retry after a lost reply
@@ -12,15 +13,6 @@ if not attempts then
   end
   return 'stale'
 end
-attempts = attempts - 1
-local state = 'failing'
-if attempts == 0 then
-  state = 'queued'
-end
-redis.call('HSET', key, 'state', state, 'attempts', attempts, 'settled', ARGV[3])
-redis.call('HDEL', key, 'token', 'worker', 'lease', 'due')
-redis.call('ZREM', KEYS[4], id)
-redis.call('LPUSH', KEYS[2], id)
-emit('requeued', id, attempts + 1)
+release_job(key, id, ARGV[3])
 flush()
 return 'ok'

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew_lock.lua: extend the lock if `owner` holds it with `epoch` and it is live.
 -- KEYS: 1 the lock hash
 -- ARGV: 1 clock offset, 2 owner, 3 epoch, 4 ttl seconds

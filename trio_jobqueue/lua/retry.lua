@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- retry.lua: processing -> failing (attempt stays consumed), fenced by the token.
 -- KEYS: standard 1-7
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 delay seconds,

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- stats.lua: counts of live jobs per state. Read-only: a delayed retry whose time has
 -- come counts as queued but is not moved (only claim moves it), so calling stats never
 -- changes the claim order.

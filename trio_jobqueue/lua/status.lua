@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- status.lua: one job's record, or nil when absent or expired.
 -- KEYS: standard 1-7 (only 1, 5, 6 are touched)
 -- ARGV: 1 clock offset, 2 job id

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- update_ttl.lua: restart a terminal job's TTL from now.
 -- KEYS: standard 1-7 (touches 1, 5, 6)
 -- ARGV: 1 clock offset, 2 job id, 3 ttl seconds

@@ -75,11 +75,19 @@ class ChannelHandler(Protocol):
 
 
 def _load_script(name: str) -> bytes:
-    """``lua/_lib.lua`` followed by ``lua/<name>.lua`` (package data of the wheel)."""
+    """``lua/_lib.lua`` followed by ``lua/<name>.lua`` (package data of the wheel).
+
+    Every script opens with a ``#!lua`` line declaring its flags (whether Redis may run
+    it above ``maxmemory``); that line must be the first of the whole source, so it is
+    moved in front of the prelude.
+    """
     files = importlib.resources.files("trio_jobqueue").joinpath("lua")
     lib = files.joinpath("_lib.lua").read_bytes()
     body = files.joinpath(f"{name}.lua").read_bytes()
-    return lib + b"\n" + body
+    shebang, newline, rest = body.partition(b"\n")
+    if not shebang.startswith(b"#!lua"):
+        raise RuntimeError(f"lua/{name}.lua must start with a #!lua flags line")
+    return shebang + newline + lib + b"\n" + rest
 
 
 @attrs.define(eq=False)

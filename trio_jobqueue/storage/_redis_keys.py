@@ -21,6 +21,10 @@ key                         type    contents
 ``{tag}:completed``         zset    completed jobs, by expiry time
 ``{tag}:failed``            zset    failed jobs, by expiry time
 ``{tag}:lock:<name>``       hash    leader lock: ``owner``, ``epoch``, ``exp``
+``{tag}:claim:<nonce>``     string  ids one claim took (expires with its lease): a
+                                    claim resent after a lost reply gets them back
+``{tag}:rc:<nonce>``        string  reply of one cancel/reap/purge/lock release, kept
+                                    for a minute so that a resent call reports it
 ``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
 ``{tag}:ev:done``           channel completed/failed/cancelled events (job watchers)
 ``{tag}:ev:wake``           channel "a job became claimable" (blocked claims)
@@ -94,6 +98,15 @@ class NamespaceKeys:
 
     def lock(self, name: str) -> str:
         return self.base + ":lock:" + name
+
+    def claim_record(self, nonce: str) -> str:
+        """What the claim with ``nonce`` took (see ``lua/claim.lua``)."""
+        return self.base + ":claim:" + nonce
+
+    def reply(self, nonce: str) -> str:
+        """The cached reply of the call with ``nonce`` (see ``cached_reply`` in
+        ``lua/_lib.lua``)."""
+        return self.base + ":rc:" + nonce
 
     @property
     def events(self) -> str:

@@ -34,6 +34,7 @@ from ._base import (
     StorageStats,
 )
 from ._common import STALLED_ERROR
+from ._feed import EventSubscription, SubscriberSet, WatchSet
 from ._redis_common import Disconnected, ScriptArg
 from ._redis_trio import TrioRedisAdapter
 
@@ -46,9 +47,9 @@ __all__ = ["RedisStorage"]
 log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
-EVENT_BUFFER = 10_000
-"""Events buffered per subscriber before new ones are dropped for that subscriber."""
 _PURGE_BATCH = 1000
+_REPLY_CACHE_MARGIN = 60.0
+"""Seconds a cached reply outlives the retry window of the call that stored it."""
 
 
 def parse_events(data: bytes) -> list[EventRecord]:
@@ -69,12 +70,13 @@ def parse_events(data: bytes) -> list[EventRecord]:
         if n >= 0:
             result = data[pos : pos + n]
             pos += n
+        ref = n == -2  # a large result, left out: read it from the job
         n = int(error_len)
         if n >= 0:
             error = data[pos : pos + n]
             pos += n
         events.append(
-            EventRecord(EventKind(kind.decode("ascii")), job_id, int(attempt), result, error)
+            EventRecord(EventKind(kind.decode("ascii")), job_id, int(attempt), result, error, ref)
         )
     return events
 
@@ -108,40 +110,30 @@ def _decode(data: bytes) -> list[EventRecord] | None:
 class _Events:
     """Handler of the namespace's all-events channel: feeds ``subscribe_events``."""
 
-    subscribers: set[trio.MemorySendChannel[EventRecord]] = attrs.Factory(set)
-    dropped_events: int = 0
+    subscribers: SubscriberSet = attrs.Factory(SubscriberSet)
 
     def on_message(self, data: bytes) -> None:
-        for record in _decode(data) or ():
-            for send in list(self.subscribers):
-                try:
-                    send.send_nowait(record)
-                except trio.WouldBlock:
-                    self.dropped_events += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.subscribers.discard(send)
+        self.subscribers.offer(_decode(data) or ())
 
     def on_reconnect(self) -> None:
-        """Events published during the outage are lost (documented)."""
+        # Events published while the connection was down are lost: say so in the stream.
+        self.subscribers.gap()
 
 
 @attrs.define(eq=False)
 class _Done:
     """Handler of the terminal-events channel: wakes ``watch_job`` watchers by job id."""
 
-    watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
+    watches: WatchSet = attrs.Factory(WatchSet)
 
     def on_message(self, data: bytes) -> None:
         for record in _decode(data) or ():
-            for watch in self.watches.get(record.job_id, ()):
-                watch.fire(record)
+            self.watches.fire(record)
 
     def on_reconnect(self) -> None:
         # A completion may have been published while the connection was down: wake
         # every watcher so that it re-reads the job's state.
-        for watches in self.watches.values():
-            for watch in watches:
-                watch.fire(None)
+        self.watches.fire_all()
 
 
 @attrs.define(eq=False)
@@ -223,6 +215,11 @@ class RedisStorage(Storage):
     _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
     _hubs: dict[str, _Hub] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
+    _claims_done: dict[str, list[str]] = attrs.field(factory=dict, init=False)
+    """Per namespace: nonces of claims whose replies arrived (the next claim forgets them)."""
+    _orphans: dict[str, list[str]] = attrs.field(factory=dict, init=False)
+    """Per namespace: nonces of claims that never got a reply (the next claim releases
+    whatever jobs they took)."""
 
     def __init__(
         self,
@@ -367,6 +364,21 @@ class RedisStorage(Storage):
             )
         return await self.adapter.run_script(name, keys, argv)
 
+    async def _run_cached(
+        self, name: str, ns: str, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> Any:
+        """Run a script whose resent call (after a lost reply) must report what the first
+        call did: the script stores its reply under a per-call key (declared last in
+        ``KEYS``) and ``ARGV`` ends with the resent flag and the cache's lifetime (ms)."""
+        nonce = secrets.token_hex(8)
+        cache_ms = str(int((self.retry_timeout + _REPLY_CACHE_MARGIN) * 1000))
+        argv: list[ScriptArg] = [repr(self._clock_offset), *args]
+        return await self.adapter.run_script(
+            name,
+            [*keys, self.keys(ns).reply(nonce)],
+            lambda retrying: [*argv, "1" if retrying else "0", cache_ms],
+        )
+
     # -- producer transitions ---------------------------------------------------------
 
     async def enqueue(
@@ -388,7 +400,7 @@ class RedisStorage(Storage):
         return EnqueueOutcome(status, state)
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
-        reply = await self._run("cancel", ns, [job_id])
+        reply = await self._run_cached("cancel", ns, self.keys(ns).standard(), [job_id])
         return CancelStatus(reply.decode())
 
     async def get_status(self, ns: str, job_id: str) -> JobRecord | None:
@@ -479,36 +491,50 @@ class RedisStorage(Storage):
     async def _claim_once(
         self, ns: str, worker_id: str, limit: int, lease: float, retry_until: float
     ) -> tuple[list[Claim], float, float | None]:
-        keys = self.keys(ns).standard()
+        """One claim script call, resent (with the same nonce) after connection errors
+        until ``retry_until``: a resent call whose first run took jobs gets those same
+        jobs back (same tokens, same attempts) instead of taking more. If no reply ever
+        arrives, the jobs it may have taken are released by the next claim."""
+        keys = self.keys(ns)
+        await self._release_orphans(ns)
+        nonce = secrets.token_hex(8)
+        # Records of earlier claims whose replies arrived: the script deletes them.
+        done = self._claims_done.pop(ns, [])
+        script_keys = [*keys.standard(), keys.claim_record(nonce)]
+        first_keys = [*script_keys, *(keys.claim_record(n) for n in done)]
         delay = 0.02
+        resent = False
         while True:
             argv: list[ScriptArg] = [
                 repr(self._clock_offset),
                 worker_id,
                 int(limit),
                 repr(float(lease)),
-                secrets.token_hex(8),
+                nonce,
+                "1" if resent else "0",
             ]
             reply: Any = None
             error: StorageError | None = None
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.script_timeout):
                     try:
-                        reply = await self.adapter.run_script("claim", keys, argv, retry=False)
+                        reply = await self.adapter.run_script(
+                            "claim", script_keys if resent else first_keys, argv, retry=False
+                        )
                     except StorageError as exc:
                         error = exc
                 if reply is None and error is None:
                     error = StorageError(
                         f"claim script got no reply within {self.script_timeout:g} s"
-                        " (any job it claimed is recovered when its lease expires)"
                     )
-            if error is not None:
-                if not isinstance(error, Disconnected) or trio.current_time() >= retry_until:
-                    raise error
-                await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-                delay = min(delay * 2, 1.0)
-                continue
-            break
+            if error is None:
+                break
+            resent = True  # it may have run: from now on, redeem rather than claim
+            if not isinstance(error, Disconnected) or trio.current_time() >= retry_until:
+                self._orphans.setdefault(ns, []).append(nonce)
+                raise error
+            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            delay = min(delay * 2, 1.0)
         claims = [
             Claim(
                 job_id=reply[i].decode("utf-8"),
@@ -528,17 +554,34 @@ class RedisStorage(Storage):
             except trio.Cancelled:
                 # The caller is gone: hand the jobs back now rather than at lease expiry.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.script_timeout):
-                    for claim in reversed(claims):
-                        try:
-                            await self.release(ns, claim.job_id, claim.token)
-                        except StorageError:
-                            log.warning(
-                                "could not release job %r after a cancelled claim;"
-                                " its lease will expire",
-                                claim.job_id,
-                            )
+                    await self._release_claim(ns, nonce)
                 raise
+            self._claims_done.setdefault(ns, []).append(nonce)
         return claims, float(reply[0]), _opt_float(reply[1])
+
+    async def _release_claim(self, ns: str, nonce: str) -> bool:
+        """Release every job the claim ``nonce`` still holds (head of the queue, attempt
+        not consumed); ``False`` if Redis could not be reached (it is tried again)."""
+        keys = self.keys(ns)
+        try:
+            await self.adapter.run_script(
+                "release_claim",
+                [*keys.standard(), keys.claim_record(nonce)],
+                [repr(self._clock_offset), nonce],
+                retry=False,
+            )
+        except StorageError as exc:
+            self._orphans.setdefault(ns, []).append(nonce)
+            log.warning("could not give back the jobs of an unfinished claim (%s); retrying", exc)
+            return False
+        return True
+
+    async def _release_orphans(self, ns: str) -> None:
+        orphans = self._orphans.pop(ns, None)
+        while orphans:
+            if not await self._release_claim(ns, orphans.pop()):
+                self._orphans.setdefault(ns, []).extend(orphans)
+                return
 
     async def heartbeat(
         self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
@@ -591,10 +634,8 @@ class RedisStorage(Storage):
             lock_key, fenced = keys.lock(""), ["0", "", ""]
         else:
             lock_key, fenced = keys.lock(fence.lock), ["1", fence.owner, str(fence.epoch)]
-        reply = await self.adapter.run_script(
-            "reap",
-            [*keys.standard(), lock_key],
-            [repr(self._clock_offset), STALLED_ERROR, *fenced],
+        reply = await self._run_cached(
+            "reap", ns, [*keys.standard(), lock_key], [STALLED_ERROR, *fenced]
         )
         if reply[0] == b"fenced":
             return ReapResult(fenced=True)
@@ -623,30 +664,24 @@ class RedisStorage(Storage):
         return bool(reply)
 
     async def release_lock(self, ns: str, lock: str, owner: str, epoch: int) -> bool:
-        reply = await self.adapter.run_script(
-            "release_lock",
-            [self.keys(ns).lock(lock)],
-            [repr(self._clock_offset), owner, str(int(epoch))],
+        reply = await self._run_cached(
+            "release_lock", ns, [self.keys(ns).lock(lock)], [owner, str(int(epoch))]
         )
         return bool(reply)
 
     # -- notification -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscribe_events(
-        self, ns: str
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[EventRecord]]:
+    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
         """See :meth:`Storage.subscribe_events`. Events published while the pub/sub
-        connection is down (a Redis restart) are not delivered."""
+        connection is down (a Redis restart) are lost; a ``missed`` marker says so."""
         hub = self._hub(ns)
-        send, receive = trio.open_memory_channel[EventRecord](EVENT_BUFFER)
-        hub.events.subscribers.add(send)
+        subscription = hub.events.subscribers.open(ns)
         try:
-            async with self.adapter.subscription(self.keys(ns).events, hub.events), receive:
-                yield receive
+            async with self.adapter.subscription(self.keys(ns).events, hub.events), subscription:
+                yield subscription
         finally:
-            hub.events.subscribers.discard(send)
-            send.close()
+            hub.events.subscribers.close(subscription)
 
     @asynccontextmanager
     async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
@@ -655,17 +690,12 @@ class RedisStorage(Storage):
         even without an event, since one may have been missed: callers re-check state."""
         hub = self._hub(ns)
         watch = JobWatch()
-        watches = hub.done.watches
-        watches.setdefault(job_id, set()).add(watch)
+        hub.done.watches.add(job_id, watch)
         try:
             async with self.adapter.subscription(self.keys(ns).done_channel, hub.done):
                 yield watch
         finally:
-            watchers = watches.get(job_id)
-            if watchers is not None:
-                watchers.discard(watch)
-                if not watchers:
-                    del watches[job_id]
+            hub.done.watches.discard(job_id, watch)
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -682,7 +712,9 @@ class RedisStorage(Storage):
     async def purge_expired(self, ns: str) -> int:
         total = 0
         while True:
-            count = int(await self._run("purge", ns, [_PURGE_BATCH]))
+            count = int(
+                await self._run_cached("purge", ns, self.keys(ns).standard(), [_PURGE_BATCH])
+            )
             total += count
             if count < _PURGE_BATCH:
                 return total
