@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import inspect
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ from ._cli_registry import Announcer
 from ._errors import JobQueueError
 from ._queue import DEFAULT_SHUTDOWN_GRACE, Queue, open_queue
 from ._types import Job
+from ._worker import is_async_callable
 from .storage import Storage
 
 log = logging.getLogger("trio_jobqueue.cli")
@@ -174,7 +174,7 @@ class InFlight:
 
     def wrap(self, handler: Callable[[Job[Any]], Any]) -> Callable[[Job[Any]], Any]:
         """The same handler (async stays async, sync stays sync), tracked."""
-        if _is_async(handler):
+        if is_async_callable(handler):
 
             @functools.wraps(handler)
             async def tracked_async(job: Job[Any]) -> Any:
@@ -195,14 +195,6 @@ class InFlight:
                 self._exit(job.id)
 
         return tracked_sync
-
-
-def _is_async(fn: object) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 def setup_logging(level: str) -> None:

@@ -34,8 +34,6 @@ log = logging.getLogger("trio_jobqueue.redis")
 T = TypeVar("T")
 ScriptArg = str | bytes | int | float
 
-_PUBSUB_IDLE = 5.0
-"""Seconds without pub/sub traffic before the reader pings the server."""
 _LINGER = 2.0
 """Seconds a channel stays subscribed after its last user left, so that a worker's
 consecutive blocking claims (or a producer's consecutive waits) do not re-subscribe."""
