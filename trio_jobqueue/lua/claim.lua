@@ -80,7 +80,7 @@ while #claimed < limit do
 end
 if #claimed > 0 then
   redis.call('SET', KEYS[8], cmsgpack.pack(claimed), 'PX',
-    string.format('%d', math.ceil(lease * 1000)))
+    string.format('%d', math.min(math.ceil(lease * 1000), 9007199254740992)))
 else
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if first[2] then

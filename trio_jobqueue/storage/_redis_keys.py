@@ -24,7 +24,7 @@ key                         type    contents
 ``{tag}:claim:<nonce>``     string  ids one claim took (expires with its lease): a
                                     claim resent after a lost reply gets them back
 ``{tag}:rc:<nonce>``        string  reply of one cancel/reap/purge/lock release, kept
-                                    for a minute so that a resent call reports it
+                                    until its call can no longer be resent
 ``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
 ``{tag}:ev:done``           channel completed/failed/cancelled events (job watchers)
 ``{tag}:ev:wake``           channel "a job became claimable" (blocked claims)

@@ -48,8 +48,9 @@ log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 _PURGE_BATCH = 1000
-_REPLY_CACHE_MARGIN = 60.0
-"""Seconds a cached reply outlives the retry window of the call that stored it."""
+_REPLY_CACHE_MARGIN = 5.0
+"""Seconds a cached reply outlives the last moment its call may be resent
+(``retry_timeout`` plus one ``command_timeout``)."""
 
 
 def parse_events(data: bytes) -> list[EventRecord]:
@@ -371,7 +372,8 @@ class RedisStorage(Storage):
         call did: the script stores its reply under a per-call key (declared last in
         ``KEYS``) and ``ARGV`` ends with the resent flag and the cache's lifetime (ms)."""
         nonce = secrets.token_hex(8)
-        cache_ms = str(int((self.retry_timeout + _REPLY_CACHE_MARGIN) * 1000))
+        keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
+        cache_ms = str(int(keep * 1000))
         argv: list[ScriptArg] = [repr(self._clock_offset), *args]
         return await self.adapter.run_script(
             name,
