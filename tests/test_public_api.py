@@ -31,6 +31,7 @@ EXPECTED = {
     "JsonSerializer",
     "MAX_JOB_ID_LENGTH",
     "MemoryStorage",
+    "PayloadDecodeError",
     "Queue",
     "QueueStatistics",
     "Reaper",
@@ -92,11 +93,14 @@ def test_errors_hierarchy() -> None:
         jq.InvalidTtlError,
         jq.SerializationError,
         jq.JobCancelledError,
+        jq.JobTimeoutError,
+        jq.PayloadDecodeError,
     ):
         assert issubclass(cls, jq.JobQueueError)
     assert issubclass(jq.WaitTimeoutError, TimeoutError)
     assert issubclass(jq.InvalidJobError, ValueError)
     assert issubclass(jq.InvalidTtlError, ValueError)
+    assert issubclass(jq.PayloadDecodeError, jq.SerializationError)
     assert jq.JobState.QUEUED == "queued" and jq.EnqueueStatus.DUPLICATE == "duplicate"
     assert {k.value for k in jq.EventKind} == {
         "enqueued",

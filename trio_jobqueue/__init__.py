@@ -8,6 +8,8 @@ from ._errors import InvalidTtlError as InvalidTtlError
 from ._errors import JobCancelledError as JobCancelledError
 from ._errors import JobFailedError as JobFailedError
 from ._errors import JobQueueError as JobQueueError
+from ._errors import JobTimeoutError as JobTimeoutError
+from ._errors import PayloadDecodeError as PayloadDecodeError
 from ._errors import SerializationError as SerializationError
 from ._errors import StorageError as StorageError
 from ._errors import WaitTimeoutError as WaitTimeoutError
@@ -38,7 +40,6 @@ from ._types import JobStatus as JobStatus
 from ._types import UpdateTtlResult as UpdateTtlResult
 from ._types import UpdateTtlStatus as UpdateTtlStatus
 from ._validate import MAX_JOB_ID_LENGTH as MAX_JOB_ID_LENGTH
-from ._worker import JobTimeoutError as JobTimeoutError
 from .storage import MemoryStorage as MemoryStorage
 from .storage import Storage as Storage
 from .storage import __getattr__ as _storage_getattr

@@ -13,6 +13,8 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "JobQueueError",
+    "JobTimeoutError",
+    "PayloadDecodeError",
     "SerializationError",
     "StorageError",
     "WaitTimeoutError",
@@ -42,6 +44,14 @@ class SerializationError(InvalidJobError):
     """A payload or result could not be encoded or decoded by the serializer."""
 
 
+class PayloadDecodeError(SerializationError):
+    """A claimed job's stored payload could not be decoded.
+
+    Recorded as the attempt's failure (``JobError.type == "PayloadDecodeError"``) and never
+    retried: the same bytes cannot decode better next time, so the job fails at once.
+    """
+
+
 class StorageError(JobQueueError):
     """The storage backend failed; raised ``from`` the driver's own exception."""
 
@@ -53,6 +63,14 @@ class JobFailedError(JobQueueError):
         super().__init__(f"job {job_id!r} failed: {error.type}: {error.message}")
         self.job_id = job_id
         self.error = error
+
+
+class JobTimeoutError(JobQueueError):
+    """A handler ran longer than the worker's ``job_timeout``.
+
+    Recorded as the attempt's failure (``JobError.type == "JobTimeoutError"``); the job is
+    retried while it has attempts left, like any other failure.
+    """
 
 
 class JobCancelledError(JobQueueError):

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import JobQueueError, SerializationError, StorageError
+from ._errors import JobTimeoutError, PayloadDecodeError, SerializationError, StorageError
 from ._retry import RetryPolicy
 from ._serde import TypedCodec, describe_exception, encode_error, error_from_exception
 from ._types import ExecutionContext, Job, JobError
@@ -53,14 +53,6 @@ STUCK_WARNING = 10.0
 handlers run in threads, which cannot be interrupted)."""
 
 _FATAL = (KeyboardInterrupt, SystemExit)
-
-
-class JobTimeoutError(JobQueueError):
-    """The handler ran longer than the queue's ``job_timeout``."""
-
-
-class PayloadDecodeError(SerializationError):
-    """The stored payload cannot be decoded; retrying cannot help, so the job fails."""
 
 
 @attrs.frozen
