@@ -443,6 +443,13 @@ def _assert_interrupted(proc: subprocess.Popen[str], err: str) -> None:
     assert err.count("interrupted") == 1, err
 
 
+def _sigint_default() -> None:
+    # A process started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Python then keeps it ignored; the child must get Ctrl-C whatever
+    # started the test run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "trio_jobqueue", *args],
@@ -451,6 +458,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
         text=True,
         env=cli_env(),
         cwd=Path(__file__).parent,
+        preexec_fn=_sigint_default,
     )
 
 

@@ -14,7 +14,7 @@ import trio
 
 import trio_jobqueue as jq
 from trio_jobqueue._cli import run_demo
-from trio_jobqueue.storage import Storage, _feed
+from trio_jobqueue.storage import Storage, _core
 from trio_jobqueue.storage.file import FileStorage
 
 BUFFER = 20
@@ -28,7 +28,7 @@ async def test_slow_subscriber_gets_a_missed_marker_in_place_of_dropped_events(
     marker counting what was dropped, then the events that came after it."""
     async with jq.open_queue(storage_factory(), name="slow-reader") as q, q.events() as fast:
         with monkeypatch.context() as patch:
-            patch.setattr(_feed, "EVENT_BUFFER", BUFFER)  # for `slow` only: `fast` exists
+            patch.setattr(_core, "EVENT_BUFFER", BUFFER)  # for `slow` only: `fast` exists
             async with q.events() as slow:
                 for n in range(JOBS):
                     await q.enqueue(f"job-{n}", n)
@@ -145,13 +145,13 @@ def test_large_results_leave_file_events_by_reference() -> None:
     from trio_jobqueue.storage._base import EventRecord
 
     big = _state.encode_event(
-        EventRecord(jq.EventKind.COMPLETED, "j", 1, result=b"x" * (_feed.INLINE_RESULT_MAX + 1))
+        EventRecord(jq.EventKind.COMPLETED, "j", 1, result=b"x" * (_core.INLINE_RESULT_MAX + 1))
     )
     small = _state.encode_event(EventRecord(jq.EventKind.COMPLETED, "j", 1, result=b"x"))
     assert big[3] is None and _state.decode_event(big).result_ref
     assert not _state.decode_event(small).result_ref
     lua = (Path(jq.__file__).parent / "lua" / "_lib.lua").read_text()
-    assert f"local INLINE_RESULT_MAX = {_feed.INLINE_RESULT_MAX}" in lua
+    assert f"local INLINE_RESULT_MAX = {_core.INLINE_RESULT_MAX}" in lua
 
 
 @pytest.mark.parametrize("jobs", [10_000, 20_000])

@@ -67,7 +67,7 @@ class ReleaseConsumesAttempt(MemoryStorage):
     async def release(self, ns: str, job_id: str, token: str) -> SettleStatus:
         status = await super().release(ns, job_id, token)
         if status is SettleStatus.OK:
-            rec = self._spaces[ns].state.jobs[job_id]
+            rec = self._spaces[ns].jobs[job_id]
             rec.attempts += 1
             rec.state = JobState.FAILING
         return status

@@ -73,7 +73,7 @@ local function remember(key, reply, ttl_ms)
   return reply
 end
 
-local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._feed.INLINE_RESULT_MAX
+local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._core.INLINE_RESULT_MAX
 local EVENTS = {}
 local DONE = {}
 local WAKE = false

@@ -12,6 +12,9 @@ from ._base import (
     Claim as Claim,
 )
 from ._base import (
+    ClaimBatch as ClaimBatch,
+)
+from ._base import (
     EnqueueOutcome as EnqueueOutcome,
 )
 from ._base import (
@@ -22,9 +25,6 @@ from ._base import (
 )
 from ._base import (
     JobRecord as JobRecord,
-)
-from ._base import (
-    JobWatch as JobWatch,
 )
 from ._base import (
     ReapedJob as ReapedJob,
@@ -41,6 +41,7 @@ from ._base import (
 from ._base import (
     StorageStats as StorageStats,
 )
+from ._core import JobWatch as JobWatch
 from ._url import storage_from_url as storage_from_url
 from .memory import MemoryStorage as MemoryStorage
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections import deque
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import attrs
 import trio
@@ -35,11 +35,11 @@ from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtl
 
 __all__ = [
     "Claim",
+    "ClaimBatch",
     "EnqueueOutcome",
     "EventRecord",
     "Fence",
     "JobRecord",
-    "JobWatch",
     "ReapResult",
     "ReapedJob",
     "SettleStatus",
@@ -98,6 +98,16 @@ class JobRecord:
     worker_id: str | None = None
     """For ``processing`` jobs: the worker holding the lease."""
     lease_until: float | None = None
+
+
+@attrs.frozen
+class ClaimBatch:
+    """What one non-blocking claim took."""
+
+    claims: list[Claim]
+    next_due_in: float | None = None
+    """When nothing was claimed: seconds until the next delayed job becomes claimable
+    (``None`` if there is none)."""
 
 
 @attrs.frozen
@@ -165,33 +175,6 @@ class SettleStatus(enum.StrEnum):
     """The token no longer owns the job (lease expired and reaped, or job cancelled)."""
 
 
-class JobWatch:
-    """A subscription to one job's terminal (or cancel) transitions.
-
-    Backends create one per ``watch_job`` and call :meth:`fire` for every ``completed``,
-    ``failed`` or ``cancelled`` event of the job (or ``fire(None)`` when they may have
-    missed one, e.g. after a reconnect).
-    """
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._records: deque[EventRecord | None] = deque()
-
-    def fire(self, record: EventRecord | None = None) -> None:
-        self._records.append(record)
-        self._event.set()
-
-    async def wait(self) -> EventRecord | None:
-        """Wait for the next event fired since the watch opened (or since the previous
-        ``wait`` returned) and return it, with its result or error bytes. ``None`` means
-        the backend cannot tell what happened: re-read the job's state. Cancellable."""
-        await self._event.wait()
-        record = self._records.popleft()
-        if not self._records:
-            self._event = trio.Event()
-        return record
-
-
 @attrs.define(eq=False)
 class Storage(abc.ABC):
     """Base class of all backends.
@@ -208,6 +191,7 @@ class Storage(abc.ABC):
     _users: int = attrs.field(default=0, init=False)
     _open_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _clock_offset: float = attrs.field(default=0.0, init=False)
+    _hubs: dict[str, _core.Hub] = attrs.field(factory=dict, init=False)
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -282,16 +266,28 @@ class Storage(abc.ABC):
 
     # -- worker transitions -----------------------------------------------------------
 
-    @abc.abstractmethod
     async def claim(
         self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
     ) -> list[Claim]:
-        """Claim up to ``limit`` ready jobs in FIFO order.
+        """Claim up to ``limit`` ready jobs in FIFO order, waiting up to ``wait`` seconds
+        for one if none is ready (an enqueue ends the wait within milliseconds); ``[]``
+        on timeout. Built on :meth:`claim_nowait` and the hub (see :mod:`._core`).
+
+        Cancellation: a cancelled claim takes nothing (or releases what it took).
+        """
+        return await _core.blocking_claim(self, ns, worker_id, limit=limit, lease=lease, wait=wait)
+
+    @abc.abstractmethod
+    async def claim_nowait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        """Claim up to ``limit`` ready jobs in FIFO order, without waiting.
 
         Each becomes ``processing`` with ``attempts += 1``, a fresh token and a lease
-        until ``now + lease``, and emits ``started``. When no job is ready, block up to
-        ``wait`` seconds for one (an enqueue must wake this within milliseconds) and
-        return ``[]`` on timeout. ``limit >= 1``.
+        until ``now + lease``, and emits ``started``. Due delayed jobs are promoted first.
+        When nothing is claimed, ``next_due_in`` says when the next delayed job is due.
+        ``limit >= 1``. A call cancelled after the storage took jobs must give them back
+        (released, attempt not consumed) before it raises ``Cancelled``.
         """
 
     @abc.abstractmethod
@@ -369,21 +365,53 @@ class Storage(abc.ABC):
 
     # -- notification -----------------------------------------------------------------
 
-    @abc.abstractmethod
     def subscribe_events(
         self, ns: str
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[EventRecord]]:
-        """Receive the namespace's events from the moment the context is entered.
+        """Receive the namespace's events from the moment the context is entered (from
+        every process, where the backend can).
 
         A subscriber that falls behind, or a backend that may have lost events, gets a
-        ``missed`` marker (:class:`~._feed.EventSubscription`) in place of what was lost;
-        events are never dropped silently and the backend never blocks on a subscriber.
+        ``missed`` marker in place of what was lost; events are never dropped silently
+        and the backend never blocks on a subscriber (see :mod:`._core`).
         """
+        return _core.subscribe(self, ns)
 
-    @abc.abstractmethod
-    def watch_job(self, ns: str, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
-        """Watch one job's terminal/cancel transitions. Several watchers of one id are
-        independent: closing one never silences another."""
+    def watch_job(self, ns: str, job_id: str) -> AbstractAsyncContextManager[_core.JobWatch]:
+        """Watch one job's terminal/cancel transitions from the moment the context is
+        entered. Several watchers of one id are independent: closing one never silences
+        another. ``JobWatch.wait`` returns ``None`` when events may have been missed."""
+        return _core.watch(self, ns, job_id)
+
+    # -- what the core needs from a backend -------------------------------------------
+
+    @property
+    def repoll_interval(self) -> float:
+        """Longest a blocked claim trusts the hub's wake-ups before it asks again (a
+        safety net for backends whose wake-ups may be lost; infinite where they cannot
+        be)."""
+        return math.inf
+
+    def hub(self, ns: str) -> _core.Hub:
+        """The namespace's local fan-out, which the backend feeds (see :mod:`._core`)."""
+        hub = self._hubs.get(ns)
+        if hub is None:
+            hub = self._hubs[ns] = _core.Hub()
+        return hub
+
+    @asynccontextmanager
+    async def follow(
+        self, ns: str, kind: _core.FollowKind, job_id: str | None = None
+    ) -> AsyncIterator[Any]:
+        """While open, the backend feeds :meth:`hub` with ``kind`` notifications of
+        ``ns`` (``job``: those of ``job_id``). Yields the feed position from which they
+        are delivered (``None`` for backends without positions).
+
+        The default suits backends that deliver everything as it happens (Memory).
+        Raises ``StorageError`` when the feed cannot be started.
+        """
+        await trio.lowlevel.checkpoint()
+        yield None
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -396,3 +424,7 @@ class Storage(abc.ABC):
     async def purge_expired(self, ns: str) -> int:
         """Physically remove expired records; returns how many. Optional (default: 0)."""
         return 0
+
+
+# The core is built on the records above and is what the concrete methods delegate to.
+from . import _core  # noqa: E402

@@ -35,14 +35,9 @@ from ._base import (
     StorageStats,
 )
 from ._common import STALLED_ERROR, lock_expired
-from ._feed import INLINE_RESULT_MAX
+from ._core import INLINE_RESULT_MAX
 
 FORMAT_VERSION = 1
-
-WORK_EVENTS = frozenset(
-    {EventKind.ENQUEUED, EventKind.FAILING, EventKind.REQUEUED, EventKind.STALLED}
-)
-"""Events after which a blocked claim may find work."""
 
 
 class CorruptRecord(ValueError):

@@ -44,18 +44,17 @@ from .._types import CancelStatus, UpdateTtlStatus
 from . import _file_io as fio
 from . import _state as fst
 from ._base import (
-    Claim,
+    ClaimBatch,
     EnqueueOutcome,
     EventRecord,
     Fence,
     JobRecord,
-    JobWatch,
     ReapResult,
     SettleStatus,
     Storage,
     StorageStats,
 )
-from ._feed import TERMINAL_KINDS, EventSubscription
+from ._core import FollowKind
 
 __all__ = ["FileStorage", "QuarantineReport"]
 
@@ -94,18 +93,6 @@ class _Op:
     pos: Pos = (0, 0)
 
 
-class _Watch(JobWatch):
-    def __init__(self) -> None:
-        super().__init__()
-        self.next_pos: Pos | None = None
-
-
-@attrs.define(eq=False)
-class _Sub:
-    feed: EventSubscription
-    next_pos: Pos | None = None
-
-
 @attrs.define(eq=False)
 class _Space:
     """One namespace as seen by one storage object."""
@@ -128,10 +115,6 @@ class _Space:
     interest: int = 0
     pos: Pos | None = None
     pumping: bool = False
-    subscribers: set[_Sub] = attrs.Factory(set)
-    watches: dict[str, set[_Watch]] = attrs.Factory(dict)
-    work_pos: Pos = (-1, 0)
-    work: trio.Event = attrs.Factory(trio.Event)
 
 
 @attrs.frozen
@@ -659,42 +642,16 @@ class FileStorage(Storage):
             offset = 0
 
     def _lost_track(self, space: _Space) -> None:
-        """The journal was compacted past this reader: events are lost. Subscribers get
-        a ``missed`` marker, every job watch re-reads its job, blocked claims retry."""
+        """The journal was compacted past this reader: events are lost (subscribers get
+        a ``missed`` marker, every job watch re-reads its job, blocked claims retry)."""
         logger.warning("event log of %r was compacted past a reader", space.ns)
-        for sub in space.subscribers:
-            sub.feed.gap()
-        for watches in space.watches.values():
-            for watch in watches:
-                watch.fire(None)
-        space.work.set()
-        space.work = trio.Event()
+        self.hub(space.ns).lost_track()
 
     def _dispatch(self, space: _Space, chunks: list[_FeedChunk]) -> None:
+        hub = self.hub(space.ns)
         for chunk in chunks:
-            at: Pos = (chunk.gen, chunk.start)
-            end: Pos = (chunk.gen, chunk.end)
-            for sub in space.subscribers:
-                if sub.next_pos is None or at < sub.next_pos:
-                    continue
-                sub.next_pos = end
-                for event in chunk.events:
-                    sub.feed.offer(event)
-            work = False
-            for event in chunk.events:
-                if event.kind in fst.WORK_EVENTS:
-                    work = True
-                if event.kind in TERMINAL_KINDS:
-                    for watch in space.watches.get(event.job_id, ()):
-                        # next_pos moves past every chunk that fired the watch, so a
-                        # chunk read twice (the tailer was rewound) fires it once.
-                        if watch.next_pos is not None and at >= watch.next_pos:
-                            watch.next_pos = end
-                            watch.fire(event)
-            if work and end > space.work_pos:
-                space.work_pos = end
-                space.work.set()
-                space.work = trio.Event()
+            # Positioned: a chunk read twice (the tailer was rewound) is taken once.
+            hub.deliver(chunk.events, ((chunk.gen, chunk.start), (chunk.gen, chunk.end)))
 
     def _seed(self, space: _Space, pos: Pos) -> None:
         """Make the tailer read from ``pos`` (or earlier) on."""
@@ -741,35 +698,23 @@ class FileStorage(Storage):
 
     # -- worker transitions ---------------------------------------------------------------
 
-    async def claim(
-        self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
-    ) -> list[Claim]:
+    async def claim_nowait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
         space = self._space(ns)
-        deadline = trio.current_time() + wait
-        fn = partial(fst.claim, worker_id=worker_id, limit=limit, lease=lease)
-        if wait <= 0:
-            (claims, _), _ = await self._run(ns, fn)
-            return claims
-        self._add_interest(space)
-        try:
-            while True:
-                (claims, next_due), pos = await self._run(ns, fn)
-                remaining = deadline - trio.current_time()
-                if claims or remaining <= 0:
-                    return claims
-                self._seed(space, pos)
-                if space.work_pos > pos:
-                    continue
-                sleep_for = remaining
-                if next_due is not None:
-                    sleep_for = min(sleep_for, next_due - self.now())
-                if not self._serving:
-                    sleep_for = min(sleep_for, self.poll_interval)
-                work = space.work
-                with trio.move_on_after(max(sleep_for, 0.0)):
-                    await work.wait()
-        finally:
-            self._drop_interest(space)
+        now = self.now()
+        (claims, next_due), start = await self._run(
+            ns, partial(fst.claim, worker_id=worker_id, limit=limit, lease=lease)
+        )
+        if not claims and space.interest:
+            # A blocked claim waits: make the tailer read this transaction's frame (an
+            # enqueue committed in the same group commit wakes it) and what follows.
+            self._seed(space, start)
+        return ClaimBatch(claims, None if next_due is None else next_due - now)
+
+    @property
+    def repoll_interval(self) -> float:
+        return math.inf if self._serving else self.poll_interval
 
     async def heartbeat(
         self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
@@ -836,40 +781,23 @@ class FileStorage(Storage):
         return pos
 
     @asynccontextmanager
-    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
+    async def follow(
+        self, ns: str, kind: FollowKind, job_id: str | None = None
+    ) -> AsyncIterator[Pos | None]:
+        """Make this process's tailer read the namespace's journal while open; for
+        events and job watches, from the current end of the journal on (yielded)."""
         space = self._space(ns)
-        sub = _Sub(EventSubscription(ns))
-        space.subscribers.add(sub)
         self._add_interest(space)
         try:
-            pos = await self._position(ns)
-            sub.next_pos = pos
-            self._seed(space, pos)
-            async with sub.feed:
-                yield sub.feed
-        finally:
-            space.subscribers.discard(sub)
-            self._drop_interest(space)
-            sub.feed.end()
-
-    @asynccontextmanager
-    async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
-        space = self._space(ns)
-        watch = _Watch()
-        space.watches.setdefault(job_id, set()).add(watch)
-        self._add_interest(space)
-        try:
-            pos = await self._position(ns)
-            watch.next_pos = pos
-            self._seed(space, pos)
-            yield watch
+            if kind == "work":
+                await trio.lowlevel.checkpoint()
+                yield None  # claim_nowait seeds the tailer at its own frame
+            else:
+                pos = await self._position(ns)
+                self._seed(space, pos)
+                yield pos
         finally:
             self._drop_interest(space)
-            watchers = space.watches.get(job_id)
-            if watchers is not None:
-                watchers.discard(watch)
-                if not watchers:
-                    del space.watches[job_id]
 
     # -- housekeeping ---------------------------------------------------------------------
 

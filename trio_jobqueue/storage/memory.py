@@ -9,8 +9,7 @@ storage opens, so the whole backend runs under ``MockClock``.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import attrs
@@ -19,30 +18,19 @@ import trio
 from .._types import CancelStatus, UpdateTtlStatus
 from . import _state as st
 from ._base import (
-    Claim,
+    ClaimBatch,
     EnqueueOutcome,
-    EventRecord,
     Fence,
     JobRecord,
-    JobWatch,
     ReapResult,
     SettleStatus,
     Storage,
     StorageStats,
 )
-from ._feed import EventSubscription, SubscriberSet, WatchSet
 
 __all__ = ["MemoryStorage"]
 
 T = TypeVar("T")
-
-
-@attrs.define(eq=False)
-class _Namespace:
-    state: st.NsState = attrs.Factory(st.NsState)
-    work: trio.Event = attrs.Factory(trio.Event)
-    watches: WatchSet = attrs.Factory(WatchSet)
-    subscribers: SubscriberSet = attrs.Factory(SubscriberSet)
 
 
 @attrs.define(eq=False)
@@ -52,7 +40,7 @@ class MemoryStorage(Storage):
     Not safe across threads or processes; every call must come from trio tasks of one run.
     """
 
-    _spaces: dict[str, _Namespace] = attrs.field(factory=dict, init=False)
+    _spaces: dict[str, st.NsState] = attrs.field(factory=dict, init=False)
     _epoch_offset: float | None = attrs.field(default=None, init=False)
 
     async def _open(self) -> None:
@@ -64,32 +52,19 @@ class MemoryStorage(Storage):
             self._epoch_offset = time.time() - trio.current_time()
         return trio.current_time() + self._epoch_offset + self._clock_offset
 
-    def _space(self, ns: str) -> _Namespace:
-        space = self._spaces.get(ns)
-        if space is None:
-            space = self._spaces[ns] = _Namespace()
-        return space
+    def _state(self, ns: str) -> st.NsState:
+        state = self._spaces.get(ns)
+        if state is None:
+            state = self._spaces[ns] = st.NsState()
+        return state
 
     def _run(self, ns: str, transition: Callable[[st.Tx], T]) -> T:
         """Apply one transition atomically (no checkpoint inside) and deliver its events."""
-        space = self._space(ns)
-        tx = st.Tx(state=space.state, now=self.now())
+        tx = st.Tx(state=self._state(ns), now=self.now())
         result = transition(tx)
         if tx.events:
-            self._deliver(space, tx.events)
+            self.hub(ns).deliver(tx.events)
         return result
-
-    def _deliver(self, space: _Namespace, events: list[EventRecord]) -> None:
-        space.subscribers.offer(events)
-        wake = False
-        for record in events:
-            space.watches.fire(record)
-            wake = wake or record.kind in st.WORK_EVENTS
-        if wake:
-            # A failing job with a delay also wakes sleeping claims, which then recompute
-            # their deadline from the next due time.
-            space.work.set()
-            space.work = trio.Event()
 
     # -- producer transitions -------------------------------------------------------------
 
@@ -114,22 +89,13 @@ class MemoryStorage(Storage):
 
     # -- worker transitions -----------------------------------------------------------------
 
-    async def claim(
-        self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
-    ) -> list[Claim]:
+    async def claim_nowait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
         await trio.lowlevel.checkpoint()
-        space = self._space(ns)
-        deadline = trio.current_time() + wait
-        while True:
-            work = space.work  # taken before the transition: no lost wake-up
-            now = self.now()
-            claims, next_due = self._run(ns, lambda tx: st.claim(tx, worker_id, limit, lease))
-            remaining = deadline - trio.current_time()
-            if claims or remaining <= 0:
-                return claims
-            sleep_for = remaining if next_due is None else min(remaining, next_due - now)
-            with trio.move_on_after(max(sleep_for, 0.0)):
-                await work.wait()
+        now = self.now()
+        claims, next_due = self._run(ns, lambda tx: st.claim(tx, worker_id, limit, lease))
+        return ClaimBatch(claims, None if next_due is None else next_due - now)
 
     async def heartbeat(
         self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
@@ -181,28 +147,6 @@ class MemoryStorage(Storage):
     async def release_lock(self, ns: str, lock: str, owner: str, epoch: int) -> bool:
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.release_lock(tx, lock, owner, epoch))
-
-    # -- notification ---------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
-        space = self._space(ns)
-        subscription = space.subscribers.open(ns)
-        try:
-            async with subscription:
-                yield subscription
-        finally:
-            space.subscribers.close(subscription)
-
-    @asynccontextmanager
-    async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
-        space = self._space(ns)
-        watch = JobWatch()
-        space.watches.add(job_id, watch)
-        try:
-            yield watch
-        finally:
-            space.watches.discard(job_id, watch)
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -22,11 +22,11 @@ from .._errors import StorageError
 from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
 from ._base import (
     Claim,
+    ClaimBatch,
     EnqueueOutcome,
     EventRecord,
     Fence,
     JobRecord,
-    JobWatch,
     ReapedJob,
     ReapResult,
     SettleStatus,
@@ -34,7 +34,7 @@ from ._base import (
     StorageStats,
 )
 from ._common import STALLED_ERROR
-from ._feed import EventSubscription, SubscriberSet, WatchSet
+from ._core import FollowKind, Hub
 from ._redis_common import Disconnected, ScriptArg
 from ._redis_trio import TrioRedisAdapter
 
@@ -108,59 +108,27 @@ def _decode(data: bytes) -> list[EventRecord] | None:
 
 
 @attrs.define(eq=False)
-class _Events:
-    """Handler of the namespace's all-events channel: feeds ``subscribe_events``."""
+class _Feed:
+    """The handler of one of a namespace's channels: it feeds the namespace's hub.
 
-    subscribers: SubscriberSet = attrs.Factory(SubscriberSet)
+    ``{tag}:ev:wake`` wakes blocked claims, ``{tag}:ev`` carries every event to
+    subscribers, ``{tag}:ev:done`` terminal events to job watches. After a reconnect,
+    what was published meanwhile is lost: the hub is told so for that kind of feed.
+    """
 
-    def on_message(self, data: bytes) -> None:
-        self.subscribers.offer(_decode(data) or ())
-
-    def on_reconnect(self) -> None:
-        # Events published while the connection was down are lost: say so in the stream.
-        self.subscribers.gap()
-
-
-@attrs.define(eq=False)
-class _Done:
-    """Handler of the terminal-events channel: wakes ``watch_job`` watchers by job id."""
-
-    watches: WatchSet = attrs.Factory(WatchSet)
+    hub: Hub
+    kind: FollowKind
 
     def on_message(self, data: bytes) -> None:
-        for record in _decode(data) or ():
-            self.watches.fire(record)
+        if self.kind == "work":
+            self.hub.wake()
+        elif self.kind == "events":
+            self.hub.offer(_decode(data) or ())
+        else:
+            self.hub.fire(_decode(data) or ())
 
     def on_reconnect(self) -> None:
-        # A completion may have been published while the connection was down: wake
-        # every watcher so that it re-reads the job's state.
-        self.watches.fire_all()
-
-
-@attrs.define(eq=False)
-class _Wake:
-    """Handler of the wake channel: wakes blocked claims."""
-
-    work: trio.Event = attrs.Factory(trio.Event)
-
-    def wake_workers(self) -> None:
-        self.work.set()
-        self.work = trio.Event()
-
-    def on_message(self, data: bytes) -> None:
-        self.wake_workers()
-
-    def on_reconnect(self) -> None:
-        self.wake_workers()
-
-
-@attrs.define(eq=False)
-class _Hub:
-    """Local dispatch of one namespace's three channels."""
-
-    events: _Events = attrs.Factory(_Events)
-    done: _Done = attrs.Factory(_Done)
-    wake: _Wake = attrs.Factory(_Wake)
+        self.hub.lost_track(self.kind)
 
 
 @attrs.define(eq=False, init=False)
@@ -214,7 +182,7 @@ class RedisStorage(Storage):
     client: str
     options: dict[str, Any]
     _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
-    _hubs: dict[str, _Hub] = attrs.field(factory=dict, init=False)
+    _feeds: dict[tuple[str, FollowKind], _Feed] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
     _claims_done: dict[str, list[str]] = attrs.field(factory=dict, init=False)
     """Per namespace: nonces of claims whose replies arrived (the next claim forgets them)."""
@@ -338,11 +306,24 @@ class RedisStorage(Storage):
             found = self._keys[ns] = NamespaceKeys.of(self.key_prefix, ns)
         return found
 
-    def _hub(self, ns: str) -> _Hub:
-        hub = self._hubs.get(ns)
-        if hub is None:
-            hub = self._hubs[ns] = _Hub()
-        return hub
+    @property
+    def repoll_interval(self) -> float:
+        return self.claim_repoll
+
+    @asynccontextmanager
+    async def follow(
+        self, ns: str, kind: FollowKind, job_id: str | None = None
+    ) -> AsyncIterator[None]:
+        """Subscribe to the namespace's channel for ``kind`` (reference-counted; yields
+        once the server confirmed the subscription, so nothing published afterwards is
+        missed)."""
+        feed = self._feeds.get((ns, kind))
+        if feed is None:
+            feed = self._feeds[(ns, kind)] = _Feed(self.hub(ns), kind)
+        keys = self.keys(ns)
+        channel = {"work": keys.wake_channel, "events": keys.events, "job": keys.done_channel}
+        async with self.adapter.subscription(channel[kind], feed):
+            yield None
 
     async def _run(
         self,
@@ -450,45 +431,27 @@ class RedisStorage(Storage):
 
     # -- worker transitions -----------------------------------------------------------
 
-    async def claim(
-        self, ns: str, worker_id: str, *, limit: int, lease: float, wait: float = 0.0
-    ) -> list[Claim]:
-        """See :meth:`Storage.claim`.
+    async def claim_nowait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        """See :meth:`Storage.claim_nowait`.
 
         The script call itself is shielded (bounded by ``script_timeout``), so a claim
         whose script ran always hands its jobs back; if the caller was cancelled
         meanwhile, those jobs are released at once (attempt not consumed) and
-        ``Cancelled`` propagates. Only the waiting between attempts is cancellable. A
-        blocked claim waits for the namespace's pub/sub wake-up (milliseconds after an
-        enqueue) and keeps retrying connection errors until its ``wait`` runs out.
+        ``Cancelled`` propagates. Connection errors are retried (the resent call redeems
+        what the first one took) for ``retry_timeout``.
 
         Raises:
-            StorageError: Redis failed, or stayed unreachable for
-                ``max(wait, retry_timeout)`` seconds.
+            StorageError: Redis failed, or stayed unreachable for ``retry_timeout``.
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, not {limit!r}")
-        start = trio.current_time()
-        deadline = start + wait
-        retry_until = start + max(wait, self.retry_timeout)
-        if wait <= 0:
-            claims, _, _ = await self._claim_once(ns, worker_id, limit, lease, retry_until)
-            return claims
-        hub = self._hub(ns)
-        async with self.adapter.subscription(self.keys(ns).wake_channel, hub.wake):
-            while True:
-                work = hub.wake.work  # taken before the script runs: no lost wake-up
-                claims, server_now, next_due = await self._claim_once(
-                    ns, worker_id, limit, lease, retry_until
-                )
-                remaining = deadline - trio.current_time()
-                if claims or remaining <= 0:
-                    return claims
-                sleep_for = min(remaining, self.claim_repoll)
-                if next_due is not None:
-                    sleep_for = min(sleep_for, max(next_due - server_now, 0.0))
-                with trio.move_on_after(sleep_for):
-                    await work.wait()
+        retry_until = trio.current_time() + self.retry_timeout
+        claims, server_now, next_due = await self._claim_once(
+            ns, worker_id, limit, lease, retry_until
+        )
+        return ClaimBatch(claims, None if next_due is None else next_due - server_now)
 
     async def _claim_once(
         self, ns: str, worker_id: str, limit: int, lease: float, retry_until: float
@@ -672,32 +635,6 @@ class RedisStorage(Storage):
         return bool(reply)
 
     # -- notification -----------------------------------------------------------------
-
-    @asynccontextmanager
-    async def subscribe_events(self, ns: str) -> AsyncIterator[EventSubscription]:
-        """See :meth:`Storage.subscribe_events`. Events published while the pub/sub
-        connection is down (a Redis restart) are lost; a ``missed`` marker says so."""
-        hub = self._hub(ns)
-        subscription = hub.events.subscribers.open(ns)
-        try:
-            async with self.adapter.subscription(self.keys(ns).events, hub.events), subscription:
-                yield subscription
-        finally:
-            hub.events.subscribers.close(subscription)
-
-    @asynccontextmanager
-    async def watch_job(self, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
-        """See :meth:`Storage.watch_job`. The watch is active (the server confirmed the
-        subscription) when the context yields. After a pub/sub reconnect ``wait`` returns
-        even without an event, since one may have been missed: callers re-check state."""
-        hub = self._hub(ns)
-        watch = JobWatch()
-        hub.done.watches.add(job_id, watch)
-        try:
-            async with self.adapter.subscription(self.keys(ns).done_channel, hub.done):
-                yield watch
-        finally:
-            hub.done.watches.discard(job_id, watch)
 
     # -- housekeeping -----------------------------------------------------------------
 
