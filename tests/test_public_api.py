@@ -46,6 +46,8 @@ EXPECTED = {
     "WaitTimeoutError",
     "open_queue",
     "open_reaper",
+    "serve_reaper",
+    "serve_worker",
     "storage_from_url",
 }
 
@@ -81,6 +83,24 @@ def test_open_queue_signature() -> None:
     assert {"retry_delay", "shutdown_grace", "reaper"} <= set(params)
     reaper = inspect.signature(jq.open_reaper).parameters
     assert {"name", "visibility_timeout", "leader_election", "lock_ttl"} <= set(reaper)
+
+
+def test_serve_signatures_follow_open() -> None:
+    """serve_worker takes open_queue's options with the same defaults (but a required
+    handler and the reaper on) plus task_status; serve_reaper is open_reaper's twin."""
+    opened = inspect.signature(jq.open_queue).parameters
+    served = inspect.signature(jq.serve_worker).parameters
+    assert list(served) == [*opened, "task_status"]
+    for name, param in opened.items():
+        assert served[name].kind == param.kind, name
+        if name not in ("handler", "reaper"):
+            assert served[name].default == param.default, name
+    assert served["handler"].default is inspect.Parameter.empty
+    assert served["reaper"].default is True
+    reaper = inspect.signature(jq.open_reaper).parameters
+    served = inspect.signature(jq.serve_reaper).parameters
+    assert list(served) == [*reaper, "task_status"]
+    assert all(served[name].default == param.default for name, param in reaper.items())
 
 
 def test_errors_hierarchy() -> None:

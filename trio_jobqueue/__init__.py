@@ -17,9 +17,11 @@ from ._events import EventChannel as EventChannel
 from ._queue import Queue as Queue
 from ._queue import QueueStatistics as QueueStatistics
 from ._queue import open_queue as open_queue
+from ._queue import serve_worker as serve_worker
 from ._reaper import Reaper as Reaper
 from ._reaper import ReaperStatistics as ReaperStatistics
 from ._reaper import open_reaper as open_reaper
+from ._reaper import serve_reaper as serve_reaper
 from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import FixedDelay as FixedDelay
 from ._retry import RetryPolicy as RetryPolicy

@@ -36,8 +36,9 @@ from ._cli_common import (
     storage_url,
 )
 from ._cli_registry import Announcer
+from ._config import DEFAULT_SHUTDOWN_GRACE
 from ._errors import JobQueueError
-from ._queue import DEFAULT_SHUTDOWN_GRACE, Queue, open_queue
+from ._queue import Queue, open_queue
 from ._types import Job
 from ._worker import is_async_callable
 from .storage import Storage
@@ -298,8 +299,8 @@ class WorkerProcess:
         }
 
     def _skip_grace(self) -> None:
-        if self.signals >= 2 and self.queue is not None and self.queue.worker is not None:
-            self.queue.worker.skip_grace()
+        if self.signals >= 2 and self.queue is not None:
+            self.queue.skip_grace()
 
     async def _watch_signals(self, receiver: AsyncIterator[int]) -> None:
         async for signum in receiver:

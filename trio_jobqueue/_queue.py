@@ -1,20 +1,22 @@
-"""``open_queue()`` and :class:`Queue`: the producer API; owns the worker and reaper."""
+"""The producer API (:class:`Queue`) and the worker's two layers: :func:`serve_worker` runs
+in the caller's nursery, :func:`open_queue` owns a nursery (and is built on it)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import attrs
 import trio
 
+from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
 from ._errors import JobCancelledError, JobFailedError, JobQueueError, WaitTimeoutError
 from ._events import EventChannel, open_event_channel
-from ._reaper import DEFAULT_NAME, Reaper, default_worker_id, make_reaper
-from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy, as_retry_policy
-from ._serde import JsonSerializer, Serializer, TypedCodec, decode_error
+from ._reaper import Reaper, reaper_service
+from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from ._serde import Serializer, TypedCodec, decode_error
 from ._types import (
     CancelResult,
     EnqueueResult,
@@ -26,16 +28,14 @@ from ._types import (
     UpdateTtlResult,
 )
 from ._util import open_service_nursery
-from ._validate import check_duration, check_job_id, check_max_attempts, check_name, check_ttl
-from ._worker import AfterExecution, Handler, Worker, WorkerStatistics, is_async_callable
+from ._validate import check_duration, check_job_id, check_max_attempts, check_ttl
+from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
 from .storage import JobWatch, Storage
 
-__all__ = ["Queue", "QueueStatistics", "open_queue"]
+__all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
 P = TypeVar("P")
 R = TypeVar("R")
-
-DEFAULT_SHUTDOWN_GRACE = 10.0
 
 
 @attrs.frozen
@@ -56,8 +56,9 @@ class QueueStatistics:
 
 @attrs.define(eq=False, kw_only=True)
 class Queue(Generic[P, R]):
-    """The handle ``open_queue`` yields. All methods are async and cancellable; a
-    cancelled call either took effect fully or not at all."""
+    """The handle ``open_queue`` yields and ``serve_worker`` passes to
+    ``task_status.started()``; valid while that block or task runs. All async methods are
+    cancellable: a cancelled call either took effect fully or not at all."""
 
     storage: Storage
     name: str
@@ -241,7 +242,15 @@ class Queue(Generic[P, R]):
         """
         return open_event_channel(self.storage, self.name, self.result_codec)
 
+    def skip_grace(self) -> None:
+        """End the worker's shutdown grace period now (e.g. on a second SIGTERM): running
+        handlers are cancelled and their jobs released, attempt not consumed. Works before
+        or during the shutdown; does nothing on a producer-only queue."""
+        if self.worker is not None:
+            self.worker.skip_grace()
+
     def statistics(self) -> QueueStatistics:
+        """A snapshot of this queue's worker counters (zeros for producer-only)."""
         stats = self.worker.stats if self.worker is not None else WorkerStatistics()
         return QueueStatistics(
             worker_id=self.worker_id,
@@ -255,6 +264,133 @@ class Queue(Generic[P, R]):
             lost_leases=stats.lost_leases,
             is_reaper_leader=None if self.reaper is None else self.reaper.is_leader,
         )
+
+
+def _new_queue(storage: Storage, config: QueueConfig) -> Queue[Any, Any]:
+    return Queue(
+        storage=storage,
+        name=config.name,
+        worker_id=config.worker_id,
+        max_attempts=config.max_attempts,
+        result_ttl=float(config.result_ttl),
+        payload_codec=TypedCodec(config.serializer, config.payload_type),
+        result_codec=TypedCodec(config.serializer, config.result_type),
+    )
+
+
+async def serve_worker(
+    storage: Storage,
+    handler: Handler,
+    *,
+    name: str | None = None,
+    concurrency: int = 1,
+    max_attempts: int = 3,
+    retry_delay: float | RetryPolicy = DEFAULT_RETRY_POLICY,
+    visibility_timeout: float = 30.0,
+    job_timeout: float | None = None,
+    result_ttl: float = 3600.0,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    worker_id: str | None = None,
+    after_execution: AfterExecution | None = None,
+    serializer: Serializer | None = None,
+    payload_type: Any = None,
+    result_type: Any = None,
+    reaper: bool = True,
+    lock_ttl: float = 30.0,
+    task_status: trio.TaskStatus[Queue[Any, Any]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Run a worker for the queue ``name`` in the caller's nursery until cancelled::
+
+        queue = await nursery.start(
+            functools.partial(jq.serve_worker, storage, handler, name="emails", concurrency=10)
+        )
+
+    (Options go through ``functools.partial``: ``nursery.start`` keeps ``name=`` for the
+    task's name.) Opens ``storage`` (reference-counted: several ``serve_worker`` and
+    ``serve_reaper`` tasks, with different handlers and names, may share it) and runs the
+    worker and, unless ``reaper=False``, an embedded leader-elected reaper. Options and
+    defaults are those of :func:`open_queue` (``docs/configuration.md``).
+
+    Once the worker runs, ``task_status.started()`` is given the worker's :class:`Queue`:
+    ``.statistics()``, ``.worker_id``, ``.skip_grace()``, ``.reaper``, and the producer
+    methods for this queue name, usable while the task runs.
+
+    Cancellation: cancelling the task is the graceful shutdown. The worker stops claiming,
+    gives in-flight jobs ``shutdown_grace`` seconds, cancels the rest and returns them to
+    the queue without consuming an attempt, stops its reaper, and closes the storage if
+    this was its last user, all before the cancellation propagates out of this call.
+
+    Raises:
+        ValueError, TypeError: an option is invalid (nothing was opened), e.g.
+            ``job_timeout`` with a sync handler; the message names the option.
+        StorageError: the storage could not be opened.
+        KeyboardInterrupt, SystemExit: raised by a handler; every job was released first
+            (attempts not consumed). Raised as itself, never inside an exception group.
+    """
+    config = QueueConfig(
+        handler=handler,
+        name=name,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        retry_delay=retry_delay,
+        visibility_timeout=visibility_timeout,
+        job_timeout=job_timeout,
+        result_ttl=result_ttl,
+        shutdown_grace=shutdown_grace,
+        worker_id=worker_id,
+        after_execution=after_execution,
+        serializer=serializer,
+        payload_type=payload_type,
+        result_type=result_type,
+        reaper=reaper,
+        lock_ttl=lock_ttl,
+    )
+    await worker_service(storage, config, task_status=task_status)
+
+
+async def worker_service(
+    storage: Storage,
+    config: QueueConfig,
+    *,
+    task_status: trio.TaskStatus[Queue[Any, Any]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """:func:`serve_worker` with its options already validated."""
+    if config.handler is None:
+        raise TypeError("serve_worker needs a handler (a queue without one only produces)")
+    queue = _new_queue(storage, config)
+    worker = queue.worker = Worker(
+        storage=storage,
+        ns=config.name,
+        handler=config.handler,
+        worker_id=config.worker_id,
+        concurrency=config.concurrency,
+        visibility_timeout=float(config.visibility_timeout),
+        job_timeout=None if config.job_timeout is None else float(config.job_timeout),
+        retry_policy=config.retry_delay,
+        after_execution=config.after_execution,
+        payload_codec=queue.payload_codec,
+        result_codec=queue.result_codec,
+    )
+    reaper = queue.reaper = (
+        Reaper.from_config(storage, config.reaper_config()) if config.runs_reaper else None
+    )
+    async with storage, open_service_nursery() as nursery:
+        # Starting does no I/O; shielded, so that no cancellation lands between starting
+        # the (shielded) worker and reaper tasks and the ``try`` that stops them.
+        with trio.CancelScope(shield=True):
+            await nursery.start(worker.run)
+            if reaper is not None:
+                await nursery.start(reaper.run)
+        try:
+            task_status.started(queue)
+            # Until cancelled, or until a handler's KeyboardInterrupt/SystemExit ends
+            # worker.run (which cancels this nursery).
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await worker.shutdown(float(config.shutdown_grace))
+                if reaper is not None:
+                    await reaper.stop()
 
 
 @asynccontextmanager
@@ -280,89 +416,46 @@ async def open_queue(
 ) -> AsyncIterator[Queue[Any, Any]]:
     """Open a queue on ``storage``; with a ``handler``, run a worker while the block runs.
 
-    See ``docs/configuration.md`` for every option and its default. On exit (normal, by
-    exception or by outside cancellation) the worker stops claiming, gives in-flight jobs
-    ``shutdown_grace`` seconds, cancels the rest and returns them to the queue without
-    consuming an attempt, then closes the storage if this was its last user.
+    The worker is a :func:`serve_worker` task in a nursery that this block owns; the
+    yielded :class:`Queue` is the one it started with. See ``docs/configuration.md`` for
+    every option and its default. On exit (normal, by exception or by outside
+    cancellation) the worker stops claiming, gives in-flight jobs ``shutdown_grace``
+    seconds, cancels the rest and returns them to the queue without consuming an attempt,
+    then the storage is closed if this was its last user.
 
     Raises:
-        ValueError: an option is invalid (nothing is opened), e.g. ``job_timeout`` with a
-            sync handler.
+        ValueError, TypeError: an option is invalid (nothing is opened), e.g.
+            ``job_timeout`` with a sync handler.
         KeyboardInterrupt, SystemExit: raised by a handler; the worker released its jobs
             (attempts not consumed) and stopped.
     """
-    if handler is not None and not callable(handler):
-        raise TypeError(f"handler must be callable, not {handler!r}")
-    ns = check_name(name if name is not None else DEFAULT_NAME)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be an int >= 1, not {concurrency!r}")
-    attempts = check_max_attempts(max_attempts)
-    policy = as_retry_policy(retry_delay)
-    vt = check_ttl(visibility_timeout, "visibility_timeout")
-    timeout = None if job_timeout is None else check_ttl(job_timeout, "job_timeout")
-    if timeout is not None and handler is not None and not is_async_callable(handler):
-        raise ValueError(
-            "job_timeout needs an async handler: a sync handler runs in a thread, which "
-            "cannot be interrupted (write the handler as `async def`, or drop job_timeout)"
-        )
-    ttl = check_ttl(result_ttl, "result_ttl")
-    grace = check_duration(shutdown_grace, "shutdown_grace")
-    if after_execution is not None and not callable(after_execution):
-        raise TypeError("after_execution must be callable")
-    chosen = serializer if serializer is not None else JsonSerializer()
-    if not isinstance(chosen, Serializer):
-        raise TypeError("serializer must have dumps(value) -> bytes and loads(bytes)")
-    wid = worker_id if worker_id is not None else default_worker_id()
-    if not isinstance(wid, str) or not wid:
-        raise ValueError(f"worker_id must be a non-empty str, not {worker_id!r}")
-    run_reaper = handler is not None if reaper is None else bool(reaper)
-
-    queue: Queue[Any, Any] = Queue(
-        storage=storage,
-        name=ns,
-        worker_id=wid,
-        max_attempts=attempts,
-        result_ttl=ttl,
-        payload_codec=TypedCodec(chosen, payload_type),
-        result_codec=TypedCodec(chosen, result_type),
+    config = QueueConfig(
+        handler=handler,
+        name=name,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        retry_delay=retry_delay,
+        visibility_timeout=visibility_timeout,
+        job_timeout=job_timeout,
+        result_ttl=result_ttl,
+        shutdown_grace=shutdown_grace,
+        worker_id=worker_id,
+        after_execution=after_execution,
+        serializer=serializer,
+        payload_type=payload_type,
+        result_type=result_type,
+        reaper=reaper,
+        lock_ttl=lock_ttl,
     )
-    if handler is not None:
-        queue.worker = Worker(
-            storage=storage,
-            ns=ns,
-            handler=handler,
-            worker_id=wid,
-            concurrency=concurrency,
-            visibility_timeout=vt,
-            job_timeout=timeout,
-            retry_policy=policy,
-            after_execution=after_execution,
-            payload_codec=queue.payload_codec,
-            result_codec=queue.result_codec,
-        )
-    if run_reaper:
-        queue.reaper = make_reaper(
-            storage,
-            name=ns,
-            visibility_timeout=vt,
-            leader_election=True,
-            lock_ttl=lock_ttl,
-            interval=None,
-            owner=wid,
-        )
     async with storage, open_service_nursery() as nursery:
-        # Start-up does no I/O; shielding it means a cancellation can never land between
-        # starting a (shielded) worker and the ``try`` that shuts it down.
-        with trio.CancelScope(shield=True):
-            if queue.worker is not None:
-                await nursery.start(queue.worker.run)
-            if queue.reaper is not None:
-                await nursery.start(queue.reaper.run)
+        if config.handler is not None:
+            queue: Queue[Any, Any] = await nursery.start(worker_service, storage, config)
+        else:
+            queue = _new_queue(storage, config)
+            if config.runs_reaper:
+                queue.reaper = await nursery.start(reaper_service, storage, config.reaper_config())
         try:
             yield queue
         finally:
-            with trio.CancelScope(shield=True):
-                if queue.worker is not None:
-                    await queue.worker.shutdown(grace)
-                if queue.reaper is not None:
-                    await queue.reaper.stop()
+            # Each service shuts down gracefully before it returns (see serve_worker).
+            nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""Lease recovery and leader election: :func:`open_reaper` and the embedded reaper.
+"""Lease recovery and leader election: :func:`serve_reaper`, :func:`open_reaper` and the
+reaper embedded in every worker.
 
 Any number of reapers may run against one queue (one per worker process is the normal
 set-up). With leader election on, they compete for a lease-based lock with a fencing
@@ -11,30 +12,25 @@ within ``lock_ttl``.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import NoReturn
 
 import attrs
 import trio
 
+from ._config import ReaperConfig
 from ._errors import StorageError
 from ._events import EventChannel, open_event_channel
 from ._serde import JsonSerializer, TypedCodec
 from ._util import open_service_nursery
-from ._validate import check_duration, check_name, check_ttl
 from .storage import Fence, Storage
 
 log = logging.getLogger("trio_jobqueue")
 
+__all__ = ["Reaper", "ReaperStatistics", "open_reaper", "serve_reaper"]
+
 REAPER_LOCK = "reaper"
-DEFAULT_NAME = "default"
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 @attrs.define
@@ -48,7 +44,8 @@ class ReaperStatistics:
 
 @attrs.define(eq=False, kw_only=True)
 class Reaper:
-    """A running reaper (see :func:`open_reaper`)."""
+    """A running reaper: what :func:`open_reaper` yields and :func:`serve_reaper` passes to
+    ``task_status.started()``."""
 
     storage: Storage
     ns: str
@@ -61,6 +58,17 @@ class Reaper:
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _codec: TypedCodec = attrs.field(factory=lambda: TypedCodec(JsonSerializer()), init=False)
+
+    @classmethod
+    def from_config(cls, storage: Storage, config: ReaperConfig) -> Reaper:
+        return cls(
+            storage=storage,
+            ns=config.name,
+            owner=config.owner,
+            interval=config.scan_interval,
+            leader_election=config.leader_election,
+            lock_ttl=float(config.lock_ttl),
+        )
 
     @property
     def is_leader(self) -> bool:
@@ -146,29 +154,71 @@ class Reaper:
         return self.interval
 
 
-def make_reaper(
+async def serve_reaper(
     storage: Storage,
     *,
-    name: str | None,
-    visibility_timeout: float,
-    leader_election: bool,
-    lock_ttl: float,
-    interval: float | None,
-    owner: str | None,
-) -> Reaper:
-    vt = check_ttl(visibility_timeout, "visibility_timeout")
-    return Reaper(
-        storage=storage,
-        ns=check_name(name if name is not None else DEFAULT_NAME),
-        owner=owner or default_worker_id(),
-        interval=(
-            check_duration(interval, "interval", allow_zero=False)
-            if interval is not None
-            else max(min(vt / 2, 5.0), 0.01)
-        ),
-        leader_election=bool(leader_election),
-        lock_ttl=check_ttl(lock_ttl, "lock_ttl"),
+    name: str | None = None,
+    visibility_timeout: float = 30.0,
+    leader_election: bool = True,
+    lock_ttl: float = 30.0,
+    interval: float | None = None,
+    owner: str | None = None,
+    task_status: trio.TaskStatus[Reaper] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Run a stand-alone reaper for the queue ``name`` in the caller's nursery until
+    cancelled: ``reaper = await nursery.start(functools.partial(serve_reaper, storage,
+    name="emails"))``.
+
+    Opens ``storage`` (reference-counted) for as long as it runs. Once running it passes
+    its :class:`Reaper` (``.is_leader``, ``.epoch``, ``.statistics()``, ``.events()``) to
+    ``task_status.started()``.
+
+    Args:
+        visibility_timeout: the workers' lease length; sets the default scan interval
+            (half of it, at most 5 s).
+        leader_election: compete for the ``reaper`` lock so that one reaper acts.
+        lock_ttl: lease of the leader lock; a dead leader is replaced within it.
+        interval: seconds between scans (besides scanning exactly at the next known lease
+            deadline).
+        owner: this reaper's id in the lock (default: host:pid:random).
+
+    Cancellation: stops scanning, releases the leader lock if held, closes the storage if
+    this was its last user, then lets the cancellation propagate.
+
+    Raises:
+        ValueError: an option is invalid (nothing was opened); the message names it.
+        StorageError: the storage could not be opened.
+    """
+    config = ReaperConfig(
+        name=name,
+        visibility_timeout=visibility_timeout,
+        leader_election=leader_election,
+        lock_ttl=lock_ttl,
+        interval=interval,
+        owner=owner,
     )
+    await reaper_service(storage, config, task_status=task_status)
+
+
+async def reaper_service(
+    storage: Storage,
+    config: ReaperConfig,
+    *,
+    task_status: trio.TaskStatus[Reaper] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """:func:`serve_reaper` with its options already validated."""
+    reaper = Reaper.from_config(storage, config)
+    async with storage, open_service_nursery() as nursery:
+        # Starting does no I/O; shielded, so that no cancellation lands between starting
+        # the (shielded) reaper task and the ``try`` that stops it.
+        with trio.CancelScope(shield=True):
+            await nursery.start(reaper.run)
+        try:
+            task_status.started(reaper)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await reaper.stop()
 
 
 @asynccontextmanager
@@ -182,21 +232,15 @@ async def open_reaper(
     interval: float | None = None,
     owner: str | None = None,
 ) -> AsyncIterator[Reaper]:
-    """Run a stand-alone reaper for the queue ``name`` while the block runs.
-
-    Args:
-        visibility_timeout: the workers' lease length; sets the default scan interval
-            (half of it, at most 5 s).
-        leader_election: compete for the ``reaper`` lock so that one reaper acts.
-        lock_ttl: lease of the leader lock; a dead leader is replaced within it.
-        interval: seconds between scans (besides scanning exactly at the next known lease
-            deadline).
-        owner: this reaper's id in the lock (default: host:pid:random).
+    """Run a stand-alone reaper for the queue ``name`` while the block runs: a
+    :func:`serve_reaper` in a nursery of its own. Same options.
 
     The reaper releases its lock on exit. Exiting (also by cancellation) stops it cleanly.
+
+    Raises:
+        ValueError: an option is invalid (nothing was opened).
     """
-    reaper = make_reaper(
-        storage,
+    config = ReaperConfig(
         name=name,
         visibility_timeout=visibility_timeout,
         leader_election=leader_election,
@@ -204,11 +248,9 @@ async def open_reaper(
         interval=interval,
         owner=owner,
     )
-    async with storage, open_service_nursery() as nursery:
-        with trio.CancelScope(shield=True):  # see open_queue: no gap before the try
-            await nursery.start(reaper.run)
+    async with open_service_nursery() as nursery:
+        reaper: Reaper = await nursery.start(reaper_service, storage, config)
         try:
             yield reaper
         finally:
-            with trio.CancelScope(shield=True):
-                await reaper.stop()
+            nursery.cancel_scope.cancel()  # reaper_service stops the reaper before it returns
