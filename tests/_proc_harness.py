@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_jobqueue._cli_registry import WorkerDirectory, WorkerInfo
+from trio_jobqueue.cli._registry import WorkerDirectory, WorkerInfo
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

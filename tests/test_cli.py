@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ from _proc_harness import Worker, WorkerPool, cli_env, run_cli, spawn_cli, wait_
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli import _exit_code, build_parser, main
-from trio_jobqueue._cli_common import ExitCode
+import trio_jobqueue.__main__ as dunder_main
+from trio_jobqueue.cli import main
+from trio_jobqueue.cli._common import ExitCode
+from trio_jobqueue.cli._main import _exit_code, build_parser
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -164,6 +167,14 @@ def test_version_prints_the_installed_version() -> None:
     done = run_cli("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"trio-jobqueue {importlib.metadata.version('trio-jobqueue')}\n"
+
+
+def test_console_script_and_python_m_run_the_cli_package() -> None:
+    """pyproject's `trio-jobqueue` script names trio_jobqueue.cli:main, the function that
+    `python -m trio_jobqueue` runs (the package's only public entry point)."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"trio-jobqueue": "trio_jobqueue.cli:main"}
+    assert dunder_main.main is main
 
 
 def test_storage_that_cannot_be_opened_exits_3(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli import run_demo
+from trio_jobqueue.cli._demo import run_demo
 from trio_jobqueue.storage import Storage, _core
 from trio_jobqueue.storage.file import FileStorage
 

@@ -2,7 +2,7 @@
 fencing, leases of long handlers, frozen (SIGSTOP) workers whose late outcomes are fenced.
 
 The tests watch the workers through the same announcements `stats` reads
-(:mod:`trio_jobqueue._cli_registry`), so they see leadership as the processes report it.
+(:mod:`trio_jobqueue.cli._registry`), so they see leadership as the processes report it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from _proc_harness import WorkerPool, by_pid, wait_for
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli_registry import WorkerDirectory, follow_workers
 from trio_jobqueue._reaper import REAPER_LOCK
+from trio_jobqueue.cli._registry import WorkerDirectory, follow_workers
 from trio_jobqueue.storage import Fence, Storage
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from trio_jobqueue._cli import run_demo
+from trio_jobqueue.cli._demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from _proc_harness import WorkerPool, by_pid, wait_for
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli_registry import WorkerDirectory, follow_workers
+from trio_jobqueue.cli._registry import WorkerDirectory, follow_workers
 
 pytestmark = pytest.mark.slow
 

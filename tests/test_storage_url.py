@@ -9,7 +9,7 @@ import pytest
 from _proc_harness import run_cli
 
 import trio_jobqueue as jq
-from trio_jobqueue._cli_common import ExitCode
+from trio_jobqueue.cli._common import ExitCode
 from trio_jobqueue.storage.file import COMPACT_BYTES, FileStorage
 
 FILE_ACCEPTED = "accepted: compact_bytes, force_polling, fsync, poll_interval"

@@ -1,10 +1,10 @@
-"""``python -m trio_jobqueue``: see :mod:`trio_jobqueue._cli`."""
+"""``python -m trio_jobqueue``: see :mod:`trio_jobqueue.cli`."""
 
 from __future__ import annotations
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

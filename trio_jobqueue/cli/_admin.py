@@ -12,7 +12,11 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from ._cli_common import (
+from .._errors import JobCancelledError, JobFailedError, WaitTimeoutError
+from .._queue import open_queue
+from .._types import CancelStatus, EnqueueStatus, JobStatus
+from ..storage import Storage, StorageStats
+from ._common import (
     CliError,
     ExitCode,
     add_storage_options,
@@ -22,11 +26,7 @@ from ._cli_common import (
     queue_name,
     seconds,
 )
-from ._cli_registry import WorkerDirectory, WorkerInfo, follow_workers
-from ._errors import JobCancelledError, JobFailedError, WaitTimeoutError
-from ._queue import open_queue
-from ._types import CancelStatus, EnqueueStatus, JobStatus
-from .storage import Storage, StorageStats
+from ._registry import WorkerDirectory, WorkerInfo, follow_workers
 
 
 def add_admin_parsers(sub: Any) -> None:
@@ -95,7 +95,7 @@ def add_admin_parsers(sub: Any) -> None:
 
 
 def _job_id(text: str) -> str:
-    from ._validate import check_job_id
+    from .._validate import check_job_id
 
     try:
         return check_job_id(text)

@@ -10,8 +10,8 @@ import os
 import urllib.parse
 from typing import NoReturn
 
-from ._validate import check_name
-from .storage import Storage, storage_from_url
+from .._validate import check_name
+from ..storage import Storage, storage_from_url
 
 URL_ENV = "TRIO_JOBQUEUE_URL"
 """Environment variable giving the default ``--storage`` URL."""

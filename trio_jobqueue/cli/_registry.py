@@ -31,9 +31,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import JobQueueError
-from ._validate import MAX_JOB_ID_LENGTH
-from .storage import Storage
+from .._errors import JobQueueError
+from .._validate import MAX_JOB_ID_LENGTH
+from ..storage import Storage
 
 log = logging.getLogger("trio_jobqueue.cli")
 

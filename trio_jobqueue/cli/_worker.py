@@ -23,7 +23,13 @@ from typing import Any
 import attrs
 import trio
 
-from ._cli_common import (
+from .._config import DEFAULT_SHUTDOWN_GRACE
+from .._errors import JobQueueError
+from .._queue import Queue, open_queue
+from .._types import Job
+from .._worker import is_async_callable
+from ..storage import Storage
+from ._common import (
     CliError,
     ExitCode,
     add_storage_options,
@@ -35,13 +41,7 @@ from ._cli_common import (
     seconds,
     storage_url,
 )
-from ._cli_registry import Announcer
-from ._config import DEFAULT_SHUTDOWN_GRACE
-from ._errors import JobQueueError
-from ._queue import Queue, open_queue
-from ._types import Job
-from ._worker import is_async_callable
-from .storage import Storage
+from ._registry import Announcer
 
 log = logging.getLogger("trio_jobqueue.cli")
 
