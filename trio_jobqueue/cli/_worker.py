@@ -3,7 +3,7 @@
 Signals: the first SIGTERM/SIGINT starts a graceful shutdown (leave the ``open_queue``
 block: stop claiming, give in-flight jobs ``--shutdown-grace`` seconds, release the rest
 to the queue without consuming an attempt). A second signal ends the grace period at once
-(``Worker.skip_grace``); unfinished jobs are still released. The signal-watching task
+(``Queue.skip_grace``); unfinished jobs are still released. The signal-watching task
 lives outside the ``open_queue`` block so that it keeps running during the shutdown.
 """
 
@@ -330,10 +330,10 @@ class WorkerProcess:
                 nursery.start_soon(self._watch_signals, receiver)
                 # Signals are handled from here on (the tests wait for this line).
                 log.info("opening %s for queue %r", redacted(storage_url(self.args)), self.ns)
-                # Only the opening of the storage is stopped by cancellation. open_queue is
-                # never cancelled half-way in (its services are shielded and would be
-                # waited for forever): once the storage is open, a signal sets `stop` and
-                # the block is left normally, which runs the graceful shutdown.
+                # Only the opening of the storage is stopped by cancellation: once it is
+                # open, a signal sets `stop` and the open_queue block is left normally,
+                # which runs the graceful shutdown while the announcer (a task of
+                # `services`, outside the block) keeps reporting "stopping".
                 with self.open_scope:
                     async with self.storage, trio.open_nursery() as services:
                         self.storage_open = True  # no checkpoint since the storage opened
