@@ -190,15 +190,24 @@ local function purge(limit)
   return count
 end
 
--- Ownership check shared by the fenced settlements. Returns the job's attempts when
--- `token` owns it, else nil plus whether this exact token already settled it (used to
--- make a retried call after a lost reply idempotent).
-local function owned(key, token)
+-- The prologue of every fenced settlement (complete, fail, retry, release), written
+-- once: the ownership check and the idempotency of a call resent after a lost reply.
+-- Returns the job's key and attempts when `token` owns the job (processing); otherwise
+-- nil, nil and the script's reply: "ok" when this exact token already settled the job
+-- and the call is a resend (`resent` == "1": the first call ran, its reply was lost),
+-- "stale" otherwise (the lease was reaped, the job cancelled or settled by another
+-- token). Use: `local key, attempts, reply = settle_begin(...)` and
+-- `if reply then return reply end`.
+local function settle_begin(id, token, resent)
+  local key = KEYS[1] .. id
   local f = redis.call('HMGET', key, 'state', 'token', 'attempts', 'settled')
   if f[1] == 'processing' and f[2] == token then
-    return tonumber(f[3]), false
+    return key, tonumber(f[3]), nil
   end
-  return nil, (f[4] == token)
+  if f[4] == token and resent == '1' then
+    return nil, nil, 'ok'
+  end
+  return nil, nil, 'stale'
 end
 
 -- processing -> queued/failing at the HEAD, un-consuming the attempt (shutdown, a

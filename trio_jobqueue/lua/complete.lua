@@ -8,13 +8,9 @@
 --          publishes "completed".
 -- Returns: "ok" | "stale"
 local id = ARGV[2]
-local key = KEYS[1] .. id
-local attempts, settled = owned(key, ARGV[3])
-if not attempts then
-  if settled and ARGV[6] == '1' then
-    return 'ok'
-  end
-  return 'stale'
+local key, attempts, reply = settle_begin(id, ARGV[3], ARGV[6])
+if reply then
+  return reply
 end
 redis.call('HSET', key, 'result', ARGV[4])
 redis.call('HDEL', key, 'error')

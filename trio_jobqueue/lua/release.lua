@@ -5,13 +5,9 @@
 -- Touches: {tag}:j:<id> (HSET), leases (ZREM), ready (LPUSH), publishes "requeued".
 -- Returns: "ok" | "stale"
 local id = ARGV[2]
-local key = KEYS[1] .. id
-local attempts, settled = owned(key, ARGV[3])
-if not attempts then
-  if settled and ARGV[4] == '1' then
-    return 'ok'
-  end
-  return 'stale'
+local key, attempts, reply = settle_begin(id, ARGV[3], ARGV[4])
+if reply then
+  return reply
 end
 release_job(key, id, ARGV[3])
 flush()

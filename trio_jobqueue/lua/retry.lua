@@ -7,13 +7,9 @@
 --          (ZADD), publishes "failing".
 -- Returns: "ok" | "stale"
 local id = ARGV[2]
-local key = KEYS[1] .. id
-local attempts, settled = owned(key, ARGV[3])
-if not attempts then
-  if settled and ARGV[6] == '1' then
-    return 'ok'
-  end
-  return 'stale'
+local key, attempts, reply = settle_begin(id, ARGV[3], ARGV[6])
+if reply then
+  return reply
 end
 to_failing(key, id, ARGV[4], tonumber(ARGV[5]), ARGV[3])
 emit('failing', id, attempts, nil, ARGV[4])
