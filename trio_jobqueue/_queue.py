@@ -348,6 +348,7 @@ async def serve_worker(
     await worker_service(storage, config, task_status=task_status)
 
 
+@trio.lowlevel.enable_ki_protection
 async def worker_service(
     storage: Storage,
     config: QueueConfig,

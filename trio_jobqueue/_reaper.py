@@ -87,6 +87,7 @@ class Reaper:
         """The namespace's job events (``stalled`` among them)."""
         return open_event_channel(self.storage, self.ns, self._codec)
 
+    @trio.lowlevel.enable_ki_protection
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Scan until :meth:`stop`; shielded from outside cancellation like the worker."""
         try:
@@ -104,6 +105,7 @@ class Reaper:
                         log.warning("could not release the reaper lock: %s", exc)
             self._finished.set()
 
+    @trio.lowlevel.enable_ki_protection
     async def stop(self) -> None:
         self._scope.cancel()
         await self._finished.wait()
@@ -200,6 +202,7 @@ async def serve_reaper(
     await reaper_service(storage, config, task_status=task_status)
 
 
+@trio.lowlevel.enable_ki_protection
 async def reaper_service(
     storage: Storage,
     config: ReaperConfig,

@@ -15,6 +15,12 @@ Whatever a handler raises is that attempt's outcome, decided here and nowhere el
   cancel scope: ``job_timeout`` or shutdown), the rest is the attempt's failure;
 * ``KeyboardInterrupt``/``SystemExit`` stop the worker: every job is released (attempt not
   consumed) and the exception leaves :meth:`Worker.run` as itself, unwrapped.
+
+The worker's tasks (and the handlers they call) are protected from Ctrl-C
+(``trio.lowlevel.enable_ki_protection``): a ``KeyboardInterrupt`` from the terminal is
+delivered to the program's main task, never in the middle of the worker's bookkeeping,
+so it leads to the graceful shutdown. Only a handler that *raises* it stops the worker
+as above.
 """
 
 from __future__ import annotations
@@ -172,6 +178,7 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`shutdown` finishes. Immune to outside cancellation by design:
         the owner must call :meth:`shutdown` (``open_queue`` always does).
@@ -200,6 +207,7 @@ class Worker:
         during :meth:`shutdown`."""
         self._grace_scope.cancel()
 
+    @trio.lowlevel.enable_ki_protection
     async def shutdown(self, grace: float) -> None:
         """Stop claiming, give in-flight jobs ``grace`` seconds, then cancel and release
         the rest. Returns when every job is settled and the worker's tasks are gone."""
@@ -293,6 +301,7 @@ class Worker:
 
     # -- heartbeats -------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def _heartbeat_loop(self) -> None:
         interval = self.visibility_timeout / 3
         while True:
@@ -327,6 +336,7 @@ class Worker:
 
     # -- running one job ----------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def _run_job(self, running: _Running) -> None:
         # Nothing outside this worker can cancel a job task: the worker's nursery is
         # shielded, and the outer scope is only cancelled once every job has settled.

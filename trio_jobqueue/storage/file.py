@@ -253,6 +253,7 @@ class FileStorage(Storage):
             )
         return space
 
+    @trio.lowlevel.enable_ki_protection
     async def _run(self, ns: str, fn: Callable[[fst.Tx], T]) -> tuple[T, Pos]:
         """Run ``fn`` as (part of) one locked transaction; return its value and the
         journal position where the transaction's frame starts (the end of the journal if

@@ -58,6 +58,7 @@ class MemoryStorage(Storage):
             state = self._spaces[ns] = st.NsState()
         return state
 
+    @trio.lowlevel.enable_ki_protection
     def _run(self, ns: str, transition: Callable[[st.Tx], T]) -> T:
         """Apply one transition atomically (no checkpoint inside) and deliver its events."""
         tx = st.Tx(state=self._state(ns), now=self.now())
