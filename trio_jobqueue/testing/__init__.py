@@ -4,7 +4,8 @@ the contract.
 * :func:`run_storage_machine` runs a Hypothesis state machine that drives a storage and an
   independent model side by side (see ``docs/testing-kit.md``);
 * :func:`make_storage_machine` and :func:`open_storage_portal` are its building blocks, for
-  running the machine with your own Hypothesis setup;
+  running the machine with your own Hypothesis setup (:meth:`StoragePortal.start` runs a
+  long-lived task, such as an event subscription, in the portal's loop);
 * :data:`API_CHECKS` are plain async checks of queue-level behaviour.
 """
 
@@ -15,5 +16,6 @@ from ._machine import StorageMachine as StorageMachine
 from ._machine import make_storage_machine as make_storage_machine
 from ._machine import run_storage_machine as run_storage_machine
 from ._model import StorageModel as StorageModel
+from ._portal import PortalTask as PortalTask
 from ._portal import StoragePortal as StoragePortal
 from ._portal import open_storage_portal as open_storage_portal
