@@ -15,6 +15,7 @@ from ._machine import THOROUGH_SETTINGS as THOROUGH_SETTINGS
 from ._machine import StorageMachine as StorageMachine
 from ._machine import make_storage_machine as make_storage_machine
 from ._machine import run_storage_machine as run_storage_machine
+from ._model import ModelEvent as ModelEvent
 from ._model import StorageModel as StorageModel
 from ._portal import PortalTask as PortalTask
 from ._portal import StoragePortal as StoragePortal

@@ -41,6 +41,19 @@ reading is used):
 * Lock epochs start at 1 and grow by one per new holder. ``release_lock`` of a lock whose
   TTL passed (and that nobody took since) may answer either way; see
   :meth:`StorageModel.release_lock`.
+
+Events
+------
+Every transition appends the events it emits to :attr:`StorageModel.events`, in the
+order the contract gives them: ``enqueued`` (attempt 0) for an accepted enqueue;
+``started`` per claimed job with its attempt, in claim order; ``completed`` with the
+result, ``failed`` / ``failing`` with the error, for the attempt that settled;
+``requeued`` with the released attempt's number (the attempt count *before* release
+un-consumed it); ``cancelled`` with the attempts the job had started; and for ``reap``,
+per recovered job in reap order, ``stalled`` with the ``Stalled`` error, followed at once
+by ``failed`` (same attempt and error) when its attempts were exhausted. Refused calls
+(duplicates, stale tokens, a fenced reap), reads, heartbeats, lock calls, TTL updates and
+expiry emit nothing.
 """
 
 from __future__ import annotations
@@ -49,13 +62,14 @@ from collections.abc import Sequence
 
 import attrs
 
-from .._types import CancelStatus, EnqueueStatus, JobState, UpdateTtlStatus
+from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
 
 __all__ = [
     "STALLED",
     "ExpectedClaim",
     "ExpectedEnqueue",
     "ExpectedReap",
+    "ModelEvent",
     "ModelJob",
     "ModelLock",
     "StorageModel",
@@ -110,6 +124,20 @@ class ModelLock:
 
 
 @attrs.frozen
+class ModelEvent:
+    """One event the model predicts (see "Events" in the module docstring)."""
+
+    kind: EventKind
+    job_id: str
+    attempt: int
+    result: bytes | None = None
+    """For ``completed``: the result the storage stored."""
+    error: ModelError | None = None
+    """For ``failing``, ``failed`` and ``stalled``: the stored error (:data:`STALLED` for
+    one written by ``reap``)."""
+
+
+@attrs.frozen
 class ExpectedEnqueue:
     status: EnqueueStatus
     existing_state: JobState | None = None
@@ -150,11 +178,23 @@ class StorageModel:
     ready: list[str] = attrs.Factory(list)
     """Ids ready to claim, head first."""
     locks: dict[str, ModelLock] = attrs.Factory(dict)
+    events: list[ModelEvent] = attrs.Factory(list)
+    """Every event emitted so far, oldest first."""
     _seq: int = 0
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    def _emit(
+        self,
+        kind: EventKind,
+        job: ModelJob,
+        *,
+        result: bytes | None = None,
+        error: ModelError | None = None,
+    ) -> None:
+        self.events.append(ModelEvent(kind, job.job_id, job.attempts, result, error))
 
     # -- time ------------------------------------------------------------------------------
 
@@ -207,6 +247,7 @@ class StorageModel:
             created_at=self.now,
         )
         self.ready.append(job_id)
+        self._emit(EventKind.ENQUEUED, self.jobs[job_id])
         return ExpectedEnqueue(EnqueueStatus.QUEUED)
 
     def cancel(self, job_id: str) -> CancelStatus:
@@ -220,6 +261,7 @@ class StorageModel:
         del self.jobs[job_id]
         if job_id in self.ready:
             self.ready.remove(job_id)
+        self._emit(EventKind.CANCELLED, job)
         return CancelStatus.CANCELLED
 
     def update_result_ttl(self, job_id: str, ttl: float) -> UpdateTtlStatus:
@@ -258,6 +300,7 @@ class StorageModel:
             job.token = None
             job.lease_until = self.now + lease
             job.lease_seq = seq
+            self._emit(EventKind.STARTED, job)
             claims.append(
                 ExpectedClaim(
                     job_id=job.job_id,
@@ -302,6 +345,7 @@ class StorageModel:
         job.result = result
         job.error = None
         self._finish(job, JobState.COMPLETED, ttl)
+        self._emit(EventKind.COMPLETED, job, result=result)
         return True
 
     def fail(self, job_id: str, token: str, error: bytes, *, ttl: float) -> bool:
@@ -310,6 +354,7 @@ class StorageModel:
         job = self.jobs[job_id]
         job.error = error
         self._finish(job, JobState.FAILED, ttl)
+        self._emit(EventKind.FAILED, job, error=error)
         return True
 
     def _to_failing(self, job: ModelJob, error: ModelError, delay: float) -> None:
@@ -325,13 +370,16 @@ class StorageModel:
     def retry(self, job_id: str, token: str, error: bytes, *, delay: float) -> bool:
         if not self.owns(job_id, token):
             return False
-        self._to_failing(self.jobs[job_id], error, delay)
+        job = self.jobs[job_id]
+        self._to_failing(job, error, delay)
+        self._emit(EventKind.FAILING, job, error=error)
         return True
 
     def release(self, job_id: str, token: str) -> bool:
         if not self.owns(job_id, token):
             return False
         job = self.jobs[job_id]
+        self._emit(EventKind.REQUEUED, job)  # the released attempt's number
         job.attempts -= 1
         job.state = JobState.QUEUED if job.attempts == 0 else JobState.FAILING
         job.token = job.worker_id = job.lease_until = None
@@ -361,9 +409,11 @@ class StorageModel:
         stalled: list[tuple[str, int, bool]] = []
         for job in expired:
             exhausted = job.attempts >= job.max_attempts
+            self._emit(EventKind.STALLED, job, error=STALLED)
             if exhausted:
                 job.error = STALLED
                 self._finish(job, JobState.FAILED, job.result_ttl)
+                self._emit(EventKind.FAILED, job, error=STALLED)
             else:
                 self._to_failing(job, STALLED, 0.0)
             stalled.append((job.job_id, job.attempts, exhausted))
