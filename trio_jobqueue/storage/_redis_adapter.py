@@ -52,18 +52,19 @@ from redis.backoff import NoBackoff
 
 from .._errors import StorageError
 from ._redis_common import (
-    _LINGER,
     AdapterCommon,
     ChannelHandler,
     Disconnected,
     RedisReplyError,
     ScriptArg,
+    Subscriptions,
     _Channel,
     _Script,
     _translate,
     describe_os_error,
     root_os_error,
     script,
+    subscription_commands,
 )
 from ._redis_url import DEFAULTS, check_seconds, parse_url, split_query
 
@@ -193,10 +194,13 @@ class RedisAdapter(AdapterCommon):
     _flush_wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
-    _channels: dict[str, _Channel] = attrs.field(factory=dict, init=False)
+    _subs: Subscriptions = attrs.field(factory=Subscriptions, init=False)
     """Channels in use or lingering; the pub/sub task subscribes to exactly these."""
     _pubsub: Any = attrs.field(default=None, init=False)
-    _pubsub_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    """The service nursery (while open)."""
+    _client_args: tuple[str, dict[str, Any]] | None = attrs.field(default=None, init=False)
+    """URL and keyword arguments of the command client (for blocking connections)."""
     _where: str = attrs.field(default="Redis", init=False)
     """``"Redis at host:port"``, for messages."""
     _connect_timeout: float = attrs.field(default=DEFAULTS["socket_connect_timeout"], init=False)
@@ -269,6 +273,7 @@ class RedisAdapter(AdapterCommon):
                 ready.set()
                 try:
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         nursery.start_soon(self._read_pubsub)
                         nursery.start_soon(self._probe_idle)
                         for _ in range(_PIPELINES):
@@ -276,6 +281,7 @@ class RedisAdapter(AdapterCommon):
                         await self._stop.wait()
                         nursery.cancel_scope.cancel()
                 finally:
+                    self._nursery = None
                     self._closing = True
                     pending, self._pending = self._pending, []
                     for call in pending:
@@ -318,6 +324,7 @@ class RedisAdapter(AdapterCommon):
             kwargs.setdefault("db", parsed.db or 0)
             base = base.rsplit("/", 1)[0] if parsed.db is not None else base
         client = aioredis.Redis.from_url(base, **kwargs)
+        self._client_args = (base, dict(kwargs))
         # The pub/sub connection gets a pool of its own whose retry catches nothing:
         # redis-py would otherwise reconnect inside a failed read while another
         # coroutine (subscribe) may reconnect too, orphaning a socket. The reader task
@@ -530,6 +537,7 @@ class RedisAdapter(AdapterCommon):
         pubsub = self._pubsub = self._ps_client.pubsub()
         # Channel name -> the _Channel the server subscription was made for.
         subscribed: dict[str, _Channel] = {}
+        subs = self._subs
         ping_sent: float | None = None
         timeout = self.command_timeout
         idle = self.health_check_interval
@@ -543,36 +551,24 @@ class RedisAdapter(AdapterCommon):
         async with trio.open_nursery() as nursery:
 
             async def sync_subscriptions() -> None:
-                # Subscribe/unsubscribe to match ``_channels``; runs on every change.
+                # (Un)subscribe to match ``subs.channels``; runs on every change.
+                fresh = True
                 while True:
-                    self._pubsub_changed = trio.Event()
-                    now = trio.current_time()
-                    wake_at = now + 3600.0
-                    drop: list[str] = []
-                    for name, chan in list(self._channels.items()):
-                        if chan.users == 0:
-                            if now - chan.idle_since >= _LINGER:
-                                del self._channels[name]
-                                if subscribed.pop(name, None) is not None:
-                                    drop.append(name)
-                                continue
-                            wake_at = min(wake_at, chan.idle_since + _LINGER)
-                    add = [name for name in self._channels if name not in subscribed]
-                    for name in add:
-                        subscribed[name] = self._channels[name]
+                    subs.changed = trio.Event()
+                    add, drop, replan_at = subs.plan(subscribed, fresh=fresh)
+                    fresh = False
                     # Shielded: cancelling redis-py while it (re)connects can orphan a
                     # half-made connection. The reader's failure still ends this task
                     # at the next wait; an unanswered subscription is the reader's
                     # (no confirmation: the PING after ``idle`` goes unanswered too).
                     with trio.CancelScope(shield=True), trio.move_on_after(timeout) as sending:
-                        if drop:
-                            await self._aio(pubsub.unsubscribe(*drop))
-                        if add:
-                            await self._aio(pubsub.subscribe(*add))
+                        for verb, names in subscription_commands(add, drop):
+                            method = getattr(pubsub, verb.lower())
+                            await self._aio(method(*names))
                     if sending.cancelled_caught:
                         raise ConnectionError("the pub/sub connection did not take a write")
-                    with trio.move_on_at(wake_at):
-                        await self._pubsub_changed.wait()
+                    with trio.move_on_at(min(replan_at, trio.current_time() + 3600.0)):
+                        await subs.changed.wait()
 
             nursery.start_soon(sync_subscriptions)
             while True:
@@ -594,4 +590,59 @@ class RedisAdapter(AdapterCommon):
                 self._dispatch(msg)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        self._on_channel_message(str(msg.get("type")), msg.get("channel"), msg.get("data"))
+        self._subs.dispatch(str(msg.get("type")), msg.get("channel"), msg.get("data"))
+
+    # -- blocking commands and services ---------------------------------------------
+
+    async def open_blocking(self) -> _BlockingConnection:
+        """See :meth:`AdapterCommon.open_blocking`: a redis-py client with a single
+        connection of its own, connected before it is returned."""
+        if self._loop is None or self._closing or self._client_args is None:
+            raise StorageError("the Redis storage is not open")
+        base, kwargs = self._client_args
+
+        async def connect() -> Any:
+            client = aioredis.Redis.from_url(base, single_connection_client=True, **kwargs)
+            try:
+                await client.initialize()
+            except BaseException:
+                await client.aclose()
+                raise
+            return client
+
+        return _BlockingConnection(self, await self._bounded(connect()))
+
+    def start_service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """See :meth:`AdapterCommon.start_service`."""
+        if self._nursery is None:
+            raise StorageError("the Redis storage is not open")
+        self._nursery.start_soon(fn, *args)
+
+
+class _BlockingConnection:
+    """A redis-py client of one connection for one blocking command at a time (see
+    :class:`~._redis_common.BlockingConnection`)."""
+
+    def __init__(self, adapter: RedisAdapter, client: Any) -> None:
+        self._adapter = adapter
+        self._client = client
+
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        adapter = self._adapter
+        with trio.move_on_after(timeout + adapter.command_timeout):
+            try:
+                reply = await adapter._aio(self._client.blpop([key], timeout=timeout))
+            except StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - raised as ours, from its root cause
+                error = adapter._driver_error(exc)
+                raise error from error.__cause__
+            return None if reply is None else bytes(reply[1])
+        raise adapter._timed_out()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._adapter._aio(self._client.aclose())
+            except Exception:
+                log.debug("closing a blocking Redis connection failed", exc_info=True)

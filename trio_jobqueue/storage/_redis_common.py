@@ -5,13 +5,16 @@ errors, channel bookkeeping and the retry loop (shared by :mod:`._redis_adapter`
 from __future__ import annotations
 
 import hashlib
+import heapq
 import importlib.resources
+import itertools
 import logging
+import math
 import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -21,11 +24,14 @@ from .._errors import StorageError
 
 __all__ = [
     "AdapterCommon",
+    "BlockingConnection",
     "ChannelHandler",
     "Disconnected",
     "RedisReplyError",
     "ScriptArg",
+    "Subscriptions",
     "script",
+    "subscription_commands",
     "with_retry",
 ]
 
@@ -72,6 +78,25 @@ class ChannelHandler(Protocol):
     def on_reconnect(self) -> None: ...
 
 
+class BlockingConnection(Protocol):
+    """A dedicated connection for one blocking command at a time (the wake-up
+    listener's ``BLPOP``): its deadline is the command's own timeout plus
+    ``command_timeout``, never ``command_timeout`` alone."""
+
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        """``BLPOP key timeout``: the popped element, or ``None`` after ``timeout``
+        seconds.
+
+        Raises:
+            Disconnected: the connection failed or the server stayed silent past the
+                deadline (the connection is unusable then: close it).
+            StorageError: an error reply.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 def _load_script(name: str) -> bytes:
     """``lua/_lib.lua`` followed by ``lua/<name>.lua`` (package data of the wheel).
 
@@ -114,10 +139,160 @@ def script(name: str) -> _Script:
 class _Channel:
     name: str
     handler: ChannelHandler
+    sharded: bool = False
+    """Subscribed with ``SSUBSCRIBE`` (sharded pub/sub) rather than ``SUBSCRIBE``."""
+    linger: float = _LINGER
+    """Seconds it stays subscribed after its last user left."""
     users: int = 0
     idle_since: float = 0.0
     confirmed: trio.Event = attrs.Factory(trio.Event)
     generation: int = 0
+
+
+_tiebreak = itertools.count()
+
+
+@attrs.define(eq=False)
+class Subscriptions:
+    """The reference-counted channels of one client, and what its pub/sub connection must
+    (un)subscribe to match them.
+
+    Users enter :meth:`use`; the client's pub/sub task calls :meth:`plan` whenever
+    :attr:`changed` is set (or at the time :meth:`plan` returned) and sends the
+    commands, and feeds every push to :meth:`dispatch`. Each step costs O(what
+    changed), not O(channels), so thousands of per-job channels are cheap.
+    """
+
+    channels: dict[str, _Channel] = attrs.Factory(dict)
+    """Channels in use or lingering; the pub/sub connection subscribes to exactly these."""
+    changed: trio.Event = attrs.Factory(trio.Event)
+    messages: int = 0
+    """Messages received on the pub/sub connection (any channel), for tests and tools."""
+    _new: list[str] = attrs.Factory(list)
+    """Names of channels created since the last plan."""
+    _idle: list[tuple[float, int, _Channel]] = attrs.Factory(list)
+    """Heap of (when its linger ends, tie-break, channel) for channels whose users left."""
+    _pending: dict[str, int] = attrs.Factory(dict)
+    """(S)SUBSCRIBE commands sent on this connection and not confirmed yet, per name: a
+    confirmation counts only once every one of them answered, so a late answer to an
+    earlier subscription of the same name cannot confirm a newer one too early."""
+
+    def _poke(self) -> None:
+        self.changed.set()
+
+    @asynccontextmanager
+    async def use(
+        self,
+        channel: str,
+        handler: ChannelHandler,
+        *,
+        timeout: float,
+        sharded: bool = False,
+        linger: float = _LINGER,
+    ) -> AsyncIterator[None]:
+        """See :meth:`AdapterCommon.subscription`."""
+        chan = self.channels.get(channel)
+        if chan is None:
+            chan = self.channels[channel] = _Channel(channel, handler, sharded, linger)
+            self._new.append(channel)
+            self._poke()
+        chan.users += 1
+        try:
+            if not chan.confirmed.is_set():
+                with trio.move_on_after(timeout) as scope:
+                    await chan.confirmed.wait()
+                if scope.cancelled_caught:
+                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
+            else:
+                await trio.lowlevel.checkpoint()
+            yield
+        finally:
+            chan.users -= 1
+            if chan.users == 0:
+                chan.idle_since = trio.current_time()
+                heapq.heappush(self._idle, (chan.idle_since + chan.linger, next(_tiebreak), chan))
+                self._poke()
+
+    def plan(
+        self, subscribed: dict[str, _Channel], *, fresh: bool
+    ) -> tuple[list[_Channel], list[_Channel], float]:
+        """Channels to subscribe and to unsubscribe now on a connection subscribed to
+        ``subscribed`` (updated in place; ``fresh``: a new connection, subscribed to
+        nothing yet), and when to plan again at the latest (a linger ends)."""
+        now = trio.current_time()
+        drop: list[_Channel] = []
+        idle = self._idle
+        while idle and idle[0][0] <= now:
+            chan = heapq.heappop(idle)[2]
+            if (
+                chan.users == 0
+                and self.channels.get(chan.name) is chan
+                and chan.idle_since + chan.linger <= now
+            ):
+                del self.channels[chan.name]
+                if subscribed.get(chan.name) is chan:
+                    del subscribed[chan.name]
+                    drop.append(chan)
+        if fresh:
+            self._pending.clear()
+            self._new.clear()
+            candidates = list(self.channels.values())
+        else:
+            names, self._new = self._new, []
+            candidates = [c for c in map(self.channels.get, names) if c is not None]
+        add: list[_Channel] = []
+        for chan in candidates:
+            if subscribed.get(chan.name) is not chan:
+                subscribed[chan.name] = chan
+                self._pending[chan.name] = self._pending.get(chan.name, 0) + 1
+                add.append(chan)
+        return add, drop, idle[0][0] if idle else math.inf
+
+    def dispatch(self, kind: str, channel: object, data: object) -> None:
+        """One pub/sub push: a (sharded) message goes to the channel's handler; a
+        (sharded) subscription's confirmation sets ``confirmed`` and, on re-subscription
+        after a reconnect, calls the handler's ``on_reconnect``."""
+        if kind in ("message", "smessage"):
+            self.messages += 1
+        elif kind not in ("subscribe", "ssubscribe"):
+            return
+        name = channel.decode("utf-8") if isinstance(channel, bytes) else str(channel)
+        chan = self.channels.get(name)
+        if kind in ("subscribe", "ssubscribe"):
+            pending = self._pending.pop(name, 0) - 1
+            if pending > 0:
+                self._pending[name] = pending
+                return
+            if chan is None:
+                return
+            chan.generation += 1
+            chan.confirmed.set()
+            if chan.generation > 1:
+                chan.handler.on_reconnect()
+        elif chan is not None and isinstance(data, bytes):
+            chan.handler.on_message(data)
+
+
+def subscription_commands(
+    add: Sequence[_Channel], drop: Sequence[_Channel]
+) -> list[tuple[str, list[str]]]:
+    """The (S)(UN)SUBSCRIBE commands for a plan, as ``(verb, channels)``: sharded
+    channels grouped by hash tag (a sharded command may name channels of one slot
+    only), unsubscriptions first."""
+    out: list[tuple[str, list[str]]] = []
+    for verbs, chans in (
+        (("UNSUBSCRIBE", "SUNSUBSCRIBE"), drop),
+        (("SUBSCRIBE", "SSUBSCRIBE"), add),
+    ):
+        plain = [c.name for c in chans if not c.sharded]
+        if plain:
+            out.append((verbs[0], plain))
+        by_tag: dict[str, list[str]] = {}
+        for chan in chans:
+            if chan.sharded:
+                by_tag.setdefault(chan.name.partition("}")[0], []).append(chan.name)
+        out.extend((verbs[1], names) for names in by_tag.values())
+    return out
 
 
 def root_os_error(exc: BaseException) -> BaseException:
@@ -208,13 +383,13 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
 class AdapterCommon:
     """What both Redis clients do the same way on top of their own transport: commands and
     scripts with retries, and reference-counted channel subscriptions with their
-    dispatch. A client provides ``_command_once`` and ``_evalsha`` and keeps
-    ``_channels`` (the pub/sub task subscribes to exactly these) and ``_pubsub_changed``.
+    dispatch. A client provides ``_command_once``, ``_evalsha``, ``open_blocking`` and
+    ``start_service``, and keeps ``_subs`` (its pub/sub task subscribes to exactly
+    ``_subs.channels``).
     """
 
     retry_timeout: float
-    _channels: dict[str, _Channel]
-    _pubsub_changed: trio.Event
+    _subs: Subscriptions
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         raise NotImplementedError
@@ -256,50 +431,48 @@ class AdapterCommon:
             return await attempt(False)
         return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
 
-    @asynccontextmanager
-    async def subscription(self, channel: str, handler: ChannelHandler) -> AsyncIterator[None]:
+    async def open_blocking(self) -> BlockingConnection:
+        """A new dedicated connection for blocking commands (see :class:`BlockingConnection`).
+
+        Raises:
+            Disconnected: it could not be made.
+            StorageError: the server refused the credentials.
+        """
+        raise NotImplementedError
+
+    def start_service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the client's service nursery until it returns or the client
+        closes (it must catch its own ``Exception``s).
+
+        Raises:
+            StorageError: the client is not open.
+        """
+        raise NotImplementedError
+
+    @property
+    def pubsub_messages(self) -> int:
+        """Messages received so far on the pub/sub connection (every channel)."""
+        return self._subs.messages
+
+    def subscription(
+        self,
+        channel: str,
+        handler: ChannelHandler,
+        *,
+        sharded: bool = False,
+        linger: float = _LINGER,
+    ) -> AbstractAsyncContextManager[None]:
         """Keep ``channel`` subscribed (reference-counted) while the context is open.
 
         ``handler`` is the one handler of the channel (later subscribers of the same
-        channel must pass the same object). Yields once the server confirmed the
-        subscription.
+        channel must pass the same object, or an equivalent one: the first is kept).
+        ``sharded`` uses sharded pub/sub (``SSUBSCRIBE``); ``linger`` is how long the
+        channel stays subscribed after its last user left. Yields once the server
+        confirmed the subscription.
 
         Raises:
             StorageError: not confirmed within ``retry_timeout`` seconds.
         """
-        chan = self._channels.get(channel)
-        if chan is None:
-            chan = self._channels[channel] = _Channel(channel, handler)
-            self._pubsub_changed.set()
-        chan.users += 1
-        try:
-            if not chan.confirmed.is_set():
-                with trio.move_on_after(self.retry_timeout) as scope:
-                    await chan.confirmed.wait()
-                if scope.cancelled_caught:
-                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
-            else:
-                await trio.lowlevel.checkpoint()
-            yield
-        finally:
-            chan.users -= 1
-            if chan.users == 0:
-                chan.idle_since = trio.current_time()
-                self._pubsub_changed.set()
-
-    def _on_channel_message(self, kind: str, channel: object, data: object) -> None:
-        """Dispatch one pub/sub push: ``message`` to the channel's handler; a
-        ``subscribe`` confirmation sets ``confirmed`` and, on re-subscription after a
-        reconnect, calls the handler's ``on_reconnect``."""
-        name = channel.decode("utf-8") if isinstance(channel, bytes) else str(channel)
-        chan = self._channels.get(name)
-        if chan is None:
-            return
-        if kind == "message":
-            if isinstance(data, bytes):
-                chan.handler.on_message(data)
-        elif kind == "subscribe":
-            chan.generation += 1
-            chan.confirmed.set()
-            if chan.generation > 1:
-                chan.handler.on_reconnect()
+        return self._subs.use(
+            channel, handler, timeout=self.retry_timeout, sharded=sharded, linger=linger
+        )

@@ -43,7 +43,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -53,16 +53,17 @@ import trio
 
 from .._errors import StorageError
 from ._redis_common import (
-    _LINGER,
     AdapterCommon,
     Disconnected,
     RedisReplyError,
     ScriptArg,
+    Subscriptions,
     _Channel,
     _translate,
     describe_os_error,
     root_os_error,
     script,
+    subscription_commands,
 )
 from ._redis_url import CONNECTION_OPTIONS, DEFAULTS, check_seconds, parse_url, split_query
 
@@ -277,6 +278,45 @@ class _Slot:
             trio.lowlevel.reschedule(task, result)
 
 
+class _BlockingConnection:
+    """A connection of its own for one blocking command at a time (see
+    :class:`~._redis_common.BlockingConnection`)."""
+
+    def __init__(self, stream: trio.abc.Stream, command_timeout: float, where: str) -> None:
+        self._stream = stream
+        self._timeout = command_timeout
+        self._where = where
+        self._reader = _reader()
+
+    async def pop(self, key: str, timeout: float) -> bytes | None:
+        deadline = timeout + self._timeout
+        reply: Any = False
+        try:
+            with trio.move_on_after(deadline):
+                await self._stream.send_all(_pack(("BLPOP", key, f"{timeout:.3f}")))
+                reply = self._reader.gets()
+                while reply is False:
+                    data = await self._stream.receive_some(_RECEIVE)
+                    if not data:
+                        raise ConnectionResetError("the server closed the connection")
+                    self._reader.feed(data)  # type: ignore[arg-type]
+                    reply = self._reader.gets()
+        except (*_NETWORK_ERRORS, hiredis.ProtocolError) as exc:
+            root = root_os_error(exc)
+            message = f"lost the blocking connection to {self._where}: {describe_os_error(root)}"
+            raise _failure(message, root) from root
+        if reply is False:
+            cause = TimeoutError(f"no reply within {timeout:g} s + command_timeout")
+            raise _failure(f"lost the blocking connection to {self._where}: timed out", cause)
+        if isinstance(reply, RedisReplyError):
+            error = _translate(reply, self._where)
+            raise error from reply
+        return None if reply is None else bytes(reply[1])
+
+    async def aclose(self) -> None:
+        await _aclose(self._stream)
+
+
 @attrs.define(eq=False)
 class TrioRedisAdapter(AdapterCommon):
     """A trio-native Redis client with the interface of ``RedisAdapter``.
@@ -311,9 +351,10 @@ class TrioRedisAdapter(AdapterCommon):
     _wake_writer: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
-    _channels: dict[str, _Channel] = attrs.field(factory=dict, init=False)
+    _subs: Subscriptions = attrs.field(factory=Subscriptions, init=False)
     """Channels in use or lingering; the pub/sub task subscribes to exactly these."""
-    _pubsub_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    """The service nursery (while open)."""
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -372,6 +413,7 @@ class TrioRedisAdapter(AdapterCommon):
     async def _serve(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._command_connection)
                 nursery.start_soon(self._read_pubsub)
                 await self._stop.wait()
@@ -379,6 +421,7 @@ class TrioRedisAdapter(AdapterCommon):
         except Exception:
             log.exception("the Redis client task crashed")
         finally:
+            self._nursery = None
             self._open = False
             self._fail_all(StorageError("the Redis storage was closed"))
             self._stopped.set()
@@ -580,6 +623,21 @@ class TrioRedisAdapter(AdapterCommon):
             raise self._error(reply)
         return reply
 
+    # -- blocking commands and services ---------------------------------------------
+
+    async def open_blocking(self) -> _BlockingConnection:
+        """See :meth:`AdapterCommon.open_blocking`."""
+        if not self._open or self._target is None:
+            raise StorageError("the Redis storage is not open")
+        stream = await _open_stream(self._target)
+        return _BlockingConnection(stream, self.command_timeout, self._target.where)
+
+    def start_service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """See :meth:`AdapterCommon.start_service`."""
+        if self._nursery is None:
+            raise StorageError("the Redis storage is not open")
+        self._nursery.start_soon(fn, *args)
+
     # -- the pub/sub connection -----------------------------------------------------
 
     async def _read_pubsub(self) -> None:
@@ -606,52 +664,40 @@ class TrioRedisAdapter(AdapterCommon):
     async def _pubsub_session(self, stream: trio.abc.Stream) -> None:
         # Channel name -> the _Channel the server subscription was made for.
         subscribed: dict[str, _Channel] = {}
+        subs = self._subs
         timeout = self.command_timeout
         idle = self.health_check_interval
         last_seen = [trio.current_time()]
 
         async def sync_subscriptions() -> None:
-            # The only writer: subscribe/unsubscribe to match ``_channels`` on every
-            # change, and ping when the connection has been quiet for a while. Anything
-            # written must be followed by some traffic within ``timeout``.
+            # The only writer: (un)subscribe to match ``subs.channels`` on every change,
+            # and ping when the connection has been quiet for a while. Anything written
+            # must be followed by some traffic within ``timeout``.
             awaiting: float | None = None  # when we wrote with no traffic seen since
+            fresh = True
             while True:
-                self._pubsub_changed = trio.Event()
+                subs.changed = trio.Event()
                 now = trio.current_time()
                 if awaiting is not None and last_seen[0] >= awaiting:
                     awaiting = None
                 if awaiting is not None and now - awaiting >= timeout:
                     raise TimeoutError(f"the pub/sub connection got no answer within {timeout:g} s")
-                wake_at = now + idle
-                drop: list[str] = []
-                for name, chan in list(self._channels.items()):
-                    if chan.users == 0:
-                        if now - chan.idle_since >= _LINGER:
-                            del self._channels[name]
-                            if subscribed.pop(name, None) is not None:
-                                drop.append(name)
-                            continue
-                        wake_at = min(wake_at, chan.idle_since + _LINGER)
-                add = [name for name in self._channels if name not in subscribed]
-                for name in add:
-                    subscribed[name] = self._channels[name]
-                out: list[bytes] = []
-                if drop:
-                    out.append(_pack(("UNSUBSCRIBE", *drop)))
-                if add:
-                    out.append(_pack(("SUBSCRIBE", *add)))
+                add, drop, replan_at = subs.plan(subscribed, fresh=fresh)
+                fresh = False
+                out = [_pack((verb, *names)) for verb, names in subscription_commands(add, drop)]
                 if awaiting is None and now - last_seen[0] >= idle:
                     out.append(_pack(("PING",)))
                 if out:
                     await stream.send_all(b"".join(out))
                     if awaiting is None:
                         awaiting = now
+                wake_at = min(now + idle, replan_at)
                 if awaiting is None:
                     wake_at = min(wake_at, last_seen[0] + idle)
                 else:
                     wake_at = min(wake_at, awaiting + timeout)
                 with trio.move_on_at(wake_at):
-                    await self._pubsub_changed.wait()
+                    await subs.changed.wait()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sync_subscriptions)
@@ -673,4 +719,4 @@ class TrioRedisAdapter(AdapterCommon):
                 raise msg
             return  # PONG
         kind = msg[0].decode() if isinstance(msg[0], bytes) else str(msg[0])
-        self._on_channel_message(kind, msg[1], msg[2])
+        self._subs.dispatch(kind, msg[1], msg[2])
