@@ -116,7 +116,7 @@ async def test_resent_non_idempotent_calls_report_what_the_first_call_did(
         await storage.claim(NS, "w", limit=1, lease=5)
         await storage.advance_clock(10)
         first, again = await _resend(
-            storage, "reap", [*keys.standard(), keys.lock("")], [b"stalled", "0", "", ""]
+            storage, "reap", [*keys.standard(), keys.lock("")], [b"stalled", "0", "", "", 500]
         )
         assert first == again and b"r" in first
 

@@ -149,8 +149,9 @@ async def test_one_short_ttl_does_not_wipe_other_results(storage: RedisStorage) 
     for claim in await storage.claim(NS, "w", limit=2, lease=30):
         await storage.complete(NS, claim.job_id, claim.token, b"r", ttl=claim.result_ttl)
     keys = storage.keys(NS)
-    # Only the per-job hashes carry a TTL; shared structures never do.
-    for shared in (keys.ready, keys.leases, keys.completed, keys.failed, keys.delayed):
+    # Only the per-job records carry a TTL; shared structures never do.
+    shared_keys = (keys.queue, keys.seq, keys.leases, keys.completed, keys.failed, keys.delayed)
+    for shared in shared_keys:
         assert await storage.server_command("PTTL", shared) in (-1, -2)
     assert await storage.server_command("PTTL", keys.job("short")) > 0
     await storage.advance_clock(20)
@@ -417,8 +418,8 @@ async def test_stats(storage: RedisStorage) -> None:
 
 
 async def test_foreign_ready_entry_is_skipped(storage: RedisStorage) -> None:
-    """A foreign id pushed into the ready list does not break claiming."""
-    await storage.server_command("RPUSH", storage.keys(NS).ready, b"\xffnot-a-job")
+    """A foreign id added to the ready set does not break claiming."""
+    await storage.server_command("ZADD", storage.keys(NS).queue, 0, b"\xffnot-a-job")
     await enqueue(storage, "real")
     claims = await storage.claim(NS, "w", limit=5, lease=30)
     assert [c.job_id for c in claims] == ["real"]
@@ -560,14 +561,21 @@ async def test_rediss_tls(tmp_path: Path) -> None:
 
 
 async def test_corrupt_job_record_is_quarantined(storage: RedisStorage) -> None:
-    """A job hash with foreign bytes never blocks the queue and reads as StorageError."""
-    await enqueue(storage, "bad")
-    await enqueue(storage, "good")
+    """A job record with foreign bytes (or of a foreign type) never blocks the queue and
+    reads as StorageError."""
+    for job_id in ("bad", "good", "hash"):
+        await enqueue(storage, job_id)
     keys = storage.keys(NS)
-    await storage.server_command("HSET", keys.job("bad"), "attempts", b"\xff-not-a-number")
+    await storage.server_command("SET", keys.job("bad"), b"\xff-not-a-record")
+    await storage.server_command("DEL", keys.job("hash"))
+    await storage.server_command("HSET", keys.job("hash"), "state", "queued")
     claims = await storage.claim(NS, "w", limit=5, lease=30)
     assert [c.job_id for c in claims] == ["good"]
-    assert await storage.server_command("LRANGE", keys.quarantine, 0, -1) == [b"bad"]
-    await storage.server_command("HSET", keys.job("bad"), "state", b"\x00garbage")
-    with pytest.raises(StorageError, match="corrupt"):
-        await storage.get_status(NS, "bad")
+    assert await storage.server_command("LRANGE", keys.quarantine, 0, -1) == [b"bad", b"hash"]
+    for job_id in ("bad", "hash"):
+        with pytest.raises(StorageError, match="corrupt"):
+            await storage.get_status(NS, job_id)
+        with pytest.raises(StorageError, match="corrupt"):
+            await enqueue(storage, job_id)
+    assert await storage.cancel(NS, "bad") is CancelStatus.CANCELLED  # the way to clear it
+    assert await enqueue(storage, "bad") is EnqueueStatus.QUEUED

@@ -8,31 +8,35 @@
 --            under MISCONF) before anything is written; settlements, heartbeats,
 --            deletions and locks are "allow-oom", so a handler's success is stored and
 --            leases are kept while new work is refused.
---   ARGV[1]  the storage's testing clock offset in seconds (see Storage.advance_clock)
---   "standard" KEYS (scripts say when they use them):
---   KEYS[1]  job hash prefix "{tag}:j:" (the raw job id is appended; same hash tag)
---   KEYS[2]  {tag}:ready      list of ready ids (head = next to claim)
+--   ARGV[1]  the storage's testing clock offset in seconds (see Storage.advance_clock),
+--            followed by ",classic" when the server has no sharded pub/sub (see flush)
+--   "standard" KEYS (NamespaceKeys.standard(); scripts say which they use):
+--   KEYS[1]  {tag}:j:         prefix of the job records (the raw job id is appended)
+--   KEYS[2]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
 --   KEYS[3]  {tag}:delayed    zset id -> due time (failing jobs waiting out a delay)
 --   KEYS[4]  {tag}:leases     zset id -> lease deadline (processing jobs)
 --   KEYS[5]  {tag}:completed  zset id -> expiry time
 --   KEYS[6]  {tag}:failed     zset id -> expiry time
---   KEYS[7]  {tag}:ev         pub/sub channel for the namespace's events
+--   KEYS[7]  {tag}:ev         channel: every event of the namespace
+--   KEYS[8]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
+--   KEYS[9]  {tag}:wake       list: wake-up tokens for blocked claims (see flush)
+--   KEYS[10] {tag}:ready:quarantine  list: ids of corrupt records a claim skipped
+--   KEYS[11] {tag}:b:         prefix of the large-blob hashes (the raw job id appended)
+--   KEYS[12] {tag}:done:      prefix of the per-job channels (the raw job id appended)
+-- Per-job keys are the declared prefix plus the id: the prefix ends after the hash tag,
+-- so they are in the slot of every declared key.
 --
--- Time: server TIME + ARGV[1], in float epoch seconds, written with %.17g so that
--- values round-trip exactly. Terminal job hashes get PEXPIREAT(expiry + GC_MARGIN) in
--- real server time purely as garbage collection; visibility is decided by comparing the
--- stored `expires` field with NOW, so an expired record is invisible at once.
---
--- Events: each script publishes at most one message on KEYS[7] carrying all the events
--- of the transition, each encoded binary-safely as
---   "<kind> <attempt> <#id> <#result or -1> <#error or -1>\n" .. id .. result .. error
--- where a result longer than INLINE_RESULT_MAX bytes is left out and its length given
--- as -2 ("the job has a result: read it"), so large results are never published.
--- plus, so that each listener gets only what it needs, the terminal events
--- (completed/failed/cancelled) again on KEYS[7] .. ":done" (for job watchers) and a
--- bare "1" on KEYS[7] .. ":wake" when a job became claimable (for blocked claims).
+-- Time: server TIME + the offset, in float epoch seconds, written with %.17g so that
+-- values round-trip exactly. Terminal records get PEXPIREAT(expiry + GC_MARGIN) in real
+-- server time purely as garbage collection; visibility is decided by comparing the
+-- stored expiry with NOW, so an expired record is invisible at once.
 
-local OFFSET = tonumber(ARGV[1])
+local OFFSET, SHARDED
+do
+  local offset, mode = string.match(ARGV[1], '^([^,]*),?(.*)$')
+  OFFSET = tonumber(offset)
+  SHARDED = mode ~= 'classic'
+end
 local NOW
 do
   local t = redis.call('TIME')
@@ -73,12 +77,143 @@ local function remember(key, reply, ttl_ms)
   return reply
 end
 
+-- Job records ----------------------------------------------------------------------
+--
+-- `{tag}:j:<id>` is a string: a MessagePack array (cmsgpack) with these positions
+-- (absent fields are false; trailing absent ones are left out). One small string per
+-- job and no field names: a queued job with a 100-byte payload takes about 250 bytes
+-- (a hash with named fields takes ~700 once a value exceeds hash-max-listpack-value).
+local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
+local NFIELDS = 14
+--   ST     state code: q queued, p processing, f failing, c completed, x failed
+--   ATT    attempts started        MAX    max attempts        CRE   created (time)
+--   TTL    result TTL (s)          NONCE  the accepted enqueue call's nonce
+--   PAY    payload                 WRK    worker id (processing)
+--   TOK    claim token (processing)
+--   SETL   token of the last settlement (makes a resent settlement idempotent)
+--   RES    result (completed)      ERR    last error (failing/failed)
+--   FIN    finished (time)         EXP    expiry (time; terminal jobs only)
+-- PAY, RES and ERR hold the bytes, or `true` when longer than BLOB_INLINE_MAX: those
+-- live in the hash {tag}:b:<id> (fields p, r, e) and are written once, so that the
+-- transitions, which rewrite the record, never copy a large payload or result.
+-- The lease deadline and the due time are not in the record: they are the job's score
+-- in `leases` and `delayed`.
+local STATE = {q = 'queued', p = 'processing', f = 'failing', c = 'completed', x = 'failed'}
+local BLOB_INLINE_MAX = 16384
+local BLOB_FIELD = {[PAY] = 'p', [RES] = 'r', [ERR] = 'e'}
+local CORRUPT = {}  -- what read_job returns for bytes that are not a job record
+
+local function read_job(key)
+  local raw = redis.pcall('GET', key)
+  if raw == false then
+    return nil
+  end
+  if type(raw) ~= 'string' then
+    return CORRUPT  -- WRONGTYPE: foreign data under the job's key
+  end
+  local ok, j = pcall(cmsgpack.unpack, raw)
+  if not ok or type(j) ~= 'table' or not STATE[j[ST]] or type(j[ATT]) ~= 'number'
+      or type(j[MAX]) ~= 'number' or type(j[CRE]) ~= 'number'
+      or type(j[TTL]) ~= 'number' or (type(j[PAY]) ~= 'string' and j[PAY] ~= true) then
+    return CORRUPT
+  end
+  return j
+end
+
+local function write_job(key, j)
+  local n = 0
+  for i = 1, NFIELDS do
+    if j[i] == nil then
+      j[i] = false
+    elseif j[i] ~= false then
+      n = i
+    end
+  end
+  for i = n + 1, NFIELDS do
+    j[i] = nil
+  end
+  redis.call('SET', key, cmsgpack.pack(j))
+end
+
+-- Field PAY, RES or ERR of job `id` := `value` (bytes, or nil to clear it).
+local function set_blob(j, id, i, value)
+  if value and #value > BLOB_INLINE_MAX then
+    redis.call('HSET', KEYS[11] .. id, BLOB_FIELD[i], value)
+    j[i] = true
+  else
+    if j[i] == true then
+      redis.call('HDEL', KEYS[11] .. id, BLOB_FIELD[i])
+    end
+    j[i] = value or false
+  end
+end
+
+-- The bytes of field PAY, RES or ERR (false when absent).
+local function get_blob(j, id, i)
+  if j[i] == true then
+    return redis.call('HGET', KEYS[11] .. id, BLOB_FIELD[i])
+  end
+  return j[i] or false
+end
+
+local function del_job(id)
+  redis.call('DEL', KEYS[1] .. id, KEYS[11] .. id)
+end
+
+-- Garbage collection of a terminal record (and its blobs) by Redis itself.
+local function expire_job(key, id, j)
+  local at = gc_at(j[EXP])
+  redis.call('PEXPIREAT', key, at)
+  if j[PAY] == true or j[RES] == true or j[ERR] == true then
+    redis.call('PEXPIREAT', KEYS[11] .. id, at)
+  end
+end
+
+-- Ready order ----------------------------------------------------------------------
+--
+-- `queue` is a sorted set scored (-priority) * 2^40 + seq, so ZPOPMIN takes the highest
+-- priority first and FIFO among equals, and claim, cancel at any position and a release
+-- at the head are O(log n). seq comes from the counters in {tag}:seq: `t` counts up
+-- from 1 for the tail (enqueue, a retry without delay, a stalled job, promotion), `h`
+-- counts down from -1 for the head (a release: before every job of its priority, the
+-- latest release first). Scores are exact doubles while |seq| < 2^39 and |priority|
+-- <= 4095; the counters restart when a claim finds the queue empty (once past 2^30).
+-- Every job is priority 0 for now.
+local PRIO_STEP = 1099511627776  -- 2^40
+local SEQ_RESTART = 1073741824  -- 2^30
+
+local function ready_score(seq, priority)
+  return fmt(seq - (priority or 0) * PRIO_STEP)
+end
+
+-- Events and wake-ups ----------------------------------------------------------------
+--
+-- Each script publishes at most one message on KEYS[7] carrying all the events of the
+-- transition, each encoded binary-safely as
+--   "<kind> <attempt> <#id> <#result or -1> <#error or -1>\n" .. id .. result .. error
+-- where a result longer than INLINE_RESULT_MAX bytes is left out and its length given
+-- as -2 ("the job has a result: read it"), so large results are never published.
+-- A job's terminal events (completed/failed/cancelled) also go, alone, to the job's own
+-- channel {tag}:done:<id>, which only its watchers subscribe to. Both are sharded
+-- channels (SPUBLISH, which Redis Cluster routes to the slot's node) unless ARGV[1] says
+-- "classic" (then PUBLISH).
+-- Every job made claimable pushes a wake-up token on {tag}:wake (at most WAKE_CAP
+-- waiting): a blocked claimer's BLPOP takes it, so one enqueue wakes one idle process.
 local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._core.INLINE_RESULT_MAX
+local WAKE_CAP = 64
 local EVENTS = {}
 local DONE = {}
-local WAKE = false
-local WAKE_KINDS = {enqueued = true, failing = true, requeued = true, stalled = true}
+local WAKES = 0
 local DONE_KINDS = {completed = true, failed = true, cancelled = true}
+
+local function publish(channel, message)
+  if SHARDED then
+    redis.call('SPUBLISH', channel, message)
+  else
+    redis.call('PUBLISH', channel, message)
+  end
+end
 
 local function emit(kind, id, attempt, result, err)
   local rl, el = -1, -1
@@ -94,95 +229,151 @@ local function emit(kind, id, attempt, result, err)
     .. el .. '\n' .. id .. result .. err
   EVENTS[#EVENTS + 1] = record
   if DONE_KINDS[kind] then
+    DONE[#DONE + 1] = id
     DONE[#DONE + 1] = record
-  end
-  if WAKE_KINDS[kind] then
-    WAKE = true
   end
 end
 
 local function flush()
   if #EVENTS > 0 then
-    redis.call('PUBLISH', KEYS[7], table.concat(EVENTS))
+    publish(KEYS[7], table.concat(EVENTS))
   end
-  if #DONE > 0 then
-    redis.call('PUBLISH', KEYS[7] .. ':done', table.concat(DONE))
+  for i = 1, #DONE, 2 do
+    publish(KEYS[12] .. DONE[i], DONE[i + 1])
   end
-  if WAKE then
-    redis.call('PUBLISH', KEYS[7] .. ':wake', '1')
+  if WAKES > 0 then
+    local n = math.min(WAKES, WAKE_CAP - redis.call('LLEN', KEYS[9]))
+    if n > 0 then
+      local tokens = {}
+      for i = 1, n do
+        tokens[i] = '1'
+      end
+      redis.call('RPUSH', KEYS[9], unpack(tokens))
+    end
   end
 end
 
--- The state of a live job, or nil. An expired record is forgotten on sight.
+local function push_tail(id)
+  redis.call('ZADD', KEYS[2], ready_score(redis.call('HINCRBY', KEYS[8], 't', 1)), id)
+  WAKES = WAKES + 1
+end
+
+local function push_head(id)
+  redis.call('ZADD', KEYS[2], ready_score(redis.call('HINCRBY', KEYS[8], 'h', -1)), id)
+  WAKES = WAKES + 1
+end
+
+-- Transitions shared by several scripts -----------------------------------------------
+
+-- The record of a live job (CORRUPT for foreign bytes), or nil. An expired record is
+-- forgotten on sight.
 local function live(key, id)
-  local f = redis.call('HMGET', key, 'state', 'expires')
-  if not f[1] then
-    return nil
-  end
-  if f[2] and tonumber(f[2]) <= NOW then
-    redis.call('DEL', key)
+  local j = read_job(key)
+  if j and j ~= CORRUPT and j[EXP] and j[EXP] <= NOW then
+    del_job(id)
     redis.call('ZREM', KEYS[5], id)
     redis.call('ZREM', KEYS[6], id)
     return nil
   end
-  return f[1]
+  return j
 end
 
--- processing -> completed/failed: clear the lease, set expiry, index for purge/GC.
-local function finish(key, id, state, ttl, token)
-  local expires = NOW + ttl
-  redis.call('HSET', key, 'state', state, 'finished', fmt(NOW), 'expires', fmt(expires),
-    'ttl', fmt(ttl), 'settled', token or '')
-  redis.call('HDEL', key, 'token', 'worker', 'lease')
+-- processing -> completed ('c') / failed ('x'): clear the lease, set the expiry, index
+-- for purge/GC.
+local function finish(key, id, j, state, ttl, token)
+  j[ST], j[TTL], j[FIN], j[EXP] = state, ttl, NOW, NOW + ttl
+  j[SETL], j[TOK], j[WRK] = token or false, false, false
+  write_job(key, j)
   redis.call('ZREM', KEYS[4], id)
   local index = KEYS[5]
-  if state == 'failed' then index = KEYS[6] end
-  redis.call('ZADD', index, fmt(expires), id)
-  redis.call('PEXPIREAT', key, gc_at(expires))
+  if state == 'x' then index = KEYS[6] end
+  redis.call('ZADD', index, fmt(j[EXP]), id)
+  expire_job(key, id, j)
 end
 
 -- processing -> failing, ready at the tail (delay <= 0) or due after `delay` seconds.
-local function to_failing(key, id, err, delay, token)
-  redis.call('HSET', key, 'state', 'failing', 'error', err, 'settled', token or '')
-  redis.call('HDEL', key, 'token', 'worker', 'lease')
+local function to_failing(key, id, j, err, delay, token)
+  j[ST], j[SETL], j[TOK], j[WRK] = 'f', token or false, false, false
+  set_blob(j, id, ERR, err)
+  write_job(key, j)
   redis.call('ZREM', KEYS[4], id)
   if delay > 0 then
-    local due = NOW + delay
-    redis.call('HSET', key, 'due', fmt(due))
-    redis.call('ZADD', KEYS[3], fmt(due), id)
+    redis.call('ZADD', KEYS[3], fmt(NOW + delay), id)
   else
-    redis.call('HDEL', key, 'due')
-    redis.call('RPUSH', KEYS[2], id)
+    push_tail(id)
   end
 end
 
--- Move every due delayed job to the ready tail, in (due, id bytes) order.
-local function promote_due()
-  local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(NOW))
-  if #due == 0 then
-    return
+-- processing -> queued/failing at the HEAD, un-consuming the attempt (shutdown, a
+-- cancelled claim, a claim whose reply was lost for good).
+local function release_job(key, id, j, token)
+  local attempts = j[ATT] - 1
+  j[ST] = 'f'
+  if attempts == 0 then
+    j[ST] = 'q'
   end
-  for _, id in ipairs(due) do
-    local key = KEYS[1] .. id
-    if redis.call('EXISTS', key) == 1 then
-      redis.call('HDEL', key, 'due')
-      redis.call('RPUSH', KEYS[2], id)
+  j[ATT], j[SETL], j[TOK], j[WRK] = attempts, token, false, false
+  write_job(key, j)
+  redis.call('ZREM', KEYS[4], id)
+  push_head(id)
+  emit('requeued', id, attempts + 1)
+end
+
+-- Move due delayed jobs to the ready tail in (due, id bytes) order, at most `limit`
+-- per call. When more are due than that, the sequence numbers of all of them are
+-- reserved at once ({tag}:seq fields pu = the cut-off time, pn = next reserved, pe =
+-- last reserved) and the next calls place the rest with them: jobs enqueued meanwhile
+-- still come after every job that was due when the promotion began, exactly as if all
+-- had moved at once. Returns how many moved.
+local function promote_due(limit)
+  local moved = 0
+  while moved < limit do
+    local cut = redis.call('HMGET', KEYS[8], 'pu', 'pn', 'pe')
+    local upto, nxt, last = cut[1], tonumber(cut[2]), tonumber(cut[3])
+    if not upto then
+      local n = redis.call('ZCOUNT', KEYS[3], '-inf', fmt(NOW))
+      if n == 0 then
+        return moved
+      end
+      last = redis.call('HINCRBY', KEYS[8], 't', n)
+      nxt = last - n + 1
+      upto = fmt(NOW)
     end
+    local budget = limit - moved
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', upto, 'LIMIT', 0, budget)
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', KEYS[3], id)
+      local seq = nxt
+      if seq > last then
+        seq = redis.call('HINCRBY', KEYS[8], 't', 1)  -- a late arrival (clock jump)
+      end
+      nxt = nxt + 1
+      redis.call('ZADD', KEYS[2], ready_score(seq), id)
+    end
+    moved = moved + #ids
+    if #ids == budget then
+      -- Perhaps more due than the budget: the rest keep their reserved places.
+      redis.call('HSET', KEYS[8], 'pu', upto, 'pn', nxt, 'pe', last)
+      return moved
+    end
+    if not cut[1] then
+      return moved  -- every due job moved
+    end
+    -- A reserved batch is done; jobs that became due since may follow it.
+    redis.call('HDEL', KEYS[8], 'pu', 'pn', 'pe')
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(NOW))
+  return moved
 end
 
--- Physically drop up to `limit` expired terminal records; returns how many.
+-- Physically drop up to `limit` expired terminal records per index; returns how many.
+-- A job is in `completed`/`failed` exactly while its record is terminal, scored by its
+-- expiry, so the index alone says which records are expired.
 local function purge(limit)
   local count = 0
   for _, index in ipairs({KEYS[5], KEYS[6]}) do
     local ids = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(NOW), 'LIMIT', 0, limit)
     for _, id in ipairs(ids) do
-      local key = KEYS[1] .. id
-      local exp = redis.call('HGET', key, 'expires')
-      if (not exp) or tonumber(exp) <= NOW then
-        redis.call('DEL', key)
-      end
+      del_job(id)
       redis.call('ZREM', index, id)
       count = count + 1
     end
@@ -192,35 +383,22 @@ end
 
 -- The prologue of every fenced settlement (complete, fail, retry, release), written
 -- once: the ownership check and the idempotency of a call resent after a lost reply.
--- Returns the job's key and attempts when `token` owns the job (processing); otherwise
+-- Returns the job's record and key when `token` owns the job (processing); otherwise
 -- nil, nil and the script's reply: "ok" when this exact token already settled the job
 -- and the call is a resend (`resent` == "1": the first call ran, its reply was lost),
 -- "stale" otherwise (the lease was reaped, the job cancelled or settled by another
--- token). Use: `local key, attempts, reply = settle_begin(...)` and
--- `if reply then return reply end`.
+-- token). Use: `local j, key, reply = settle_begin(...)`, `if reply then return reply end`.
 local function settle_begin(id, token, resent)
   local key = KEYS[1] .. id
-  local f = redis.call('HMGET', key, 'state', 'token', 'attempts', 'settled')
-  if f[1] == 'processing' and f[2] == token then
-    return key, tonumber(f[3]), nil
+  local j = read_job(key)
+  if j == nil or j == CORRUPT then
+    return nil, nil, 'stale'
   end
-  if f[4] == token and resent == '1' then
+  if j[ST] == 'p' and j[TOK] == token then
+    return j, key, nil
+  end
+  if j[SETL] == token and resent == '1' then
     return nil, nil, 'ok'
   end
   return nil, nil, 'stale'
-end
-
--- processing -> queued/failing at the HEAD, un-consuming the attempt (shutdown, a
--- cancelled claim, a claim whose reply was lost for good).
-local function release_job(key, id, token)
-  local attempts = tonumber(redis.call('HGET', key, 'attempts')) - 1
-  local state = 'failing'
-  if attempts == 0 then
-    state = 'queued'
-  end
-  redis.call('HSET', key, 'state', state, 'attempts', attempts, 'settled', token)
-  redis.call('HDEL', key, 'token', 'worker', 'lease', 'due')
-  redis.call('ZREM', KEYS[4], id)
-  redis.call('LPUSH', KEYS[2], id)
-  emit('requeued', id, attempts + 1)
 end

@@ -1,28 +1,35 @@
 #!lua flags=allow-oom
 -- cancel.lua: remove a queued or failing job (record and message).
--- KEYS: standard 1-7, 8 this call's reply cache {tag}:rc:<nonce>
+-- KEYS: standard 1-12, 13 this call's reply cache {tag}:rc:<nonce>
 -- ARGV: 1 clock offset, 2 job id, 3 "1" when resent after a lost reply, 4 cache ms
--- Touches: {tag}:j:<id> (DEL), ready (LREM), delayed (ZREM), the reply cache (GET, and
---          SET when cancelled: a resent call still answers "cancelled"), publishes
---          "cancelled".
+-- Touches: {tag}:j:<id> and {tag}:b:<id> (GET; DEL), queue and delayed (ZREM: O(log n)
+--          wherever the job is), completed/failed (ZREM of an expired record), the
+--          reply cache (GET, and SET when cancelled: a resent call still answers
+--          "cancelled"), publishes "cancelled". A corrupt record is removed as well.
 -- Returns: "cancelled" | "not_found" | "processing" | "completed"
-local earlier = cached_reply(KEYS[8], ARGV[3])
+local earlier = cached_reply(KEYS[13], ARGV[3])
 if earlier then
   return earlier
 end
 local id = ARGV[2]
 local key = KEYS[1] .. id
-local state = live(key, id)
-if (not state) or state == 'failed' then
+local j = live(key, id)
+if not j then
   return 'not_found'
 end
-if state == 'processing' or state == 'completed' then
-  return state
+local attempts = 0
+if j ~= CORRUPT then
+  if j[ST] == 'x' then
+    return 'not_found'
+  end
+  if j[ST] == 'p' or j[ST] == 'c' then
+    return STATE[j[ST]]
+  end
+  attempts = j[ATT]
 end
-local attempts = redis.call('HGET', key, 'attempts')
-redis.call('LREM', KEYS[2], 1, id)
+redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
-redis.call('DEL', key)
+del_job(id)
 emit('cancelled', id, attempts)
 flush()
-return remember(KEYS[8], 'cancelled', ARGV[4])
+return remember(KEYS[13], 'cancelled', ARGV[4])

@@ -1,13 +1,13 @@
 #!lua flags=allow-oom
 -- release_claim.lua: give back every job a claim still holds (its reply never reached
 -- the worker, or the worker was cancelled before it took the jobs): each goes back to
--- the HEAD of the ready list with its attempt un-consumed, as a shutdown release does.
--- KEYS: standard 1-7, 8 the claim's record {tag}:claim:<nonce> (see claim.lua)
+-- the HEAD of the ready order with its attempt un-consumed, as a shutdown release does.
+-- KEYS: standard 1-12, 13 the claim's record {tag}:claim:<nonce> (see claim.lua)
 -- ARGV: 1 clock offset, 2 the claim's nonce
--- Touches: the claim record (GET, DEL), {tag}:j:<id> (HSET), leases (ZREM),
---          ready (LPUSH), publishes "requeued".
+-- Touches: the claim record (GET, DEL), {tag}:j:<id> (GET, SET), leases (ZREM),
+--          seq (HINCRBY h), queue (ZADD), wake (tokens), publishes "requeued".
 -- Returns: how many jobs were released.
-local record = redis.call('GET', KEYS[8])
+local record = redis.call('GET', KEYS[13])
 if not record then
   return 0
 end
@@ -18,12 +18,12 @@ for n = #ids, 1, -1 do
   local id = ids[n]
   local key = KEYS[1] .. id
   local token = ARGV[2] .. ':' .. n
-  local f = redis.call('HMGET', key, 'state', 'token')
-  if f[1] == 'processing' and f[2] == token then
-    release_job(key, id, token)
+  local j = read_job(key)
+  if j and j ~= CORRUPT and j[ST] == 'p' and j[TOK] == token then
+    release_job(key, id, j, token)
     released = released + 1
   end
 end
-redis.call('DEL', KEYS[8])
+redis.call('DEL', KEYS[13])
 flush()
 return released

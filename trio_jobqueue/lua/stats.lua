@@ -1,15 +1,15 @@
 #!lua flags=no-writes
--- stats.lua: counts of live jobs per state. Read-only: a delayed retry whose time has
--- come counts as queued but is not moved (only claim moves it), so calling stats never
--- changes the claim order.
--- KEYS: standard 1-7 (reads 2-6)
+-- stats.lua: counts of live jobs per state, O(log n) whatever the backlog. Read-only:
+-- a delayed retry whose time has come counts as queued but is not moved (only claim
+-- moves it), so calling stats never changes the claim order.
+-- KEYS: standard 1-12 (reads 2-6)
 -- ARGV: 1 clock offset
--- Touches: ready (LLEN), delayed, leases, completed, failed (ZCARD/ZCOUNT); writes nothing.
+-- Touches: queue, leases (ZCARD), delayed, completed, failed (ZCOUNT); writes nothing.
 -- Returns: {queued, delayed, processing, completed, failed}
 local now = fmt(NOW)
 local after = '(' .. now
 return {
-  redis.call('LLEN', KEYS[2]) + redis.call('ZCOUNT', KEYS[3], '-inf', now),
+  redis.call('ZCARD', KEYS[2]) + redis.call('ZCOUNT', KEYS[3], '-inf', now),
   redis.call('ZCOUNT', KEYS[3], after, '+inf'),
   redis.call('ZCARD', KEYS[4]),
   redis.call('ZCOUNT', KEYS[5], after, '+inf'),

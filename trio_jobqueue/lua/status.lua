@@ -1,14 +1,29 @@
 #!lua flags=allow-oom
 -- status.lua: one job's record, or nil when absent or expired.
--- KEYS: standard 1-7 (only 1, 5, 6 are touched)
+-- KEYS: standard 1-12 (touches 1, 3, 4, 5, 6, 11)
 -- ARGV: 1 clock offset, 2 job id
--- Touches: {tag}:j:<id> (HMGET; DEL when expired), completed/failed (ZREM when expired).
--- Returns: nil | {state, created, attempts, max, ttl, result, error, finished, expires,
---          due, worker, lease}
+-- Touches: {tag}:j:<id> (GET; DEL when expired), {tag}:b:<id> (HGET of a large result
+--          or error; DEL when expired), delayed/leases (ZSCORE: due time, lease
+--          deadline), completed/failed (ZREM when expired).
+-- Returns: nil | {"corrupt"} | {state, created, attempts, max, ttl, result, error,
+--          finished, expires, due, worker, lease}
 local id = ARGV[2]
 local key = KEYS[1] .. id
-if not live(key, id) then
+local j = live(key, id)
+if not j then
   return nil
 end
-return redis.call('HMGET', key, 'state', 'created', 'attempts', 'max', 'ttl', 'result',
-  'error', 'finished', 'expires', 'due', 'worker', 'lease')
+if j == CORRUPT then
+  return {'corrupt'}
+end
+local due, lease = false, false
+if j[ST] == 'f' then
+  due = redis.call('ZSCORE', KEYS[3], id)
+elseif j[ST] == 'p' then
+  lease = redis.call('ZSCORE', KEYS[4], id)
+end
+local finished, expires = false, false
+if j[FIN] then finished = fmt(j[FIN]) end
+if j[EXP] then expires = fmt(j[EXP]) end
+return {STATE[j[ST]], fmt(j[CRE]), j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
+  get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease}

@@ -5,38 +5,46 @@ Every key of one namespace (queue name) starts with the same hash tag
 percent-encoded (``urllib.parse.quote`` with no safe characters) before they go into the
 tag, so ``{``, ``}``, ``:`` and ``%`` in either cannot end the tag early or make two
 namespaces share a key. Job ids and lock names are appended **raw** after a fixed marker
-(``:j:``, ``:lock:``): the tag is closed by then, every other key of the namespace has a
-different marker, and the id is the whole rest of the key, so distinct ids give distinct
-keys whatever bytes they contain (``:``, ``{}``, unicode).
+(``:j:``, ``:b:``, ``:done:``, ``:lock:``): the tag is closed by then, every other key of
+the namespace has a different marker, and the id is the whole rest of the key, so
+distinct ids give distinct keys whatever bytes they contain (``:``, ``{}``, unicode).
 
 ==========================  ======  ===============================================
 key                         type    contents
 ==========================  ======  ===============================================
-``{tag}:j:<job id>``        hash    one job (fields below); a TTL (``PEXPIREAT``)
-                                    only once terminal, for garbage collection
-``{tag}:ready``             list    ids ready to claim, head first
-``{tag}:ready:quarantine``  list    ids of corrupt job hashes a claim skipped
+``{tag}:j:<job id>``        string  one job record (MessagePack, see ``lua/_lib``);
+                                    a TTL (``PEXPIREAT``) only once terminal, for
+                                    garbage collection
+``{tag}:b:<job id>``        hash    a job's payload/result/error longer than 16 KiB
+                                    (fields ``p r e``), written once
+``{tag}:queue``             zset    ready ids by score (-priority * 2^40 + seq)
+``{tag}:seq``               hash    the ready order's counters: ``t`` (tail, up),
+                                    ``h`` (head, down), ``pu pn pe`` (a promotion of
+                                    due retries in progress)
+``{tag}:ready:quarantine``  list    ids of corrupt job records a claim skipped
 ``{tag}:delayed``           zset    failing jobs waiting out a retry delay, by due
 ``{tag}:leases``            zset    processing jobs, by lease deadline
 ``{tag}:completed``         zset    completed jobs, by expiry time
 ``{tag}:failed``            zset    failed jobs, by expiry time
+``{tag}:wake``              list    wake-up tokens: one per job made claimable (at
+                                    most 64), each taken by one blocked claimer
 ``{tag}:lock:<name>``       hash    leader lock: ``owner``, ``epoch``, ``exp``
 ``{tag}:claim:<nonce>``     string  ids one claim took (expires with its lease): a
                                     claim resent after a lost reply gets them back
 ``{tag}:rc:<nonce>``        string  reply of one cancel/reap/purge/lock release, kept
                                     until its call can no longer be resent
 ``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
-``{tag}:ev:done``           channel completed/failed/cancelled events (job watchers)
-``{tag}:ev:wake``           channel "a job became claimable" (blocked claims)
+``{tag}:done:<job id>``     channel that job's terminal events (its watchers only)
 ==========================  ======  ===============================================
 
-Job hash fields: ``payload state max created attempts ttl result error finished expires
-due worker token lease nonce settled``. Times are epoch seconds of the storage clock
-(server ``TIME`` + the testing offset), written with ``%.17g`` so they round-trip exactly.
+Both channels are sharded (``SPUBLISH``/``SSUBSCRIBE``) when the server has sharded
+pub/sub, else classic. Times are epoch seconds of the storage clock (server ``TIME`` +
+the testing offset).
 """
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote
 
 import attrs
@@ -72,13 +80,23 @@ class NamespaceKeys:
         return self.job_prefix + job_id
 
     @property
-    def ready(self) -> str:
-        return self.base + ":ready"
+    def blob_prefix(self) -> str:
+        """Prefix of the per-job hashes of large payloads/results/errors."""
+        return self.base + ":b:"
+
+    @property
+    def queue(self) -> str:
+        """The ready jobs, a sorted set (see "Ready order" in ``lua/_lib.lua``)."""
+        return self.base + ":queue"
+
+    @property
+    def seq(self) -> str:
+        return self.base + ":seq"
 
     @property
     def quarantine(self) -> str:
         """Ids of corrupt job records found by ``claim`` (left in place for inspection)."""
-        return self.ready + ":quarantine"
+        return self.base + ":ready:quarantine"
 
     @property
     def delayed(self) -> str:
@@ -96,6 +114,11 @@ class NamespaceKeys:
     def failed(self) -> str:
         return self.base + ":failed"
 
+    @property
+    def wake(self) -> str:
+        """Wake-up tokens, one per job made claimable: what blocked claimers ``BLPOP``."""
+        return self.base + ":wake"
+
     def lock(self, name: str) -> str:
         return self.base + ":lock:" + name
 
@@ -110,28 +133,37 @@ class NamespaceKeys:
 
     @property
     def events(self) -> str:
-        """The pub/sub channel of the namespace's events."""
+        """The channel of the namespace's events."""
         return self.base + ":ev"
 
     @property
-    def done_channel(self) -> str:
-        """Terminal events only: what ``watch_job`` listens to."""
-        return self.events + ":done"
+    def done_prefix(self) -> str:
+        """Prefix of the per-job channels of terminal events."""
+        return self.base + ":done:"
 
-    @property
-    def wake_channel(self) -> str:
-        """A bare wake-up whenever a job became claimable: what blocked claims listen to."""
-        return self.events + ":wake"
+    def done_channel(self, job_id: str) -> str:
+        """Job ``job_id``'s terminal events: what ``watch_job`` listens to."""
+        return self.done_prefix + job_id
 
     def standard(self) -> list[str]:
-        """KEYS[1..7] of most scripts: job prefix, ready, delayed, leases, completed,
-        failed, events channel."""
-        return [
+        """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, queue,
+        delayed, leases, completed, failed, events channel, seq, wake, quarantine, blob
+        prefix, job channel prefix. A fresh list (callers append to it)."""
+        return [*self._standard]
+
+    @functools.cached_property
+    def _standard(self) -> tuple[str, ...]:
+        return (
             self.job_prefix,
-            self.ready,
+            self.queue,
             self.delayed,
             self.leases,
             self.completed,
             self.failed,
             self.events,
-        ]
+            self.seq,
+            self.wake,
+            self.quarantine,
+            self.blob_prefix,
+            self.done_prefix,
+        )

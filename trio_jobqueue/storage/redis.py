@@ -41,6 +41,7 @@ from ._redis_trio import TrioRedisAdapter
 if TYPE_CHECKING:
     from ._redis_adapter import RedisAdapter
 from ._redis_keys import NamespaceKeys
+from ._redis_wake import Wakers
 
 __all__ = ["RedisStorage"]
 
@@ -48,6 +49,8 @@ log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 _PURGE_BATCH = 1000
+REAP_BATCH = 500
+"""Expired leases one reap script call handles at most (about 5 ms of Redis time)."""
 _REPLY_CACHE_MARGIN = 5.0
 """Seconds a cached reply outlives the last moment its call may be resent
 (``retry_timeout`` plus one ``command_timeout``)."""
@@ -108,27 +111,33 @@ def _decode(data: bytes) -> list[EventRecord] | None:
 
 
 @attrs.define(eq=False)
-class _Feed:
-    """The handler of one of a namespace's channels: it feeds the namespace's hub.
-
-    ``{tag}:ev:wake`` wakes blocked claims, ``{tag}:ev`` carries every event to
-    subscribers, ``{tag}:ev:done`` terminal events to job watches. After a reconnect,
-    what was published meanwhile is lost: the hub is told so for that kind of feed.
-    """
+class _EventsFeed:
+    """The handler of a namespace's ``{tag}:ev`` channel: every event, for subscribers.
+    After a reconnect, what was published meanwhile is lost: subscribers get a gap."""
 
     hub: Hub
-    kind: FollowKind
 
     def on_message(self, data: bytes) -> None:
-        if self.kind == "work":
-            self.hub.wake()
-        elif self.kind == "events":
-            self.hub.offer(_decode(data) or ())
-        else:
-            self.hub.fire(_decode(data) or ())
+        self.hub.offer(_decode(data) or ())
 
     def on_reconnect(self) -> None:
-        self.hub.lost_track(self.kind)
+        self.hub.lost_track("events")
+
+
+@attrs.define(eq=False)
+class _JobFeed:
+    """The handler of one job's ``{tag}:done:<id>`` channel: its terminal events, for its
+    watches only. After a reconnect, that job's watches re-read its state."""
+
+    hub: Hub
+    job_id: str
+
+    def on_message(self, data: bytes) -> None:
+        self.hub.fire(_decode(data) or ())
+
+    def on_reconnect(self) -> None:
+        for watch in tuple(self.hub.watches.get(self.job_id, ())):
+            watch.fire(None)
 
 
 @attrs.define(eq=False, init=False)
@@ -182,7 +191,10 @@ class RedisStorage(Storage):
     client: str
     options: dict[str, Any]
     _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
-    _feeds: dict[tuple[str, FollowKind], _Feed] = attrs.field(factory=dict, init=False)
+    _wakers: Wakers | None = attrs.field(default=None, init=False)
+    _sharded: bool = attrs.field(default=True, init=False)
+    """Whether the server has sharded pub/sub (``SPUBLISH``); else classic channels."""
+    _feeds: dict[str, _EventsFeed] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
     _claims_done: dict[str, list[str]] = attrs.field(factory=dict, init=False)
     """Per namespace: nonces of claims whose replies arrived (the next claim forgets them)."""
@@ -284,10 +296,31 @@ class RedisStorage(Storage):
         else:
             adapter = TrioRedisAdapter(url, self.retry_timeout, self.options, **timeouts)
         await adapter.open()
+        try:
+            self._sharded = await self._has_sharded_pubsub(adapter)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await adapter.close()
+            raise
         self._adapter = adapter
+        self._wakers = Wakers(adapter, wait=self.health_check_interval)
+
+    @staticmethod
+    async def _has_sharded_pubsub(adapter: TrioRedisAdapter | RedisAdapter) -> bool:
+        """Whether the server takes ``SPUBLISH`` (Redis 7; a server or proxy without it,
+        or an ACL that forbids it, gets classic ``PUBLISH``/``SUBSCRIBE``)."""
+        try:
+            await adapter.command("SPUBLISH", "trio-jobqueue:probe", "")
+        except StorageError as exc:
+            if isinstance(exc, Disconnected):
+                raise
+            log.info("Redis has no sharded pub/sub (%s); using classic pub/sub", exc)
+            return False
+        return True
 
     async def _close(self) -> None:
         adapter, self._adapter = self._adapter, None
+        self._wakers = None
         if adapter is not None:
             await adapter.close()
 
@@ -310,20 +343,49 @@ class RedisStorage(Storage):
     def repoll_interval(self) -> float:
         return self.claim_repoll
 
+    @property
+    def _clock_arg(self) -> str:
+        """``ARGV[1]`` of every script: the clock offset, and the pub/sub flavour."""
+        offset = repr(self._clock_offset)
+        return offset if self._sharded else offset + ",classic"
+
     @asynccontextmanager
     async def follow(
         self, ns: str, kind: FollowKind, job_id: str | None = None
     ) -> AsyncIterator[None]:
-        """Subscribe to the namespace's channel for ``kind`` (reference-counted; yields
-        once the server confirmed the subscription, so nothing published afterwards is
-        missed)."""
-        feed = self._feeds.get((ns, kind))
-        if feed is None:
-            feed = self._feeds[(ns, kind)] = _Feed(self.hub(ns), kind)
+        """Feed the namespace's hub with ``kind`` notifications while open:
+
+        * ``work``: a wake-up listener on ``{tag}:wake`` (see :mod:`._redis_wake`): one
+          enqueue wakes one idle claimer among all processes;
+        * ``events``: the ``{tag}:ev`` channel (reference-counted, lingers 2 s);
+        * ``job``: that job's own ``{tag}:done:<id>`` channel (unsubscribed as soon as
+          its last watch closes), so a watcher receives no other job's outcome.
+
+        Channels yield once the server confirmed the subscription, so nothing published
+        afterwards is missed.
+
+        Raises:
+            StorageError: the storage is not open, or the subscription was not confirmed
+                within ``retry_timeout``.
+        """
         keys = self.keys(ns)
-        channel = {"work": keys.wake_channel, "events": keys.events, "job": keys.done_channel}
-        async with self.adapter.subscription(channel[kind], feed):
-            yield None
+        adapter = self.adapter
+        if kind == "work":
+            assert self._wakers is not None
+            async with self._wakers.waiting(keys.wake, self.hub(ns)):
+                yield None
+        elif kind == "events":
+            feed = self._feeds.get(ns)
+            if feed is None:
+                feed = self._feeds[ns] = _EventsFeed(self.hub(ns))
+            async with adapter.subscription(keys.events, feed, sharded=self._sharded):
+                yield None
+        else:
+            assert job_id is not None
+            channel = keys.done_channel(job_id)
+            handler = _JobFeed(self.hub(ns), job_id)
+            async with adapter.subscription(channel, handler, sharded=self._sharded, linger=0.0):
+                yield None
 
     async def _run(
         self,
@@ -338,7 +400,7 @@ class RedisStorage(Storage):
         With ``idempotent_flag``, a last ARGV of ``"1"`` tells the script the call is
         being resent after a connection error.
         """
-        argv: list[ScriptArg] = [repr(self._clock_offset), *args]
+        argv: list[ScriptArg] = [self._clock_arg, *args]
         keys = self.keys(ns).standard()
         if idempotent_flag:
             return await self.adapter.run_script(
@@ -355,7 +417,7 @@ class RedisStorage(Storage):
         nonce = secrets.token_hex(8)
         keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
         cache_ms = str(int(keep * 1000))
-        argv: list[ScriptArg] = [repr(self._clock_offset), *args]
+        argv: list[ScriptArg] = [self._clock_arg, *args]
         return await self.adapter.run_script(
             name,
             [*keys, self.keys(ns).reply(nonce)],
@@ -367,7 +429,7 @@ class RedisStorage(Storage):
     async def enqueue(
         self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
     ) -> EnqueueOutcome:
-        nonce = secrets.token_hex(8)
+        nonce = secrets.token_urlsafe(6)  # 48 bits, kept in the job record
         reply = await self._run(
             "enqueue",
             ns,
@@ -390,6 +452,8 @@ class RedisStorage(Storage):
         reply = await self._run("status", ns, [job_id])
         if reply is None:
             return None
+        if len(reply) == 1:
+            raise StorageError(f"corrupt record for job {job_id!r} in queue {ns!r}")
         with _corrupt_record(ns, job_id):
             return self._record(job_id, reply)
 
@@ -471,7 +535,7 @@ class RedisStorage(Storage):
         resent = False
         while True:
             argv: list[ScriptArg] = [
-                repr(self._clock_offset),
+                self._clock_arg,
                 worker_id,
                 int(limit),
                 repr(float(lease)),
@@ -532,7 +596,7 @@ class RedisStorage(Storage):
             await self.adapter.run_script(
                 "release_claim",
                 [*keys.standard(), keys.claim_record(nonce)],
-                [repr(self._clock_offset), nonce],
+                [self._clock_arg, nonce],
                 retry=False,
             )
         except StorageError as exc:
@@ -594,21 +658,32 @@ class RedisStorage(Storage):
     # -- recovery ---------------------------------------------------------------------
 
     async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
+        """See :meth:`Storage.reap`: one bounded script call per :data:`REAP_BATCH`
+        expired leases (each one atomic and fenced), repeated while the script says more
+        are due, so no call blocks Redis for long whatever the backlog. If the fence
+        turns stale between two batches, the jobs reaped so far are reported with
+        ``fenced=True``."""
         keys = self.keys(ns)
         if fence is None:
             lock_key, fenced = keys.lock(""), ["0", "", ""]
         else:
             lock_key, fenced = keys.lock(fence.lock), ["1", fence.owner, str(fence.epoch)]
-        reply = await self._run_cached(
-            "reap", ns, [*keys.standard(), lock_key], [STALLED_ERROR, *fenced]
-        )
-        if reply[0] == b"fenced":
-            return ReapResult(fenced=True)
-        stalled = tuple(
-            ReapedJob(reply[i].decode("utf-8"), int(reply[i + 1]), reply[i + 2] == b"1")
-            for i in range(3, len(reply), 3)
-        )
-        return ReapResult(stalled=stalled, next_deadline=_opt_float(reply[1]), now=float(reply[2]))
+        script_keys = [*keys.standard(), lock_key]
+        stalled: list[ReapedJob] = []
+        while True:
+            reply = await self._run_cached(
+                "reap", ns, script_keys, [STALLED_ERROR, *fenced, REAP_BATCH]
+            )
+            if reply[0] == b"fenced":
+                return ReapResult(stalled=tuple(stalled), fenced=True)
+            stalled.extend(
+                ReapedJob(reply[i].decode("utf-8"), int(reply[i + 1]), reply[i + 2] == b"1")
+                for i in range(4, len(reply), 3)
+            )
+            if reply[3] != b"1":
+                return ReapResult(
+                    stalled=tuple(stalled), next_deadline=_opt_float(reply[1]), now=float(reply[2])
+                )
 
     # -- leader lock ------------------------------------------------------------------
 
@@ -616,7 +691,7 @@ class RedisStorage(Storage):
         reply = await self.adapter.run_script(
             "acquire_lock",
             [self.keys(ns).lock(lock)],
-            [repr(self._clock_offset), owner, repr(float(ttl))],
+            [self._clock_arg, owner, repr(float(ttl))],
         )
         return None if reply is None else int(reply)
 
@@ -624,7 +699,7 @@ class RedisStorage(Storage):
         reply = await self.adapter.run_script(
             "renew_lock",
             [self.keys(ns).lock(lock)],
-            [repr(self._clock_offset), owner, str(int(epoch)), repr(float(ttl))],
+            [self._clock_arg, owner, str(int(epoch)), repr(float(ttl))],
         )
         return bool(reply)
 
