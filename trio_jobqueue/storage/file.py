@@ -273,11 +273,17 @@ class FileStorage(Storage):
         try:
             while not op.done:
                 idle = space.idle
-                if op.taken:
+                if op.taken or space.committing:
+                    # Shielded even while waiting behind another transaction: that one's
+                    # driver may take this op into its next batch at any moment, and a
+                    # Cancelled delivered meanwhile would lose the op's result. So
+                    # cancellation takes effect between transactions, withdrawing the op
+                    # synchronously (no other task can take it in between).
                     with trio.CancelScope(shield=True):
                         await idle.wait()
-                elif space.committing:
-                    await idle.wait()
+                    if not op.taken and trio.current_effective_deadline() == -math.inf:
+                        space.pending.remove(op)
+                        await trio.lowlevel.checkpoint()  # raises Cancelled
                 else:
                     await self._drive(space)
         finally:
