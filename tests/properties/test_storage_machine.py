@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
+import attrs
 import hypothesis
 import pytest
 from hypothesis import Phase
 
-from trio_jobqueue import JobState
+from trio_jobqueue import EventKind, JobState
 from trio_jobqueue.storage import (
     EnqueueOutcome,
+    EventRecord,
     Fence,
     MemoryStorage,
     ReapResult,
     SettleStatus,
     Storage,
 )
+from trio_jobqueue.storage._core import WORK_KINDS, Hub
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
 
 SETTINGS = THOROUGH_SETTINGS if os.environ.get("TRIO_JOBQUEUE_THOROUGH") else DEFAULT_SETTINGS
@@ -73,6 +78,125 @@ class ReleaseConsumesAttempt(MemoryStorage):
         return status
 
 
+# -- planted bugs in the core's feeds, the namespaces and the payloads -----------------------
+
+
+@attrs.define(eq=False)
+class _PlantedHub(MemoryStorage):
+    """A MemoryStorage whose namespaces are fed through a broken :class:`Hub` subclass."""
+
+    planted: ClassVar[type[Hub]] = Hub
+    _planted_hubs: dict[str, Hub] = attrs.field(factory=dict, init=False)
+
+    def hub(self, ns: str) -> Hub:
+        hub = self._planted_hubs.get(ns)
+        if hub is None:
+            hub = self._planted_hubs[ns] = self.planted()
+        return hub
+
+
+Span = Any
+
+
+class _HubDroppingRequeued(Hub):
+    def offer(self, records: Iterable[EventRecord], span: Span = None) -> None:
+        super().offer([r for r in records if r.kind is not EventKind.REQUEUED], span)
+
+
+class DropsRequeuedEvents(_PlantedHub):
+    """Never delivers ``requeued`` events to subscribers."""
+
+    planted = _HubDroppingRequeued
+
+
+class _HubNotFiringFailed(Hub):
+    def fire(self, records: Iterable[EventRecord], span: Span = None) -> None:
+        super().fire([r for r in records if r.kind is not EventKind.FAILED], span)
+
+
+class WatchesMissFailed(_PlantedHub):
+    """Never wakes job watches for ``failed`` (subscribers still get it)."""
+
+    planted = _HubNotFiringFailed
+
+
+class _HubNotWakingOnEnqueue(Hub):
+    def deliver(self, records: Iterable[EventRecord], span: Span = None) -> None:
+        records = list(records)
+        self.offer(records, span)
+        self.fire(records, span)
+        if any(r.kind in WORK_KINDS - {EventKind.ENQUEUED} for r in records):
+            self.work.set()
+
+
+class EnqueueWakesNoClaim(_PlantedHub):
+    """An enqueue does not wake blocked claims (other work kinds still do)."""
+
+    planted = _HubNotWakingOnEnqueue
+
+
+class _HubRefsSmallResults(Hub):
+    def offer(self, records: Iterable[EventRecord], span: Span = None) -> None:
+        def ref(r: EventRecord) -> EventRecord:
+            if r.result is not None and len(r.result) > 1024:
+                return attrs.evolve(r, result=None, result_ref=True)
+            return r
+
+        super().offer([ref(r) for r in records], span)
+
+
+class RefsSmallResults(_PlantedHub):
+    """Leaves results over 1 KiB out of events (allowed only over ``INLINE_RESULT_MAX``)."""
+
+    planted = _HubRefsSmallResults
+
+
+def _one_namespace(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def ignoring_ns(self: Storage, ns: str, *args: Any, **kwargs: Any) -> Any:
+        return method(self, "one-for-all", *args, **kwargs)
+
+    return ignoring_ns
+
+
+class IgnoresNamespace(MemoryStorage):
+    """Keeps one state (jobs, locks, events) for every queue name."""
+
+
+for _name in (
+    "enqueue",
+    "cancel",
+    "get_status",
+    "update_result_ttl",
+    "claim_nowait",
+    "heartbeat",
+    "complete",
+    "fail",
+    "retry",
+    "release",
+    "reap",
+    "acquire_lock",
+    "renew_lock",
+    "release_lock",
+    "stats",
+    "purge_expired",
+    "hub",
+    "follow",
+):
+    setattr(IgnoresNamespace, _name, _one_namespace(getattr(MemoryStorage, _name)))
+
+
+class TruncatesLargePayloads(MemoryStorage):
+    """Keeps only the first KiB of a payload."""
+
+    async def enqueue(
+        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+    ) -> EnqueueOutcome:
+        return await super().enqueue(
+            ns, job_id, payload[:1024], max_attempts=max_attempts, result_ttl=result_ttl
+        )
+
+
 BUG_HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
     max_examples=1000,
@@ -83,10 +207,28 @@ BUG_HUNT = hypothesis.settings(
 )
 
 
+PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
+    (DedupIgnoresFailing, None),
+    (RetryIgnoresDelay, None),
+    (ReapIgnoresFence, None),
+    (ReleaseConsumesAttempt, None),
+    (DropsRequeuedEvents, r"subscribe_events: event #\d+: <requeued "),
+    (WatchesMissFailed, r"watch_job\(.*<failed "),
+    (RefsSmallResults, r"result_ref=True for a result of \d+ bytes"),
+    (EnqueueWakesNoClaim, r"did not wake it within"),
+    (IgnoresNamespace, None),
+    (TruncatesLargePayloads, r"claim of .*\.payload"),
+]
+"""Each planted bug, and what the message of the check meant to catch it matches (None:
+whichever check comes first)."""
+
+
 @pytest.mark.parametrize(
-    "broken", [DedupIgnoresFailing, RetryIgnoresDelay, ReapIgnoresFence, ReleaseConsumesAttempt]
+    ("broken", "caught_by"),
+    [pytest.param(broken, caught_by, id=broken.__name__) for broken, caught_by in PLANTED_BUGS],
 )
-def test_machine_finds_planted_bug(broken: type[MemoryStorage]) -> None:
-    """A backend with one planted contract violation is caught by the machine."""
-    with pytest.raises(AssertionError):
-        run_storage_machine(broken, settings=BUG_HUNT)
+def test_machine_finds_planted_bug(broken: type[MemoryStorage], caught_by: str | None) -> None:
+    """A backend with one planted contract violation is caught by the machine (by the
+    check ``caught_by`` matches, where one rule is meant to catch it)."""
+    with pytest.raises(AssertionError, match=caught_by):
+        run_storage_machine(broken, settings=BUG_HUNT, delivery_timeout=0.25, wake_timeout=0.25)

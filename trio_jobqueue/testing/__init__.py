@@ -6,6 +6,8 @@ the contract.
 * :func:`make_storage_machine` and :func:`open_storage_portal` are its building blocks, for
   running the machine with your own Hypothesis setup (:meth:`StoragePortal.start` runs a
   long-lived task, such as an event subscription, in the portal's loop);
+* :func:`random_blob` makes the large binary payloads the machine prints in
+  counterexamples;
 * :data:`API_CHECKS` are plain async checks of queue-level behaviour.
 """
 
@@ -14,6 +16,7 @@ from ._machine import DEFAULT_SETTINGS as DEFAULT_SETTINGS
 from ._machine import THOROUGH_SETTINGS as THOROUGH_SETTINGS
 from ._machine import StorageMachine as StorageMachine
 from ._machine import make_storage_machine as make_storage_machine
+from ._machine import random_blob as random_blob
 from ._machine import run_storage_machine as run_storage_machine
 from ._model import ModelEvent as ModelEvent
 from ._model import StorageModel as StorageModel

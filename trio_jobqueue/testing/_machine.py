@@ -2,9 +2,14 @@
 
 Every rule performs one storage call through a :class:`~._portal.StoragePortal`, performs the
 same operation on the independent :class:`~._model.StorageModel` and compares the return
-values; after every step the invariants compare every job record, the stats and the fencing
-of every token handed out so far. One opened storage serves a whole run: each example works
-in a namespace of its own (``sm-<uuid>``), so nothing needs flushing between examples.
+values; after every step the invariants compare every job record, the stats, the fencing
+of every token handed out so far, and every event the storage delivered (to an event
+subscription and to a watch on each id) with what the model predicts.
+
+One opened storage serves a whole run. Each example drives **two namespaces** of its own
+(``sm-<uuid>-a`` and ``sm-<uuid>-b``, one model each; ``use_namespace`` moves the
+rules to either), so nothing needs flushing between examples, and the invariants
+check both namespaces after every step: nothing done in one may show in the other.
 
 Durations are multiples of 100 s and the clock moves through ``Storage.advance_clock`` only,
 so a backend on a real clock (which drifts by milliseconds between steps) is predicted
@@ -13,11 +18,16 @@ exactly; see the module docstring of :mod:`._model` for the tie rules.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, cast
 
+import attrs
 import hypothesis
+import trio
+import trio.testing
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -30,10 +40,11 @@ from hypothesis.stateful import (
 )
 
 from .._serde import decode_error
-from .._types import CancelStatus, EnqueueStatus, JobState
+from .._types import CancelStatus, EnqueueStatus, EventKind, JobState
 from ..storage import (
     Claim,
     EnqueueOutcome,
+    EventRecord,
     Fence,
     JobRecord,
     ReapedJob,
@@ -41,19 +52,25 @@ from ..storage import (
     Storage,
     StorageStats,
 )
-from ._model import STALLED, ModelJob, StorageModel
-from ._portal import StoragePortal, open_storage_portal
+from ..storage._core import INLINE_RESULT_MAX, TERMINAL_KINDS
+from ._feeds import FeedRecorder, FeedSnapshot
+from ._model import STALLED, ExpectedClaim, ExpectedEnqueue, ModelEvent, ModelJob, StorageModel
+from ._portal import PortalTask, StoragePortal, open_storage_portal
 
 __all__ = [
     "DEFAULT_SETTINGS",
     "THOROUGH_SETTINGS",
     "StorageMachine",
     "make_storage_machine",
+    "random_blob",
     "run_storage_machine",
 ]
 
 JOB_IDS = ("a:b", "x/y", "ünï-🙂", "job 4")
-"""The id pool: small so that ids collide (dedup), with ``:``, ``/`` and non-ASCII text."""
+"""The id pool: small so that ids collide (dedup), with ``:``, ``/`` and non-ASCII text.
+Both namespaces use the same ids, so a backend that mixes them up shows it."""
+SPACES = ("a", "b")
+"""Labels of the two namespaces of an example (``sm-<uuid>-a``, ``sm-<uuid>-b``)."""
 WORKERS = ("w1", "w:2")
 LOCKS = ("leader", "lock:b")
 OWNERS = ("reaper-1", "reaper:2")
@@ -65,12 +82,49 @@ ADVANCES = (100.0, 200.0, 500.0, 1000.0)
 TIME_TOLERANCE = 30.0
 """Seconds a backend timestamp may differ from the model's prediction: real time drifts
 by milliseconds per step, and model deadlines differ by at least 100 s."""
+BLOB_SIZES = (1025, 8 * 1024, INLINE_RESULT_MAX, INLINE_RESULT_MAX + 1, 100_000)
+"""Sizes of the large payloads, results and errors: just over 1 KiB, a few KiB, exactly
+the largest result events carry inline, one byte more, and ~100 KB."""
+BLOCKED_CLAIM_WAIT = 3600.0
+"""``wait=`` of the blocked claim: far longer than any example runs."""
+BLOCKED_CUSHION = 0.005
+"""Seconds every task of the portal's loop must stay blocked before the blocked-claim rule
+enqueues (``trio.testing.wait_all_tasks_blocked``)."""
+DELIVERY_TIMEOUT = 10.0
+WAKE_TIMEOUT = 2.0
 
-_BYTES = st.one_of(
+
+class _Blob(bytes):
+    """Random bytes that print as the call that made them (counterexamples stay short)."""
+
+    call: str
+
+    def __repr__(self) -> str:
+        return self.call
+
+
+def random_blob(size: int, seed: int) -> bytes:
+    """``size`` pseudo-random bytes from ``seed`` (``random.Random(seed).randbytes``).
+
+    The state machine draws large payloads, results and errors as a size and a seed, so
+    they cost nothing to generate or shrink, and prints them as this call.
+    """
+    blob = _Blob(random.Random(seed).randbytes(size))
+    blob.call = f"random_blob({size}, seed={seed})"
+    return blob
+
+
+_SMALL_BYTES = st.one_of(
     st.sampled_from([b"", b"\x00", b"\xff\xfe\x00binary", b'{"k": 1}', "ü".encode()]),
     st.binary(max_size=16),
 )
-"""Payloads, results and errors: empty, NUL, invalid UTF-8, JSON-looking text."""
+_BYTES = st.one_of(
+    _SMALL_BYTES,
+    _SMALL_BYTES,
+    st.builds(random_blob, st.sampled_from(BLOB_SIZES), st.integers(0, 2**16)),
+)
+"""Payloads, results and errors: empty, NUL, invalid UTF-8, JSON-looking text, and (one
+draw in three) binary blobs of :data:`BLOB_SIZES`."""
 
 DEFAULT_SETTINGS = hypothesis.settings(
     max_examples=100,
@@ -89,9 +143,99 @@ THOROUGH_SETTINGS = hypothesis.settings(
 """A longer search for CI nights or after touching a backend's transitions."""
 
 
+def _show(value: object) -> str:
+    """``repr``, except that long bytes are summarised (size, head, digest)."""
+    if isinstance(value, bytes) and len(value) > 48:
+        digest = hashlib.sha256(value).hexdigest()[:12]
+        return f"<{len(value)} bytes {bytes(value[:12])!r}... sha256:{digest}>"
+    if isinstance(value, list | tuple) and any(isinstance(v, bytes) for v in value):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
 def _expect(what: str, actual: object, expected: object) -> None:
     if actual != expected:
-        raise AssertionError(f"{what}: the storage gave {actual!r}, the model expects {expected!r}")
+        raise AssertionError(
+            f"{what}: the storage gave {_show(actual)}, the model expects {_show(expected)}"
+        )
+
+
+def _describe(event: EventRecord | ModelEvent | None) -> str:
+    if event is None:
+        return "None"
+    parts = [f"{event.kind.value} {event.job_id!r} attempt={event.attempt}"]
+    if event.result is not None:
+        parts.append(f"result={_show(event.result)}")
+    if isinstance(event, EventRecord) and event.result_ref:
+        parts.append("result_ref=True")
+    if event.error is not None:
+        parts.append(f"error={_show(event.error)}")
+    if isinstance(event, EventRecord) and event.missed:
+        parts.append(f"missed={event.missed}")
+    return "<" + " ".join(parts) + ">"
+
+
+def _event_mismatch(got: EventRecord | None, expected: ModelEvent) -> str | None:
+    """Why ``got`` is not the event the model predicts, or ``None`` if it is.
+
+    The contract: kind, job id and attempt as predicted; ``missed == 0`` (a healthy
+    storage loses nothing); a ``completed`` event carries the result bytes, except that a
+    result longer than ``INLINE_RESULT_MAX`` bytes may be left out (``result=None``,
+    ``result_ref=True``: receivers read it from the job); every other event carries no
+    result; errors always travel in full (a reap's decodes to a ``Stalled`` error).
+    """
+    if got is None:
+        return (
+            "the watch said 're-read the job' (None): the storage lost track of its "
+            "events, which a healthy storage never does"
+        )
+    if got.kind is EventKind.MISSED:
+        return f"a 'missed' marker ({got.missed or 'an unknown number of'} events lost)"
+    for field in ("kind", "job_id", "attempt"):
+        if getattr(got, field) != getattr(expected, field):
+            return f"{field} differs"
+    if got.missed:
+        return "missed is not 0"
+    if expected.kind is EventKind.COMPLETED:
+        result = expected.result
+        assert result is not None  # the model always stores one
+        if got.result_ref:
+            if got.result is not None:
+                return "result_ref=True with the result inline"
+            if len(result) <= INLINE_RESULT_MAX:
+                return (
+                    f"result_ref=True for a result of {len(result)} bytes: only results "
+                    f"over INLINE_RESULT_MAX ({INLINE_RESULT_MAX}) bytes may be left out"
+                )
+        elif got.result != result:
+            return "result differs"
+    elif got.result is not None or got.result_ref:
+        return f"a {got.kind.value} event carries no result"
+    if expected.error is STALLED:
+        decoded = decode_error(got.error)
+        if decoded is None or decoded.type != "Stalled":
+            return "the error is not a Stalled JobError"
+    elif got.error != expected.error:
+        return "error differs"
+    return None
+
+
+@attrs.define(eq=False)
+class _Space:
+    """One namespace of the example: its model, tokens, and recorded feeds."""
+
+    label: str
+    ns: str
+    model: StorageModel = attrs.Factory(StorageModel)
+    tokens: dict[str, str] = attrs.Factory(dict)
+    """Every token handed out in this namespace -> its job id."""
+    recorder: FeedRecorder = attrs.Factory(FeedRecorder)
+    task: PortalTask | None = None
+    events_checked: int = 0
+    watches_checked: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(JOB_IDS, 0))
+
+    def terminal_events(self, job_id: str) -> list[ModelEvent]:
+        return [e for e in self.model.events if e.job_id == job_id and e.kind in TERMINAL_KINDS]
 
 
 class StorageMachine(RuleBasedStateMachine):
@@ -102,6 +246,12 @@ class StorageMachine(RuleBasedStateMachine):
     """
 
     portal: ClassVar[StoragePortal | None] = None
+    delivery_timeout: ClassVar[float] = DELIVERY_TIMEOUT
+    """Seconds the invariant waits for the events (and watch firings) the model predicts
+    before it reports the missing ones."""
+    wake_timeout: ClassVar[float] = WAKE_TIMEOUT
+    """Seconds a claim blocked on an empty namespace may take to return the job an
+    enqueue just added."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,17 +259,45 @@ class StorageMachine(RuleBasedStateMachine):
             raise TypeError("use make_storage_machine(portal) to bind the machine to a storage")
         self._portal: StoragePortal = self.portal
         self.storage: Storage = self._portal.storage
-        self.ns = f"sm-{uuid.uuid4().hex}"
-        self.model = StorageModel()
-        self.tokens: dict[str, str] = {}
-        """Every token handed out in this example -> its job id."""
-        self.base = self._read_clock_base()
+        example = f"sm-{uuid.uuid4().hex}"
+        self.spaces = tuple(_Space(label, f"{example}-{label}") for label in SPACES)
+        self.active = 0
+        self.base = self._read_clock_base(f"{example}-clock")
+        try:
+            for space in self.spaces:
+                space.task = self._portal.start(
+                    space.recorder.serve, self.storage, space.ns, JOB_IDS
+                )
+        except Exception:
+            self._stop_feeds()
+            raise
+
+    # -- the active namespace ----------------------------------------------------------------
+
+    @property
+    def space(self) -> _Space:
+        """The namespace the rules act on."""
+        return self.spaces[self.active]
+
+    @property
+    def ns(self) -> str:
+        return self.space.ns
+
+    @property
+    def model(self) -> StorageModel:
+        return self.space.model
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        return self.space.tokens
+
+    def _where(self, what: str, space: _Space | None = None) -> str:
+        return f"[{(space or self.space).label}] {what}"
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _read_clock_base(self) -> float:
+    def _read_clock_base(self, probe_ns: str) -> float:
         """The storage-clock time of model time 0 (a probe job's ``created_at``)."""
-        probe_ns = f"{self.ns}-clock"
 
         async def probe() -> float:
             await self.storage.enqueue(probe_ns, "probe", b"", max_attempts=1, result_ttl=100.0)
@@ -130,6 +308,17 @@ class StorageMachine(RuleBasedStateMachine):
             return record.created_at
 
         return self._portal.run(probe)
+
+    def _stop_feeds(self) -> None:
+        tasks = [space.task for space in self.spaces if space.task is not None]
+        for space in self.spaces:
+            space.task = None
+        for task in tasks:
+            task.cancel()
+
+    def teardown(self) -> None:
+        """Close the example's event subscriptions and job watches."""
+        self._stop_feeds()
 
     def _check_time(self, what: str, actual: float | None, expected: float | None) -> None:
         if expected is None or actual is None:
@@ -149,8 +338,10 @@ class StorageMachine(RuleBasedStateMachine):
         else:
             _expect(what, actual, expected)
 
-    def _check_record(self, job_id: str, got: JobRecord | None, job: ModelJob | None) -> None:
-        where = f"get_status({job_id!r})"
+    def _check_record(
+        self, space: _Space, job_id: str, got: JobRecord | None, job: ModelJob | None
+    ) -> None:
+        where = self._where(f"get_status({job_id!r})", space)
         if got is None or job is None:
             _expect(where, got, None if job is None else f"a {job.state} record")
             return
@@ -168,21 +359,55 @@ class StorageMachine(RuleBasedStateMachine):
         self._check_time(f"{where}.due_at", got.due_at, job.due_at)
         self._check_time(f"{where}.lease_until", got.lease_until, job.lease_until)
 
-    def _owned_pairs(self, *, retryable: bool = False) -> list[tuple[str, str]]:
+    def _check_claims(
+        self, what: str, got: Sequence[Claim], expected: Sequence[ExpectedClaim]
+    ) -> None:
+        _expect(
+            f"{what} job ids (FIFO order)",
+            [c.job_id for c in got],
+            [c.job_id for c in expected],
+        )
+        for claim, exp in zip(got, expected, strict=True):
+            where = self._where(f"claim of {claim.job_id!r}")
+            _expect(f"{where}.payload", claim.payload, exp.payload)
+            _expect(f"{where}.attempt", claim.attempt, exp.attempt)
+            _expect(f"{where}.max_attempts", claim.max_attempts, exp.max_attempts)
+            _expect(f"{where}.result_ttl", claim.result_ttl, exp.result_ttl)
+            self._check_time(f"{where}.created_at", claim.created_at, exp.created_at)
+            self._check_time(f"{where}.lease_until", claim.lease_until, exp.lease_until)
+            if not isinstance(claim.token, str) or not claim.token:
+                raise AssertionError(f"{where}: token {claim.token!r} is not a non-empty str")
+            if claim.token in self.tokens:
+                raise AssertionError(f"{where}: token {claim.token!r} was handed out before")
+            self.tokens[claim.token] = claim.job_id
+            self.model.bind_token(claim.job_id, claim.token)
+
+    def _owned_pairs(
+        self, space: _Space | None = None, *, retryable: bool = False
+    ) -> list[tuple[str, str]]:
+        model = (space or self.space).model
         pairs = []
-        for job in sorted(self.model.processing(), key=lambda job: job.job_id):
+        for job in sorted(model.processing(), key=lambda job: job.job_id):
             if job.token is not None and (not retryable or job.attempts < job.max_attempts):
                 pairs.append((job.job_id, job.token))
         return pairs
 
-    def _stale_pairs(self) -> list[tuple[str, str]]:
-        """Tokens that no longer own their job, plus a forged token for each processing job."""
+    def _stale_pairs(self, space: _Space | None = None) -> list[tuple[str, str]]:
+        """Tokens that do not own their job here: those that lost it, a forged token for
+        each processing job, and the owning tokens of the other namespace (which own
+        nothing in this one)."""
+        space = space or self.space
+        model = space.model
         stale = [
             (job_id, token)
-            for token, job_id in self.tokens.items()
-            if not self.model.owns(job_id, token)
+            for token, job_id in space.tokens.items()
+            if not model.owns(job_id, token)
         ]
-        stale += [(job.job_id, "forged-token") for job in self.model.processing()]
+        stale += [(job.job_id, "forged-token") for job in model.processing()]
+        for other in self.spaces:
+            if other is not space:
+                # A backend may reuse another namespace's token strings: skip equal ones.
+                stale += [p for p in self._owned_pairs(other) if p[1] not in space.tokens]
         return sorted(stale)
 
     def _has_owned(self) -> bool:
@@ -195,7 +420,14 @@ class StorageMachine(RuleBasedStateMachine):
         return bool(self._stale_pairs())
 
     def _settled(self, what: str, got: SettleStatus, ok: bool) -> None:
-        _expect(what, got, SettleStatus.OK if ok else SettleStatus.STALE)
+        _expect(self._where(what), got, SettleStatus.OK if ok else SettleStatus.STALE)
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    @rule(label=st.sampled_from(SPACES))
+    def use_namespace(self, label: str) -> None:
+        """The following rules act on namespace ``label`` (the invariants check both)."""
+        self.active = SPACES.index(label)
 
     # -- producer rules ---------------------------------------------------------------------
 
@@ -228,26 +460,19 @@ class StorageMachine(RuleBasedStateMachine):
             max_attempts=max_attempts,
             result_ttl=result_ttl,
         )
-        what = f"enqueue({job_id!r})"
-        _expect(f"{what}.status", got.status, expected.status)
-        if expected.status is EnqueueStatus.DUPLICATE:
-            _expect(f"{what}.existing_state", got.existing_state, expected.existing_state)
-        elif expected.status is EnqueueStatus.COMPLETED:
-            _expect(f"{what}.result", got.result, expected.result)
-            if got.existing_state not in (None, JobState.COMPLETED):
-                _expect(f"{what}.existing_state", got.existing_state, JobState.COMPLETED)
+        _check_enqueue_outcome(self._where(f"enqueue({job_id!r})"), got, expected)
 
     @rule(job_id=st.sampled_from(JOB_IDS))
     def cancel(self, job_id: str) -> None:
         expected = self.model.cancel(job_id)
         got: CancelStatus = self._portal.run(self.storage.cancel, self.ns, job_id)
-        _expect(f"cancel({job_id!r})", got, expected)
+        _expect(self._where(f"cancel({job_id!r})"), got, expected)
 
     @rule(job_id=st.sampled_from(JOB_IDS), ttl=st.sampled_from(TTLS))
     def update_result_ttl(self, job_id: str, ttl: float) -> None:
         expected = self.model.update_result_ttl(job_id, ttl)
         got = self._portal.run(self.storage.update_result_ttl, self.ns, job_id, ttl)
-        _expect(f"update_result_ttl({job_id!r}, {ttl})", got, expected)
+        _expect(self._where(f"update_result_ttl({job_id!r}, {ttl})"), got, expected)
 
     # -- worker rules ------------------------------------------------------------------------
 
@@ -261,65 +486,130 @@ class StorageMachine(RuleBasedStateMachine):
         got: list[Claim] = self._portal.run(
             self.storage.claim, self.ns, worker_id, limit=limit, lease=lease, wait=0.0
         )
-        _expect(
-            f"claim(limit={limit}) job ids (FIFO order)",
-            [c.job_id for c in got],
-            [c.job_id for c in expected],
-        )
-        for claim, exp in zip(got, expected, strict=True):
-            what = f"claim of {claim.job_id!r}"
-            _expect(f"{what}.payload", claim.payload, exp.payload)
-            _expect(f"{what}.attempt", claim.attempt, exp.attempt)
-            _expect(f"{what}.max_attempts", claim.max_attempts, exp.max_attempts)
-            _expect(f"{what}.result_ttl", claim.result_ttl, exp.result_ttl)
-            self._check_time(f"{what}.created_at", claim.created_at, exp.created_at)
-            self._check_time(f"{what}.lease_until", claim.lease_until, exp.lease_until)
-            if not isinstance(claim.token, str) or not claim.token:
-                raise AssertionError(f"{what}: token {claim.token!r} is not a non-empty str")
-            if claim.token in self.tokens:
-                raise AssertionError(f"{what}: token {claim.token!r} was handed out before")
-            self.tokens[claim.token] = claim.job_id
-            self.model.bind_token(claim.job_id, claim.token)
+        self._check_claims(self._where(f"claim(limit={limit})"), got, expected)
 
-    @precondition(_has_owned)
+    def _can_block(self) -> bool:
+        """Nothing is claimable now, and an id is free to enqueue."""
+        model = self.model
+        return (
+            not model.ready
+            and not model.has_due_delayed()
+            and any(model.live(job_id) is None for job_id in JOB_IDS)
+        )
+
+    @precondition(_can_block)
     @rule(
         data=st.data(),
-        blob=_BYTES,
-        ttl=st.sampled_from(TTLS),
-        delay=st.sampled_from(RETRY_DELAYS),
+        payload=_BYTES,
+        max_attempts=st.integers(1, 3),
+        result_ttl=st.sampled_from(TTLS),
+        worker_id=st.sampled_from(WORKERS),
+        lease=st.sampled_from(LEASES),
     )
-    def settle(self, data: st.DataObject, blob: bytes, ttl: float, delay: float) -> None:
-        """The owner of a claim completes, fails, retries (attempts left) or releases it.
+    def claim_woken_by_enqueue(
+        self,
+        data: st.DataObject,
+        payload: bytes,
+        max_attempts: int,
+        result_ttl: float,
+        worker_id: str,
+        lease: float,
+    ) -> None:
+        """A claim blocked on an empty namespace returns the job an enqueue then adds.
 
-        ``blob`` is the result or the error; ``ttl`` applies to complete/fail, ``delay`` to
-        retry.
+        The claim (``wait`` of an hour) runs in a task; once every task of the portal's
+        loop is blocked (``trio.testing.wait_all_tasks_blocked``) the job is enqueued, and
+        the claim must return it within :attr:`wake_timeout` seconds, as the model predicts.
         """
-        # retry twice: it leads to the rarer states (failing, delayed, promotion)
-        ops = ["complete", "fail", "release"]
-        if self._has_retryable():
-            ops += ["retry", "retry"]
-        op = data.draw(st.sampled_from(ops), label="op")
-        pairs = self._owned_pairs(retryable=op == "retry")
-        job_id, token = data.draw(st.sampled_from(pairs), label="claim")
-        storage, ns, model = self.storage, self.ns, self.model
-        got: SettleStatus
-        if op == "complete":
-            ok = model.complete(job_id, token, blob, ttl=ttl)
-            got = self._portal.run(storage.complete, ns, job_id, token, blob, ttl=ttl)
-            what = f"complete({job_id!r}, ttl={ttl})"
-        elif op == "fail":
-            ok = model.fail(job_id, token, blob, ttl=ttl)
-            got = self._portal.run(storage.fail, ns, job_id, token, blob, ttl=ttl)
-            what = f"fail({job_id!r}, ttl={ttl})"
-        elif op == "retry":
-            ok = model.retry(job_id, token, blob, delay=delay)
-            got = self._portal.run(storage.retry, ns, job_id, token, blob, delay=delay)
-            what = f"retry({job_id!r}, delay={delay})"
-        else:
-            ok = model.release(job_id, token)
-            got = self._portal.run(storage.release, ns, job_id, token)
-            what = f"release({job_id!r})"
-        self._settled(what, got, ok)
+        free = [job_id for job_id in JOB_IDS if self.model.live(job_id) is None]
+        job_id = data.draw(st.sampled_from(free), label="job_id")
+        storage, ns, timeout = self.storage, self.ns, self.wake_timeout
+
+        async def claim_then_enqueue() -> tuple[bool, EnqueueOutcome, list[Claim] | None, float]:
+            claimed: list[list[Claim]] = []
+            returned = trio.Event()
+
+            async def claimer() -> None:
+                claimed.append(
+                    await storage.claim(
+                        ns, worker_id, limit=1, lease=lease, wait=BLOCKED_CLAIM_WAIT
+                    )
+                )
+                returned.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claimer)
+                with trio.move_on_after(timeout):
+                    await trio.testing.wait_all_tasks_blocked(cushion=BLOCKED_CUSHION)
+                early = returned.is_set()
+                enqueued = await storage.enqueue(
+                    ns, job_id, payload, max_attempts=max_attempts, result_ttl=result_ttl
+                )
+                started = trio.current_time()
+                with trio.move_on_after(timeout):
+                    await returned.wait()
+                took = trio.current_time() - started
+                nursery.cancel_scope.cancel()  # a claim still blocked gives up (takes nothing)
+            return early, enqueued, claimed[0] if claimed else None, took
+
+        early, enqueued, got, took = self._portal.run(claim_then_enqueue)
+        what = self._where(f"claim(wait={BLOCKED_CLAIM_WAIT}) on an empty namespace")
+        if early:
+            raise AssertionError(
+                f"{what} returned {_show(got)} before anything was enqueued: it must block"
+            )
+        expected_enqueue = self.model.enqueue(
+            job_id, payload, max_attempts=max_attempts, result_ttl=result_ttl
+        )
+        _check_enqueue_outcome(self._where(f"enqueue({job_id!r})"), enqueued, expected_enqueue)
+        if got is None:
+            raise AssertionError(
+                f"{what}: the enqueue of {job_id!r} did not wake it within {timeout} s"
+            )
+        expected = self.model.claim(worker_id, limit=1, lease=lease)
+        self._check_claims(
+            f"{what}, woken by enqueue({job_id!r}) after {took:.3f} s", got, expected
+        )
+
+    def _draw_owned(self, data: st.DataObject, *, retryable: bool = False) -> tuple[str, str]:
+        pairs = self._owned_pairs(retryable=retryable)
+        return data.draw(st.sampled_from(pairs), label="claim")
+
+    @precondition(_has_owned)
+    @rule(data=st.data(), result=_BYTES, ttl=st.sampled_from(TTLS))
+    def complete(self, data: st.DataObject, result: bytes, ttl: float) -> None:
+        """The owner of a claim completes it."""
+        job_id, token = self._draw_owned(data)
+        ok = self.model.complete(job_id, token, result, ttl=ttl)
+        got = self._portal.run(self.storage.complete, self.ns, job_id, token, result, ttl=ttl)
+        self._settled(f"complete({job_id!r}, ttl={ttl})", got, ok)
+
+    @precondition(_has_owned)
+    @rule(data=st.data(), error=_BYTES, ttl=st.sampled_from(TTLS))
+    def fail(self, data: st.DataObject, error: bytes, ttl: float) -> None:
+        """The owner of a claim fails it for good."""
+        job_id, token = self._draw_owned(data)
+        ok = self.model.fail(job_id, token, error, ttl=ttl)
+        got = self._portal.run(self.storage.fail, self.ns, job_id, token, error, ttl=ttl)
+        self._settled(f"fail({job_id!r}, ttl={ttl})", got, ok)
+
+    @precondition(_has_retryable)
+    @rule(data=st.data(), error=_BYTES, delay=st.sampled_from(RETRY_DELAYS))
+    def retry(self, data: st.DataObject, error: bytes, delay: float) -> None:
+        """The owner of a claim with attempts left retries it (as the worker does)."""
+        job_id, token = self._draw_owned(data, retryable=True)
+        ok = self.model.retry(job_id, token, error, delay=delay)
+        got = self._portal.run(self.storage.retry, self.ns, job_id, token, error, delay=delay)
+        self._settled(f"retry({job_id!r}, delay={delay})", got, ok)
+
+    @precondition(_has_owned)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        """The owner of a claim gives it back (graceful shutdown)."""
+        job_id, token = self._draw_owned(data)
+        ok = self.model.release(job_id, token)
+        got = self._portal.run(self.storage.release, self.ns, job_id, token)
+        self._settled(f"release({job_id!r})", got, ok)
 
     @precondition(lambda self: self._has_owned() or self._has_stale())
     @rule(data=st.data(), lease=st.sampled_from(LEASES))
@@ -330,7 +620,7 @@ class StorageMachine(RuleBasedStateMachine):
         )
         expected = self.model.heartbeat(pairs, lease=lease)
         got = self._portal.run(self.storage.heartbeat, self.ns, pairs, lease=lease)
-        _expect(f"heartbeat({pairs!r}) ownership", got, expected)
+        _expect(self._where(f"heartbeat({pairs!r}) ownership"), got, expected)
 
     @precondition(_has_stale)
     @rule(
@@ -340,7 +630,7 @@ class StorageMachine(RuleBasedStateMachine):
         delay=st.sampled_from(RETRY_DELAYS),
     )
     def settle_stale(self, data: st.DataObject, op: str, blob: bytes, delay: float) -> None:
-        """A token that lost its job must get ``stale`` and change nothing."""
+        """A token that does not own its job must get ``stale`` and change nothing."""
         job_id, token = data.draw(st.sampled_from(self._stale_pairs()), label="stale claim")
         if self.model.owns(job_id, token):  # pragma: no cover - _stale_pairs excludes these
             raise AssertionError("the model lists an owning token as stale")
@@ -381,7 +671,7 @@ class StorageMachine(RuleBasedStateMachine):
             None if fence is None else (fence.lock, fence.owner, fence.epoch)
         )
         got = self._portal.run(self.storage.reap, self.ns, fence=fence)
-        what = f"reap(fence={fence!r})"
+        what = self._where(f"reap(fence={fence!r})")
         _expect(f"{what}.fenced", got.fenced, expected.fenced)
         _expect(
             f"{what}.stalled",
@@ -408,77 +698,210 @@ class StorageMachine(RuleBasedStateMachine):
         if op == "acquire":
             expected_epoch = self.model.acquire_lock(lock, owner, ttl=ttl)
             got_epoch = self._portal.run(storage.acquire_lock, ns, lock, owner, ttl=ttl)
-            _expect(f"acquire_lock({lock!r}, {owner!r}) epoch", got_epoch, expected_epoch)
+            _expect(
+                self._where(f"acquire_lock({lock!r}, {owner!r}) epoch"), got_epoch, expected_epoch
+            )
             return
         epoch = self._epoch(lock, epoch_delta)
         if op == "renew":
             expected = self.model.renew_lock(lock, owner, epoch, ttl=ttl)
             got = self._portal.run(storage.renew_lock, ns, lock, owner, epoch, ttl=ttl)
-            _expect(f"renew_lock({lock!r}, {owner!r}, {epoch})", got, expected)
+            _expect(self._where(f"renew_lock({lock!r}, {owner!r}, {epoch})"), got, expected)
             return
         maybe = self.model.release_lock(lock, owner, epoch)
         got = self._portal.run(storage.release_lock, ns, lock, owner, epoch)
         if maybe is not None:
-            _expect(f"release_lock({lock!r}, {owner!r}, {epoch})", got, maybe)
+            _expect(self._where(f"release_lock({lock!r}, {owner!r}, {epoch})"), got, maybe)
+
+    # -- worker registry ---------------------------------------------------------------------
+    # Rules for worker registration, heartbeats and per-worker expiry go here once the
+    # Storage ABC has a worker registry (register/unregister/list): one model of the
+    # registry per namespace in _Space, checked by storage_matches_model like the jobs.
 
     # -- time --------------------------------------------------------------------------------
 
     @rule(seconds=st.sampled_from(ADVANCES))
     def advance_clock(self, seconds: float) -> None:
-        """Leases pass, delayed retries fall due, TTLs run out."""
-        self.model.advance(seconds)
+        """Leases pass, delayed retries fall due, TTLs run out (in both namespaces)."""
+        for space in self.spaces:
+            space.model.advance(seconds)
         self._portal.run(self.storage.advance_clock, seconds)
 
     # -- invariants ----------------------------------------------------------------------------
 
+    def _check_feeds(self, space: _Space, feeds: FeedSnapshot) -> None:
+        """Every event the model predicts arrived, complete and in order, and nothing else:
+        on the subscription, and per id on its watch (terminal events only)."""
+        if feeds.error is not None:
+            raise AssertionError(
+                self._where(f"an event feed failed: {feeds.error!r}", space)
+            ) from feeds.error
+        timeout = self.delivery_timeout
+        streams: list[tuple[str, Sequence[EventRecord | None], list[ModelEvent], int]] = [
+            ("subscribe_events", feeds.events, space.model.events, space.events_checked)
+        ]
+        for job_id in JOB_IDS:
+            streams.append(
+                (
+                    f"watch_job({job_id!r})",
+                    feeds.watched[job_id],
+                    space.terminal_events(job_id),
+                    space.watches_checked[job_id],
+                )
+            )
+        for name, got, expected, checked in streams:
+            for i in range(checked, max(len(got), len(expected))):
+                where = self._where(f"{name}: event #{i}", space)
+                if i >= len(got):
+                    raise AssertionError(
+                        f"{where}: {_describe(expected[i])} did not arrive within {timeout} s"
+                    )
+                if i >= len(expected):
+                    raise AssertionError(
+                        f"{where}: unexpected {_describe(got[i])}; the model expects no more"
+                    )
+                reason = _event_mismatch(got[i], expected[i])
+                if reason is not None:
+                    raise AssertionError(
+                        f"{where}: the storage gave {_describe(got[i])}, the model expects "
+                        f"{_describe(expected[i])} ({reason})"
+                    )
+        space.events_checked = len(space.model.events)
+        for job_id in JOB_IDS:
+            space.watches_checked[job_id] = len(space.terminal_events(job_id))
+
     @invariant()
     def storage_matches_model(self) -> None:
-        """Every record, the stats, and the fencing of every stale token agree with the model.
+        """In both namespaces: every record, the stats, the fencing of every stale (or
+        foreign) token, and every event delivered agree with the model.
 
         Checking every id of the pool each step proves no accepted job is ever lost (nor
         resurrected). ``stats`` is read-only, so calling it every step must not change what
         the next claim returns.
         """
-        stale = self._stale_pairs()
-        storage, ns = self.storage, self.ns
-
-        async def snapshot() -> tuple[list[JobRecord | None], StorageStats | None, list[bool]]:
-            records = [await storage.get_status(ns, job_id) for job_id in JOB_IDS]
-            stats: StorageStats | None = await storage.stats(ns)
-            owned = await storage.heartbeat(ns, stale, lease=LEASES[0]) if stale else []
-            return records, stats, owned
-
-        records, stats, owned = self._portal.run(snapshot)
-        for job_id, record in zip(JOB_IDS, records, strict=True):
-            self._check_record(job_id, record, self.model.live(job_id))
-        if stats is not None:
-            queued, delayed, processing, completed, failed = self.model.stats()
-            _expect(
-                "stats()",
-                stats,
-                StorageStats(
-                    queued=queued,
-                    delayed=delayed,
-                    processing=processing,
-                    completed=completed,
-                    failed=failed,
-                ),
+        storage, timeout = self.storage, self.delivery_timeout
+        plans = [
+            (
+                space,
+                self._stale_pairs(space),
+                len(space.model.events),
+                {job_id: len(space.terminal_events(job_id)) for job_id in JOB_IDS},
             )
-        _expect(f"heartbeat of stale tokens {stale!r}", owned, [False] * len(stale))
+            for space in self.spaces
+        ]
+
+        async def read(space: _Space, stale: list[tuple[str, str]], into: list[object]) -> None:
+            # The reads (and the heartbeat of tokens that own nothing) change nothing, so
+            # they run concurrently: a backend that batches calls (File) answers faster.
+            ns = space.ns
+
+            async def status(i: int, job_id: str) -> None:
+                into[i] = await storage.get_status(ns, job_id)
+
+            async def stats() -> None:
+                into[len(JOB_IDS)] = await storage.stats(ns)
+
+            async def heartbeat() -> None:
+                into[len(JOB_IDS) + 1] = (
+                    await storage.heartbeat(ns, stale, lease=LEASES[0]) if stale else []
+                )
+
+            async with trio.open_nursery() as nursery:
+                for i, job_id in enumerate(JOB_IDS):
+                    nursery.start_soon(status, i, job_id)
+                nursery.start_soon(stats)
+                nursery.start_soon(heartbeat)
+
+        async def snapshot() -> list[
+            tuple[FeedSnapshot, list[JobRecord | None], StorageStats | None, list[bool]]
+        ]:
+            feeds = [
+                await space.recorder.wait_for(events, watched, timeout)
+                for space, _, events, watched in plans
+            ]
+            reads: list[list[object]] = [[None] * (len(JOB_IDS) + 2) for _ in plans]
+            async with trio.open_nursery() as nursery:
+                for (space, stale, _, _), into in zip(plans, reads, strict=True):
+                    nursery.start_soon(read, space, stale, into)
+            return [
+                (
+                    feed,
+                    cast(list[JobRecord | None], into[: len(JOB_IDS)]),
+                    cast(StorageStats | None, into[len(JOB_IDS)]),
+                    cast(list[bool], into[len(JOB_IDS) + 1]),
+                )
+                for feed, into in zip(feeds, reads, strict=True)
+            ]
+
+        results = self._portal.run(snapshot)
+        for (space, stale, _, _), (feeds, records, stats, owned) in zip(
+            plans, results, strict=True
+        ):
+            for job_id, record in zip(JOB_IDS, records, strict=True):
+                self._check_record(space, job_id, record, space.model.live(job_id))
+            if stats is not None:
+                queued, delayed, processing, completed, failed = space.model.stats()
+                _expect(
+                    self._where("stats()", space),
+                    stats,
+                    StorageStats(
+                        queued=queued,
+                        delayed=delayed,
+                        processing=processing,
+                        completed=completed,
+                        failed=failed,
+                    ),
+                )
+            _expect(
+                self._where(f"heartbeat of stale tokens {stale!r}", space),
+                owned,
+                [False] * len(stale),
+            )
+            self._check_feeds(space, feeds)
 
 
-def make_storage_machine(portal: StoragePortal) -> type[StorageMachine]:
+def _check_enqueue_outcome(what: str, got: EnqueueOutcome, expected: ExpectedEnqueue) -> None:
+    _expect(f"{what}.status", got.status, expected.status)
+    if expected.status is EnqueueStatus.DUPLICATE:
+        _expect(f"{what}.existing_state", got.existing_state, expected.existing_state)
+    elif expected.status is EnqueueStatus.COMPLETED:
+        _expect(f"{what}.result", got.result, expected.result)
+        if got.existing_state not in (None, JobState.COMPLETED):
+            _expect(f"{what}.existing_state", got.existing_state, JobState.COMPLETED)
+
+
+def make_storage_machine(
+    portal: StoragePortal,
+    *,
+    delivery_timeout: float = DELIVERY_TIMEOUT,
+    wake_timeout: float = WAKE_TIMEOUT,
+) -> type[StorageMachine]:
     """A :class:`StorageMachine` subclass bound to ``portal``'s opened storage.
 
     Run it with ``hypothesis.stateful.run_state_machine_as_test`` while the portal is open,
-    or use :func:`run_storage_machine`, which does both.
+    or use :func:`run_storage_machine`, which does both. ``delivery_timeout`` and
+    ``wake_timeout`` set :attr:`StorageMachine.delivery_timeout` and
+    :attr:`StorageMachine.wake_timeout`.
     """
     name = f"{type(portal.storage).__name__}Machine"
-    return type(name, (StorageMachine,), {"portal": portal, "__module__": __name__})
+    return type(
+        name,
+        (StorageMachine,),
+        {
+            "portal": portal,
+            "delivery_timeout": delivery_timeout,
+            "wake_timeout": wake_timeout,
+            "__module__": __name__,
+        },
+    )
 
 
 def run_storage_machine(
-    make_storage: Callable[[], Storage], *, settings: hypothesis.settings | None = None
+    make_storage: Callable[[], Storage],
+    *,
+    settings: hypothesis.settings | None = None,
+    delivery_timeout: float = DELIVERY_TIMEOUT,
+    wake_timeout: float = WAKE_TIMEOUT,
 ) -> None:
     """Check the storage ``make_storage()`` returns against the model; raise on a mismatch.
 
@@ -486,11 +909,18 @@ def run_storage_machine(
     machine for ``settings`` (default :data:`DEFAULT_SETTINGS`), then closes it. Raises the
     failing step's ``AssertionError`` (or the storage's exception) after Hypothesis has
     shrunk and printed the counterexample.
+
+    ``delivery_timeout`` (seconds; default 10) bounds the wait for each step's events and
+    watch firings on backends that deliver them asynchronously; ``wake_timeout`` (default
+    2) is how long a blocked claim may take to return a job just enqueued. Both only cost
+    time when something is missing.
     """
     # Typed locally: some Hypothesis releases ship this function without annotations.
     run: Callable[..., None] = run_state_machine_as_test
     with open_storage_portal(make_storage) as portal:
         run(
-            make_storage_machine(portal),
+            make_storage_machine(
+                portal, delivery_timeout=delivery_timeout, wake_timeout=wake_timeout
+            ),
             settings=settings if settings is not None else DEFAULT_SETTINGS,
         )
