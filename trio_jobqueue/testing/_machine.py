@@ -419,6 +419,11 @@ class StorageMachine(RuleBasedStateMachine):
     def _has_stale(self) -> bool:
         return bool(self._stale_pairs())
 
+    def _has_owned_or_stale(self) -> bool:
+        # A named function, not a lambda: some Hypothesis releases re-read a lambda
+        # precondition's source each time they check it (seconds per run).
+        return self._has_owned() or self._has_stale()
+
     def _settled(self, what: str, got: SettleStatus, ok: bool) -> None:
         _expect(self._where(what), got, SettleStatus.OK if ok else SettleStatus.STALE)
 
@@ -611,7 +616,7 @@ class StorageMachine(RuleBasedStateMachine):
         got = self._portal.run(self.storage.release, self.ns, job_id, token)
         self._settled(f"release({job_id!r})", got, ok)
 
-    @precondition(lambda self: self._has_owned() or self._has_stale())
+    @precondition(_has_owned_or_stale)
     @rule(data=st.data(), lease=st.sampled_from(LEASES))
     def heartbeat(self, data: st.DataObject, lease: float) -> None:
         candidates = self._owned_pairs() + self._stale_pairs()
