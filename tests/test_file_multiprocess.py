@@ -19,7 +19,8 @@ import trio
 
 import trio_jobqueue as jq
 from trio_jobqueue import EventKind, JobState
-from trio_jobqueue.storage.file import CRASH_ENV, FileStorage
+from trio_jobqueue.storage import _file_io as fio
+from trio_jobqueue.storage.file import CRASH_ENV, CRASH_POINTS, PAUSE_ENV, FileStorage
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +108,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.pop(CRASH_ENV, None)
+    env.pop(PAUSE_ENV, None)
     env.update(extra)
     return env
 
@@ -272,20 +274,11 @@ async def test_worker_sigkilled_mid_job(tmp_path: Path) -> None:
             assert rec is not None and rec.attempts == 2
 
 
-@pytest.mark.parametrize(
-    "point",
-    [
-        "before-append",
-        "mid-append",
-        "after-append",
-        "after-fsync",
-        "compact-journal",
-        "compact-snapshot",
-    ],
-)
+@pytest.mark.parametrize("point", CRASH_POINTS)
 async def test_worker_sigkilled_mid_transition(tmp_path: Path, point: str) -> None:
-    """A process killed at any point inside a transaction (the private crash hook) leaves a
-    state the next process recovers: zero lost jobs, none stuck."""
+    """A process killed at any point inside a transaction or a compaction (the private
+    crash hook: every point of CRASH_POINTS) leaves a state the next process recovers:
+    zero lost jobs, none stuck."""
     ids = [f"job-{i}" for i in range(30)]
     async with FileStorage(tmp_path / "q") as storage:
         for job_id in ids:
@@ -348,3 +341,66 @@ async def test_random_sigkills_while_draining(tmp_path: Path) -> None:
     assert [i for i in ids if runs[i] == 0] == []
     pids = {int(line.split(" ")[1]) for line in log.read_text().splitlines()}
     assert pids & set(victims), "no victim was killed while working"
+
+
+COMPACTOR = textwrap.dedent(
+    """
+    import sys
+    import trio
+    from trio_jobqueue.storage.file import FileStorage
+
+    async def main():
+        async with FileStorage(sys.argv[1], compact_bytes=4096) as storage:
+            # The journal is over 4096 bytes: this transaction switches generations and
+            # the snapshot build starts (and pauses, by the hook) in the background.
+            await storage.enqueue("mp", "child-1", b"p", max_attempts=3, result_ttl=600.0)
+            print("switched", flush=True)
+            await storage.enqueue("mp", "child-2", b"p", max_attempts=3, result_ttl=600.0)
+            print("own transactions go on", flush=True)
+        print("closed", flush=True)  # closing waited for the build
+
+    trio.run(main)
+    """
+)
+
+
+async def test_other_processes_transact_while_compaction_serialises(tmp_path: Path) -> None:
+    """While a process rebuilds and writes a snapshot (held at that point by the pause
+    hook), another process enqueues, claims and completes: compaction does not hold the
+    lock. The snapshot installed afterwards plus the journal since hold everything."""
+    root = tmp_path / "q"
+    ids = [f"job-{i}" for i in range(100)]
+    async with FileStorage(root) as storage:
+        for job_id in ids:
+            await storage.enqueue(QUEUE, job_id, b"x" * 100, max_attempts=3, result_ttl=600.0)
+        script = tmp_path / "compactor.py"
+        script.write_text(COMPACTOR)
+        flag = tmp_path / "resume"
+        child = _spawn(script, str(root), **{PAUSE_ENV: f"compact-serialise:{flag}"})
+        try:
+            assert child.stdout is not None
+            with trio.fail_after(30):
+                assert await trio.to_thread.run_sync(child.stdout.readline) == b"switched\n"
+                while not await trio.Path(f"{flag}.paused").exists():  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            directory = trio.Path(root / "ns" / fio.safe_name(QUEUE))
+            assert await (directory / "journal.1").exists()
+            assert not await (directory / "snapshot").exists()
+            with trio.fail_after(10):
+                await storage.enqueue(QUEUE, "during", b"d", max_attempts=3, result_ttl=600.0)
+                claims = await storage.claim(QUEUE, "w", limit=5, lease=60.0)
+                for c in claims:
+                    await storage.complete(QUEUE, c.job_id, c.token, b"r", ttl=600.0)
+                line = await trio.to_thread.run_sync(child.stdout.readline)
+                assert line == b"own transactions go on\n"
+            assert not await (directory / "snapshot").exists()  # the build is still held
+        finally:
+            await trio.Path(flag).touch()
+        code, out = await _wait(child)
+        assert code == 0 and out.endswith(b"closed\n")
+        assert fio.read_snapshot_gen(str(directory / "snapshot")) == 1
+    async with FileStorage(root) as fresh:
+        stats = await fresh.stats(QUEUE)
+        assert (stats.queued, stats.completed) == (len(ids) + 3 - 5, 5)
+        for job_id in ("during", "child-1", "child-2"):
+            assert await fresh.get_status(QUEUE, job_id) is not None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import stat
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -267,22 +270,118 @@ async def test_compaction_keeps_state_and_lagging_readers(
         assert [c.job_id for c in rest] == [f"j{i}" for i in range(20, 40)]
 
 
-async def test_corrupt_snapshot_is_quarantined(
+async def _fill_with_compactions(s: FileStorage, root: Path) -> None:
+    """Jobs in every state, across at least two compactions (so a previous snapshot exists)."""
+    for i in range(30):
+        await s.enqueue(NS, f"j{i}", bytes([i]) * 300, **OPTS)
+    claims = await s.claim(NS, "w", limit=12, lease=500.0)
+    for n, c in enumerate(claims):
+        if n % 3 == 0:
+            await s.complete(NS, c.job_id, c.token, b"r" * 50, ttl=500.0)
+        elif n % 3 == 1:
+            await s.retry(NS, c.job_id, c.token, b"e", delay=300.0)
+    assert await s.acquire_lock(NS, "L", "me", ttl=500.0) == 1
+
+
+async def _everything(s: FileStorage) -> tuple[Any, ...]:
+    records = [await s.get_status(NS, f"j{i}") for i in range(30)]
+    return (tuple(records), await s.stats(NS))
+
+
+async def test_corrupt_latest_snapshot_falls_back_to_the_previous_one(
     make: Callable[..., FileStorage], root: Path
 ) -> None:
-    """An unreadable snapshot is moved aside and reported; the queue keeps working."""
-    async with make(compact_bytes=512) as s:
-        for i in range(10):
-            await s.enqueue(NS, f"j{i}", b"x" * 100, **OPTS)
+    """A corrupt latest snapshot is quarantined and the namespace is rebuilt from the
+    previous snapshot plus its journals: nothing is lost, the claim order and the lock
+    epochs carry on."""
+    async with make(compact_bytes=1024) as s:
+        await _fill_with_compactions(s, root)
+        assert s.statistics().snapshots >= 2
+        before = await _everything(s)
     snapshot = ns_dir(root) / "snapshot"
-    assert snapshot.exists()
-    snapshot.write_bytes(b"TJQF9 not a snapshot of ours")
+    assert (ns_dir(root) / "snapshot.prev").exists()
+    data = bytearray(snapshot.read_bytes())
+    data[-10] ^= 0xFF  # the body no longer matches its checksum
+    snapshot.write_bytes(bytes(data))
+    async with make() as s:
+        assert await _everything(s) == before
+        (report,) = s.quarantined
+        assert "snapshot" in report.reason and "recovered" in report.reason
+        assert [c.job_id for c in await s.claim(NS, "w", limit=2, lease=5.0)] == ["j12", "j13"]
+        assert await s.acquire_lock(NS, "L", "you", ttl=5.0) is None
+    assert any(p.name.endswith("-snapshot") for p in (root / "quarantine").iterdir())
+
+
+async def test_unusable_snapshots_reset_the_namespace(
+    make: Callable[..., FileStorage], root: Path
+) -> None:
+    """With both snapshots unreadable (and the journals before them gone), the namespace
+    restarts empty in a new generation; everything is kept in quarantine and reported."""
+    async with make(compact_bytes=1024) as s:
+        await _fill_with_compactions(s, root)
+    assert not (ns_dir(root) / "journal.0").exists()
+    for name in ("snapshot", "snapshot.prev"):
+        (ns_dir(root) / name).write_bytes(b"TJQF9 not a snapshot of ours")
     async with make() as s:
         assert (await s.enqueue(NS, "new", b"p", **OPTS)).status is EnqueueStatus.QUEUED
-        assert s.quarantined and "snapshot" in s.quarantined[0].reason
+        reasons = [r.reason for r in s.quarantined]
+        assert sum(r.startswith("corrupt snapshot") for r in reasons) == 2
+        assert any(r.startswith("journal") for r in reasons)
         (c,) = await s.claim(NS, "w", limit=1, lease=10.0)
         assert c.job_id == "new"
-    assert any("snapshot" in p.name for p in (root / "quarantine").iterdir())
+    async with make() as s:
+        assert (await s.stats(NS)).processing == 1 and not s.quarantined
+
+
+async def test_heartbeat_batches_are_small_and_not_fsynced(
+    make: Callable[..., FileStorage], root: Path
+) -> None:
+    """A batch that only extends leases appends a frame of a few bytes per lease, without
+    fsync, and another object (process) sees the new leases at once."""
+    async with make() as s, make() as other:
+        for i in range(5):
+            await s.enqueue(NS, f"j{i}", os.urandom(10_000), **OPTS)
+        claims = await s.claim(NS, "w", limit=5, lease=30.0)
+        pairs = [(c.job_id, c.token) for c in claims]
+        before = s.statistics()
+        for _ in range(3):
+            assert await s.heartbeat(NS, pairs, lease=90.0) == [True] * 5
+        after = s.statistics()
+        assert after.fsyncs == before.fsyncs
+        assert after.frames == before.frames + 3
+        assert (after.bytes_appended - before.bytes_appended) / 3 < 60 * 5 + 100
+        rec = await other.get_status(NS, "j0")
+        assert rec is not None and rec.lease_until is not None
+        assert rec.lease_until > claims[0].lease_until + 50
+        assert await s.complete(NS, "j0", claims[0].token, b"r", ttl=10.0) is SettleStatus.OK
+        assert s.statistics().fsyncs == after.fsyncs + 1
+
+
+async def test_payload_result_and_error_are_written_once(
+    make: Callable[..., FileStorage], root: Path
+) -> None:
+    """The enqueue's frame carries the payload and no later frame repeats it; a result is
+    written once although it is both in the record and in its event; each error once."""
+    payload, result, error = os.urandom(4000), os.urandom(3000), os.urandom(2000)
+    async with make() as s, make() as other, other.subscribe_events(NS) as events:
+        await s.enqueue(NS, "j", payload, **OPTS)
+        (c,) = await s.claim(NS, "w", limit=1, lease=30.0)
+        await s.heartbeat(NS, [("j", c.token)], lease=30.0)
+        assert await s.retry(NS, "j", c.token, error, delay=0.0) is SettleStatus.OK
+        (c,) = await s.claim(NS, "w", limit=1, lease=30.0)
+        assert c.payload == payload
+        await s.heartbeat(NS, [("j", c.token)], lease=30.0)
+        assert await s.complete(NS, "j", c.token, result, ttl=60.0) is SettleStatus.OK
+        with trio.fail_after(10):
+            while (event := await events.receive()).kind is not EventKind.COMPLETED:
+                pass
+        assert event.result == result
+    journal = (ns_dir(root) / "journal.0").read_bytes()
+    assert [journal.count(blob) for blob in (payload, result, error)] == [1, 1, 1]
+    assert len(journal) < len(payload) + len(result) + len(error) + 2000
+    async with make() as s:
+        rec = await s.get_status(NS, "j")
+        assert rec is not None and (rec.result, rec.error) == (result, None)
 
 
 async def test_torn_and_corrupt_journal_tails(make: Callable[..., FileStorage], root: Path) -> None:
@@ -407,3 +506,56 @@ async def test_os_errors_surface_as_storage_error(tmp_path: Path) -> None:
             await storage.enqueue("other", "a", b"p", **OPTS)
         assert isinstance(info.value.__cause__, OSError)
         assert (await storage.enqueue(NS, "b", b"p", **OPTS)).status is EnqueueStatus.QUEUED
+
+
+def _v1_record(job_id: str, payload: bytes, state: str, **fields: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = dict.fromkeys("rfxdwklqy")
+    rec.update(i=job_id, p=base64.b64encode(payload).decode(), s=state, m=3, t=600.0)
+    rec.update(c=1.0e9, a=0, e=None)
+    for key, value in fields.items():
+        rec[key] = base64.b64encode(value).decode() if isinstance(value, bytes) else value
+    return rec
+
+
+async def test_format_1_directory_is_read_then_written_in_format_2(
+    make: Callable[..., FileStorage], root: Path
+) -> None:
+    """A queue written by the previous format (whole records, base64) opens as is: its
+    snapshot and journal are read, new frames are format 2, and the first compaction
+    writes a format-2 snapshot, keeping the old one as the previous snapshot."""
+    directory = ns_dir(root)
+    directory.mkdir(parents=True)
+    future = 4.0e9
+    body = {
+        "v": 1,
+        "ts": 1,
+        "hs": 0,
+        "jobs": [
+            _v1_record("a", b"\x00pa", "queued", q=1),
+            _v1_record("b", b"pb", "completed", a=1, r=b"rb", f=1.0e9, x=future),
+        ],
+        "locks": {"L": ["old-leader", 4, None]},
+    }
+    text = json.dumps(body).encode()
+    header = b"TJQF1 %020d %08x %012d\n" % (2, zlib.crc32(text), len(text))
+    (directory / "snapshot").write_bytes(header + text)
+    frame = {"v": 1, "ts": 2, "hs": 0, "p": [_v1_record("c", b"pc", "queued", q=2)]}
+    frame |= {"d": [], "L": {}, "ev": [["enqueued", "c", 0, None, None]]}
+    (directory / "journal.2").write_bytes(fio.encode_frame_v1(frame))
+    async with make(compact_bytes=4000) as s:
+        b = await s.get_status(NS, "b")
+        assert b is not None and (b.state, b.result) == (JobState.COMPLETED, b"rb")
+        claims = await s.claim(NS, "w", limit=5, lease=60.0)
+        assert [(c.job_id, c.payload) for c in claims] == [("a", b"\x00pa"), ("c", b"pc")]
+        assert await s.acquire_lock(NS, "L", "new-leader", ttl=60.0) == 5
+        journal = (directory / "journal.2").read_bytes()
+        assert journal.count(fio.FRAME_MAGIC_V1) == 1 and fio.FRAME_MAGIC in journal
+        added = 0
+        while not (directory / "journal.3").exists():  # until one generation switch
+            await s.enqueue(NS, f"n{added}", b"x" * 200, **OPTS)
+            added += 1
+    assert s.statistics().snapshots == 1  # closing waited for the build
+    assert (directory / "snapshot").read_bytes().startswith(fio.SNAP_MAGIC)
+    assert (directory / "snapshot.prev").read_bytes().startswith(fio.SNAP_MAGIC_V1)
+    async with make() as s:
+        assert (await s.stats(NS)).queued == added and (await s.stats(NS)).processing == 2

@@ -1,14 +1,31 @@
 """The job lifecycle as pure, synchronous transitions over one namespace (no I/O).
 
 A transition is a plain function of a :class:`Tx` (the namespace's :class:`NsState` plus
-the current time): it changes the state and records, in the ``tx``, the full new version
-of every record it touched (redo records), the lock changes and the events it emits.
+the current time): it reads records through the helpers below, changes them in place,
+stores them with :meth:`Tx.put` (or drops them with :meth:`Tx.forget`) and emits events.
+Writing a transition needs nothing else: what it changed is worked out afterwards.
 
 Both in-process backends run on these functions. ``MemoryStorage`` applies them to state
-held in the object and delivers the events directly; ``FileStorage`` keeps a mirror per
+held in the object and delivers the events directly. ``FileStorage`` keeps a mirror per
 process, rebuilt from the snapshot plus the journal and brought up to date at the start of
-every locked transaction, and appends exactly what the ``tx`` recorded as one journal
-entry, so replaying it on any process reproduces the same state.
+every locked transaction; it runs each transition with ``track=True``, so that the ``Tx``
+keeps an image of every record as it was first read, and :meth:`Tx.seal` then yields the
+**redo delta**: for each record touched, either its removal, its full new version (a
+record created by this transition: the enqueue, whose frame therefore carries the
+payload) or only the fields whose value changed (a claim journals the state, attempt,
+worker, token and lease; a heartbeat the lease; a completion the state, times and the
+result). The deltas of one batch are merged by :func:`merge_entry` into one journal entry,
+which :meth:`NsState.apply_entry` replays, so replaying the journal on any process
+reproduces the same state. Payloads, results and errors travel as blobs (raw bytes after
+the entry's JSON); a blob shared by a record and an event of one entry (a completion's
+result) is written once.
+
+**Counters.** :class:`NsState` keeps the number of records in each *bucket* (ready,
+delayed, due, processing, completed, failed), updated by every store and removal and by
+replay, so :func:`stats` costs O(1) amortized instead of a scan: it first forgets the
+terminal records whose TTL ran out (O(expired), each record once, as ``purge`` does) and
+moves the delayed retries whose time has come from ``delayed`` to ``due`` through a cursor
+(a heap of due times, each entry popped once), then reads the counters.
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ from __future__ import annotations
 import base64
 import heapq
 import math
+import operator
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -37,11 +55,67 @@ from ._base import (
 from ._common import STALLED_ERROR, lock_expired
 from ._core import INLINE_RESULT_MAX
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format of the entries and snapshots this version writes (deltas, raw blobs)."""
+LEGACY_VERSION = 1
+"""Written by earlier versions (whole records, base64); still read, never written."""
 
 
 class CorruptRecord(ValueError):
     """A snapshot or journal entry that does not decode."""
+
+
+# -- blobs -------------------------------------------------------------------------------
+
+
+class BlobWriter:
+    """The raw byte strings of one entry or snapshot; each distinct object stored once."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self._index: dict[int, int] = {}
+
+    def add(self, data: bytes) -> int:
+        # By identity: the parts list keeps every object alive, so ids are not reused.
+        index = self._index.get(id(data))
+        if index is None:
+            index = self._index[id(data)] = len(self.parts)
+            self.parts.append(data)
+        return index
+
+    def opt(self, data: bytes | None) -> int | None:
+        return None if data is None else self.add(data)
+
+    def lengths(self) -> list[int]:
+        return [len(part) for part in self.parts]
+
+
+class BlobReader:
+    """The blobs of one decoded entry or snapshot."""
+
+    def __init__(self, lengths: Any, area: memoryview | bytes | None) -> None:
+        if not isinstance(lengths, list):
+            raise CorruptRecord("malformed blob table")
+        view = memoryview(b"" if area is None else area)
+        offsets = [0]
+        for length in lengths:
+            if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+                raise CorruptRecord("malformed blob table")
+            offsets.append(offsets[-1] + length)
+        if offsets[-1] != len(view):
+            raise CorruptRecord(f"blob table covers {offsets[-1]} of {len(view)} bytes")
+        self._view = view
+        self._offsets = offsets
+
+    def get(self, index: Any) -> bytes:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CorruptRecord(f"expected a blob index, got {index!r}")
+        if not 0 <= index < len(self._offsets) - 1:
+            raise CorruptRecord(f"blob index {index} out of range")
+        return bytes(self._view[self._offsets[index] : self._offsets[index + 1]])
+
+
+_NO_BLOBS = BlobReader([], None)
 
 
 def _b(data: bytes | None) -> str | None:
@@ -56,8 +130,31 @@ def _unb(text: Any) -> bytes | None:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _bytes_out(data: bytes | None, blobs: BlobWriter | None) -> int | str | None:
+    if data is None:
+        return None
+    return _b(data) if blobs is None else blobs.add(data)
+
+
+def _bytes_in(value: Any, blobs: BlobReader) -> bytes | None:
+    """A bytes field: a blob index (format 2) or base64 text (format 1, and events
+    encoded without a blob table)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _unb(value)
+    return blobs.get(value)
+
+
 def _key(job_id: str) -> bytes:
     return job_id.encode("utf-8")
+
+
+# -- records ---------------------------------------------------------------------------------
+
+# Buckets: which counter a record is in (see the module docstring). Derived from the
+# record's fields (plus the due cursor), never stored on disk.
+NONE, READY, DELAYED, DUE, PROCESSING, COMPLETED, FAILED = range(7)
 
 
 @attrs.define(eq=False)
@@ -79,6 +176,11 @@ class Rec:
     lease_until: float | None = None
     ready_seq: int | None = None
     delay_seq: int | None = None
+    # -- derived, per process (not journalled) --
+    bucket: int = NONE
+    """The counter this record is in (:meth:`NsState.recount`)."""
+    due_mark: int | None = None
+    """The ``delay_seq`` the due cursor saw come due (the record counts as due then)."""
 
     def snapshot(self) -> JobRecord:
         return JobRecord(
@@ -97,76 +199,139 @@ class Rec:
             lease_until=self.lease_until,
         )
 
-    def encode(self) -> dict[str, Any]:
-        return {
-            "i": self.job_id,
-            "p": _b(self.payload),
-            "s": self.state.value,
-            "m": self.max_attempts,
-            "t": self.result_ttl,
-            "c": self.created_at,
-            "a": self.attempts,
-            "r": _b(self.result),
-            "e": _b(self.error),
-            "f": self.finished_at,
-            "x": self.expires_at,
-            "d": self.due_at,
-            "w": self.worker_id,
-            "k": self.token,
-            "l": self.lease_until,
-            "q": self.ready_seq,
-            "y": self.delay_seq,
-        }
 
-    @classmethod
-    def decode(cls, raw: Any) -> Rec:
-        try:
-            payload = _unb(raw["p"])
-            if not isinstance(raw["i"], str) or payload is None:
-                raise CorruptRecord("record without id or payload")
-            return cls(
-                job_id=raw["i"],
-                payload=payload,
-                state=JobState(raw["s"]),
-                max_attempts=int(raw["m"]),
-                result_ttl=float(raw["t"]),
-                created_at=float(raw["c"]),
-                attempts=int(raw["a"]),
-                result=_unb(raw["r"]),
-                error=_unb(raw["e"]),
-                finished_at=_opt_float(raw["f"]),
-                expires_at=_opt_float(raw["x"]),
-                due_at=_opt_float(raw["d"]),
-                worker_id=_opt_str(raw["w"]),
-                token=_opt_str(raw["k"]),
-                lease_until=_opt_float(raw["l"]),
-                ready_seq=_opt_int(raw["q"]),
-                delay_seq=_opt_int(raw["y"]),
-            )
-        except CorruptRecord:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptRecord(f"undecodable job record: {exc!r}") from exc
+FIELDS = (
+    "job_id",
+    "payload",
+    "state",
+    "max_attempts",
+    "result_ttl",
+    "created_at",
+    "attempts",
+    "result",
+    "error",
+    "finished_at",
+    "expires_at",
+    "due_at",
+    "worker_id",
+    "token",
+    "lease_until",
+    "ready_seq",
+    "delay_seq",
+)
+"""The journalled fields of a record, in the order of an encoded record (and of ``Rec``'s
+constructor)."""
+CODES = ("i", "p", "s", "m", "t", "c", "a", "r", "e", "f", "x", "d", "w", "k", "l", "q", "y")
+"""One letter per field, as written in an update (the keys of format 1's records)."""
+_CODE_INDEX = {code: index for index, code in enumerate(CODES)}
+_image = operator.attrgetter(*FIELDS)
+_JOB_ID, _PAYLOAD, _STATE, _RESULT, _ERROR = 0, 1, 2, 7, 8
+_BYTES_FIELDS = (_PAYLOAD, _RESULT, _ERROR)
 
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _opt_int(value: Any) -> int | None:
-    if value is None:
-        return None
+def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise CorruptRecord(f"expected an int, got {value!r}")
     return value
 
 
-def _opt_str(value: Any) -> str | None:
-    if value is None:
-        return None
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise CorruptRecord(f"expected a str, got {value!r}")
     return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _out(index: int, value: Any, blobs: BlobWriter) -> Any:
+    """One field's value as written."""
+    if value is None:
+        return None
+    if index in _BYTES_FIELDS:
+        return blobs.add(value)
+    if index == _STATE:
+        return value.value
+    return value
+
+
+def _in(index: int, value: Any, blobs: BlobReader) -> Any:
+    """One field's value as read back (validated)."""
+    try:
+        if index in _BYTES_FIELDS:
+            data = _bytes_in(value, blobs)
+            if data is None and index == _PAYLOAD:
+                raise CorruptRecord("record without payload")
+            return data
+        if index == _STATE:
+            return JobState(value)
+        return _DECODERS[index](value)
+    except CorruptRecord:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecord(f"undecodable field {FIELDS[index]!r}: {exc!r}") from exc
+
+
+_DECODERS: dict[int, Any] = {
+    0: _str,
+    3: lambda v: _int(v),
+    4: float,
+    5: float,
+    6: lambda v: _int(v),
+    9: _opt_float,
+    10: _opt_float,
+    11: _opt_float,
+    12: _opt_str,
+    13: _opt_str,
+    14: _opt_float,
+    15: _opt_int,
+    16: _opt_int,
+}
+
+
+def encode_image(image: Sequence[Any], blobs: BlobWriter) -> list[Any]:
+    """A whole record (an image in :data:`FIELDS` order) as written."""
+    return [_out(index, value, blobs) for index, value in enumerate(image)]
+
+
+def encode_rec(rec: Rec, blobs: BlobWriter) -> list[Any]:
+    return encode_image(_image(rec), blobs)
+
+
+def decode_rec(raw: Any, blobs: BlobReader) -> Rec:
+    if not isinstance(raw, list) or len(raw) != len(FIELDS):
+        raise CorruptRecord("malformed job record")
+    return Rec(*[_in(index, value, blobs) for index, value in enumerate(raw)])
+
+
+def decode_rec_v1(raw: Any) -> Rec:
+    """A whole record as format 1 wrote it (a dict keyed by :data:`CODES`, base64)."""
+    try:
+        return decode_rec([raw[code] for code in CODES], _NO_BLOBS)
+    except (KeyError, TypeError) as exc:
+        raise CorruptRecord(f"undecodable job record: {exc!r}") from exc
+
+
+def _bucket(rec: Rec) -> int:
+    state = rec.state
+    if state is JobState.PROCESSING:
+        return PROCESSING
+    if state is JobState.COMPLETED:
+        return COMPLETED
+    if state is JobState.FAILED:
+        return FAILED
+    if rec.delay_seq is not None:
+        return DUE if rec.due_mark == rec.delay_seq else DELAYED
+    return READY
 
 
 @attrs.define(eq=False)
@@ -183,22 +348,35 @@ class Lock:
         try:
             owner, epoch, expires = raw
             return cls(
-                _opt_str(owner), int(epoch), -math.inf if expires is None else float(expires)
+                _opt_str(owner), _int(epoch), -math.inf if expires is None else float(expires)
             )
         except (TypeError, ValueError) as exc:
             raise CorruptRecord(f"undecodable lock record: {exc!r}") from exc
 
 
-def encode_event(event: EventRecord) -> list[Any]:
-    """An event as journalled; a large result stays only in the job record (the event
-    says it exists: ``result_ref``)."""
+# -- events ----------------------------------------------------------------------------------
+
+
+def journaled_event(event: EventRecord) -> EventRecord:
+    """The event as every reader of the journal sees it: a large result stays only in the
+    job record (the event says it exists: ``result_ref``)."""
     result = event.result
     if result is not None and len(result) > INLINE_RESULT_MAX:
-        return [event.kind.value, event.job_id, event.attempt, None, _b(event.error), 1]
-    return [event.kind.value, event.job_id, event.attempt, _b(result), _b(event.error)]
+        return attrs.evolve(event, result=None, result_ref=True)
+    return event
 
 
-def decode_event(raw: Any) -> EventRecord:
+def encode_event(event: EventRecord, blobs: BlobWriter | None = None) -> list[Any]:
+    """An event as journalled (bytes as blob indexes, or base64 without a blob table); a
+    large result stays only in the job record (see :func:`journaled_event`)."""
+    result = event.result
+    error = _bytes_out(event.error, blobs)
+    if event.result_ref or (result is not None and len(result) > INLINE_RESULT_MAX):
+        return [event.kind.value, event.job_id, event.attempt, None, error, 1]
+    return [event.kind.value, event.job_id, event.attempt, _bytes_out(result, blobs), error]
+
+
+def decode_event(raw: Any, blobs: BlobReader = _NO_BLOBS) -> EventRecord:
     try:
         kind, job_id, attempt, result, error, *flags = raw
         if not isinstance(job_id, str):
@@ -206,9 +384,9 @@ def decode_event(raw: Any) -> EventRecord:
         return EventRecord(
             EventKind(kind),
             job_id,
-            int(attempt),
-            _unb(result),
-            _unb(error),
+            _int(attempt),
+            _bytes_in(result, blobs),
+            _bytes_in(error, blobs),
             result_ref=bool(flags and flags[0]),
         )
     except CorruptRecord:
@@ -217,19 +395,30 @@ def decode_event(raw: Any) -> EventRecord:
         raise CorruptRecord(f"undecodable event: {exc!r}") from exc
 
 
-def entry_events(raw: Any) -> list[EventRecord]:
+def _version(raw: Any, what: str) -> int:
+    version = raw.get("v") if isinstance(raw, dict) else None
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+        raise CorruptRecord(f"{what} of an unknown format version")
+    return int(version)
+
+
+def entry_events(raw: Any, area: memoryview | None = None) -> list[EventRecord]:
     """Only the events of a journal entry (what a tailer needs)."""
-    if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
-        raise CorruptRecord("journal entry of an unknown format version")
+    version = _version(raw, "journal entry")
     events = raw.get("ev", ())
     if not isinstance(events, list):
         raise CorruptRecord("journal entry with malformed events")
-    return [decode_event(item) for item in events]
+    blobs = BlobReader(raw.get("B", []), area) if version == FORMAT_VERSION else _NO_BLOBS
+    return [decode_event(item, blobs) for item in events]
+
+
+# -- the namespace ---------------------------------------------------------------------------
 
 
 @attrs.define(eq=False)
 class NsState:
-    """All records of one namespace plus lazily-deleted indexes (as in MemoryStorage)."""
+    """All records of one namespace plus lazily-deleted indexes (as in MemoryStorage) and
+    the per-bucket counters."""
 
     jobs: dict[str, Rec] = attrs.Factory(dict)
     locks: dict[str, Lock] = attrs.Factory(dict)
@@ -241,15 +430,22 @@ class NsState:
     delayed: list[tuple[float, bytes, int, str]] = attrs.Factory(list)
     leases: list[tuple[float, bytes, str, str]] = attrs.Factory(list)
     expiries: list[tuple[float, bytes, str]] = attrs.Factory(list)
+    due_cursor: list[tuple[float, int, str]] = attrs.Factory(list)
+    """Due times of delayed records, popped by :meth:`advance_due` (``stats`` only; the
+    ``delayed`` heap belongs to ``claim``, which moves due records)."""
+    counts: list[int] = attrs.Factory(lambda: [0] * 7)
+    """Records per bucket (index ``NONE`` is unused)."""
 
-    # -- persistence ----------------------------------------------------------------------
+    # -- records and counters ---------------------------------------------------------------
 
     def index(self, rec: Rec) -> None:
         """Push ``rec``'s current positions into the indexes (stale ones are skipped later)."""
         if rec.ready_seq is not None:
             heapq.heappush(self.ready, (rec.ready_seq, rec.job_id))
         if rec.delay_seq is not None and rec.due_at is not None:
-            heapq.heappush(self.delayed, (rec.due_at, _key(rec.job_id), rec.delay_seq, rec.job_id))
+            key = _key(rec.job_id)
+            heapq.heappush(self.delayed, (rec.due_at, key, rec.delay_seq, rec.job_id))
+            heapq.heappush(self.due_cursor, (rec.due_at, rec.delay_seq, rec.job_id))
         if (
             rec.state is JobState.PROCESSING
             and rec.token is not None
@@ -259,27 +455,77 @@ class NsState:
         if rec.expires_at is not None:
             heapq.heappush(self.expiries, (rec.expires_at, _key(rec.job_id), rec.job_id))
 
-    def encode(self) -> dict[str, Any]:
-        return {
+    def recount(self, rec: Rec) -> None:
+        """Move ``rec`` to the counter of its current bucket."""
+        bucket = _bucket(rec)
+        if bucket != rec.bucket:
+            counts = self.counts
+            if rec.bucket:
+                counts[rec.bucket] -= 1
+            counts[bucket] += 1
+            rec.bucket = bucket
+
+    def insert(self, rec: Rec) -> None:
+        """Store ``rec`` (new, replacing another record of its id, or changed in place)."""
+        old = self.jobs.get(rec.job_id)
+        if old is not None and old is not rec:
+            self._uncount(old)
+        self.jobs[rec.job_id] = rec
+        self.recount(rec)
+        self.index(rec)
+
+    def drop(self, rec: Rec) -> None:
+        if self.jobs.get(rec.job_id) is rec:
+            del self.jobs[rec.job_id]
+            self._uncount(rec)
+
+    def _uncount(self, rec: Rec) -> None:
+        if rec.bucket:
+            self.counts[rec.bucket] -= 1
+            rec.bucket = NONE
+
+    def advance_due(self, now: float) -> None:
+        """Count the delayed records whose due time has come as due (not moved: only a
+        claim moves them, so that ``stats`` never changes the claim order)."""
+        cursor = self.due_cursor
+        while cursor and cursor[0][0] <= now:
+            due, seq, job_id = heapq.heappop(cursor)
+            rec = self.jobs.get(job_id)
+            if rec is not None and rec.delay_seq == seq and rec.due_at == due:
+                rec.due_mark = seq
+                self.recount(rec)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def encode(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The whole namespace as a snapshot body and its blobs."""
+        blobs = BlobWriter()
+        jobs = [encode_rec(rec, blobs) for rec in self.jobs.values()]
+        body = {
             "v": FORMAT_VERSION,
             "ts": self.tail_seq,
             "hs": self.head_seq,
-            "jobs": [rec.encode() for rec in self.jobs.values()],
+            "jobs": jobs,
             "locks": {name: lock.encode() for name, lock in self.locks.items()},
+            "B": blobs.lengths(),
         }
+        return body, blobs.parts
 
     @classmethod
-    def decode(cls, raw: Any) -> NsState:
-        if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
-            raise CorruptRecord("snapshot of an unknown format version")
+    def decode(cls, raw: Any, area: memoryview | None = None) -> NsState:
+        """A snapshot body (either format) and, for format 2, its blob area."""
+        version = _version(raw, "snapshot")
         state = cls()
         try:
-            state.tail_seq = int(raw["ts"])
-            state.head_seq = int(raw["hs"])
-            for item in raw["jobs"]:
-                rec = Rec.decode(item)
-                state.jobs[rec.job_id] = rec
-                state.index(rec)
+            state.tail_seq = _int(raw["ts"])
+            state.head_seq = _int(raw["hs"])
+            if version == FORMAT_VERSION:
+                blobs = BlobReader(raw["B"], area)
+                recs = [decode_rec(item, blobs) for item in raw["jobs"]]
+            else:
+                recs = [decode_rec_v1(item) for item in raw["jobs"]]
+            for rec in recs:
+                state.insert(rec)
             for name, lock in raw["locks"].items():
                 state.locks[str(name)] = Lock.decode(lock)
         except CorruptRecord:
@@ -288,29 +534,45 @@ class NsState:
             raise CorruptRecord(f"undecodable snapshot: {exc!r}") from exc
         return state
 
-    def apply_entry(self, raw: Any) -> list[EventRecord]:
-        """Replay one journal entry (written by :meth:`Tx.entry`); return its events.
+    def apply_entry(self, raw: Any, area: memoryview | None = None) -> list[EventRecord]:
+        """Replay one journal entry (either format); return its events.
 
         Decodes everything before changing anything, so a corrupt entry leaves the
         state untouched.
         """
-        if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
-            raise CorruptRecord("journal entry of an unknown format version")
+        version = _version(raw, "journal entry")
         try:
-            puts = [Rec.decode(item) for item in raw.get("p", ())]
-            dels = [str(job_id) for job_id in raw.get("d", ())]
+            if version == FORMAT_VERSION:
+                blobs = BlobReader(raw.get("B", []), area)
+                news = [decode_rec(item, blobs) for item in raw.get("n", ())]
+                updates = [_decode_update(item, blobs) for item in raw.get("u", ())]
+            else:
+                blobs = _NO_BLOBS
+                news = [decode_rec_v1(item) for item in raw.get("p", ())]
+                updates = []
+            dels = [_str(job_id) for job_id in raw.get("d", ())]
             locks = {str(k): Lock.decode(v) for k, v in raw.get("L", {}).items()}
-            events = [decode_event(item) for item in raw.get("ev", ())]
-            tail_seq = int(raw["ts"])
-            head_seq = int(raw["hs"])
+            events = [decode_event(item, blobs) for item in raw.get("ev", ())]
+            tail_seq = _int(raw["ts"])
+            head_seq = _int(raw["hs"])
         except CorruptRecord:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecord(f"undecodable journal entry: {exc!r}") from exc
+        jobs = self.jobs
         for job_id in dels:
-            self.jobs.pop(job_id, None)
-        for rec in puts:
-            self.jobs[rec.job_id] = rec
+            rec = jobs.get(job_id)
+            if rec is not None:
+                self.drop(rec)
+        for rec in news:
+            self.insert(rec)
+        for job_id, changes in updates:
+            rec = jobs.get(job_id)
+            if rec is None:
+                continue  # only after a skipped (corrupt) entry: nothing to update
+            for name, value in changes:
+                setattr(rec, name, value)
+            self.recount(rec)
             self.index(rec)
         self.locks.update(locks)
         self.tail_seq = tail_seq
@@ -318,35 +580,74 @@ class NsState:
         return events
 
 
+def _decode_update(raw: Any, blobs: BlobReader) -> tuple[str, list[tuple[str, Any]]]:
+    if not isinstance(raw, list) or len(raw) % 2 != 1:
+        raise CorruptRecord("malformed record update")
+    job_id = _str(raw[0])
+    changes = []
+    for pos in range(1, len(raw), 2):
+        index = _CODE_INDEX.get(raw[pos])
+        if index is None or index == _JOB_ID:
+            raise CorruptRecord(f"unknown field {raw[pos]!r} in a record update")
+        changes.append((FIELDS[index], _in(index, raw[pos + 1], blobs)))
+    return job_id, changes
+
+
+# -- one transition --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Sealed:
+    """What one transition changed, frozen before the next one runs (see :meth:`Tx.seal`)."""
+
+    records: dict[str, tuple[bool, Any] | None]
+    """Per job id: ``None`` (removed), ``(True, image)`` (created: the whole record, in
+    :data:`FIELDS` order) or ``(False, {field index: new value})`` (changed fields)."""
+    locks: dict[str, list[Any]]
+    events: list[EventRecord]
+    tail_seq: int
+    head_seq: int
+    durable: bool
+
+
 @attrs.define(eq=False)
 class Tx:
-    """What one transition changed: replayable redo records plus its events."""
+    """One transition in progress: the state, the time, and what it touched."""
 
     state: NsState
     now: float
+    track: bool = False
+    """Keep an image of each record as first read, so that :meth:`seal` can tell what
+    changed (FileStorage); MemoryStorage needs none."""
     touched: dict[str, Rec | None] = attrs.Factory(dict)
+    images: dict[str, tuple[Rec, tuple[Any, ...]]] = attrs.Factory(dict)
     locks: set[str] = attrs.Factory(set)
     events: list[EventRecord] = attrs.Factory(list)
     durable: bool = False
-    """False while the only changes are forgetting expired records (no fsync needed)."""
+    """False while the only changes need no fsync: forgetting expired records, extending
+    leases and lock expiries (see docs/file.md)."""
 
-    def put(self, rec: Rec) -> None:
-        self.state.jobs[rec.job_id] = rec
-        self.state.index(rec)
+    def see(self, rec: Rec) -> Rec:
+        """Note ``rec`` as read, before any change (every read helper calls this)."""
+        if self.track and rec.job_id not in self.images:
+            self.images[rec.job_id] = (rec, _image(rec))
+        return rec
+
+    def put(self, rec: Rec, *, durable: bool = True) -> None:
+        self.state.insert(rec)
         self.touched[rec.job_id] = rec
-        self.durable = True
+        self.durable = self.durable or durable
 
     def forget(self, rec: Rec, *, durable: bool = True) -> None:
-        if self.state.jobs.get(rec.job_id) is rec:
-            del self.state.jobs[rec.job_id]
+        self.state.drop(rec)
         rec.ready_seq = rec.delay_seq = None
         rec.token = None
         self.touched[rec.job_id] = None
         self.durable = self.durable or durable
 
-    def touch_lock(self, name: str) -> None:
+    def touch_lock(self, name: str, *, durable: bool = True) -> None:
         self.locks.add(name)
-        self.durable = True
+        self.durable = self.durable or durable
 
     def emit(self, event: EventRecord) -> None:
         self.events.append(event)
@@ -355,27 +656,92 @@ class Tx:
     def changed(self) -> bool:
         return bool(self.touched or self.locks or self.events)
 
+    def seal(self) -> Sealed:
+        """Freeze this transition's redo delta (requires ``track``)."""
+        assert self.track
+        records: dict[str, tuple[bool, Any] | None] = {}
+        for job_id, rec in self.touched.items():
+            if rec is None:
+                records[job_id] = None
+                continue
+            seen = self.images.get(job_id)
+            image = _image(rec)
+            if seen is None or seen[0] is not rec:
+                records[job_id] = (True, image)
+                continue
+            changes = {
+                index: new
+                for index, (old, new) in enumerate(zip(seen[1], image, strict=True))
+                if old is not new and old != new
+            }
+            if changes:
+                records[job_id] = (False, changes)
+        state = self.state
+        return Sealed(
+            records,
+            {name: state.locks[name].encode() for name in self.locks},
+            [journaled_event(event) for event in self.events],
+            state.tail_seq,
+            state.head_seq,
+            self.durable,
+        )
 
-def merge_entry(state: NsState, txs: Sequence[Tx]) -> dict[str, Any] | None:
-    """One journal entry for several transitions of one batch (``None`` if nothing changed)."""
-    touched: dict[str, Rec | None] = {}
-    locks: set[str] = set()
+
+def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] | None:
+    """One journal entry (and its blobs) for the transitions of one batch, in order;
+    ``None`` if nothing changed."""
+    records: dict[str, tuple[bool, Any] | None] = {}
+    locks: dict[str, list[Any]] = {}
     events: list[EventRecord] = []
-    for tx in txs:
-        touched.update(tx.touched)
-        locks |= tx.locks
-        events.extend(tx.events)
-    if not (touched or locks or events):
+    for seal in seals:
+        for job_id, item in seal.records.items():
+            before = records.get(job_id)
+            if item is None or item[0] or before is None:
+                records[job_id] = item
+            elif before[0]:  # created earlier in the batch, changed since: still whole
+                image = list(before[1])
+                for index, value in item[1].items():
+                    image[index] = value
+                records[job_id] = (True, image)
+            else:
+                records[job_id] = (False, {**before[1], **item[1]})
+        locks.update(seal.locks)
+        events.extend(seal.events)
+    if not (records or locks or events):
         return None
-    return {
+    blobs = BlobWriter()
+    news: list[Any] = []
+    updates: list[Any] = []
+    dels: list[str] = []
+    for job_id, item in records.items():
+        if item is None:
+            dels.append(job_id)
+        elif item[0]:
+            news.append(encode_image(item[1], blobs))
+        else:
+            update: list[Any] = [job_id]
+            for index, value in item[1].items():
+                update.append(CODES[index])
+                update.append(_out(index, value, blobs))
+            updates.append(update)
+    entry: dict[str, Any] = {
         "v": FORMAT_VERSION,
-        "ts": state.tail_seq,
-        "hs": state.head_seq,
-        "p": [rec.encode() for rec in touched.values() if rec is not None],
-        "d": [job_id for job_id, rec in touched.items() if rec is None],
-        "L": {name: state.locks[name].encode() for name in locks},
-        "ev": [encode_event(event) for event in events],
+        "ts": seals[-1].tail_seq,
+        "hs": seals[-1].head_seq,
     }
+    if news:
+        entry["n"] = news
+    if updates:
+        entry["u"] = updates
+    if dels:
+        entry["d"] = dels
+    if locks:
+        entry["L"] = locks
+    if events:
+        entry["ev"] = [encode_event(event, blobs) for event in events]
+    if blobs.parts:
+        entry["B"] = blobs.lengths()
+    return entry, blobs.parts
 
 
 # -- transitions -----------------------------------------------------------------------------
@@ -383,7 +749,10 @@ def merge_entry(state: NsState, txs: Sequence[Tx]) -> dict[str, Any] | None:
 
 def _live(tx: Tx, job_id: str) -> Rec | None:
     rec = tx.state.jobs.get(job_id)
-    if rec is not None and rec.expires_at is not None and rec.expires_at <= tx.now:
+    if rec is None:
+        return None
+    tx.see(rec)
+    if rec.expires_at is not None and rec.expires_at <= tx.now:
         tx.forget(rec, durable=False)
         return None
     return rec
@@ -422,7 +791,7 @@ def _promote_due(tx: Tx) -> float | None:
         if due > tx.now:
             return due
         heapq.heappop(st.delayed)
-        _push_ready(tx, rec)
+        _push_ready(tx, tx.see(rec))
     return None
 
 
@@ -568,7 +937,9 @@ def heartbeat(tx: Tx, claims: Sequence[tuple[str, str]], lease: float) -> list[b
             owned.append(False)
             continue
         rec.lease_until = tx.now + lease
-        tx.put(rec)
+        # Visible to every process, but not worth an fsync: after a crash that loses it,
+        # the lease merely expires earlier (docs/file.md, "Heartbeats").
+        tx.put(rec, durable=False)
         owned.append(True)
     return owned
 
@@ -646,6 +1017,7 @@ def reap(tx: Tx, fence: Fence | None) -> ReapResult:
             next_deadline = until
             break
         heapq.heappop(st.leases)
+        tx.see(rec)
         attempt = rec.attempts
         if attempt >= rec.max_attempts:
             rec.error = STALLED_ERROR
@@ -666,7 +1038,7 @@ def acquire_lock(tx: Tx, lock: str, owner: str, ttl: float) -> int | None:
         held = tx.state.locks[lock] = Lock()
     if held.owner == owner and not lock_expired(held.expires_at, tx.now):
         held.expires_at = tx.now + ttl
-        tx.touch_lock(lock)
+        tx.touch_lock(lock, durable=False)  # only the expiry moved (as renew_lock)
         return held.epoch
     if held.owner is not None and not lock_expired(held.expires_at, tx.now):
         return None
@@ -684,7 +1056,9 @@ def renew_lock(tx: Tx, lock: str, owner: str, epoch: int, ttl: float) -> bool:
     if lock_expired(held.expires_at, tx.now):
         return False
     held.expires_at = tx.now + ttl
-    tx.touch_lock(lock)
+    # Like a heartbeat: losing it in a crash only makes the lock expire earlier; epochs
+    # (acquire_lock) are always durable.
+    tx.touch_lock(lock, durable=False)
     return True
 
 
@@ -699,21 +1073,16 @@ def release_lock(tx: Tx, lock: str, owner: str, epoch: int) -> bool:
 
 
 def stats(tx: Tx) -> StorageStats:
-    # Read-only (as MemoryStorage): a due retry counts as queued but is not moved, so
-    # stats() never changes the claim order.
-    counts = dict.fromkeys(("queued", "delayed", "processing", "completed", "failed"), 0)
-    for job_id in list(tx.state.jobs):
-        rec = _live(tx, job_id)
-        if rec is None:
-            continue
-        if rec.state is JobState.PROCESSING:
-            counts["processing"] += 1
-        elif rec.state is JobState.COMPLETED:
-            counts["completed"] += 1
-        elif rec.state is JobState.FAILED:
-            counts["failed"] += 1
-        elif rec.delay_seq is not None and rec.due_at is not None and rec.due_at > tx.now:
-            counts["delayed"] += 1
-        else:
-            counts["queued"] += 1
-    return StorageStats(**counts)
+    """O(1) amortized (see the module docstring). Read-only for the claim order: a due
+    retry counts as queued but is not moved."""
+    purge(tx)
+    st = tx.state
+    st.advance_due(tx.now)
+    counts = st.counts
+    return StorageStats(
+        queued=counts[READY] + counts[DUE],
+        delayed=counts[DELAYED],
+        processing=counts[PROCESSING],
+        completed=counts[COMPLETED],
+        failed=counts[FAILED],
+    )

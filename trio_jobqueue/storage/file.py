@@ -4,19 +4,28 @@ Layout (one directory per namespace under ``<root>/ns/``)::
 
     lock            flock(2) target: every transition holds it exclusively
     name            the namespace's name, for humans
-    snapshot        the whole namespace at the start of journal generation N
-    journal.N       fsynced, append-only redo log since that snapshot; also the event log
+    journal.N ...   append-only redo logs (deltas); the highest N is the one written to,
+                    the others are sealed; also the namespace's event log
+    snapshot        the whole namespace at the start of some generation G <= N
+    snapshot.prev   the snapshot before it (the fallback if ``snapshot`` is corrupt)
     quarantine/     (under the root) corrupt or foreign files, moved aside
 
 A transition is one **locked transaction** run in a worker thread: take the flock, catch up
-with entries other processes appended, apply the transition to the in-memory mirror
-(:mod:`._state`), append one checksummed frame, fsync, unlock. Concurrent calls from
-one storage object are coalesced into one transaction and one fsync (group commit). The
-frame is the commit point: a process killed before the frame is complete leaves a torn
-tail that the next transaction cuts off (the call never returned), and a complete frame is
-a committed transition. When the journal outgrows the snapshot it is compacted: new empty
-journal, snapshot written as temp + fsync + rename + directory fsync (the atomic switch),
-then the journal before the previous one is deleted.
+with the frames other processes appended (following sealed journals to the newest),
+apply the transition to the in-memory mirror (:mod:`._state`), append one checksummed
+frame holding only what changed, fsync (not when the batch only extended leases), unlock.
+Concurrent calls from one storage object are coalesced into one transaction and one
+fsync (group commit). The frame is the commit point: a process killed before the frame is
+complete leaves a torn tail that the next transaction cuts off (the call never returned),
+and a complete frame is a committed transition.
+
+Compaction: the transaction that finds the journal larger than ``compact_bytes`` and the
+snapshot seals it, under the lock, by creating the next journal (the generation switch);
+then, **without the lock**, a background thread rebuilds the state at the switch from the
+files (latest snapshot + sealed journals, which nobody writes any more) and writes it as
+``snapshot.N.tmp``; the lock is taken again only to rename ``snapshot`` to
+``snapshot.prev`` and the new file to ``snapshot`` and to delete the journals the previous
+snapshot no longer needs.
 
 Notifications: every process tails the journal of the namespaces it waits on. A watcher
 task (``watchfiles``; polling when forced or when inotify is unavailable) and local commits
@@ -56,7 +65,7 @@ from ._base import (
 )
 from ._core import FollowKind
 
-__all__ = ["FileStorage", "QuarantineReport"]
+__all__ = ["FileStatistics", "FileStorage", "QuarantineReport"]
 
 logger = logging.getLogger("trio_jobqueue.storage.file")
 
@@ -69,8 +78,27 @@ COMPACT_BYTES = 8 << 20
 SAFETY_POLL = 1.0
 """With a working file watcher, still re-read watched journals this often (missed events)."""
 CRASH_ENV = "TRIO_JOBQUEUE_FILE_CRASH_AT"
-"""Private test hook: ``point[:n]`` makes the process ``os._exit(137)`` the n-th time a
-transaction reaches ``point`` (see ``FileStorage._crash_point``)."""
+"""Private test hook: ``point[:n]`` makes the process ``os._exit(137)`` the n-th time it
+reaches ``point`` (one of :data:`CRASH_POINTS`)."""
+PAUSE_ENV = "TRIO_JOBQUEUE_FILE_PAUSE_AT"
+"""Private test hook: ``point:path`` makes the thread that reaches ``point`` create
+``path.paused`` and wait until ``path`` exists."""
+CRASH_POINTS = (
+    "before-append",
+    "mid-append",
+    "after-append",
+    "after-fsync",
+    "compact-journal",
+    "compact-serialise",
+    "compact-snapshot",
+    "compact-install",
+    "compact-installed",
+)
+"""In order: in a transaction (before the frame, half of it written, written but not
+fsynced, fsynced); the generation switch (next journal created, lock still held); the
+background build (state rebuilt, nothing written; the new snapshot written as a temp
+file; ``snapshot`` renamed to ``snapshot.prev``; the new snapshot renamed into place, old
+journals not yet deleted)."""
 
 
 @attrs.frozen
@@ -82,6 +110,23 @@ class QuarantineReport:
     reason: str
 
 
+@attrs.frozen
+class FileStatistics:
+    """What one :class:`FileStorage` object wrote, summed over its namespaces."""
+
+    transactions: int
+    """Locked transactions run (each one a batch of calls)."""
+    frames: int
+    """Journal frames appended (transactions that changed something)."""
+    bytes_appended: int
+    """Journal bytes appended."""
+    fsyncs: int
+    """Journal fsyncs (frames that only extended leases, locks or forgot expired records
+    have none)."""
+    snapshots: int
+    """Snapshots written and installed by compaction."""
+
+
 @attrs.define(eq=False)
 class _Op:
     fn: Callable[[fst.Tx], Any]
@@ -91,6 +136,27 @@ class _Op:
     value: Any = None
     exc: Exception | None = None
     pos: Pos = (0, 0)
+
+
+@attrs.frozen
+class _FeedChunk:
+    gen: int
+    start: int
+    end: int
+    events: tuple[EventRecord, ...]
+
+
+@attrs.define(eq=False)
+class _Outcome:
+    """What one transaction did, for the trio side."""
+
+    wrote: bool = False
+    origin: Pos | None = None
+    """Where the mirror was before the transaction (``None``: reloaded from the files)."""
+    chunks: list[_FeedChunk] = attrs.Factory(list)
+    """Every frame the transaction read or wrote, contiguous from ``origin``."""
+    build: int | None = None
+    """A generation switched to: its snapshot is to be built."""
 
 
 @attrs.define(eq=False)
@@ -107,22 +173,23 @@ class _Space:
     prepared: bool = False
     lock_fd: int | None = None
     state: fst.NsState | None = None
-    snap_size: int = 0
     gen: int = 0
     jfd: int | None = None
     jsize: int = 0
+    jid: tuple[int, int] = (0, 0)
+    """(device, inode) of the open journal: replaced or deleted means reload."""
+    # -- counters (each written by one thread at a time) --
+    transactions: int = 0
+    frames: int = 0
+    bytes_appended: int = 0
+    fsyncs: int = 0
+    snapshots: int = 0
     # -- notifications (trio side) --
     interest: int = 0
     pos: Pos | None = None
     pumping: bool = False
-
-
-@attrs.frozen
-class _FeedChunk:
-    gen: int
-    start: int
-    end: int
-    events: tuple[EventRecord, ...]
+    # -- compaction (trio side) --
+    build_due: int | None = None
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -161,6 +228,7 @@ class FileStorage(Storage):
     quarantined: list[QuarantineReport] = attrs.field(factory=list, init=False)
     _spaces: dict[str, _Space] = attrs.field(factory=dict, init=False)
     _kick: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _build_kick: trio.Event = attrs.field(factory=trio.Event, init=False)
     _scopes: list[trio.CancelScope] = attrs.field(factory=list, init=False)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _tasks_done: list[trio.Event] = attrs.field(factory=list, init=False)
@@ -168,12 +236,17 @@ class FileStorage(Storage):
     _polling: bool = attrs.field(default=False, init=False)
     _crash_point: tuple[str, int] | None = attrs.field(default=None, init=False)
     _crash_count: int = attrs.field(default=0, init=False)
+    _pause_point: tuple[str, str] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         spec = os.environ.get(CRASH_ENV)
         if spec:
             point, _, count = spec.partition(":")
             self._crash_point = (point, int(count or "1"))
+        spec = os.environ.get(PAUSE_ENV)
+        if spec:
+            point, _, flag = spec.partition(":")
+            self._pause_point = (point, flag)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -184,10 +257,11 @@ class FileStorage(Storage):
             raise StorageError(f"cannot open file storage at {self.path!r}: {exc}") from exc
         self._stop = trio.Event()
         self._kick = trio.Event()
+        self._build_kick = trio.Event()
         self._polling = self.force_polling
         self._scopes = []
         self._tasks_done = []
-        tasks: list[Callable[[], Any]] = [self._serve_feeds]
+        tasks: list[Callable[[], Any]] = [self._serve_feeds, self._serve_compactions]
         if not self.force_polling:
             tasks.append(self._serve_watcher)
         for fn in tasks:
@@ -208,6 +282,9 @@ class FileStorage(Storage):
         for done in self._tasks_done:
             await done.wait()
         self._scopes = []
+        # A generation switched to but not compacted yet: build its snapshot now rather
+        # than leave the journals to grow until another process switches again.
+        await self._run_builds()
         for space in self._spaces.values():
             while space.committing:
                 await space.idle.wait()
@@ -243,6 +320,17 @@ class FileStorage(Storage):
         """The storage clock: epoch seconds (shifted by :meth:`advance_clock`)."""
         return time.time() + self._clock_offset
 
+    def statistics(self) -> FileStatistics:
+        """What this object wrote so far (see :class:`FileStatistics`)."""
+        spaces = list(self._spaces.values())
+        return FileStatistics(
+            transactions=sum(s.transactions for s in spaces),
+            frames=sum(s.frames for s in spaces),
+            bytes_appended=sum(s.bytes_appended for s in spaces),
+            fsyncs=sum(s.fsyncs for s in spaces),
+            snapshots=sum(s.snapshots for s in spaces),
+        )
+
     # -- group commit ---------------------------------------------------------------------
 
     def _space(self, ns: str) -> _Space:
@@ -253,7 +341,6 @@ class FileStorage(Storage):
             )
         return space
 
-    @trio.lowlevel.enable_ki_protection
     async def _run(self, ns: str, fn: Callable[[fst.Tx], T]) -> tuple[T, Pos]:
         """Run ``fn`` as (part of) one locked transaction; return its value and the
         journal position where the transaction's frame starts (the end of the journal if
@@ -299,10 +386,10 @@ class FileStorage(Storage):
         space.committing = True
         for op in batch:
             op.taken = True
-        wrote = False
+        outcome = _Outcome()
         try:
             with trio.CancelScope(shield=True):
-                wrote = await trio.to_thread.run_sync(self._commit, space, batch)
+                outcome = await trio.to_thread.run_sync(self._commit, space, batch)
         finally:
             space.committing = False
             requeue = [op for op in batch if op.retry and not op.done]
@@ -313,14 +400,27 @@ class FileStorage(Storage):
                     op.exc = StorageError("file storage transaction did not run")
                     op.done = True
             space.pending[:0] = requeue
+            if outcome.wrote:
+                self._kick.set()
+            if outcome.build is not None:
+                space.build_due = max(space.build_due or 0, outcome.build)
+                self._build_kick.set()
             idle, space.idle = space.idle, trio.Event()
             idle.set()
-            if wrote:
-                self._kick.set()
+        if outcome.build is not None and not self._serving:
+            # No background task (the storage is not open): compact in this call.
+            with trio.CancelScope(shield=True):
+                await self._run_builds()
 
     # -- transactions (worker thread) -----------------------------------------------------
 
-    def _maybe_crash(self, point: str) -> None:
+    def _checkpoint(self, point: str) -> None:
+        """The test hooks (:data:`CRASH_ENV`, :data:`PAUSE_ENV`) at ``point``."""
+        if self._pause_point is not None and self._pause_point[0] == point:
+            flag = self._pause_point[1]
+            fio.write_file(flag + ".paused", [str(os.getpid()).encode()], fsync=False)
+            while not os.path.exists(flag):
+                time.sleep(0.005)
         if self._crash_point is not None and self._crash_point[0] == point:
             self._crash_count += 1
             if self._crash_count >= self._crash_point[1]:
@@ -330,42 +430,49 @@ class FileStorage(Storage):
         logger.warning("file storage: quarantined %s (%s)", path, reason)
         self.quarantined.append(QuarantineReport(path, reason))
 
-    def _commit(self, space: _Space, batch: list[_Op]) -> bool:
-        """One locked transaction for ``batch``; returns whether a frame was appended."""
+    def _commit(self, space: _Space, batch: list[_Op]) -> _Outcome:
+        """One locked transaction for ``batch``."""
         executed: list[_Op] = []
+        outcome = _Outcome()
         try:
             self._prepare_space(space)
             assert space.lock_fd is not None
             fcntl.flock(space.lock_fd, fcntl.LOCK_EX)
             try:
+                space.transactions += 1
                 if not os.path.exists(os.path.join(space.dir, fio.NAME)):
                     data = space.ns.encode("utf-8")
                     fio.atomic_write(space.dir, fio.NAME, data, fsync=self.fsync)
-                state = self._sync(space)
-                txs: list[fst.Tx] = []
+                state, outcome.origin = self._sync(space, outcome.chunks)
+                seals: list[fst.Sealed] = []
                 poisoned = False
                 for index, op in enumerate(batch):
-                    tx = fst.Tx(state, self.now())
+                    tx = fst.Tx(state, self.now(), track=True)
                     try:
                         op.value = op.fn(tx)
+                        seal = tx.seal()
                     except Exception as exc:  # noqa: BLE001 - re-raised in the caller's task
-                        # The mirror may be half-changed: write what came before, then
-                        # reload from disk; the ops after this one run in the next batch.
+                        # The mirror may be half-changed: write what came before (sealed
+                        # before this op ran), then reload from disk; the ops after this
+                        # one run in the next batch.
                         op.exc = exc
                         op.done = True
                         for rest in batch[index + 1 :]:
                             rest.retry = True
                         poisoned = True
                         break
-                    txs.append(tx)
+                    seals.append(seal)
                     executed.append(op)
-                pos, wrote = self._append(space, state, txs)
+                pos, chunk = self._append(space, seals)
                 for op in executed:
                     op.pos = pos
                     op.done = True
+                if chunk is not None:
+                    outcome.wrote = True
+                    outcome.chunks.append(chunk)
                 if poisoned:
                     space.state = None
-                self._maybe_compact(space, state)
+                outcome.build = self._maybe_switch(space)
             finally:
                 fcntl.flock(space.lock_fd, fcntl.LOCK_UN)
         except Exception as exc:  # handed to every caller as a StorageError
@@ -379,8 +486,8 @@ class FileStorage(Storage):
                     error.__cause__ = exc
                     op.exc = error
                     op.done = True
-            return False
-        return wrote
+            return _Outcome(wrote=outcome.wrote)
+        return outcome
 
     def _prepare_space(self, space: _Space) -> None:
         if space.prepared:
@@ -391,94 +498,171 @@ class FileStorage(Storage):
             space.lock_fd = fio.open_file(os.path.join(space.dir, fio.LOCK), os.O_RDWR | os.O_CREAT)
         space.prepared = True
 
-    def _sync(self, space: _Space) -> fst.NsState:
-        """Bring the mirror up to date with the disk (lock held)."""
-        # Generations only grow, so the snapshot header's generation identifies it.
-        ident = fio.read_snapshot_gen(os.path.join(space.dir, fio.SNAPSHOT))
-        if space.state is None or ident != space.gen:
-            self._load(space)
-        else:
-            self._catch_up(space)
+    def _journal(self, space: _Space, gen: int) -> str:
+        return os.path.join(space.dir, fio.journal_name(gen))
+
+    def _sync(self, space: _Space, chunks: list[_FeedChunk]) -> tuple[fst.NsState, Pos | None]:
+        """Bring the mirror up to date with the disk (lock held); collect the frames read
+        into ``chunks``. Returns the state and where the mirror was (``None``: reloaded)."""
+        if space.state is not None:
+            origin = (space.gen, space.jsize)
+            if self._follow(space, chunks):
+                return space.state, origin
+            chunks.clear()  # our journal was deleted or replaced under us
+        self._load(space)
         assert space.state is not None
-        return space.state
+        return space.state, None
+
+    def _follow(self, space: _Space, chunks: list[_FeedChunk]) -> bool:
+        """Read the new frames of the mirror's journal and of every journal sealed after
+        it; ``False`` if the mirror cannot follow (its journal is gone: reload)."""
+        while True:
+            self._catch_up(space, chunks)
+            if not os.path.exists(self._journal(space, space.gen + 1)):
+                break
+            # Sealed: its writer switched under the lock after its last frame, and we hold
+            # the lock, so what we read is all of it.
+            self._open_journal(space, space.gen + 1)
+        try:
+            st = os.stat(self._journal(space, space.gen))
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == space.jid
+
+    def _read_snapshot(self, path: str) -> tuple[int, fst.NsState]:
+        with open(path, "rb") as f:
+            data = f.read()
+        snap = fio.decode_snapshot(data)
+        return snap.gen, fst.NsState.decode(snap.body, snap.blobs)
 
     def _load(self, space: _Space) -> None:
-        snap_path = os.path.join(space.dir, fio.SNAPSHOT)
-        gen = 0
-        state = fst.NsState()
-        try:
-            with open(snap_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = None
-        if data is not None:
+        """Rebuild the mirror: the newest snapshot that decodes and whose journals are all
+        there (``snapshot``, else ``snapshot.prev``, else the empty generation 0), plus
+        every journal since; reset the namespace only when none is usable."""
+        space.state = None
+        names = set(os.listdir(space.dir))
+        gens = sorted(g for g in map(fio.parse_journal_name, names) if g is not None)
+        head = gens[-1] if gens else 0
+        have = set(gens)
+        bad: list[tuple[str, str]] = []
+        base: tuple[int, fst.NsState] | None = None
+        for name in (fio.SNAPSHOT, fio.SNAPSHOT_PREV):
+            if name not in names:
+                continue
             try:
-                gen, body = fio.decode_snapshot(data)
-                state = fst.NsState.decode(body)
+                gen, state = self._read_snapshot(os.path.join(space.dir, name))
             except (fio.SnapshotError, fst.CorruptRecord) as exc:
-                gen = self._reset_corrupt_snapshot(space, str(exc))
-                state = fst.NsState()
-        self._scan_dir(space, gen)
-        space.state = state
-        space.gen = gen
-        self._stat_snapshot(space)
-        self._open_journal(space, gen, create=False)
-        space.jsize = 0
-        self._catch_up(space)
-
-    def _stat_snapshot(self, space: _Space) -> None:
-        try:
-            space.snap_size = os.stat(os.path.join(space.dir, fio.SNAPSHOT)).st_size
-        except FileNotFoundError:
-            space.snap_size = 0
-
-    def _reset_corrupt_snapshot(self, space: _Space, reason: str) -> int:
-        """Quarantine a corrupt snapshot and the journals that extend it; start a new
-        generation with an empty namespace (nothing else can be trusted)."""
-        gens = [0]
-        self._report(fio.quarantine(self.path, space.dir, fio.SNAPSHOT, reason), reason)
-        for name in os.listdir(space.dir):
-            journal_gen = fio.parse_journal_name(name)
-            if journal_gen is not None:
-                gens.append(journal_gen)
-                why = f"journal of a corrupt snapshot ({reason})"
+                bad.append((name, f"corrupt snapshot: {exc}"))
+                continue
+            missing = [g for g in range(gen, head + 1) if g not in have]
+            if gen > head or missing:
+                bad.append((name, f"snapshot of generation {gen} without its journals"))
+                continue
+            base = (gen, state)
+            break
+        # Generation 0 starts empty, by definition: usable with all its journals, or for a
+        # namespace that never had a snapshot nor a journal (a new one).
+        generation_0 = gens == list(range(head + 1)) if gens else not bad
+        if base is None and generation_0:
+            base = (0, fst.NsState())
+        if base is None:
+            gen = self._reset(space, bad, gens)
+            base, gens, head = (gen, fst.NsState()), [gen], gen
+        else:
+            for name, reason in bad:
+                why = f"{reason}; recovered from an older snapshot and its journals"
                 self._report(fio.quarantine(self.path, space.dir, name, why), why)
-        gen = max(gens) + 1
+        gen, state = base
+        for sealed in range(gen, head):
+            self._replay_sealed(space, state, sealed)
+        space.state = state
+        self._open_journal(space, max(gen, head))
+        self._catch_up(space, None)
+        self._scan_dir(space)
+
+    def _reset(self, space: _Space, bad: list[tuple[str, str]], gens: list[int]) -> int:
+        """No usable snapshot: quarantine the snapshots and journals and start a new,
+        empty generation above every one a process may know (nothing can be trusted;
+        this happens only if something other than this library wrote the files)."""
+        known = list(gens)
+        reasons = dict(bad)
+        for name in (fio.SNAPSHOT, fio.SNAPSHOT_PREV):
+            path = os.path.join(space.dir, name)
+            if os.path.exists(path):
+                known.append(fio.read_snapshot_gen(path))
+                why = reasons.get(name, "snapshot without a usable base")
+                self._report(fio.quarantine(self.path, space.dir, name, why), why)
+        for journal_gen in gens:
+            name = fio.journal_name(journal_gen)
+            why = "journal of an unusable snapshot"
+            self._report(fio.quarantine(self.path, space.dir, name, why), why)
+        gen = max(known, default=0) + 2
         fio.atomic_write(
             space.dir,
             fio.SNAPSHOT,
-            fio.encode_snapshot(gen, fst.NsState().encode()),
+            b"".join(fio.snapshot_parts(gen, *fst.NsState().encode())),
             fsync=self.fsync,
         )
         return gen
 
-    def _scan_dir(self, space: _Space, gen: int) -> None:
-        """Move foreign files aside; drop journals older than the one tailers may still read."""
-        known = {fio.LOCK, fio.NAME, fio.NAME + ".tmp", fio.SNAPSHOT, fio.SNAPSHOT_TMP}
+    def _replay_sealed(self, space: _Space, state: fst.NsState, gen: int) -> None:
+        with open(self._journal(space, gen), "rb") as f:
+            data = f.read()
+        for item in fio.iter_frames(data, 0):
+            if isinstance(item, fio.Frame):
+                try:
+                    state.apply_entry(item.entry, item.blobs)
+                except fst.CorruptRecord as exc:
+                    raw = data[item.start : item.end]
+                    self._quarantine_bytes(space, gen, raw, f"undecodable journal entry: {exc}")
+                continue
+            reason = f"corrupt tail of a sealed journal: {item.reason}"
+            self._quarantine_bytes(space, gen, data[item.offset :], reason)
+            break
+
+    def _scan_dir(self, space: _Space) -> None:
+        """Move foreign files aside; drop journals older than the previous snapshot and
+        leftovers of compactions that can no longer be installed."""
+        prev_gen = max(fio.read_snapshot_gen(os.path.join(space.dir, fio.SNAPSHOT_PREV)), 0)
+        latest = fio.read_snapshot_gen(os.path.join(space.dir, fio.SNAPSHOT))
+        known = {fio.LOCK, fio.NAME, fio.NAME + ".tmp", fio.SNAPSHOT, fio.SNAPSHOT_PREV}
         for name in os.listdir(space.dir):
             if name in known:
                 continue
             journal_gen = fio.parse_journal_name(name)
             if journal_gen is not None:
-                if journal_gen < gen - 1:
+                if journal_gen < prev_gen:
+                    os.unlink(os.path.join(space.dir, name))
+                continue
+            build_gen = fio.parse_build_name(name)
+            if build_gen is not None or name == fio.SNAPSHOT_TMP:
+                if name == fio.SNAPSHOT_TMP or (build_gen is not None and build_gen <= latest):
                     os.unlink(os.path.join(space.dir, name))
                 continue
             reason = "foreign file in a namespace directory"
             self._report(fio.quarantine(self.path, space.dir, name, reason), reason)
 
-    def _open_journal(self, space: _Space, gen: int, *, create: bool) -> None:
+    def _open_journal(self, space: _Space, gen: int, *, create: bool = False) -> None:
+        """Make journal ``gen`` the mirror's (created if missing; ``create``: it must not
+        exist yet, this is the generation switch)."""
         if space.jfd is not None:
             os.close(space.jfd)
             space.jfd = None
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if create else 0)
-        path = os.path.join(space.dir, fio.journal_name(gen))
-        existed = os.path.exists(path)
+        path = self._journal(space, gen)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        if create:
+            flags |= os.O_EXCL
+            new = True
+        else:
+            new = not os.path.exists(path)
         space.jfd = fio.open_file(path, flags)
-        if (create or not existed) and self.fsync:
+        st = os.fstat(space.jfd)
+        space.gen, space.jsize, space.jid = gen, 0, (st.st_dev, st.st_ino)
+        if new and self.fsync:
             os.fsync(space.jfd)
             fio.fsync_dir(space.dir)
 
-    def _catch_up(self, space: _Space) -> None:
+    def _catch_up(self, space: _Space, chunks: list[_FeedChunk] | None) -> None:
         """Apply the frames other processes appended; cut off a torn or corrupt tail."""
         assert space.jfd is not None and space.state is not None
         base = space.jsize
@@ -486,10 +670,14 @@ class FileStorage(Storage):
         for item in fio.iter_frames(data, base):
             if isinstance(item, fio.Frame):
                 try:
-                    space.state.apply_entry(item.entry)
+                    events = space.state.apply_entry(item.entry, item.blobs)
                 except fst.CorruptRecord as exc:
                     raw = data[item.start - base : item.end - base]
-                    self._quarantine_bytes(space, raw, f"undecodable journal entry: {exc}")
+                    reason = f"undecodable journal entry: {exc}"
+                    self._quarantine_bytes(space, space.gen, raw, reason)
+                    events = []
+                if chunks is not None:
+                    chunks.append(_FeedChunk(space.gen, item.start, item.end, tuple(events)))
                 space.jsize = item.end
                 continue
             rest = data[item.offset - base :]
@@ -500,51 +688,182 @@ class FileStorage(Storage):
                 if item.incomplete
                 else f"corrupt journal tail: {item.reason}"
             )
-            self._quarantine_bytes(space, rest, why)
+            self._quarantine_bytes(space, space.gen, rest, why)
             os.ftruncate(space.jfd, item.offset)
             if self.fsync:
                 os.fsync(space.jfd)
             break
 
-    def _quarantine_bytes(self, space: _Space, data: bytes, reason: str) -> None:
-        name = f"{os.path.basename(space.dir)}-{fio.journal_name(space.gen)}-part"
+    def _quarantine_bytes(self, space: _Space, gen: int, data: bytes, reason: str) -> None:
+        name = f"{os.path.basename(space.dir)}-{fio.journal_name(gen)}-part"
         self._report(fio.quarantine_bytes(self.path, name, data, reason), reason)
 
-    def _append(self, space: _Space, state: fst.NsState, txs: list[fst.Tx]) -> tuple[Pos, bool]:
-        entry = fst.merge_entry(state, txs)
-        if entry is None:
-            return (space.gen, space.jsize), False
+    def _append(self, space: _Space, seals: list[fst.Sealed]) -> tuple[Pos, _FeedChunk | None]:
+        merged = fst.merge_entry(seals)
+        if merged is None:
+            return (space.gen, space.jsize), None
         assert space.jfd is not None
-        frame = fio.encode_frame(entry)
-        self._maybe_crash("before-append")
+        frame = fio.encode_frame(*merged)
+        self._checkpoint("before-append")
         if self._crash_point is not None and self._crash_point[0] == "mid-append":
             fio.write_all(space.jfd, frame[: len(frame) // 2])
-            self._maybe_crash("mid-append")
+            self._checkpoint("mid-append")
             os.ftruncate(space.jfd, space.jsize)
         fio.write_all(space.jfd, frame)
-        self._maybe_crash("after-append")
-        if self.fsync and any(tx.durable for tx in txs):
+        self._checkpoint("after-append")
+        # A batch that only extended leases (or lock expiries, or forgot expired records)
+        # is appended without fsync: visible to every process at once, and a crash that
+        # loses it (power, kernel) loses a prefix-closed tail: the next fsynced frame of
+        # any process makes it durable too (same file), so no later frame can outlive it.
+        if self.fsync and any(seal.durable for seal in seals):
             os.fdatasync(space.jfd)
-        start = (space.gen, space.jsize)
+            space.fsyncs += 1
+        start = space.jsize
         space.jsize += len(frame)
-        self._maybe_crash("after-fsync")
-        return start, True
+        space.frames += 1
+        space.bytes_appended += len(frame)
+        self._checkpoint("after-fsync")
+        events = tuple(event for seal in seals for event in seal.events)
+        return (space.gen, start), _FeedChunk(space.gen, start, space.jsize, events)
 
-    def _maybe_compact(self, space: _Space, state: fst.NsState) -> None:
-        if space.jsize <= max(self.compact_bytes, space.snap_size):
-            return
-        new_gen = space.gen + 1
-        self._open_journal(space, new_gen, create=True)
-        self._maybe_crash("compact-journal")
-        snapshot = fio.encode_snapshot(new_gen, state.encode())
-        fio.atomic_write(space.dir, fio.SNAPSHOT, snapshot, fsync=self.fsync)
-        self._maybe_crash("compact-snapshot")
-        old = os.path.join(space.dir, fio.journal_name(space.gen - 1))
-        if os.path.exists(old):
-            os.unlink(old)
-        space.gen = new_gen
-        space.jsize = 0
-        self._stat_snapshot(space)
+    def _maybe_switch(self, space: _Space) -> int | None:
+        """Seal the journal once it outgrew ``compact_bytes`` and the snapshot: create the
+        next one (lock held). Returns the new generation, whose snapshot is to be built."""
+        if space.jsize <= self.compact_bytes:
+            return None
+        try:
+            snap_size = os.stat(os.path.join(space.dir, fio.SNAPSHOT)).st_size
+        except FileNotFoundError:
+            snap_size = 0
+        if space.jsize <= snap_size:
+            return None
+        assert space.jfd is not None
+        if self.fsync:
+            # Frames appended without fsync must not be outlived by frames of the next
+            # journal, which a later fsync of that file would not cover.
+            os.fdatasync(space.jfd)
+        self._open_journal(space, space.gen + 1, create=True)
+        self._checkpoint("compact-journal")
+        return space.gen
+
+    # -- compaction (background thread, lock-free but for the install) -------------------
+
+    async def _serve_compactions(self) -> None:
+        while True:
+            kick = self._build_kick
+            await kick.wait()
+            if self._build_kick is kick:
+                self._build_kick = trio.Event()
+            await self._run_builds()
+
+    async def _run_builds(self) -> None:
+        for space in list(self._spaces.values()):
+            target = space.build_due
+            if target is None:
+                continue
+            space.build_due = None
+            try:
+                # Shielded: once taken, a build is finished even if the storage closes
+                # meanwhile (to_thread would otherwise drop it at its first checkpoint).
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._build, space, target)
+            except Exception:  # a bug: the journals stay, the next switch retries
+                logger.exception("file storage: compaction of %r failed", space.ns)
+
+    def _build(self, space: _Space, target: int) -> bool:
+        """Write the snapshot of generation ``target`` (the state at the start of journal
+        ``target``) from the files alone, without the lock, then install it."""
+        directory = space.dir
+        try:
+            base = self._build_base(directory, target)
+            if base is None:
+                return False
+            gen, state = base
+            for sealed in range(gen, target):
+                try:
+                    fd = os.open(os.path.join(directory, fio.journal_name(sealed)), os.O_RDONLY)
+                except FileNotFoundError:
+                    return False  # deleted by a newer compaction: nothing left to do
+                try:
+                    data = fio.read_from(fd, 0)
+                finally:
+                    os.close(fd)
+                for item in fio.iter_frames(data, 0):
+                    if isinstance(item, fio.BadFrame):
+                        break  # as every process's replay of it did
+                    try:
+                        state.apply_entry(item.entry, item.blobs)
+                    except fst.CorruptRecord:
+                        continue
+            self._checkpoint("compact-serialise")
+            body, blobs = state.encode()
+            tmp = os.path.join(directory, fio.build_name(target))
+            fio.write_file(tmp, fio.snapshot_parts(target, body, blobs), fsync=self.fsync)
+            self._checkpoint("compact-snapshot")
+            installed = self._install(directory, target, tmp)
+        except (OSError, fio.SnapshotError, fst.CorruptRecord) as exc:
+            logger.warning("file storage: compaction of %r failed: %s", space.ns, exc)
+            return False
+        if installed:
+            space.snapshots += 1
+        return installed
+
+    def _build_base(self, directory: str, target: int) -> tuple[int, fst.NsState] | None:
+        """The newest readable snapshot older than ``target`` whose journals are there."""
+        names = set(os.listdir(directory))
+        for name in (fio.SNAPSHOT, fio.SNAPSHOT_PREV):
+            path = os.path.join(directory, name)
+            gen = fio.read_snapshot_gen(path)
+            if gen >= target:
+                return None  # already compacted at or beyond the target
+            if name not in names or gen < 0:
+                continue
+            if any(fio.journal_name(g) not in names for g in range(gen, target)):
+                continue
+            try:
+                return self._read_snapshot(path)
+            except (OSError, fio.SnapshotError, fst.CorruptRecord):
+                continue
+        if all(fio.journal_name(g) in names for g in range(target)):
+            return 0, fst.NsState()
+        return None
+
+    def _install(self, directory: str, target: int, tmp: str) -> bool:
+        """Make ``tmp`` the snapshot (lock held for two renames and a few unlinks)."""
+        snap = os.path.join(directory, fio.SNAPSHOT)
+        prev = os.path.join(directory, fio.SNAPSHOT_PREV)
+        lock_fd = fio.open_file(os.path.join(directory, fio.LOCK), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            latest = fio.read_snapshot_gen(snap)
+            if latest >= target:
+                os.unlink(tmp)
+                return False
+            if latest > 0:
+                os.replace(snap, prev)
+                keep_from = latest
+            else:
+                if latest < 0:
+                    why = "unreadable snapshot replaced by compaction"
+                    self._report(fio.quarantine(self.path, directory, fio.SNAPSHOT, why), why)
+                keep_from = max(fio.read_snapshot_gen(prev), 0)
+            self._checkpoint("compact-install")
+            os.replace(tmp, snap)
+            if self.fsync:
+                fio.fsync_dir(directory)
+            self._checkpoint("compact-installed")
+            # The journals before the previous snapshot are needed by no fallback; tailers
+            # still in them lost track (they are told so).
+            for name in os.listdir(directory):
+                journal_gen = fio.parse_journal_name(name)
+                build_gen = fio.parse_build_name(name)
+                if (journal_gen is not None and journal_gen < keep_from) or (
+                    build_gen is not None and build_gen < target
+                ):
+                    os.unlink(os.path.join(directory, name))
+            return True
+        finally:
+            os.close(lock_fd)  # releases the flock
 
     # -- notifications (trio side) --------------------------------------------------------
 
@@ -554,8 +873,7 @@ class FileStorage(Storage):
         root = os.path.join(self.path, fio.NAMESPACES)
 
         def only_journals(change: watchfiles.Change, path: str) -> bool:
-            name = os.path.basename(path)
-            return name.startswith(fio.JOURNAL_PREFIX) or name == fio.SNAPSHOT
+            return os.path.basename(path).startswith(fio.JOURNAL_PREFIX)
 
         try:
             async for _ in watchfiles.awatch(
@@ -608,45 +926,50 @@ class FileStorage(Storage):
             self._dispatch(space, chunks)
             if space.pos == start:
                 space.pos = new_pos
-            elif space.pos is not None:
+            elif space.pos is not None and space.pos < new_pos:
                 self._kick.set()  # rewound meanwhile: read again
         finally:
             space.pumping = False
 
     def _read_feed(self, directory: str, pos: Pos) -> tuple[list[_FeedChunk], Pos, bool]:
-        """Read committed frames from ``pos`` on, following compactions (no lock)."""
+        """Read committed frames from ``pos`` on, following sealed journals (no lock)."""
         gen, offset = pos
         chunks: list[_FeedChunk] = []
         gap = False
         while True:
-            current = fio.read_snapshot_gen(os.path.join(directory, fio.SNAPSHOT))
+            # Sealed before we read means we read all of it.
+            sealed = os.path.exists(os.path.join(directory, fio.journal_name(gen + 1)))
             try:
                 fd = os.open(os.path.join(directory, fio.journal_name(gen)), os.O_RDONLY)
             except FileNotFoundError:
-                data = b""
-            else:
-                try:
-                    data = fio.read_from(fd, offset)
-                finally:
-                    os.close(fd)
+                # Deleted by compaction before we read it: events were lost.
+                names = os.listdir(directory)
+                later = sorted(
+                    g for g in map(fio.parse_journal_name, names) if g is not None and g > gen
+                )
+                if not later:
+                    return chunks, (gen, offset), gap
+                gen, offset, gap = later[0], 0, True
+                continue
+            try:
+                data = fio.read_from(fd, offset)
+            finally:
+                os.close(fd)
+            complete = True
             for item in fio.iter_frames(data, offset):
                 if isinstance(item, fio.BadFrame):
-                    break  # in progress, or a torn tail the next writer cuts off
+                    complete = False  # in progress, or a torn tail the next writer cuts off
+                    break
                 try:
-                    events = fst.entry_events(item.entry)
+                    events = fst.entry_events(item.entry, item.blobs)
                 except fst.CorruptRecord:
                     events = []  # the next transaction quarantines the entry
                 chunks.append(_FeedChunk(gen, item.start, item.end, tuple(events)))
                 offset = item.end
-            if current <= gen:
+            if not sealed:
                 return chunks, (gen, offset), gap
-            # The journal we read is sealed; continue in the next generation.
-            if current > gen + 1:
-                gap = True
-                gen = current
-            else:
-                gen += 1
-            offset = 0
+            gap = gap or not complete  # damage in a sealed journal: skip the rest
+            gen, offset = gen + 1, 0
 
     def _lost_track(self, space: _Space) -> None:
         """The journal was compacted past this reader: events are lost (subscribers get
