@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from trio_jobqueue import (
 )
 from trio_jobqueue.storage import Claim, Fence, SettleStatus
 from trio_jobqueue.storage import _file_io as fio
+from trio_jobqueue.storage import file as file_backend
 from trio_jobqueue.storage.file import FileStorage
 
 NS = "q"
@@ -164,13 +166,27 @@ async def test_fifo_and_dedup_are_global_across_objects(make: Callable[..., File
         assert [c.job_id for c in claims] == [f"alt-{i}" for i in range(12)]
 
 
-@pytest.mark.parametrize("polling", [False, True], ids=["watcher", "polling"])
-async def test_wakeups_cross_objects(make: Callable[..., FileStorage], polling: bool) -> None:
+class _NoInotify:
+    """Stands for a platform without inotify (FileStorage then uses watchfiles)."""
+
+    def __init__(self) -> None:
+        raise OSError(errno.ENOSYS, "no inotify here")
+
+
+@pytest.mark.parametrize("how", ["inotify", "watchfiles", "polling"])
+async def test_wakeups_cross_objects(
+    make: Callable[..., FileStorage], how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A blocked claim, a job watch and an event subscription in one storage object see what
-    another object did (through the journal, as another process would)."""
+    another object did (through the journal, as another process would), woken by inotify,
+    by watchfiles where there is no inotify, or by polling."""
+    if how == "watchfiles":
+        monkeypatch.setattr(file_backend, "_Inotify", _NoInotify)
+    polling = how == "polling"
     a = make(force_polling=polling)
     b = make(force_polling=polling)
     async with a, b:
+        assert (a._inotify is not None) == (how == "inotify")
         got: list[Claim] = []
 
         async def claimer() -> None:

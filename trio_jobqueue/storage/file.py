@@ -27,18 +27,23 @@ files (latest snapshot + sealed journals, which nobody writes any more) and writ
 ``snapshot.prev`` and the new file to ``snapshot`` and to delete the journals the previous
 snapshot no longer needs.
 
-Notifications: every process tails the journal of the namespaces it waits on. A watcher
-task (``watchfiles``; polling when forced or when inotify is unavailable) and local commits
-wake the tailer, which delivers events to subscribers, fires job watches and wakes blocked
-claims.
+Notifications: every process tails the journal of the namespaces it waits on. inotify
+(read on the trio thread; ``watchfiles`` where there is no inotify; polling when forced)
+wakes the tailer, which delivers events to subscribers, fires job watches and wakes
+blocked claims. A process's own transactions hand the events they read and wrote to its
+hub directly when the tailer is at that point of the journal, without a re-read.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import logging
 import math
 import os
+import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -77,6 +82,9 @@ COMPACT_BYTES = 8 << 20
 """Compact once the journal is larger than this and than the snapshot."""
 SAFETY_POLL = 1.0
 """With a working file watcher, still re-read watched journals this often (missed events)."""
+INLINE_READ = 64 * 1024
+"""With inotify (a local filesystem), the tailer reads up to this many freshly appended
+journal bytes on the trio thread (they are in the page cache); more goes to a thread."""
 CRASH_ENV = "TRIO_JOBQUEUE_FILE_CRASH_AT"
 """Private test hook: ``point[:n]`` makes the process ``os._exit(137)`` the n-th time it
 reaches ``point`` (one of :data:`CRASH_POINTS`)."""
@@ -188,6 +196,9 @@ class _Space:
     interest: int = 0
     pos: Pos | None = None
     pumping: bool = False
+    watched: bool = False
+    last_end: Pos | None = None
+    """The end of the journal as last seen by a transaction or the tailer."""
     # -- compaction (trio side) --
     build_due: int | None = None
 
@@ -199,6 +210,55 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
 
 def _abspath(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
+
+
+class _Inotify:
+    """Linux inotify through libc: change notifications read on the trio thread (no
+    helper thread, no debounce), one watch per followed namespace directory."""
+
+    _MASK = 0x2 | 0x80 | 0x100  # IN_MODIFY | IN_MOVED_TO | IN_CREATE
+    _OVERFLOW = 0x4000  # IN_Q_OVERFLOW
+    _EVENT = struct.Struct("iIII")
+
+    def __init__(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise OSError(errno.ENOSYS, "inotify is Linux-only")
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._init = libc.inotify_init1
+        self._init.argtypes = [ctypes.c_int]
+        self._init.restype = ctypes.c_int
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._add.restype = ctypes.c_int
+        fd = self._init(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        self.fd = fd
+
+    def watch(self, path: str) -> None:
+        if self._add(self.fd, os.fsencode(path), self._MASK) < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+
+    def drain(self) -> bool:
+        """Read every pending notification; whether a journal changed (or some were lost)."""
+        changed = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return changed
+            pos = 0
+            while pos + self._EVENT.size <= len(data):
+                _, mask, _, length = self._EVENT.unpack_from(data, pos)
+                name = data[pos + self._EVENT.size : pos + self._EVENT.size + length]
+                pos += self._EVENT.size + length
+                if mask & self._OVERFLOW or name.startswith(b"journal."):
+                    changed = True
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @attrs.define(eq=False)
@@ -234,6 +294,7 @@ class FileStorage(Storage):
     _tasks_done: list[trio.Event] = attrs.field(factory=list, init=False)
     _serving: bool = attrs.field(default=False, init=False)
     _polling: bool = attrs.field(default=False, init=False)
+    _inotify: _Inotify | None = attrs.field(default=None, init=False)
     _crash_point: tuple[str, int] | None = attrs.field(default=None, init=False)
     _crash_count: int = attrs.field(default=0, init=False)
     _pause_point: tuple[str, str] | None = attrs.field(default=None, init=False)
@@ -263,7 +324,13 @@ class FileStorage(Storage):
         self._tasks_done = []
         tasks: list[Callable[[], Any]] = [self._serve_feeds, self._serve_compactions]
         if not self.force_polling:
-            tasks.append(self._serve_watcher)
+            try:
+                self._inotify = _Inotify()
+            except (OSError, AttributeError) as exc:  # AttributeError: no such libc symbol
+                logger.info("inotify unavailable (%s); using watchfiles", exc)
+                tasks.append(self._serve_watcher)
+            else:
+                tasks.append(self._serve_inotify)
         for fn in tasks:
             scope = trio.CancelScope()
             done = trio.Event()
@@ -285,6 +352,9 @@ class FileStorage(Storage):
         # A generation switched to but not compacted yet: build its snapshot now rather
         # than leave the journals to grow until another process switches again.
         await self._run_builds()
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         for space in self._spaces.values():
             while space.committing:
                 await space.idle.wait()
@@ -294,6 +364,7 @@ class FileStorage(Storage):
             space.jfd = space.lock_fd = None
             space.state = None
             space.prepared = False
+            space.watched = False
 
     async def _system_task(
         self, fn: Callable[[], Any], scope: trio.CancelScope, done: trio.Event
@@ -400,8 +471,7 @@ class FileStorage(Storage):
                     op.exc = StorageError("file storage transaction did not run")
                     op.done = True
             space.pending[:0] = requeue
-            if outcome.wrote:
-                self._kick.set()
+            self._hand_over(space, outcome)
             if outcome.build is not None:
                 space.build_due = max(space.build_due or 0, outcome.build)
                 self._build_kick.set()
@@ -411,6 +481,24 @@ class FileStorage(Storage):
             # No background task (the storage is not open): compact in this call.
             with trio.CancelScope(shield=True):
                 await self._run_builds()
+
+    def _hand_over(self, space: _Space, outcome: _Outcome) -> None:
+        """Deliver the events of the frames a transaction read and wrote straight to the
+        hub when the tailer is at that point of the journal (no re-read); else wake it."""
+        chunks = outcome.chunks
+        if outcome.origin is not None:
+            space.last_end = (chunks[-1].gen, chunks[-1].end) if chunks else outcome.origin
+        pos = space.pos
+        if pos is None or not space.interest:
+            return
+        if chunks and outcome.origin is not None:
+            end = (chunks[-1].gen, chunks[-1].end)
+            if outcome.origin <= pos <= end:
+                self._dispatch(space, [c for c in chunks if (c.gen, c.start) >= pos])
+                space.pos = end
+                return
+        if outcome.wrote:
+            self._kick.set()
 
     # -- transactions (worker thread) -----------------------------------------------------
 
@@ -867,6 +955,14 @@ class FileStorage(Storage):
 
     # -- notifications (trio side) --------------------------------------------------------
 
+    async def _serve_inotify(self) -> None:
+        inotify = self._inotify
+        assert inotify is not None
+        while True:
+            await trio.lowlevel.wait_readable(inotify.fd)
+            if inotify.drain():
+                self._kick.set()
+
     async def _serve_watcher(self) -> None:
         import watchfiles
 
@@ -882,7 +978,8 @@ class FileStorage(Storage):
                 debounce=50,
                 # step: ms the watcher waits for more changes after one; every
                 # cross-process wake-up pays it (5 ms gave a 22 ms cross-process
-                # enqueue_and_wait p50, 1 ms gives 5 ms).
+                # enqueue_and_wait p50, 1 ms gives 5 ms). inotify, where there is one,
+                # has no such step.
                 step=1,
                 rust_timeout=500,
                 stop_event=self._stop,
@@ -907,16 +1004,59 @@ class FileStorage(Storage):
                 if space.interest and space.pos is not None:
                     await self._pump(space)
 
+    def _watch(self, space: _Space) -> None:
+        if self._inotify is None or space.watched:
+            return
+        try:
+            self._inotify.watch(space.dir)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: no transaction created it yet
+                logger.warning("cannot watch %s (%s); polling", space.dir, exc)
+                self._polling = True
+            return
+        space.watched = True
+
+    def _unread(self, space: _Space, pos: Pos) -> int | None:
+        """With inotify (a local filesystem), how many bytes of the journal at ``pos`` are
+        unread, from two stats on the trio thread; ``None``: unknown (sealed, gone, or
+        polling), read in a thread."""
+        if self._inotify is None or self._polling:
+            return None
+        gen, offset = pos
+        try:
+            size = os.stat(self._journal(space, gen)).st_size
+        except OSError:
+            return None
+        if os.path.exists(self._journal(space, gen + 1)):
+            return None
+        return size - offset
+
+    def _known_end(self, space: _Space) -> Pos | None:
+        """The current end of the journal if it is still where this process last saw it
+        (then it is a frame boundary: a writer that started appending would have moved
+        it), without a transaction."""
+        end = space.last_end
+        if end is None or self._unread(space, end) != 0:
+            return None
+        return end
+
     async def _pump(self, space: _Space) -> None:
         if space.pumping or space.pos is None:
             return
+        self._watch(space)
         space.pumping = True
         try:
             start = space.pos
+            unread = self._unread(space, start)
+            if unread == 0:
+                return  # our own commit (already handed over), or nothing yet
             try:
-                chunks, new_pos, gap = await trio.to_thread.run_sync(
-                    self._read_feed, space.dir, start, abandon_on_cancel=True
-                )
+                if unread is not None and unread <= INLINE_READ:
+                    chunks, new_pos, gap = self._read_feed(space.dir, start)
+                else:
+                    chunks, new_pos, gap = await trio.to_thread.run_sync(
+                        self._read_feed, space.dir, start, abandon_on_cancel=True
+                    )
             except OSError as exc:
                 # Transient (a file replaced under us, NFS hiccup): retry on the next wake.
                 logger.warning("cannot read the journal of %r: %s", space.ns, exc)
@@ -924,6 +1064,7 @@ class FileStorage(Storage):
             if gap:
                 self._lost_track(space)
             self._dispatch(space, chunks)
+            space.last_end = new_pos
             if space.pos == start:
                 space.pos = new_pos
             elif space.pos is not None and space.pos < new_pos:
@@ -1123,7 +1264,11 @@ class FileStorage(Storage):
                 await trio.lowlevel.checkpoint()
                 yield None  # claim_nowait seeds the tailer at its own frame
             else:
-                pos = await self._position(ns)
+                pos = self._known_end(space)
+                if pos is None:
+                    pos = await self._position(ns)
+                else:
+                    await trio.lowlevel.checkpoint()
                 self._seed(space, pos)
                 yield pos
         finally:
