@@ -178,8 +178,7 @@ end
 -- from 1 for the tail (enqueue, a retry without delay, a stalled job, promotion), `h`
 -- counts down from -1 for the head (a release: before every job of its priority, the
 -- latest release first). Scores are exact doubles while |seq| < 2^39 and |priority|
--- <= 4095; the counters restart when a claim finds the queue empty (once past 2^30).
--- Every job is priority 0 for now.
+-- <= 4095 (see next_seq for the counters' restart). Every job is priority 0 for now.
 local PRIO_STEP = 1099511627776  -- 2^40
 local SEQ_RESTART = 1073741824  -- 2^30
 
@@ -242,24 +241,36 @@ local function flush()
     publish(KEYS[12] .. DONE[i], DONE[i + 1])
   end
   if WAKES > 0 then
-    local n = math.min(WAKES, WAKE_CAP - redis.call('LLEN', KEYS[9]))
-    if n > 0 then
-      local tokens = {}
-      for i = 1, n do
-        tokens[i] = '1'
-      end
-      redis.call('RPUSH', KEYS[9], unpack(tokens))
+    local tokens = {}
+    for i = 1, math.min(WAKES, WAKE_CAP) do
+      tokens[i] = '1'
+    end
+    if redis.call('RPUSH', KEYS[9], unpack(tokens)) > WAKE_CAP then
+      redis.call('LTRIM', KEYS[9], 0, WAKE_CAP - 1)
     end
   end
 end
 
+-- The next sequence number of the tail (`field` t, step 1) or of the head (h, -1).
+-- Past 2^30 a counter restarts when the queue is empty (and no promotion is under way),
+-- so scores stay exact with priorities whatever the queue's lifetime.
+local function next_seq(field, step)
+  local seq = redis.call('HINCRBY', KEYS[8], field, step)
+  if seq * step > SEQ_RESTART and redis.call('ZCARD', KEYS[2]) == 0
+      and redis.call('HEXISTS', KEYS[8], 'pu') == 0 then
+    redis.call('HSET', KEYS[8], 't', 0, 'h', 0, field, step)
+    seq = step
+  end
+  return seq
+end
+
 local function push_tail(id)
-  redis.call('ZADD', KEYS[2], ready_score(redis.call('HINCRBY', KEYS[8], 't', 1)), id)
+  redis.call('ZADD', KEYS[2], ready_score(next_seq('t', 1)), id)
   WAKES = WAKES + 1
 end
 
 local function push_head(id)
-  redis.call('ZADD', KEYS[2], ready_score(redis.call('HINCRBY', KEYS[8], 'h', -1)), id)
+  redis.call('ZADD', KEYS[2], ready_score(next_seq('h', -1)), id)
   WAKES = WAKES + 1
 end
 
@@ -324,8 +335,13 @@ end
 -- reserved at once ({tag}:seq fields pu = the cut-off time, pn = next reserved, pe =
 -- last reserved) and the next calls place the rest with them: jobs enqueued meanwhile
 -- still come after every job that was due when the promotion began, exactly as if all
--- had moved at once. Returns how many moved.
+-- had moved at once. Returns how many moved, and when none was due the head of
+-- `delayed` (ZRANGE ... WITHSCORES: the next due time, if any).
 local function promote_due(limit)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if not first[2] or tonumber(first[2]) > NOW then
+    return 0, first  -- nothing due (also: no promotion under way)
+  end
   local moved = 0
   while moved < limit do
     local cut = redis.call('HMGET', KEYS[8], 'pu', 'pn', 'pe')
@@ -333,7 +349,7 @@ local function promote_due(limit)
     if not upto then
       local n = redis.call('ZCOUNT', KEYS[3], '-inf', fmt(NOW))
       if n == 0 then
-        return moved
+        break
       end
       last = redis.call('HINCRBY', KEYS[8], 't', n)
       nxt = last - n + 1
@@ -354,15 +370,15 @@ local function promote_due(limit)
     if #ids == budget then
       -- Perhaps more due than the budget: the rest keep their reserved places.
       redis.call('HSET', KEYS[8], 'pu', upto, 'pn', nxt, 'pe', last)
-      return moved
+      break
     end
     if not cut[1] then
-      return moved  -- every due job moved
+      break  -- every due job moved
     end
     -- A reserved batch is done; jobs that became due since may follow it.
     redis.call('HDEL', KEYS[8], 'pu', 'pn', 'pe')
   end
-  return moved
+  return moved, nil
 end
 
 -- Physically drop up to `limit` expired terminal records per index; returns how many.

@@ -5,13 +5,13 @@
 -- Touches: the lock hash (owner, epoch, exp). It never expires, so epochs only grow.
 -- Returns: the epoch, or nil when another owner holds the lock.
 local l = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'exp')
-local live = l[1] and l[3] and tonumber(l[3]) > NOW
+local held = l[1] and l[3] and tonumber(l[3]) > NOW
 local expires = fmt(NOW + tonumber(ARGV[3]))
-if live and l[1] == ARGV[2] then
+if held and l[1] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'exp', expires)
   return tonumber(l[2])
 end
-if live then
+if held then
   return nil
 end
 local epoch = tonumber(l[2] or '0') + 1

@@ -4,8 +4,8 @@
 --       earlier claims of this storage whose replies arrived (deleted: no longer needed)
 -- ARGV: 1 clock offset, 2 worker id, 3 limit, 4 lease seconds, 5 the claim's nonce
 --       (tokens are "<nonce>:<n>"), 6 "1" when resent after a lost reply
--- Touches: delayed (ZCOUNT/ZRANGEBYSCORE/ZREM, at most PROMOTE_BATCH due jobs), seq
---          (HMGET/HINCRBY/HSET/HDEL: promotion reservations, counter restart), queue
+-- Touches: delayed (ZRANGE/ZCOUNT/ZRANGEBYSCORE/ZREM, at most PROMOTE_BATCH due jobs),
+--          seq (HMGET/HINCRBY/HSET/HDEL: promotion reservations), queue
 --          (ZADD of promoted jobs, ZPOPMIN), {tag}:j:<id> (GET, SET), {tag}:b:<id>
 --          (HGET of a large payload), leases (ZADD), quarantine (RPUSH of the ids of
 --          corrupt records, which are left untouched for inspection), wake (DEL of the
@@ -53,7 +53,7 @@ if ARGV[6] == '1' then
   end
 end
 
-local promoted = promote_due(PROMOTE_BATCH)
+local promoted, next_due = promote_due(PROMOTE_BATCH)
 local limit = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local lease_until = fmt(NOW + lease)
@@ -93,18 +93,14 @@ if budget <= 0 then
 elseif #claimed < limit then
   -- The queue is empty: waiting tokens are stale (their jobs are taken).
   redis.call('DEL', KEYS[9])
-  local seq = redis.call('HMGET', KEYS[8], 't', 'h', 'pu')
-  if not seq[3] and (tonumber(seq[1] or 0) > SEQ_RESTART or tonumber(seq[2] or 0) < -SEQ_RESTART) then
-    redis.call('HDEL', KEYS[8], 't', 'h')
-  end
 elseif promoted > 0 then
   -- Promoted jobs are left for other claimers: wake as many (no event woke them).
   WAKES = math.min(promoted, redis.call('ZCARD', KEYS[2]))
 end
 if #claimed == 0 then
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  if first[2] then
-    out[2] = first[2]
+  next_due = next_due or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if next_due[2] then
+    out[2] = next_due[2]
   end
 end
 flush()

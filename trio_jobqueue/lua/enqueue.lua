@@ -3,7 +3,7 @@
 -- KEYS: standard 1-12
 -- ARGV: 1 clock offset, 2 job id, 3 payload (bytes), 4 max_attempts, 5 result_ttl,
 --       6 request nonce (a retried call with the same nonce reports "queued" again)
--- Touches: {tag}:j:<id> (GET; SET), {tag}:b:<id> (DEL; HSET of a large payload),
+-- Touches: {tag}:j:<id> (GET; SET), {tag}:b:<id> (HSET of a large payload),
 --          seq (HINCRBY t), queue (ZADD), completed/failed and their records (purge of
 --          expired entries, at most 100 each), wake (RPUSH a token), publishes
 --          "enqueued".
@@ -27,7 +27,6 @@ if j then
   end
   return {'duplicate', STATE[j[ST]]}
 end
-redis.call('DEL', KEYS[11] .. id)  -- blobs of a record Redis already collected
 j = {'q', 0, tonumber(ARGV[4]), NOW, tonumber(ARGV[5]), ARGV[6]}
 set_blob(j, id, PAY, ARGV[3])
 write_job(key, j)

@@ -567,7 +567,7 @@ class RedisAdapter(AdapterCommon):
                             await self._aio(method(*names))
                     if sending.cancelled_caught:
                         raise ConnectionError("the pub/sub connection did not take a write")
-                    with trio.move_on_at(min(replan_at, trio.current_time() + 3600.0)):
+                    with trio.move_on_at(min(replan_at, trio.current_time() + idle)):
                         await subs.changed.wait()
 
             nursery.start_soon(sync_subscriptions)
