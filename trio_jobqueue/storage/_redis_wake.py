@@ -80,6 +80,8 @@ class Wakers:
     """Tokens taken so far (statistics)."""
     passed_on: int = 0
     """Tokens pushed back because no local claim waited any more (statistics)."""
+    connections: int = 0
+    """Blocking connections made so far (statistics)."""
     _listeners: dict[str, _Listener] = attrs.Factory(dict)
 
     @asynccontextmanager
@@ -119,6 +121,7 @@ class Wakers:
                 try:
                     if connection is None:
                         connection = await self.adapter.open_blocking()
+                        self.connections += 1
                     token = await connection.pop(listener.key, self.wait)
                 except StorageError as exc:
                     log.debug("the wake-up connection failed; reconnecting: %s", exc)
