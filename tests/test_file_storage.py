@@ -575,3 +575,25 @@ async def test_format_1_directory_is_read_then_written_in_format_2(
     assert (directory / "snapshot.prev").read_bytes().startswith(fio.SNAP_MAGIC_V1)
     async with make() as s:
         assert (await s.stats(NS)).queued == added and (await s.stats(NS)).processing == 2
+
+
+async def test_idle_claims_need_no_transaction(make: Callable[..., FileStorage]) -> None:
+    """A claim on a queue with nothing ready, whose journal has not grown since this
+    object's last transaction, answers without one (with the next retry's due time);
+    work appended by another object (process) is claimed at once."""
+    async with make() as s, make() as other:
+        await s.enqueue(NS, "late", b"p", **OPTS)
+        (c,) = await s.claim(NS, "w", limit=1, lease=30.0)
+        assert await s.retry(NS, "late", c.token, b"e", delay=50.0) is SettleStatus.OK
+        before = s.statistics().transactions
+        for _ in range(5):
+            batch = await s.claim_nowait(NS, "w", limit=3, lease=30.0)
+            assert batch.claims == [] and batch.next_due_in is not None
+            assert 45.0 < batch.next_due_in <= 50.0
+        assert s.statistics().transactions == before
+        await other.enqueue(NS, "new", b"p", **OPTS)
+        (c,) = await s.claim(NS, "w", limit=3, lease=30.0)
+        assert c.job_id == "new"
+        await s.advance_clock(60.0)
+        (c,) = await s.claim(NS, "w", limit=3, lease=30.0)
+        assert (c.job_id, c.attempt) == ("late", 2)

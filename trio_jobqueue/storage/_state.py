@@ -495,6 +495,17 @@ class NsState:
                 rec.due_mark = seq
                 self.recount(rec)
 
+    def next_due(self) -> float | None:
+        """The due time of the next delayed record (``-inf``: unknown, the heap's top is
+        stale; only ``claim`` pops it). Read-only."""
+        if not self.delayed:
+            return None
+        due, _, seq, job_id = self.delayed[0]
+        rec = self.jobs.get(job_id)
+        if rec is None or rec.delay_seq != seq or rec.due_at != due:
+            return -math.inf
+        return due
+
     # -- persistence ------------------------------------------------------------------------
 
     def encode(self) -> tuple[dict[str, Any], list[bytes]]:

@@ -179,6 +179,7 @@ class _Space:
     idle: trio.Event = attrs.Factory(trio.Event)
     # -- the mirror (touched only by the one thread running this space's transaction) --
     prepared: bool = False
+    named: bool = False
     lock_fd: int | None = None
     state: fst.NsState | None = None
     gen: int = 0
@@ -196,6 +197,8 @@ class _Space:
     interest: int = 0
     pos: Pos | None = None
     pumping: bool = False
+    deferred: bool = False
+    """A tailer read skipped while a transaction ran (it hands over, then re-kicks)."""
     watched: bool = False
     last_end: Pos | None = None
     """The end of the journal as last seen by a transaction or the tailer."""
@@ -363,7 +366,7 @@ class FileStorage(Storage):
                     os.close(fd)
             space.jfd = space.lock_fd = None
             space.state = None
-            space.prepared = False
+            space.prepared = space.named = False
             space.watched = False
 
     async def _system_task(
@@ -488,16 +491,20 @@ class FileStorage(Storage):
         chunks = outcome.chunks
         if outcome.origin is not None:
             space.last_end = (chunks[-1].gen, chunks[-1].end) if chunks else outcome.origin
+        deferred, space.deferred = space.deferred, False
         pos = space.pos
         if pos is None or not space.interest:
             return
+        delivered = False
         if chunks and outcome.origin is not None:
             end = (chunks[-1].gen, chunks[-1].end)
             if outcome.origin <= pos <= end:
                 self._dispatch(space, [c for c in chunks if (c.gen, c.start) >= pos])
                 space.pos = end
-                return
-        if outcome.wrote:
+                delivered = True
+        if (outcome.wrote and not delivered) or deferred:
+            # Not handed over (the tailer is elsewhere), or a wake-up came meanwhile
+            # (perhaps for another process's frame after ours): let the tailer read.
             self._kick.set()
 
     # -- transactions (worker thread) -----------------------------------------------------
@@ -528,9 +535,11 @@ class FileStorage(Storage):
             fcntl.flock(space.lock_fd, fcntl.LOCK_EX)
             try:
                 space.transactions += 1
-                if not os.path.exists(os.path.join(space.dir, fio.NAME)):
-                    data = space.ns.encode("utf-8")
-                    fio.atomic_write(space.dir, fio.NAME, data, fsync=self.fsync)
+                if not space.named:
+                    if not os.path.exists(os.path.join(space.dir, fio.NAME)):
+                        data = space.ns.encode("utf-8")
+                        fio.atomic_write(space.dir, fio.NAME, data, fsync=self.fsync)
+                    space.named = True
                 state, outcome.origin = self._sync(space, outcome.chunks)
                 seals: list[fst.Sealed] = []
                 poisoned = False
@@ -1043,6 +1052,11 @@ class FileStorage(Storage):
     async def _pump(self, space: _Space) -> None:
         if space.pumping or space.pos is None:
             return
+        if space.committing:
+            # Most likely our own frame being fsynced: its transaction hands it over
+            # when it returns, and re-kicks the tailer for anything else.
+            space.deferred = True
+            return
         self._watch(space)
         space.pumping = True
         try:
@@ -1173,7 +1187,19 @@ class FileStorage(Storage):
         self, ns: str, worker_id: str, *, limit: int, lease: float
     ) -> ClaimBatch:
         space = self._space(ns)
+        if space.committing and not space.pending:
+            # A transaction of ours is running (typically a worker's settlement): wait
+            # for it, so that the mirror may tell whether this claim has anything to take.
+            # Nothing of this call is queued yet, so a cancellation here loses nothing.
+            await space.idle.wait()
         now = self.now()
+        idle = self._nothing_to_claim(space, now)
+        if idle is not None:
+            await trio.lowlevel.checkpoint()
+            end, next_due = idle
+            if space.interest:
+                self._seed(space, end)
+            return ClaimBatch([], None if next_due is None else next_due - now)
         (claims, next_due), start = await self._run(
             ns, partial(fst.claim, worker_id=worker_id, limit=limit, lease=lease)
         )
@@ -1182,6 +1208,24 @@ class FileStorage(Storage):
             # enqueue committed in the same group commit wakes it) and what follows.
             self._seed(space, start)
         return ClaimBatch(claims, None if next_due is None else next_due - now)
+
+    def _nothing_to_claim(self, space: _Space, now: float) -> tuple[Pos, float | None] | None:
+        """Whether a claim would find nothing, told without a transaction: the journal
+        has not grown since this process's last transaction (two stats, inotify mode)
+        and its mirror has no ready or due job. Returns the journal end (where the
+        tailer must read from) and the next due time; ``None``: run the transaction.
+
+        The mirror is only changed by a transaction, and none is running or queued."""
+        state = space.state
+        if state is None or space.committing or space.pending:
+            return None
+        end = (space.gen, space.jsize)
+        if state.counts[fst.READY] or state.counts[fst.DUE] or self._unread(space, end) != 0:
+            return None
+        next_due = state.next_due()
+        if next_due is not None and next_due <= now:
+            return None
+        return end, next_due
 
     @property
     def repoll_interval(self) -> float:
