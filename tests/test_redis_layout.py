@@ -198,3 +198,23 @@ async def test_memory_per_queued_job() -> None:
         assert per_job <= 400
     finally:
         server.cleanup()
+
+
+async def test_every_script_compiles_as_loaded(storage: RedisStorage) -> None:
+    """Each script, as the loader builds it (only the prelude definitions it uses, its
+    numeric constants inlined), compiles on the server and keeps its flags line first."""
+    from importlib.resources import files
+
+    from trio_jobqueue.storage._redis_common import script
+
+    names = [
+        p.name[:-4]
+        for p in files("trio_jobqueue").joinpath("lua").iterdir()
+        if p.name.endswith(".lua") and p.name != "_lib.lua"
+    ]
+    assert len(names) >= 17
+    for name in names:
+        spec = script(name)
+        assert spec.source.startswith(b"#!lua")
+        sha = await storage.server_command("SCRIPT", "LOAD", spec.source)
+        assert (sha.decode() if isinstance(sha, bytes) else sha) == spec.sha

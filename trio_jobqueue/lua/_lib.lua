@@ -10,6 +10,8 @@
 --            leases are kept while new work is refused.
 --   ARGV[1]  the storage's testing clock offset in seconds (see Storage.advance_clock),
 --            followed by ",classic" when the server has no sharded pub/sub (see flush)
+-- Upper-case numeric locals are constants: the loader inlines them (see
+-- _inline_constants in storage/_redis_common.py).
 --   "standard" KEYS (NamespaceKeys.standard(); scripts say which they use):
 --   KEYS[1]  {tag}:j:         prefix of the job records (the raw job id is appended)
 --   KEYS[2]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
@@ -31,11 +33,9 @@
 -- server time purely as garbage collection; visibility is decided by comparing the
 -- stored expiry with NOW, so an expired record is invisible at once.
 
-local OFFSET, SHARDED
-do
-  local offset, mode = string.match(ARGV[1], '^([^,]*),?(.*)$')
-  OFFSET = tonumber(offset)
-  SHARDED = mode ~= 'classic'
+local OFFSET, SHARDED = tonumber(ARGV[1]), true
+if not OFFSET then
+  OFFSET, SHARDED = tonumber(string.sub(ARGV[1], 1, string.find(ARGV[1], ',', 1, true) - 1)), false
 end
 local NOW
 do
@@ -79,10 +79,11 @@ end
 
 -- Job records ----------------------------------------------------------------------
 --
--- `{tag}:j:<id>` is a string: a MessagePack array (cmsgpack) with these positions
--- (absent fields are false; trailing absent ones are left out). One small string per
--- job and no field names: a queued job with a 100-byte payload takes about 250 bytes
--- (a hash with named fields takes ~700 once a value exceeds hash-max-listpack-value).
+-- `{tag}:j:<id>` is a string: a MessagePack array (cmsgpack) of NFIELDS positions,
+-- absent fields false (one byte each; every record keeps all positions, so the table
+-- packs as an array with no hole to fill first). One small string per job and no
+-- field names: a queued job with a 100-byte payload takes about 250 bytes (a hash with
+-- named fields takes ~700 once a value exceeds hash-max-listpack-value).
 local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP =
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
 local NFIELDS = 14
@@ -122,17 +123,6 @@ local function read_job(key)
 end
 
 local function write_job(key, j)
-  local n = 0
-  for i = 1, NFIELDS do
-    if j[i] == nil then
-      j[i] = false
-    elseif j[i] ~= false then
-      n = i
-    end
-  end
-  for i = n + 1, NFIELDS do
-    j[i] = nil
-  end
   redis.call('SET', key, cmsgpack.pack(j))
 end
 
@@ -203,7 +193,7 @@ local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._core.INLINE_
 local WAKE_CAP = 64
 local EVENTS = {}
 local DONE = {}
-local WAKES = 0
+local pending_wakes = 0
 local DONE_KINDS = {completed = true, failed = true, cancelled = true}
 
 local function publish(channel, message)
@@ -240,9 +230,9 @@ local function flush()
   for i = 1, #DONE, 2 do
     publish(KEYS[12] .. DONE[i], DONE[i + 1])
   end
-  if WAKES > 0 then
+  if pending_wakes > 0 then
     local tokens = {}
-    for i = 1, math.min(WAKES, WAKE_CAP) do
+    for i = 1, math.min(pending_wakes, WAKE_CAP) do
       tokens[i] = '1'
     end
     if redis.call('RPUSH', KEYS[9], unpack(tokens)) > WAKE_CAP then
@@ -266,12 +256,12 @@ end
 
 local function push_tail(id)
   redis.call('ZADD', KEYS[2], ready_score(next_seq('t', 1)), id)
-  WAKES = WAKES + 1
+  pending_wakes = pending_wakes + 1
 end
 
 local function push_head(id)
   redis.call('ZADD', KEYS[2], ready_score(next_seq('h', -1)), id)
-  WAKES = WAKES + 1
+  pending_wakes = pending_wakes + 1
 end
 
 -- Transitions shared by several scripts -----------------------------------------------

@@ -89,13 +89,13 @@ if #claimed > 0 then
     string.format('%d', math.min(math.ceil(lease * 1000), 9007199254740992)))
 end
 if budget <= 0 then
-  WAKES = 1  -- stopped early (stale entries): someone must look again
+  pending_wakes = 1  -- stopped early (stale entries): someone must look again
 elseif #claimed < limit then
   -- The queue is empty: waiting tokens are stale (their jobs are taken).
   redis.call('DEL', KEYS[9])
 elseif promoted > 0 then
   -- Promoted jobs are left for other claimers: wake as many (no event woke them).
-  WAKES = math.min(promoted, redis.call('ZCARD', KEYS[2]))
+  pending_wakes = math.min(promoted, redis.call('ZCARD', KEYS[2]))
 end
 if #claimed == 0 then
   next_due = next_due or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')

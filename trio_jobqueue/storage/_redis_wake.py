@@ -9,7 +9,8 @@ of one pub/sub channel that every enqueue would broadcast to:
   list, the one that waited longest, so one enqueue wakes one idle process;
 * per storage object and namespace with blocked claims, one task of this module holds a
   dedicated connection (:meth:`~._redis_common.AdapterCommon.open_blocking`) and runs
-  ``BLPOP`` while at least one local claim waits. A token wakes the local claims
+  ``BLPOP`` while at least one local claim waits (once it has waited :data:`GRACE`, so
+  that claims which find work at once cost nothing). A token wakes the local claims
   (``hub.wake()``); a token that arrives when no local claim waits any more (it just
   claimed something) is pushed back for the others;
 * a claim script that finds the queue empty deletes the tokens left in the list: their
@@ -54,6 +55,12 @@ LINGER = 10.0
 """Seconds a listener keeps its connection after the last local claim stopped waiting
 (a worker's consecutive claims reuse it)."""
 
+GRACE = 0.005
+"""Seconds a local claim must have been waiting before the listener starts a ``BLPOP``:
+a claim that finds work at once (a worker draining a backlog) never costs a blocking
+round trip. A token pushed meanwhile waits in the list, so nothing is missed; it is
+taken at most this much later."""
+
 
 @attrs.define(eq=False)
 class _Listener:
@@ -61,6 +68,8 @@ class _Listener:
     hub: Hub
     waiting: int = 0
     """Local claims waiting right now."""
+    since: float = 0.0
+    """When ``waiting`` last rose from 0."""
     idle_since: float = 0.0
     changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -96,6 +105,8 @@ class Wakers:
             listener = _Listener(key, hub)
             self.adapter.start_service(self._serve, listener)
             self._listeners[key] = listener
+        if listener.waiting == 0:
+            listener.since = trio.current_time()
         listener.waiting += 1
         listener.poke()
         try:
@@ -112,11 +123,16 @@ class Wakers:
         delay = 0.05
         try:
             while True:
-                while listener.waiting == 0:
-                    linger_until = listener.idle_since + LINGER
-                    if trio.current_time() >= linger_until:
-                        return
-                    with trio.move_on_at(linger_until):
+                while True:
+                    if listener.waiting:
+                        start_at = listener.since + GRACE
+                        if trio.current_time() >= start_at:
+                            break
+                    else:
+                        start_at = listener.idle_since + LINGER
+                        if trio.current_time() >= start_at:
+                            return
+                    with trio.move_on_at(start_at):
                         await listener.changed.wait()
                 try:
                     if connection is None:

@@ -49,8 +49,8 @@ log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 _PURGE_BATCH = 1000
-REAP_BATCH = 500
-"""Expired leases one reap script call handles at most (about 5 ms of Redis time)."""
+REAP_BATCH = 250
+"""Expired leases one reap script call handles at most (a few ms of Redis time)."""
 _REPLY_CACHE_MARGIN = 5.0
 """Seconds a cached reply outlives the last moment its call may be resent
 (``retry_timeout`` plus one ``command_timeout``)."""
