@@ -8,9 +8,9 @@
 --          seq (HMGET/HINCRBY/HSET/HDEL: promotion reservations), queue
 --          (ZADD of promoted jobs, ZPOPMIN), {tag}:j:<id> (GET, SET), {tag}:b:<id>
 --          (HGET of a large payload), leases (ZADD), quarantine (RPUSH of the ids of
---          corrupt records, which are left untouched for inspection), wake (DEL of the
---          stale tokens when the queue is empty; RPUSH when promoted jobs are left for
---          others), the claim record (SET ... PX lease: the claimed ids, so that a call
+--          corrupt records, which are left untouched for inspection), wake (LTRIM of as
+--          many tokens as jobs claimed, DEL of the stale tokens when the queue is empty,
+--          RPUSH when promoted jobs are left for others), the claim record (SET ... PX lease: the claimed ids, so that a call
 --          resent after a lost reply gets the same jobs back instead of claiming more,
 --          and so that jobs of a reply lost for good can be released), publishes
 --          "started" events.
@@ -87,6 +87,8 @@ end
 if #claimed > 0 then
   redis.call('SET', KEYS[13], cmsgpack.pack(claimed), 'PX',
     string.format('%d', math.min(math.ceil(lease * 1000), 9007199254740992)))
+  -- The jobs taken need no wake-up any more: drop as many waiting tokens.
+  redis.call('LTRIM', KEYS[9], #claimed, -1)
 end
 if budget <= 0 then
   pending_wakes = 1  -- stopped early (stale entries): someone must look again

@@ -9,12 +9,13 @@ of one pub/sub channel that every enqueue would broadcast to:
   list, the one that waited longest, so one enqueue wakes one idle process;
 * per storage object and namespace with blocked claims, one task of this module holds a
   dedicated connection (:meth:`~._redis_common.AdapterCommon.open_blocking`) and runs
-  ``BLPOP`` while at least one local claim waits (once it has waited :data:`GRACE`, so
-  that claims which find work at once cost nothing). A token wakes the local claims
+  ``BLPOP`` while at least one local claim waits. A token wakes the local claims
   (``hub.wake()``); a token that arrives when no local claim waits any more (it just
   claimed something) is pushed back for the others;
-* a claim script that finds the queue empty deletes the tokens left in the list: their
-  jobs were taken, and a stale token would only cost someone a useless claim;
+* a claim script drops as many waiting tokens as it took jobs, and one that finds the
+  queue empty deletes the tokens left: their jobs were taken, and a stale token would
+  only cost someone a useless claim (or a worker draining a backlog a blocking round
+  trip per claim);
 * no lost wake-up: a claim takes its ticket before it runs the claim script, a token
   pushed after that script ran wakes it, and a token pushed while no one listens waits
   in the list for the next ``BLPOP``.
@@ -55,12 +56,6 @@ LINGER = 10.0
 """Seconds a listener keeps its connection after the last local claim stopped waiting
 (a worker's consecutive claims reuse it)."""
 
-GRACE = 0.005
-"""Seconds a local claim must have been waiting before the listener starts a ``BLPOP``:
-a claim that finds work at once (a worker draining a backlog) never costs a blocking
-round trip. A token pushed meanwhile waits in the list, so nothing is missed; it is
-taken at most this much later."""
-
 
 @attrs.define(eq=False)
 class _Listener:
@@ -68,8 +63,6 @@ class _Listener:
     hub: Hub
     waiting: int = 0
     """Local claims waiting right now."""
-    since: float = 0.0
-    """When ``waiting`` last rose from 0."""
     idle_since: float = 0.0
     changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -105,8 +98,6 @@ class Wakers:
             listener = _Listener(key, hub)
             self.adapter.start_service(self._serve, listener)
             self._listeners[key] = listener
-        if listener.waiting == 0:
-            listener.since = trio.current_time()
         listener.waiting += 1
         listener.poke()
         try:
@@ -123,16 +114,11 @@ class Wakers:
         delay = 0.05
         try:
             while True:
-                while True:
-                    if listener.waiting:
-                        start_at = listener.since + GRACE
-                        if trio.current_time() >= start_at:
-                            break
-                    else:
-                        start_at = listener.idle_since + LINGER
-                        if trio.current_time() >= start_at:
-                            return
-                    with trio.move_on_at(start_at):
+                while listener.waiting == 0:
+                    linger_until = listener.idle_since + LINGER
+                    if trio.current_time() >= linger_until:
+                        return
+                    with trio.move_on_at(linger_until):
                         await listener.changed.wait()
                 try:
                     if connection is None:
