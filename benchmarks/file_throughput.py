@@ -1,7 +1,9 @@
 """File backend throughput: enqueue, drain and request/response latency, fsync on and off.
 
-    python benchmarks/file_throughput.py [--jobs 5000] [--concurrency 50] [--rounds 3]
+    python benchmarks/file_throughput.py [--jobs 5000] [--concurrency 100] [--rounds 3]
                                          [--dir /path/on/the/target/disk] [--processes 2]
+                                         [--only enqueue,drain,processes,rr,cross]
+                                         [--fsync on|off|both]
 
 For each fsync setting prints: enqueue jobs/s (one sequential producer, and 50 concurrent
 producers whose calls share transactions), drain jobs/s through ``open_queue`` (one worker
@@ -9,7 +11,9 @@ process with ``--concurrency``, and ``--processes`` worker processes), and p50/p
 ``enqueue_and_wait`` latency, in one process and with the handler in another process
 (a cross-process wake-up each way). Also prints the raw cost of one ``write`` + ``fsync`` on the
 directory's filesystem, the number that decides the design (group commit, batched claims).
-Medians over ``--rounds``.
+Medians over ``--rounds``, with the 1-minute load average before and after, and the
+targets (fsync on: drain at concurrency 100 >= 5,000 jobs/s; cross-process
+``enqueue_and_wait`` p50 <= 2 ms) as PASS/FAIL lines.
 """
 
 from __future__ import annotations
@@ -195,46 +199,82 @@ def percentile(values: list[float], p: float) -> float:
 
 async def one_round(base: str, args: argparse.Namespace, fsync: bool) -> dict[str, float]:
     out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(dir=base) as root:
-        seq, con = await enqueue_rates(root, args.jobs, fsync)
-        out["enqueue sequential"] = seq
-        out["enqueue 50 producers"] = con
-        out["drain 1 process"] = await drain_in_process(root, fsync, args.concurrency)
-    with tempfile.TemporaryDirectory(dir=base) as root:
-        await enqueue_rates(root, args.jobs, fsync)
-        out[f"drain {args.processes} processes"] = await drain_processes(
-            root, fsync, args.concurrency, args.processes
-        )
-    with tempfile.TemporaryDirectory(dir=base) as root:
-        lat = await request_response(root, fsync, max(args.jobs // 20, 50))
-        out["enqueue_and_wait p50 ms"] = percentile(lat, 50) * 1000
-        out["enqueue_and_wait p99 ms"] = percentile(lat, 99) * 1000
-    with tempfile.TemporaryDirectory(dir=base) as root:
-        lat = await request_response_cross_process(root, fsync, max(args.jobs // 20, 50))
-        out["cross-process e_a_w p50 ms"] = percentile(lat, 50) * 1000
-        out["cross-process e_a_w p99 ms"] = percentile(lat, 99) * 1000
+    only = set(args.only.split(","))
+    if only & {"enqueue", "drain"}:
+        with tempfile.TemporaryDirectory(dir=base) as root:
+            seq, con = await enqueue_rates(root, args.jobs, fsync)
+            if "enqueue" in only:
+                out["enqueue sequential"] = seq
+                out["enqueue 50 producers"] = con
+            if "drain" in only:
+                out["drain 1 process"] = await drain_in_process(root, fsync, args.concurrency)
+    if "processes" in only:
+        with tempfile.TemporaryDirectory(dir=base) as root:
+            await enqueue_rates(root, args.jobs, fsync)
+            out[f"drain {args.processes} processes"] = await drain_processes(
+                root, fsync, args.concurrency, args.processes
+            )
+    if "rr" in only:
+        with tempfile.TemporaryDirectory(dir=base) as root:
+            lat = await request_response(root, fsync, max(args.jobs // 20, 50))
+            out["enqueue_and_wait p50 ms"] = percentile(lat, 50) * 1000
+            out["enqueue_and_wait p99 ms"] = percentile(lat, 99) * 1000
+    if "cross" in only:
+        with tempfile.TemporaryDirectory(dir=base) as root:
+            lat = await request_response_cross_process(root, fsync, max(args.jobs // 20, 50))
+            out["cross-process e_a_w p50 ms"] = percentile(lat, 50) * 1000
+            out["cross-process e_a_w p99 ms"] = percentile(lat, 99) * 1000
     return out
+
+
+TARGETS = {
+    "drain 1 process": (">=", 5000.0),
+    "cross-process e_a_w p50 ms": ("<=", 2.0),
+}
+"""With fsync on."""
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) {five:.2f} (5 min), {os.cpu_count()} CPUs"
 
 
 async def main(args: argparse.Namespace) -> None:
     base = args.dir or tempfile.gettempdir()
     os.makedirs(base, exist_ok=True)
+    print(f"before: {load()}")
     print(f"directory {base}: write+fdatasync {fsync_cost(base) * 1e3:.3f} ms")
     print(f"jobs={args.jobs} concurrency={args.concurrency} rounds={args.rounds}")
-    for fsync in (True, False):
+    verdicts = []
+    settings = {"on": (True,), "off": (False,), "both": (True, False)}[args.fsync]
+    for fsync in settings:
         rounds = [await one_round(base, args, fsync) for _ in range(args.rounds)]
         print(f"\nfsync={'on' if fsync else 'off'}")
         for key in rounds[0]:
             value = statistics.median(r[key] for r in rounds)
             unit = "" if key.endswith("ms") else " jobs/s"
-            print(f"  {key:28s} {value:10.1f}{unit}")
+            digits = 2 if key.endswith("ms") else 1
+            print(f"  {key:28s} {value:10.{digits}f}{unit}")
+            if fsync and key in TARGETS:
+                op, target = TARGETS[key]
+                ok = value >= target if op == ">=" else value <= target
+                verdicts.append(f"{'PASS' if ok else 'FAIL'} {key} {value:.2f} {op} {target:g}")
+    print(f"\nafter: {load()}")
+    for line in verdicts:
+        print(line)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--dir", default=None, help="where to put the queues (target disk)")
+    parser.add_argument(
+        "--only",
+        default="enqueue,drain,processes,rr,cross",
+        help="comma-separated workloads: enqueue, drain, processes, rr, cross",
+    )
+    parser.add_argument("--fsync", choices=["on", "off", "both"], default="both")
     trio.run(main, parser.parse_args())
