@@ -215,14 +215,17 @@ async def test_wakeups_cross_objects(
 
 
 async def test_permissions_and_layout(make: Callable[..., FileStorage], root: Path) -> None:
-    """Directories are 0o700 and files 0o600, whatever the umask allows."""
+    """Directories are 0o700 and files 0o600 (journals, snapshots written by compaction,
+    the name file), whatever the umask allows."""
     old = os.umask(0o000)
     try:
-        async with make() as s:
-            await s.enqueue(NS, "j", b"p", **OPTS)
+        async with make(compact_bytes=512) as s:
+            for i in range(40):  # enough for two compactions: snapshot and snapshot.prev
+                await s.enqueue(NS, f"j{i}", b"p" * 100, **OPTS)
             await s.enqueue("other", "j", b"p", **OPTS)
     finally:
         os.umask(old)
+    assert (ns_dir(root) / "snapshot.prev").exists()
     for dirpath, _dirnames, filenames in os.walk(root):
         assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700, dirpath
         for name in filenames:
