@@ -45,6 +45,9 @@ end
 local GC_MARGIN = 60
 
 local function fmt(x)
+  if x == math.floor(x) and x > -1e15 and x < 1e15 then
+    return string.format('%d', x)  -- exact, and much cheaper than %.17g
+  end
   return string.format('%.17g', x)
 end
 
@@ -88,7 +91,8 @@ local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP =
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
 local NFIELDS = 14
 --   ST     state code: q queued, p processing, f failing, c completed, x failed
---   ATT    attempts started        MAX    max attempts        CRE   created (time)
+--   ATT    attempts started        MAX    max attempts
+--   CRE    created (time), kept formatted: it is only ever read out
 --   TTL    result TTL (s)          NONCE  the accepted enqueue call's nonce
 --   PAY    payload                 WRK    worker id (processing)
 --   TOK    claim token (processing)
@@ -115,7 +119,7 @@ local function read_job(key)
   end
   local ok, j = pcall(cmsgpack.unpack, raw)
   if not ok or type(j) ~= 'table' or not STATE[j[ST]] or type(j[ATT]) ~= 'number'
-      or type(j[MAX]) ~= 'number' or type(j[CRE]) ~= 'number'
+      or type(j[MAX]) ~= 'number' or type(j[CRE]) ~= 'string'
       or type(j[TTL]) ~= 'number' or (type(j[PAY]) ~= 'string' and j[PAY] ~= true) then
     return CORRUPT
   end

@@ -31,7 +31,7 @@ local function hand_out(id, j, token, lease_until)
   out[i + 2] = get_blob(j, id, PAY)
   out[i + 3] = j[ATT]
   out[i + 4] = j[MAX]
-  out[i + 5] = fmt(j[CRE])
+  out[i + 5] = j[CRE]
   out[i + 6] = token
   out[i + 7] = lease_until
   out[i + 8] = fmt(j[TTL])

@@ -27,7 +27,7 @@ if j then
   end
   return {'duplicate', STATE[j[ST]]}
 end
-j = {'q', 0, tonumber(ARGV[4]), NOW, tonumber(ARGV[5]), ARGV[6], false, false, false,
+j = {'q', 0, tonumber(ARGV[4]), fmt(NOW), tonumber(ARGV[5]), ARGV[6], false, false, false,
   false, false, false, false, false}
 set_blob(j, id, PAY, ARGV[3])
 write_job(key, j)

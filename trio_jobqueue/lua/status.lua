@@ -25,5 +25,5 @@ end
 local finished, expires = false, false
 if j[FIN] then finished = fmt(j[FIN]) end
 if j[EXP] then expires = fmt(j[EXP]) end
-return {STATE[j[ST]], fmt(j[CRE]), j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
+return {STATE[j[ST]], j[CRE], j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
   get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease}

@@ -145,11 +145,11 @@ class NamespaceKeys:
         """Job ``job_id``'s terminal events: what ``watch_job`` listens to."""
         return self.done_prefix + job_id
 
-    def standard(self) -> list[str]:
+    def standard(self) -> tuple[str, ...]:
         """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, queue,
         delayed, leases, completed, failed, events channel, seq, wake, quarantine, blob
-        prefix, job channel prefix. A fresh list (callers append to it)."""
-        return [*self._standard]
+        prefix, job channel prefix."""
+        return self._standard
 
     @functools.cached_property
     def _standard(self) -> tuple[str, ...]:
