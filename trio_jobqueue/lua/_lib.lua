@@ -12,19 +12,21 @@
 --            followed by ",classic" when the server has no sharded pub/sub (see flush)
 -- Upper-case numeric locals are constants: the loader inlines them (see
 -- _inline_constants in storage/_redis_common.py).
---   "standard" KEYS (NamespaceKeys.standard(); scripts say which they use):
+--   "standard" KEYS (NamespaceKeys.standard(); scripts say which they use), in an order
+--   that lets the settlements most calls are (complete, fail) send only KEYS[1..7]
+--   (NamespaceKeys.settle()): every key they use comes first.
 --   KEYS[1]  {tag}:j:         prefix of the job records (the raw job id is appended)
---   KEYS[2]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
---   KEYS[3]  {tag}:delayed    zset id -> due time (failing jobs waiting out a delay)
---   KEYS[4]  {tag}:leases     zset id -> lease deadline (processing jobs)
---   KEYS[5]  {tag}:completed  zset id -> expiry time
---   KEYS[6]  {tag}:failed     zset id -> expiry time
---   KEYS[7]  {tag}:ev         channel: every event of the namespace
---   KEYS[8]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
---   KEYS[9]  {tag}:wake       list: wake-up tokens for blocked claims (see flush)
---   KEYS[10] {tag}:ready:quarantine  list: ids of corrupt records a claim skipped
---   KEYS[11] {tag}:b:         prefix of the large-blob hashes (the raw job id appended)
---   KEYS[12] {tag}:done:      prefix of the per-job channels (the raw job id appended)
+--   KEYS[2]  {tag}:leases     zset id -> lease deadline (processing jobs)
+--   KEYS[3]  {tag}:completed  zset id -> expiry time
+--   KEYS[4]  {tag}:failed     zset id -> expiry time
+--   KEYS[5]  {tag}:ev         channel: every event of the namespace
+--   KEYS[6]  {tag}:b:         prefix of the large-blob hashes (the raw job id appended)
+--   KEYS[7]  {tag}:done:      prefix of the per-job channels (the raw job id appended)
+--   KEYS[8]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
+--   KEYS[9]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
+--   KEYS[10] {tag}:wake       list: wake-up tokens for blocked claims (see flush)
+--   KEYS[11] {tag}:delayed    zset id -> due time (failing jobs waiting out a delay)
+--   KEYS[12] {tag}:ready:quarantine  list: ids of corrupt records a claim skipped
 -- Per-job keys are the declared prefix plus the id: the prefix ends after the hash tag,
 -- so they are in the slot of every declared key.
 --
@@ -133,11 +135,11 @@ end
 -- Field PAY, RES or ERR of job `id` := `value` (bytes, or nil to clear it).
 local function set_blob(j, id, i, value)
   if value and #value > BLOB_INLINE_MAX then
-    redis.call('HSET', KEYS[11] .. id, BLOB_FIELD[i], value)
+    redis.call('HSET', KEYS[6] .. id, BLOB_FIELD[i], value)
     j[i] = true
   else
     if j[i] == true then
-      redis.call('HDEL', KEYS[11] .. id, BLOB_FIELD[i])
+      redis.call('HDEL', KEYS[6] .. id, BLOB_FIELD[i])
     end
     j[i] = value or false
   end
@@ -146,13 +148,13 @@ end
 -- The bytes of field PAY, RES or ERR (false when absent).
 local function get_blob(j, id, i)
   if j[i] == true then
-    return redis.call('HGET', KEYS[11] .. id, BLOB_FIELD[i])
+    return redis.call('HGET', KEYS[6] .. id, BLOB_FIELD[i])
   end
   return j[i] or false
 end
 
 local function del_job(id)
-  redis.call('DEL', KEYS[1] .. id, KEYS[11] .. id)
+  redis.call('DEL', KEYS[1] .. id, KEYS[6] .. id)
 end
 
 -- Garbage collection of a terminal record (and its blobs) by Redis itself.
@@ -160,7 +162,7 @@ local function expire_job(key, id, j)
   local at = gc_at(j[EXP])
   redis.call('PEXPIREAT', key, at)
   if j[PAY] == true or j[RES] == true or j[ERR] == true then
-    redis.call('PEXPIREAT', KEYS[11] .. id, at)
+    redis.call('PEXPIREAT', KEYS[6] .. id, at)
   end
 end
 
@@ -182,7 +184,7 @@ end
 
 -- Events and wake-ups ----------------------------------------------------------------
 --
--- Each script publishes at most one message on KEYS[7] carrying all the events of the
+-- Each script publishes at most one message on KEYS[5] carrying all the events of the
 -- transition, each encoded binary-safely as
 --   "<kind> <attempt> <#id> <#result or -1> <#error or -1>\n" .. id .. result .. error
 -- where a result longer than INLINE_RESULT_MAX bytes is left out and its length given
@@ -229,18 +231,18 @@ end
 
 local function flush()
   if #EVENTS > 0 then
-    publish(KEYS[7], table.concat(EVENTS))
+    publish(KEYS[5], table.concat(EVENTS))
   end
   for i = 1, #DONE, 2 do
-    publish(KEYS[12] .. DONE[i], DONE[i + 1])
+    publish(KEYS[7] .. DONE[i], DONE[i + 1])
   end
   if pending_wakes > 0 then
     local tokens = {}
     for i = 1, math.min(pending_wakes, WAKE_CAP) do
       tokens[i] = '1'
     end
-    if redis.call('RPUSH', KEYS[9], unpack(tokens)) > WAKE_CAP then
-      redis.call('LTRIM', KEYS[9], 0, WAKE_CAP - 1)
+    if redis.call('RPUSH', KEYS[10], unpack(tokens)) > WAKE_CAP then
+      redis.call('LTRIM', KEYS[10], 0, WAKE_CAP - 1)
     end
   end
 end
@@ -249,22 +251,22 @@ end
 -- Past 2^30 a counter restarts when the queue is empty (and no promotion is under way),
 -- so scores stay exact with priorities whatever the queue's lifetime.
 local function next_seq(field, step)
-  local seq = redis.call('HINCRBY', KEYS[8], field, step)
-  if seq * step > SEQ_RESTART and redis.call('ZCARD', KEYS[2]) == 0
-      and redis.call('HEXISTS', KEYS[8], 'pu') == 0 then
-    redis.call('HSET', KEYS[8], 't', 0, 'h', 0, field, step)
+  local seq = redis.call('HINCRBY', KEYS[9], field, step)
+  if seq * step > SEQ_RESTART and redis.call('ZCARD', KEYS[8]) == 0
+      and redis.call('HEXISTS', KEYS[9], 'pu') == 0 then
+    redis.call('HSET', KEYS[9], 't', 0, 'h', 0, field, step)
     seq = step
   end
   return seq
 end
 
 local function push_tail(id)
-  redis.call('ZADD', KEYS[2], ready_score(next_seq('t', 1)), id)
+  redis.call('ZADD', KEYS[8], ready_score(next_seq('t', 1)), id)
   pending_wakes = pending_wakes + 1
 end
 
 local function push_head(id)
-  redis.call('ZADD', KEYS[2], ready_score(next_seq('h', -1)), id)
+  redis.call('ZADD', KEYS[8], ready_score(next_seq('h', -1)), id)
   pending_wakes = pending_wakes + 1
 end
 
@@ -276,8 +278,8 @@ local function live(key, id)
   local j = read_job(key)
   if j and j ~= CORRUPT and j[EXP] and j[EXP] <= NOW then
     del_job(id)
-    redis.call('ZREM', KEYS[5], id)
-    redis.call('ZREM', KEYS[6], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZREM', KEYS[4], id)
     return nil
   end
   return j
@@ -289,9 +291,9 @@ local function finish(key, id, j, state, ttl, token)
   j[ST], j[TTL], j[FIN], j[EXP] = state, ttl, NOW, NOW + ttl
   j[SETL], j[TOK], j[WRK] = token or false, false, false
   write_job(key, j)
-  redis.call('ZREM', KEYS[4], id)
-  local index = KEYS[5]
-  if state == 'x' then index = KEYS[6] end
+  redis.call('ZREM', KEYS[2], id)
+  local index = KEYS[3]
+  if state == 'x' then index = KEYS[4] end
   redis.call('ZADD', index, fmt(j[EXP]), id)
   expire_job(key, id, j)
 end
@@ -301,9 +303,9 @@ local function to_failing(key, id, j, err, delay, token)
   j[ST], j[SETL], j[TOK], j[WRK] = 'f', token or false, false, false
   set_blob(j, id, ERR, err)
   write_job(key, j)
-  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[2], id)
   if delay > 0 then
-    redis.call('ZADD', KEYS[3], fmt(NOW + delay), id)
+    redis.call('ZADD', KEYS[11], fmt(NOW + delay), id)
   else
     push_tail(id)
   end
@@ -319,7 +321,7 @@ local function release_job(key, id, j, token)
   end
   j[ATT], j[SETL], j[TOK], j[WRK] = attempts, token, false, false
   write_job(key, j)
-  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[2], id)
   push_head(id)
   emit('requeued', id, attempts + 1)
 end
@@ -332,45 +334,45 @@ end
 -- had moved at once. Returns how many moved, and when none was due the head of
 -- `delayed` (ZRANGE ... WITHSCORES: the next due time, if any).
 local function promote_due(limit)
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', KEYS[11], 0, 0, 'WITHSCORES')
   if not first[2] or tonumber(first[2]) > NOW then
     return 0, first  -- nothing due (also: no promotion under way)
   end
   local moved = 0
   while moved < limit do
-    local cut = redis.call('HMGET', KEYS[8], 'pu', 'pn', 'pe')
+    local cut = redis.call('HMGET', KEYS[9], 'pu', 'pn', 'pe')
     local upto, nxt, last = cut[1], tonumber(cut[2]), tonumber(cut[3])
     if not upto then
-      local n = redis.call('ZCOUNT', KEYS[3], '-inf', fmt(NOW))
+      local n = redis.call('ZCOUNT', KEYS[11], '-inf', fmt(NOW))
       if n == 0 then
         break
       end
-      last = redis.call('HINCRBY', KEYS[8], 't', n)
+      last = redis.call('HINCRBY', KEYS[9], 't', n)
       nxt = last - n + 1
       upto = fmt(NOW)
     end
     local budget = limit - moved
-    local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', upto, 'LIMIT', 0, budget)
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', upto, 'LIMIT', 0, budget)
     for _, id in ipairs(ids) do
-      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[11], id)
       local seq = nxt
       if seq > last then
-        seq = redis.call('HINCRBY', KEYS[8], 't', 1)  -- a late arrival (clock jump)
+        seq = redis.call('HINCRBY', KEYS[9], 't', 1)  -- a late arrival (clock jump)
       end
       nxt = nxt + 1
-      redis.call('ZADD', KEYS[2], ready_score(seq), id)
+      redis.call('ZADD', KEYS[8], ready_score(seq), id)
     end
     moved = moved + #ids
     if #ids == budget then
       -- Perhaps more due than the budget: the rest keep their reserved places.
-      redis.call('HSET', KEYS[8], 'pu', upto, 'pn', nxt, 'pe', last)
+      redis.call('HSET', KEYS[9], 'pu', upto, 'pn', nxt, 'pe', last)
       break
     end
     if not cut[1] then
       break  -- every due job moved
     end
     -- A reserved batch is done; jobs that became due since may follow it.
-    redis.call('HDEL', KEYS[8], 'pu', 'pn', 'pe')
+    redis.call('HDEL', KEYS[9], 'pu', 'pn', 'pe')
   end
   return moved, nil
 end
@@ -380,7 +382,7 @@ end
 -- expiry, so the index alone says which records are expired.
 local function purge(limit)
   local count = 0
-  for _, index in ipairs({KEYS[5], KEYS[6]}) do
+  for _, index in ipairs({KEYS[3], KEYS[4]}) do
     local ids = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(NOW), 'LIMIT', 0, limit)
     for _, id in ipairs(ids) do
       del_job(id)

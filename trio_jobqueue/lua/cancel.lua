@@ -27,8 +27,8 @@ if j ~= CORRUPT then
   end
   attempts = j[ATT]
 end
-redis.call('ZREM', KEYS[2], id)
-redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[8], id)
+redis.call('ZREM', KEYS[11], id)
 del_job(id)
 emit('cancelled', id, attempts)
 flush()

@@ -46,7 +46,7 @@ if ARGV[6] == '1' then
       local token = ARGV[5] .. ':' .. n
       local j = read_job(KEYS[1] .. id)
       if j and j ~= CORRUPT and j[ST] == 'p' and j[TOK] == token then
-        hand_out(id, j, token, redis.call('ZSCORE', KEYS[4], id))
+        hand_out(id, j, token, redis.call('ZSCORE', KEYS[2], id))
       end
     end
     return out
@@ -60,7 +60,7 @@ local lease_until = fmt(NOW + lease)
 local claimed = {}
 local budget = limit + SKIP_MAX
 while #claimed < limit and budget > 0 do
-  local popped = redis.call('ZPOPMIN', KEYS[2], math.min(limit - #claimed, budget))
+  local popped = redis.call('ZPOPMIN', KEYS[8], math.min(limit - #claimed, budget))
   if #popped == 0 then
     break
   end
@@ -71,13 +71,13 @@ while #claimed < limit and budget > 0 do
     local j = read_job(key)
     if j == CORRUPT then
       -- A corrupt record: quarantined so that it can never block the queue.
-      redis.call('RPUSH', KEYS[10], id)
+      redis.call('RPUSH', KEYS[12], id)
     elseif j and (j[ST] == 'q' or j[ST] == 'f') then
       claimed[#claimed + 1] = id
       local token = ARGV[5] .. ':' .. #claimed
       j[ST], j[ATT], j[WRK], j[TOK] = 'p', j[ATT] + 1, ARGV[2], token
       write_job(key, j)
-      redis.call('ZADD', KEYS[4], lease_until, id)
+      redis.call('ZADD', KEYS[2], lease_until, id)
       hand_out(id, j, token, lease_until)
       emit('started', id, j[ATT])
     end
@@ -88,19 +88,19 @@ if #claimed > 0 then
   redis.call('SET', KEYS[13], cmsgpack.pack(claimed), 'PX',
     string.format('%d', math.min(math.ceil(lease * 1000), 9007199254740992)))
   -- The jobs taken need no wake-up any more: drop as many waiting tokens.
-  redis.call('LTRIM', KEYS[9], #claimed, -1)
+  redis.call('LTRIM', KEYS[10], #claimed, -1)
 end
 if budget <= 0 then
   pending_wakes = 1  -- stopped early (stale entries): someone must look again
 elseif #claimed < limit then
   -- The queue is empty: waiting tokens are stale (their jobs are taken).
-  redis.call('DEL', KEYS[9])
+  redis.call('DEL', KEYS[10])
 elseif promoted > 0 then
   -- Promoted jobs are left for other claimers: wake as many (no event woke them).
-  pending_wakes = math.min(promoted, redis.call('ZCARD', KEYS[2]))
+  pending_wakes = math.min(promoted, redis.call('ZCARD', KEYS[8]))
 end
 if #claimed == 0 then
-  next_due = next_due or redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  next_due = next_due or redis.call('ZRANGE', KEYS[11], 0, 0, 'WITHSCORES')
   if next_due[2] then
     out[2] = next_due[2]
   end

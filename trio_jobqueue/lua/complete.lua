@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- complete.lua: processing -> completed, fenced by the claim token.
--- KEYS: standard 1-12
+-- KEYS: settle 1-7 (the first seven standard keys)
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 result (bytes), 5 ttl seconds,
 --       6 "1" when this is a retry after a lost reply (then a job this token already
 --       settled reports "ok")

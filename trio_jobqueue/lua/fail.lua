@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- fail.lua: processing -> failed (final), fenced by the claim token.
--- KEYS: standard 1-12
+-- KEYS: settle 1-7 (the first seven standard keys)
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 ttl seconds,
 --       6 "1" when this is a retry after a lost reply
 -- Touches: {tag}:j:<id> (GET, SET, PEXPIREAT), {tag}:b:<id> (HSET of a large error,

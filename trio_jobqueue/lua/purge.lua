@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- purge.lua: physically remove up to ARGV[2] expired terminal records per index.
--- KEYS: standard 1-12 (touches 1, 5, 6, 11), 13 this call's reply cache {tag}:rc:<nonce>
+-- KEYS: standard 1-12 (touches 1, 3, 4, 6), 13 this call's reply cache {tag}:rc:<nonce>
 -- ARGV: 1 clock offset, 2 limit, 3 "1" when resent after a lost reply, 4 cache ms
 -- Touches: completed/failed (ZRANGEBYSCORE, ZREM), {tag}:j:<id> and {tag}:b:<id> (DEL),
 --          the reply cache.

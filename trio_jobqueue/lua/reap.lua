@@ -23,11 +23,11 @@ if ARGV[3] == '1' then
   end
 end
 local out = {'ok', '', fmt(NOW), '0'}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(NOW), 'LIMIT', 0,
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(NOW), 'LIMIT', 0,
   tonumber(ARGV[6]))
 for _, id in ipairs(ids) do
   local key = KEYS[1] .. id
-  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[2], id)
   local j = read_job(key)
   if j and j ~= CORRUPT and j[ST] == 'p' then
     local attempt = j[ATT]
@@ -47,7 +47,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = tostring(failed)
   end
 end
-local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if first[2] then
   out[2] = first[2]
   if tonumber(first[2]) <= NOW then

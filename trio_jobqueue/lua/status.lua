@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- status.lua: one job's record, or nil when absent or expired.
--- KEYS: standard 1-12 (touches 1, 3, 4, 5, 6, 11)
+-- KEYS: standard 1-12 (touches 1, 2, 3, 4, 6, 11)
 -- ARGV: 1 clock offset, 2 job id
 -- Touches: {tag}:j:<id> (GET; DEL when expired), {tag}:b:<id> (HGET of a large result
 --          or error; DEL when expired), delayed/leases (ZSCORE: due time, lease
@@ -18,9 +18,9 @@ if j == CORRUPT then
 end
 local due, lease = false, false
 if j[ST] == 'f' then
-  due = redis.call('ZSCORE', KEYS[3], id)
+  due = redis.call('ZSCORE', KEYS[11], id)
 elseif j[ST] == 'p' then
-  lease = redis.call('ZSCORE', KEYS[4], id)
+  lease = redis.call('ZSCORE', KEYS[2], id)
 end
 local finished, expires = false, false
 if j[FIN] then finished = fmt(j[FIN]) end

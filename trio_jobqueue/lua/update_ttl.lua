@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- update_ttl.lua: restart a terminal job's TTL from now.
--- KEYS: standard 1-12 (touches 1, 5, 6, 11)
+-- KEYS: standard 1-12 (touches 1, 3, 4, 6)
 -- ARGV: 1 clock offset, 2 job id, 3 ttl seconds
 -- Touches: {tag}:j:<id> (GET, SET, PEXPIREAT), {tag}:b:<id> (PEXPIREAT), completed or
 --          failed (ZADD).
@@ -14,9 +14,9 @@ end
 if j == CORRUPT or (j[ST] ~= 'c' and j[ST] ~= 'x') then
   return 'not_terminal'
 end
-local field, index = RES, KEYS[5]
+local field, index = RES, KEYS[3]
 if j[ST] == 'x' then
-  field, index = ERR, KEYS[6]
+  field, index = ERR, KEYS[4]
 end
 if not j[field] then
   return 'missing_payload'

@@ -146,24 +146,29 @@ class NamespaceKeys:
         return self.done_prefix + job_id
 
     def standard(self) -> tuple[str, ...]:
-        """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, queue,
-        delayed, leases, completed, failed, events channel, seq, wake, quarantine, blob
-        prefix, job channel prefix."""
+        """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, leases,
+        completed, failed, events channel, blob prefix, job channel prefix, queue, seq,
+        wake, delayed, quarantine."""
         return self._standard
+
+    def settle(self) -> tuple[str, ...]:
+        """KEYS[1..7] of ``complete`` and ``fail``: the first seven standard keys, all
+        they use (five keys fewer to send and parse on the hottest call)."""
+        return self._standard[:7]
 
     @functools.cached_property
     def _standard(self) -> tuple[str, ...]:
         return (
             self.job_prefix,
-            self.queue,
-            self.delayed,
             self.leases,
             self.completed,
             self.failed,
             self.events,
-            self.seq,
-            self.wake,
-            self.quarantine,
             self.blob_prefix,
             self.done_prefix,
+            self.queue,
+            self.seq,
+            self.wake,
+            self.delayed,
+            self.quarantine,
         )

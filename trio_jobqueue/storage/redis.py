@@ -49,6 +49,8 @@ log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 _PURGE_BATCH = 1000
+_SETTLE_KEYS_ONLY = frozenset({"complete", "fail"})
+"""Scripts that take only the first seven standard keys (``NamespaceKeys.settle``)."""
 REAP_BATCH = 250
 """Expired leases one reap script call handles at most (a few ms of Redis time)."""
 _REPLY_CACHE_MARGIN = 5.0
@@ -401,7 +403,7 @@ class RedisStorage(Storage):
         being resent after a connection error.
         """
         argv: list[ScriptArg] = [self._clock_arg, *args]
-        keys = self.keys(ns).standard()
+        keys = self.keys(ns).settle() if name in _SETTLE_KEYS_ONLY else self.keys(ns).standard()
         if idempotent_flag:
             return await self.adapter.run_script(
                 name, keys, lambda retrying: [*argv, "1" if retrying else "0"]
