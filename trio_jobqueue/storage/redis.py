@@ -165,7 +165,7 @@ class RedisStorage(Storage):
         health_check_interval: idle seconds after which a connection is probed with
             ``PING`` (5 s), so a connection that died silently is replaced within
             ``health_check_interval + command_timeout`` even when nothing is sent.
-        claim_repoll: longest a blocked ``claim`` waits for a pub/sub wake-up before it
+        claim_repoll: longest a blocked ``claim`` waits for a wake-up before it
             asks the server again (a safety net; wake-ups normally arrive in
             milliseconds); 5 s.
         script_timeout: bound on one shielded claim script call (10 s).
