@@ -44,6 +44,7 @@ EXPECTED = {
     "UpdateTtlResult",
     "UpdateTtlStatus",
     "WaitTimeoutError",
+    "WorkerInfo",
     "open_queue",
     "open_reaper",
     "serve_reaper",

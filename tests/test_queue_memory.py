@@ -18,7 +18,8 @@ import trio
 import trio.testing
 
 import trio_jobqueue as jq
-from trio_jobqueue.storage import Fence
+from trio_jobqueue._presence import PRESENCE_INTERVAL, PRESENCE_TTL
+from trio_jobqueue.storage import Fence, WorkerRecord
 
 
 async def test_retry_delay_hides_job_until_due(autojump_clock: trio.testing.MockClock) -> None:
@@ -350,20 +351,48 @@ async def test_reaper_leader_election_and_failover(autojump_clock: trio.testing.
             assert stale.fenced
 
 
-async def test_crashed_leader_replaced_within_lock_ttl(
+async def test_crashed_leader_replaced_when_its_registration_expires(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A leader that stops renewing (crash) is replaced within lock_ttl."""
+    """A leader that died (it stopped refreshing its registration and renewing the lock)
+    is replaced about PRESENCE_TTL after its last refresh, long before its lock expires;
+    one that was never registered at all is replaced at once."""
     storage = jq.MemoryStorage()
     async with storage:
-        # Held the way a reaper with lock_ttl=3 holds it (a lease of 3/4 of lock_ttl),
-        # by a process that then died without releasing it.
-        epoch = await storage.acquire_lock("default", "reaper", "crashed", ttl=3 * 0.75)
+        # Held the way a worker's reaper with lock_ttl=300 holds it, by a worker that then
+        # died right after refreshing its registration.
+        await storage.register_worker("default", WorkerRecord("crashed"), ttl=PRESENCE_TTL)
+        epoch = await storage.acquire_lock("default", "reaper", "crashed", ttl=300 * 0.75)
         assert epoch is not None
-        async with jq.open_reaper(storage, lock_ttl=3, owner="heir") as heir:
-            assert not heir.is_leader
-            await trio.sleep(3)
+        async with jq.open_reaper(storage, lock_ttl=300, owner="heir") as heir:
+            await trio.sleep(PRESENCE_TTL - 0.1)
+            assert not heir.is_leader  # the registration still says "alive"
+            await trio.sleep(PRESENCE_INTERVAL + 0.2)
             assert heir.is_leader and heir.epoch == epoch + 1
+        # A holder with no registration at all (a process of an older version, say).
+        epoch = await storage.acquire_lock("default", "reaper", "unregistered", ttl=225)
+        assert epoch is not None
+        async with jq.open_reaper(storage, lock_ttl=300, owner="heir2") as heir2:
+            assert heir2.is_leader and heir2.epoch == epoch + 1
+
+
+async def test_live_leader_is_not_replaced(autojump_clock: trio.testing.MockClock) -> None:
+    """While the leader's worker is registered (alive), another reaper never takes the
+    lock, however long it waits."""
+    storage = jq.MemoryStorage()
+
+    async def handler(job: jq.Job[Any]) -> None:
+        return None
+
+    async with jq.open_queue(storage, handler, lock_ttl=4, worker_id="first") as first:
+        await trio.sleep(1)
+        assert first.reaper is not None and first.reaper.is_leader
+        async with jq.open_reaper(storage, lock_ttl=4, owner="second") as second:
+            await trio.sleep(60)
+            assert first.reaper.is_leader and not second.is_leader
+            workers = {w.id: w for w in await first.workers()}
+    assert workers["first"].is_reaper_leader and not workers["second"].is_reaper_leader
+    assert (workers["first"].kind, workers["second"].kind) == ("worker", "reaper")
 
 
 async def test_random_cancellation_of_claims_loses_nothing(

@@ -41,6 +41,7 @@ from ._types import JobState as JobState
 from ._types import JobStatus as JobStatus
 from ._types import UpdateTtlResult as UpdateTtlResult
 from ._types import UpdateTtlStatus as UpdateTtlStatus
+from ._types import WorkerInfo as WorkerInfo
 from ._validate import MAX_JOB_ID_LENGTH as MAX_JOB_ID_LENGTH
 from .storage import MemoryStorage as MemoryStorage
 from .storage import Storage as Storage

@@ -14,7 +14,7 @@ import trio
 from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
 from ._errors import JobCancelledError, JobFailedError, JobQueueError, WaitTimeoutError
 from ._events import EventChannel, open_event_channel
-from ._reaper import Reaper, reaper_service
+from ._reaper import REAPER_LOCK, Reaper, reaper_service
 from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from ._serde import Serializer, TypedCodec, decode_error
 from ._types import (
@@ -26,6 +26,7 @@ from ._types import (
     JobState,
     JobStatus,
     UpdateTtlResult,
+    WorkerInfo,
 )
 from ._util import open_service_nursery
 from ._validate import check_duration, check_job_id, check_max_attempts, check_ttl
@@ -234,6 +235,34 @@ class Queue(Generic[P, R]):
         seconds = check_ttl(ttl)
         return UpdateTtlResult(await self.storage.update_result_ttl(self.name, job_id, seconds))
 
+    async def workers(self) -> tuple[WorkerInfo, ...]:
+        """The queue's live workers and stand-alone reapers, from every process, oldest
+        first. A killed process disappears within about 1.5 s.
+
+        Raises:
+            StorageError: the storage failed.
+        """
+        records = await self.storage.list_workers(self.name)
+        holder = await self.storage.lock_holder(self.name, REAPER_LOCK)
+        leader = None if holder is None else holder.owner
+        return tuple(
+            WorkerInfo(
+                id=r.worker_id,
+                host=r.host,
+                pid=r.pid,
+                started_at=r.started_at,
+                last_seen=r.last_seen,
+                concurrency=r.concurrency,
+                in_flight=r.in_flight,
+                jobs=r.jobs,
+                is_reaper_leader=r.worker_id == leader,
+                kind=r.kind,
+                state=r.state,
+                counters=dict(r.counters),
+            )
+            for r in records
+        )
+
     def events(self) -> AbstractAsyncContextManager[EventChannel]:
         """``async with queue.events() as events: async for event in events: ...``
 
@@ -373,7 +402,9 @@ async def worker_service(
         result_codec=queue.result_codec,
     )
     reaper = queue.reaper = (
-        Reaper.from_config(storage, config.reaper_config()) if config.runs_reaper else None
+        Reaper.from_config(storage, config.reaper_config(), registers=False)
+        if config.runs_reaper
+        else None
     )
     async with storage, open_service_nursery() as nursery:
         # Starting does no I/O; shielded, so that no cancellation lands between starting

@@ -4,9 +4,12 @@ reaper embedded in every worker.
 Any number of reapers may run against one queue (one per worker process is the normal
 set-up). With leader election on, they compete for a lease-based lock with a fencing
 epoch; only the holder reaps, and every reap presents the epoch, so a stale leader (paused,
-partitioned) that wakes up cannot act. The lock's lease is ``3/4 * lock_ttl`` and every reaper
-tries to take or renew it every ``lock_ttl / 4`` seconds, so a crashed leader is replaced
-within ``lock_ttl``.
+partitioned) that wakes up cannot act. The lock's lease is ``3/4 * lock_ttl``; the leader
+renews it every ``lock_ttl / 4`` seconds. The others retry at least every
+:data:`~._presence.PRESENCE_INTERVAL` seconds and take the lock from a holder that is no
+longer registered as a live worker (or stand-alone reaper) in the worker registry, so a
+killed leader is replaced about :data:`~._presence.PRESENCE_TTL` seconds after its death,
+and within ``lock_ttl`` in any case.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import trio
 from ._config import ReaperConfig
 from ._errors import StorageError
 from ._events import EventChannel, open_event_channel
+from ._presence import PRESENCE_INTERVAL, Presence, host_and_pid
 from ._serde import JsonSerializer, TypedCodec
 from ._util import open_service_nursery
-from .storage import Fence, Storage
+from .storage import Fence, Storage, WorkerRecord
 
 log = logging.getLogger("trio_jobqueue")
 
@@ -53,14 +57,21 @@ class Reaper:
     interval: float
     leader_election: bool
     lock_ttl: float
+    registers: bool = True
+    """Keep a registration of its own (kind ``reaper``) in the worker registry. A reaper
+    embedded in a worker leads in the worker's name and needs none."""
     stats: ReaperStatistics = attrs.field(factory=ReaperStatistics)
     _epoch: int | None = attrs.field(default=None, init=False)
+    _presence: Presence = attrs.field(init=False)
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _codec: TypedCodec = attrs.field(factory=lambda: TypedCodec(JsonSerializer()), init=False)
 
+    def __attrs_post_init__(self) -> None:
+        self._presence = Presence(self.storage, self.ns, self._registration)
+
     @classmethod
-    def from_config(cls, storage: Storage, config: ReaperConfig) -> Reaper:
+    def from_config(cls, storage: Storage, config: ReaperConfig, *, registers: bool) -> Reaper:
         return cls(
             storage=storage,
             ns=config.name,
@@ -68,6 +79,18 @@ class Reaper:
             interval=config.scan_interval,
             leader_election=config.leader_election,
             lock_ttl=float(config.lock_ttl),
+            registers=registers,
+        )
+
+    def _registration(self) -> WorkerRecord:
+        host, pid = host_and_pid()
+        return WorkerRecord(
+            worker_id=self.owner,
+            host=host,
+            pid=pid,
+            started_at=self._presence.started_at,
+            kind="reaper",
+            counters={"scans": self.stats.scans, "stalled": self.stats.stalled},
         )
 
     @property
@@ -93,8 +116,15 @@ class Reaper:
         try:
             with self._scope:
                 self._scope.shield = True
-                task_status.started()
-                await self._loop()
+                if self.registers and self.leader_election:
+                    await self._presence.announce()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._presence.run)
+                        task_status.started()
+                        await self._loop()
+                else:
+                    task_status.started()
+                    await self._loop()
         finally:
             if self._epoch is not None:
                 epoch, self._epoch = self._epoch, None
@@ -103,6 +133,8 @@ class Reaper:
                         await self.storage.release_lock(self.ns, REAPER_LOCK, self.owner, epoch)
                     except StorageError as exc:
                         log.warning("could not release the reaper lock: %s", exc)
+            if self.registers and self.leader_election:
+                await self._presence.withdraw(self.owner)
             self._finished.set()
 
     @trio.lowlevel.enable_ki_protection
@@ -128,14 +160,14 @@ class Reaper:
             # crashed leader is replaced within lock_ttl, and a live one may miss two
             # renewals before it loses the lock.
             epoch = await self.storage.acquire_lock(
-                self.ns, REAPER_LOCK, self.owner, ttl=self.lock_ttl * 0.75
+                self.ns, REAPER_LOCK, self.owner, ttl=self.lock_ttl * 0.75, take_from_dead=True
             )
             if epoch is not None and epoch != self._epoch:
                 self.stats.elections_won += 1
                 log.info("reaper %s leads %r with epoch %d", self.owner, self.ns, epoch)
             self._epoch = epoch
             if epoch is None:
-                return self.lock_ttl / 4
+                return min(self.lock_ttl / 4, PRESENCE_INTERVAL)
             fence = Fence(REAPER_LOCK, self.owner, epoch)
         result = await self.storage.reap(self.ns, fence=fence)
         self.stats.scans += 1
@@ -210,7 +242,7 @@ async def reaper_service(
     task_status: trio.TaskStatus[Reaper] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """:func:`serve_reaper` with its options already validated."""
-    reaper = Reaper.from_config(storage, config)
+    reaper = Reaper.from_config(storage, config, registers=True)
     async with storage, open_service_nursery() as nursery:
         # Starting does no I/O; shielded, so that no cancellation lands between starting
         # the (shielded) reaper task and the ``try`` that stops it.

@@ -21,6 +21,7 @@ __all__ = [
     "JobStatus",
     "UpdateTtlResult",
     "UpdateTtlStatus",
+    "WorkerInfo",
 ]
 
 P = TypeVar("P")
@@ -188,3 +189,28 @@ class ExecutionContext:
     started_at: float
     finished_at: float
     duration: float
+
+
+@attrs.frozen
+class WorkerInfo:
+    """A live worker (or stand-alone reaper) of a queue, as ``Queue.workers()`` lists it."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    """Epoch seconds when it started."""
+    last_seen: float
+    """Epoch seconds (storage clock) of its last registration refresh (every 0.5 s)."""
+    concurrency: int
+    in_flight: int
+    jobs: tuple[str, ...]
+    """Ids of the jobs it is running (at most 256 listed; ``in_flight`` is exact)."""
+    is_reaper_leader: bool
+    """Whether it holds the queue's reaper lock now."""
+    kind: str = "worker"
+    """``"worker"``, or ``"reaper"`` for a stand-alone reaper."""
+    state: str = "running"
+    """``"running"``, or ``"stopping"`` during its shutdown grace period."""
+    counters: dict[str, int] = attrs.field(factory=dict, hash=False)
+    """Outcome counters since it started (``completed``, ``failed``, ``fenced``, ...)."""

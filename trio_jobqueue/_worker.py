@@ -37,11 +37,12 @@ import attrs
 import trio
 
 from ._errors import JobTimeoutError, PayloadDecodeError, SerializationError, StorageError
+from ._presence import Presence, host_and_pid
 from ._retry import RetryPolicy
 from ._serde import TypedCodec, describe_exception, encode_error, error_from_exception
 from ._types import ExecutionContext, Job, JobError
 from ._validate import check_ttl
-from .storage import Claim, SettleStatus, Storage
+from .storage import Claim, SettleStatus, Storage, WorkerRecord
 
 log = logging.getLogger("trio_jobqueue")
 
@@ -54,6 +55,8 @@ long, before it leaves the job to the reaper."""
 CLAIM_WAIT = 5.0
 """Server-side wait of one blocking claim; the claim loop simply calls again."""
 MAX_CLAIM_BATCH = 100
+MAX_LISTED_JOBS = 256
+"""Most job ids a worker lists in its registration (``in_flight`` is always exact)."""
 STUCK_WARNING = 10.0
 """After the grace period, how often shutdown logs the handlers it still waits for (sync
 handlers run in threads, which cannot be interrupted)."""
@@ -169,12 +172,39 @@ class Worker:
     _stopping: bool = attrs.field(default=False, init=False)
     _fatal: BaseException | None = attrs.field(default=None, init=False)
     _is_async: bool = attrs.field(default=True, init=False)
+    _phase: str = attrs.field(default="running", init=False)
+    _presence: Presence = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = trio.Semaphore(self.concurrency)
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
         self._idle.set()
+        self._presence = Presence(self.storage, self.ns, self.registration)
+
+    def registration(self) -> WorkerRecord:
+        """This worker as the storage's registry shows it (``Queue.workers()``)."""
+        host, pid = host_and_pid()
+        stats = self.stats
+        return WorkerRecord(
+            worker_id=self.worker_id,
+            host=host,
+            pid=pid,
+            started_at=self._presence.started_at,
+            concurrency=self.concurrency,
+            in_flight=len(self._running),
+            jobs=tuple(r.claim.job_id for r in self._running.values())[:MAX_LISTED_JOBS],
+            state=self._phase,
+            counters={
+                "claimed": stats.claimed,
+                "completed": stats.completed,
+                "retried": stats.retried,
+                "failed": stats.failed,
+                "released": stats.released,
+                "fenced": stats.fenced,
+                "lost_leases": stats.lost_leases,
+            },
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -191,6 +221,9 @@ class Worker:
             with self._outer:
                 self._outer.shield = True
                 async with trio.open_nursery() as nursery:
+                    # Registered before the embedded reaper starts (it leads in our name).
+                    await self._presence.announce()
+                    nursery.start_soon(self._presence.run)
                     nursery.start_soon(self._heartbeat_loop)
                     task_status.started()
                     with self._claim_scope:
@@ -213,6 +246,9 @@ class Worker:
         the rest. Returns when every job is settled and the worker's tasks are gone."""
         self._stopping = True
         self._claim_scope.cancel()
+        if self._phase == "running":
+            self._phase = "stopping"
+            await self._presence.announce()
         self._grace_scope.deadline = min(self._grace_scope.deadline, trio.current_time() + grace)
         with self._grace_scope:
             await self._idle.wait()
@@ -231,6 +267,7 @@ class Worker:
             )
         self._outer.cancel()
         await self._finished.wait()
+        await self._presence.withdraw(self.worker_id)
 
     def _stop_for(self, exc: BaseException) -> None:
         """A handler raised ``KeyboardInterrupt``/``SystemExit``: stop claiming, release

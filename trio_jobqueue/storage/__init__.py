@@ -27,6 +27,9 @@ from ._base import (
     JobRecord as JobRecord,
 )
 from ._base import (
+    LockHolder as LockHolder,
+)
+from ._base import (
     ReapedJob as ReapedJob,
 )
 from ._base import (
@@ -40,6 +43,9 @@ from ._base import (
 )
 from ._base import (
     StorageStats as StorageStats,
+)
+from ._base import (
+    WorkerRecord as WorkerRecord,
 )
 from ._core import JobWatch as JobWatch
 from ._url import storage_from_url as storage_from_url

@@ -40,11 +40,13 @@ __all__ = [
     "EventRecord",
     "Fence",
     "JobRecord",
+    "LockHolder",
     "ReapResult",
     "ReapedJob",
     "SettleStatus",
     "Storage",
     "StorageStats",
+    "WorkerRecord",
 ]
 
 
@@ -154,6 +156,40 @@ class Fence:
     lock: str
     owner: str
     epoch: int
+
+
+@attrs.frozen
+class WorkerRecord:
+    """One live worker (or stand-alone reaper) of a namespace, as it registered itself."""
+
+    worker_id: str
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    """Epoch seconds when the worker started."""
+    concurrency: int = 0
+    in_flight: int = 0
+    jobs: tuple[str, ...] = ()
+    """Ids of the jobs it is running."""
+    kind: str = "worker"
+    """``"worker"``, or ``"reaper"`` for a stand-alone reaper."""
+    state: str = "running"
+    """``"running"``, or ``"stopping"`` during its shutdown grace period."""
+    counters: dict[str, int] = attrs.field(factory=dict, hash=False)
+    """Its outcome counters since it started (``completed``, ``failed``, ...)."""
+    last_seen: float = 0.0
+    """Storage-clock time of its last registration (set by the storage)."""
+    expires_at: float = 0.0
+    """Storage-clock time after which it counts as gone (set by the storage)."""
+
+
+@attrs.frozen
+class LockHolder:
+    """Who holds a leader lock now."""
+
+    owner: str
+    epoch: int
+    expires_at: float
 
 
 @attrs.frozen
@@ -349,11 +385,21 @@ class Storage(abc.ABC):
     # -- leader lock ------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
         """Take the lock if free or expired (new epoch = previous epoch + 1), or renew it if
         ``owner`` already holds it (same epoch). Returns the epoch, or ``None`` if held by
         someone else. Epochs of one lock only ever grow.
+
+        With ``take_from_dead``, a lock held by an owner that has no live registration
+        (:meth:`register_worker`) in ``ns`` counts as expired: a dead holder is replaced
+        as soon as its registration runs out, without waiting for the lock's own expiry.
         """
+
+    @abc.abstractmethod
+    async def lock_holder(self, ns: str, lock: str) -> LockHolder | None:
+        """The live holder of ``lock``, or ``None``. Read-only."""
 
     @abc.abstractmethod
     async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
@@ -362,6 +408,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def release_lock(self, ns: str, lock: str, owner: str, epoch: int) -> bool:
         """Free the lock if ``owner`` holds it with ``epoch``."""
+
+    # -- worker registry --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        """Insert or refresh ``record`` (keyed by ``worker_id``): it is live until ``now +
+        ttl`` unless registered again. The storage sets ``last_seen`` and
+        ``expires_at``. Each registration expires on its own (never one TTL for all)."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, ns: str, worker_id: str) -> bool:
+        """Remove a registration at once; whether there was a live one."""
+
+    @abc.abstractmethod
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        """The live registrations, oldest ``started_at`` first (then by id). Read-only for
+        the live ones; expired ones are invisible (and may be removed)."""
 
     # -- notification -----------------------------------------------------------------
 

@@ -122,6 +122,19 @@ class NamespaceKeys:
     def lock(self, name: str) -> str:
         return self.base + ":lock:" + name
 
+    @property
+    def worker_prefix(self) -> str:
+        """Prefix of the worker registrations (the raw worker id is appended)."""
+        return self.base + ":w:"
+
+    def worker(self, worker_id: str) -> str:
+        return self.worker_prefix + worker_id
+
+    @property
+    def workers(self) -> str:
+        """The registry index: worker id -> expiry of its registration."""
+        return self.base + ":workers"
+
     def claim_record(self, nonce: str) -> str:
         """What the claim with ``nonce`` took (see ``lua/claim.lua``)."""
         return self.base + ":claim:" + nonce

@@ -47,10 +47,12 @@ from ._base import (
     EventRecord,
     Fence,
     JobRecord,
+    LockHolder,
     ReapedJob,
     ReapResult,
     SettleStatus,
     StorageStats,
+    WorkerRecord,
 )
 from ._common import STALLED_ERROR, lock_expired
 from ._core import INLINE_RESULT_MAX
@@ -354,6 +356,47 @@ class Lock:
             raise CorruptRecord(f"undecodable lock record: {exc!r}") from exc
 
 
+def encode_worker(rec: WorkerRecord) -> list[Any]:
+    return [
+        rec.worker_id,
+        rec.host,
+        rec.pid,
+        rec.started_at,
+        rec.concurrency,
+        rec.in_flight,
+        list(rec.jobs),
+        rec.kind,
+        rec.last_seen,
+        rec.expires_at,
+        rec.state,
+        rec.counters,
+    ]
+
+
+def decode_worker(raw: Any) -> WorkerRecord:
+    try:
+        wid, host, pid, started, concurrency, in_flight, jobs, kind, seen, expires, *more = raw
+        state, counters = more if more else ("running", {})
+        return WorkerRecord(
+            worker_id=_str(wid),
+            host=_str(host),
+            pid=_int(pid),
+            started_at=float(started),
+            concurrency=_int(concurrency),
+            in_flight=_int(in_flight),
+            jobs=tuple(_str(job_id) for job_id in jobs),
+            kind=_str(kind),
+            last_seen=float(seen),
+            expires_at=float(expires),
+            state=_str(state),
+            counters={_str(k): _int(v) for k, v in dict(counters).items()},
+        )
+    except CorruptRecord:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecord(f"undecodable worker record: {exc!r}") from exc
+
+
 # -- events ----------------------------------------------------------------------------------
 
 
@@ -422,6 +465,8 @@ class NsState:
 
     jobs: dict[str, Rec] = attrs.Factory(dict)
     locks: dict[str, Lock] = attrs.Factory(dict)
+    workers: dict[str, WorkerRecord] = attrs.Factory(dict)
+    """The worker registry (expired entries are invisible, removed by registrations)."""
     tail_seq: int = 0
     """Last sequence number given to a tail insertion (grows)."""
     head_seq: int = 0
@@ -518,6 +563,7 @@ class NsState:
             "hs": self.head_seq,
             "jobs": jobs,
             "locks": {name: lock.encode() for name, lock in self.locks.items()},
+            "workers": [encode_worker(rec) for rec in self.workers.values()],
             "B": blobs.lengths(),
         }
         return body, blobs.parts
@@ -539,6 +585,9 @@ class NsState:
                 state.insert(rec)
             for name, lock in raw["locks"].items():
                 state.locks[str(name)] = Lock.decode(lock)
+            for item in raw.get("workers", ()):
+                worker = decode_worker(item)
+                state.workers[worker.worker_id] = worker
         except CorruptRecord:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -563,6 +612,9 @@ class NsState:
                 updates = []
             dels = [_str(job_id) for job_id in raw.get("d", ())]
             locks = {str(k): Lock.decode(v) for k, v in raw.get("L", {}).items()}
+            workers = {
+                str(k): None if v is None else decode_worker(v) for k, v in raw.get("W", {}).items()
+            }
             events = [decode_event(item, blobs) for item in raw.get("ev", ())]
             tail_seq = _int(raw["ts"])
             head_seq = _int(raw["hs"])
@@ -586,6 +638,11 @@ class NsState:
             self.recount(rec)
             self.index(rec)
         self.locks.update(locks)
+        for worker_id, worker in workers.items():
+            if worker is None:
+                self.workers.pop(worker_id, None)
+            else:
+                self.workers[worker_id] = worker
         self.tail_seq = tail_seq
         self.head_seq = head_seq
         return events
@@ -615,6 +672,7 @@ class Sealed:
     """Per job id: ``None`` (removed), ``(True, image)`` (created: the whole record, in
     :data:`FIELDS` order) or ``(False, {field index: new value})`` (changed fields)."""
     locks: dict[str, list[Any]]
+    workers: dict[str, list[Any] | None]
     events: list[EventRecord]
     tail_seq: int
     head_seq: int
@@ -633,6 +691,7 @@ class Tx:
     touched: dict[str, Rec | None] = attrs.Factory(dict)
     images: dict[str, tuple[Rec, tuple[Any, ...]]] = attrs.Factory(dict)
     locks: set[str] = attrs.Factory(set)
+    workers: set[str] = attrs.Factory(set)
     events: list[EventRecord] = attrs.Factory(list)
     durable: bool = False
     """False while the only changes need no fsync: forgetting expired records, extending
@@ -660,12 +719,17 @@ class Tx:
         self.locks.add(name)
         self.durable = self.durable or durable
 
+    def touch_worker(self, worker_id: str) -> None:
+        """The registration changed. Never durable: after a crash a registration only has
+        to expire, which it does by itself."""
+        self.workers.add(worker_id)
+
     def emit(self, event: EventRecord) -> None:
         self.events.append(event)
 
     @property
     def changed(self) -> bool:
-        return bool(self.touched or self.locks or self.events)
+        return bool(self.touched or self.locks or self.workers or self.events)
 
     def seal(self) -> Sealed:
         """Freeze this transition's redo delta (requires ``track``)."""
@@ -691,6 +755,7 @@ class Tx:
         return Sealed(
             records,
             {name: state.locks[name].encode() for name in self.locks},
+            {worker_id: _encoded_worker(state, worker_id) for worker_id in self.workers},
             [journaled_event(event) for event in self.events],
             state.tail_seq,
             state.head_seq,
@@ -698,11 +763,17 @@ class Tx:
         )
 
 
+def _encoded_worker(state: NsState, worker_id: str) -> list[Any] | None:
+    worker = state.workers.get(worker_id)
+    return None if worker is None else encode_worker(worker)
+
+
 def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] | None:
     """One journal entry (and its blobs) for the transitions of one batch, in order;
     ``None`` if nothing changed."""
     records: dict[str, tuple[bool, Any] | None] = {}
     locks: dict[str, list[Any]] = {}
+    workers: dict[str, list[Any] | None] = {}
     events: list[EventRecord] = []
     for seal in seals:
         for job_id, item in seal.records.items():
@@ -717,8 +788,9 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
             else:
                 records[job_id] = (False, {**before[1], **item[1]})
         locks.update(seal.locks)
+        workers.update(seal.workers)
         events.extend(seal.events)
-    if not (records or locks or events):
+    if not (records or locks or workers or events):
         return None
     blobs = BlobWriter()
     news: list[Any] = []
@@ -748,6 +820,8 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
         entry["d"] = dels
     if locks:
         entry["L"] = locks
+    if workers:
+        entry["W"] = workers
     if events:
         entry["ev"] = [encode_event(event, blobs) for event in events]
     if blobs.parts:
@@ -1043,7 +1117,9 @@ def reap(tx: Tx, fence: Fence | None) -> ReapResult:
     return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=tx.now)
 
 
-def acquire_lock(tx: Tx, lock: str, owner: str, ttl: float) -> int | None:
+def acquire_lock(
+    tx: Tx, lock: str, owner: str, ttl: float, take_from_dead: bool = False
+) -> int | None:
     held = tx.state.locks.get(lock)
     if held is None:
         held = tx.state.locks[lock] = Lock()
@@ -1051,7 +1127,8 @@ def acquire_lock(tx: Tx, lock: str, owner: str, ttl: float) -> int | None:
         held.expires_at = tx.now + ttl
         tx.touch_lock(lock, durable=False)  # only the expiry moved (as renew_lock)
         return held.epoch
-    if held.owner is not None and not lock_expired(held.expires_at, tx.now):
+    live = held.owner is not None and not lock_expired(held.expires_at, tx.now)
+    if live and (not take_from_dead or _registered(tx, held.owner or "")):
         return None
     held.owner = owner
     held.epoch += 1
@@ -1081,6 +1158,48 @@ def release_lock(tx: Tx, lock: str, owner: str, epoch: int) -> bool:
     held.expires_at = -math.inf
     tx.touch_lock(lock)
     return True
+
+
+def lock_holder(tx: Tx, lock: str) -> LockHolder | None:
+    held = tx.state.locks.get(lock)
+    if held is None or held.owner is None or lock_expired(held.expires_at, tx.now):
+        return None
+    return LockHolder(held.owner, held.epoch, held.expires_at)
+
+
+# -- worker registry -------------------------------------------------------------------------
+
+
+def _registered(tx: Tx, worker_id: str) -> bool:
+    rec = tx.state.workers.get(worker_id)
+    return rec is not None and rec.expires_at > tx.now
+
+
+def _forget_dead_workers(tx: Tx) -> None:
+    workers = tx.state.workers
+    for worker_id in [k for k, rec in workers.items() if rec.expires_at <= tx.now]:
+        del workers[worker_id]
+        tx.touch_worker(worker_id)
+
+
+def register_worker(tx: Tx, record: WorkerRecord, ttl: float) -> None:
+    _forget_dead_workers(tx)
+    tx.state.workers[record.worker_id] = attrs.evolve(
+        record, last_seen=tx.now, expires_at=tx.now + ttl
+    )
+    tx.touch_worker(record.worker_id)
+
+
+def unregister_worker(tx: Tx, worker_id: str) -> bool:
+    live = _registered(tx, worker_id)
+    if tx.state.workers.pop(worker_id, None) is not None:
+        tx.touch_worker(worker_id)
+    return live
+
+
+def list_workers(tx: Tx) -> list[WorkerRecord]:
+    live = [rec for rec in tx.state.workers.values() if rec.expires_at > tx.now]
+    return sorted(live, key=lambda rec: (rec.started_at, rec.worker_id))
 
 
 def stats(tx: Tx) -> StorageStats:

@@ -63,10 +63,12 @@ from ._base import (
     EventRecord,
     Fence,
     JobRecord,
+    LockHolder,
     ReapResult,
     SettleStatus,
     Storage,
     StorageStats,
+    WorkerRecord,
 )
 from ._core import FollowKind
 
@@ -1273,8 +1275,32 @@ class FileStorage(Storage):
 
     # -- leader lock ----------------------------------------------------------------------
 
-    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
-        value, _ = await self._run(ns, partial(fst.acquire_lock, lock=lock, owner=owner, ttl=ttl))
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
+        value, _ = await self._run(
+            ns,
+            partial(
+                fst.acquire_lock, lock=lock, owner=owner, ttl=ttl, take_from_dead=take_from_dead
+            ),
+        )
+        return value
+
+    async def lock_holder(self, ns: str, lock: str) -> LockHolder | None:
+        value, _ = await self._run(ns, partial(fst.lock_holder, lock=lock))
+        return value
+
+    # -- worker registry ------------------------------------------------------------------
+
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        await self._run(ns, partial(fst.register_worker, record=record, ttl=ttl))
+
+    async def unregister_worker(self, ns: str, worker_id: str) -> bool:
+        value, _ = await self._run(ns, partial(fst.unregister_worker, worker_id=worker_id))
+        return value
+
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        value, _ = await self._run(ns, fst.list_workers)
         return value
 
     async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:

@@ -22,10 +22,12 @@ from ._base import (
     EnqueueOutcome,
     Fence,
     JobRecord,
+    LockHolder,
     ReapResult,
     SettleStatus,
     Storage,
     StorageStats,
+    WorkerRecord,
 )
 
 __all__ = ["MemoryStorage"]
@@ -137,9 +139,29 @@ class MemoryStorage(Storage):
 
     # -- leader lock ----------------------------------------------------------------------
 
-    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
         await trio.lowlevel.checkpoint()
-        return self._run(ns, lambda tx: st.acquire_lock(tx, lock, owner, ttl))
+        return self._run(ns, lambda tx: st.acquire_lock(tx, lock, owner, ttl, take_from_dead))
+
+    async def lock_holder(self, ns: str, lock: str) -> LockHolder | None:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.lock_holder(tx, lock))
+
+    # -- worker registry ------------------------------------------------------------------
+
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self._run(ns, lambda tx: st.register_worker(tx, record, ttl))
+
+    async def unregister_worker(self, ns: str, worker_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.unregister_worker(tx, worker_id))
+
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, st.list_workers)
 
     async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
         await trio.lowlevel.checkpoint()

@@ -8,6 +8,7 @@ See ``docs/redis.md`` for the design and failure behaviour.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -27,11 +28,13 @@ from ._base import (
     EventRecord,
     Fence,
     JobRecord,
+    LockHolder,
     ReapedJob,
     ReapResult,
     SettleStatus,
     Storage,
     StorageStats,
+    WorkerRecord,
 )
 from ._common import STALLED_ERROR
 from ._core import FollowKind, Hub
@@ -85,6 +88,43 @@ def parse_events(data: bytes) -> list[EventRecord]:
             EventRecord(EventKind(kind.decode("ascii")), job_id, int(attempt), result, error, ref)
         )
     return events
+
+
+def _encode_worker(record: WorkerRecord) -> bytes:
+    """A registration as stored (JSON; the storage adds ``seen`` and ``exp``)."""
+    return json.dumps(
+        {
+            "id": record.worker_id,
+            "host": record.host,
+            "pid": record.pid,
+            "started": record.started_at,
+            "concurrency": record.concurrency,
+            "in_flight": record.in_flight,
+            "jobs": list(record.jobs),
+            "kind": record.kind,
+            "state": record.state,
+            "counters": record.counters,
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def _decode_worker(data: bytes, seen: float, expires: float) -> WorkerRecord:
+    raw = json.loads(data)
+    return WorkerRecord(
+        worker_id=str(raw["id"]),
+        host=str(raw["host"]),
+        pid=int(raw["pid"]),
+        started_at=float(raw["started"]),
+        concurrency=int(raw["concurrency"]),
+        in_flight=int(raw["in_flight"]),
+        jobs=tuple(str(job_id) for job_id in raw["jobs"]),
+        kind=str(raw["kind"]),
+        state=str(raw["state"]),
+        counters={str(k): int(v) for k, v in dict(raw["counters"]).items()},
+        last_seen=seen,
+        expires_at=expires,
+    )
 
 
 @contextmanager
@@ -689,13 +729,25 @@ class RedisStorage(Storage):
 
     # -- leader lock ------------------------------------------------------------------
 
-    async def acquire_lock(self, ns: str, lock: str, owner: str, *, ttl: float) -> int | None:
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
+        keys = self.keys(ns)
         reply = await self.adapter.run_script(
             "acquire_lock",
-            [self.keys(ns).lock(lock)],
-            [self._clock_arg, owner, repr(float(ttl))],
+            [keys.lock(lock), keys.worker_prefix],
+            [self._clock_arg, owner, repr(float(ttl)), "1" if take_from_dead else "0"],
         )
         return None if reply is None else int(reply)
+
+    async def lock_holder(self, ns: str, lock: str) -> LockHolder | None:
+        reply = await self.adapter.run_script(
+            "lock_holder", [self.keys(ns).lock(lock)], [self._clock_arg]
+        )
+        if reply is None:
+            return None
+        owner, epoch, expires = reply
+        return LockHolder(owner.decode("utf-8"), int(epoch), float(expires))
 
     async def renew_lock(self, ns: str, lock: str, owner: str, epoch: int, *, ttl: float) -> bool:
         reply = await self.adapter.run_script(
@@ -711,7 +763,40 @@ class RedisStorage(Storage):
         )
         return bool(reply)
 
-    # -- notification -----------------------------------------------------------------
+    # -- worker registry --------------------------------------------------------------
+
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        keys = self.keys(ns)
+        await self.adapter.run_script(
+            "register_worker",
+            [keys.worker(record.worker_id), keys.workers],
+            [self._clock_arg, record.worker_id, repr(float(ttl)), _encode_worker(record)],
+        )
+
+    async def unregister_worker(self, ns: str, worker_id: str) -> bool:
+        keys = self.keys(ns)
+        reply = await self.adapter.run_script(
+            "unregister_worker",
+            [keys.worker(worker_id), keys.workers],
+            [self._clock_arg, worker_id],
+        )
+        return bool(reply)
+
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        keys = self.keys(ns)
+        reply = await self.adapter.run_script(
+            "list_workers", [keys.worker_prefix, keys.workers], [self._clock_arg]
+        )
+        records = []
+        for i in range(0, len(reply), 4):
+            worker_id = reply[i].decode("utf-8")
+            try:
+                record = _decode_worker(reply[i + 1], float(reply[i + 2]), float(reply[i + 3]))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("ignoring a corrupt worker registration %r: %r", worker_id, exc)
+                continue
+            records.append(record)
+        return sorted(records, key=lambda r: (r.started_at, r.worker_id))
 
     # -- housekeeping -----------------------------------------------------------------
 

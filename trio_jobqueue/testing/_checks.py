@@ -432,6 +432,46 @@ async def check_leader_lock(make_storage: StorageFactory) -> None:
         assert e3 is not None and e3 > e2
 
 
+async def check_worker_registry(make_storage: StorageFactory) -> None:
+    """Registrations are listed from every storage object, refreshed in place, expire each
+    on its own, and can be withdrawn; a lock held by an owner whose registration expired
+    is taken with take_from_dead, one held by a registered owner is not."""
+    from ..storage import WorkerRecord
+
+    storage, other = make_storage(), make_storage()
+    name = _name()
+    async with storage, other:
+        await storage.register_worker(
+            name, WorkerRecord("w1", host="h", pid=1, started_at=1.0, jobs=("a", "b")), ttl=50
+        )
+        await other.register_worker(name, WorkerRecord("w2", started_at=2.0), ttl=100)
+        listed = await other.list_workers(name)
+        assert [w.worker_id for w in listed] == ["w1", "w2"]
+        assert listed[0].jobs == ("a", "b") and listed[0].pid == 1 and listed[0].host == "h"
+        assert listed[0].expires_at > listed[0].last_seen
+        await storage.register_worker(
+            name, WorkerRecord("w1", started_at=1.0, in_flight=3, state="stopping"), ttl=50
+        )
+        (w1, _) = await storage.list_workers(name)
+        assert (w1.in_flight, w1.state) == (3, "stopping")
+        assert await storage.acquire_lock(name, "reaper", "w1", ttl=300) is not None
+        assert await other.acquire_lock(name, "reaper", "w2", ttl=300, take_from_dead=True) is None
+        holder = await other.lock_holder(name, "reaper")
+        assert holder is not None and holder.owner == "w1"
+        await storage.advance_clock(60)
+        if other is not storage:  # one MemoryStorage object may stand for both
+            await other.advance_clock(60)
+        assert [w.worker_id for w in await storage.list_workers(name)] == ["w2"]
+        assert await other.acquire_lock(name, "reaper", "w2", ttl=300) is None
+        epoch = await other.acquire_lock(name, "reaper", "w2", ttl=300, take_from_dead=True)
+        assert epoch is not None
+        holder = await storage.lock_holder(name, "reaper")
+        assert holder is not None and (holder.owner, holder.epoch) == ("w2", epoch)
+        assert await other.unregister_worker(name, "w2")
+        assert not await other.unregister_worker(name, "w2")
+        assert await storage.list_workers(name) == []
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -453,5 +493,6 @@ API_CHECKS: list[Check] = [
     check_late_outcome_is_fenced,
     check_shutdown_releases_running_jobs,
     check_leader_lock,
+    check_worker_registry,
 ]
 """Every API-level check, in a stable order."""
