@@ -12,8 +12,10 @@ A backend implements the transitions (``claim_nowait`` among them) and feeds one
   watch re-reads its job, every blocked claim retries.
 
 and implements ``Storage.follow(ns, kind, job_id)``: an async context manager that makes
-sure the hub receives that kind of notification while it is open (Redis subscribes to a
-channel, File makes its tailer read the namespace's journal; Memory needs nothing).
+sure the hub receives that kind of notification while it is open (Redis subscribes to the
+namespace's event channel or the job's own channel, and for blocked claims waits on the
+namespace's wake-up list, which hands each wake-up to one claimer; File makes its tailer
+read the namespace's journal; Memory needs nothing).
 
 **Slow subscribers.** Each subscriber has a bounded buffer (:data:`EVENT_BUFFER` events).
 No backend ever blocks on a slow subscriber; when the buffer is full, further events are
