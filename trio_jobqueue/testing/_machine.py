@@ -3,8 +3,9 @@
 Every rule performs one storage call through a :class:`~._portal.StoragePortal`, performs the
 same operation on the independent :class:`~._model.StorageModel` and compares the return
 values; after every step the invariants compare every job record, the stats, the fencing
-of every token handed out so far, and every event the storage delivered (to an event
-subscription and to a watch on each id) with what the model predicts.
+of every token handed out so far, every event the storage delivered (to an event
+subscription and to a watch on each id) and the worker registry with what the model
+predicts.
 
 One opened storage serves a whole run. Each example drives **two namespaces** of its own
 (``sm-<uuid>-a`` and ``sm-<uuid>-b``, one model each; ``use_namespace`` moves the
@@ -18,6 +19,7 @@ exactly; see the module docstring of :mod:`._model` for the tie rules.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import uuid
@@ -47,14 +49,24 @@ from ..storage import (
     EventRecord,
     Fence,
     JobRecord,
+    LockHolder,
     ReapedJob,
     SettleStatus,
     Storage,
     StorageStats,
+    WorkerRecord,
 )
 from ..storage._core import INLINE_RESULT_MAX, TERMINAL_KINDS
 from ._feeds import FeedRecorder, FeedSnapshot
-from ._model import STALLED, ExpectedClaim, ExpectedEnqueue, ModelEvent, ModelJob, StorageModel
+from ._model import (
+    STALLED,
+    ExpectedClaim,
+    ExpectedEnqueue,
+    ExpectedLockHolder,
+    ModelEvent,
+    ModelJob,
+    StorageModel,
+)
 from ._portal import PortalTask, StoragePortal, open_storage_portal
 
 __all__ = [
@@ -79,6 +91,13 @@ LEASES = (100.0, 300.0)
 RETRY_DELAYS = (0.0, 100.0, 200.0)
 LOCK_TTLS = (200.0, 400.0)
 ADVANCES = (100.0, 200.0, 500.0, 1000.0)
+REGISTRANTS = (*OWNERS, "wörker 3")
+"""Ids that register in the worker registry: the lock owners (so that ``take_from_dead``
+meets both registered and unregistered holders) and one that never holds a lock."""
+REGISTRATION_TTLS = (100.0, 300.0, 1000.0)
+STARTED_AT = (0.0, 1.0, 1_700_000_000.25)
+"""``started_at`` values a registration sends: few, so that the list order often falls
+back to the ids."""
 TIME_TOLERANCE = 30.0
 """Seconds a backend timestamp may differ from the model's prediction: real time drifts
 by milliseconds per step, and model deadlines differ by at least 100 s."""
@@ -125,6 +144,34 @@ _BYTES = st.one_of(
 )
 """Payloads, results and errors: empty, NUL, invalid UTF-8, JSON-looking text, and (one
 draw in three) binary blobs of :data:`BLOB_SIZES`."""
+
+
+@functools.cache
+def _worker_records(worker_id: str) -> st.SearchStrategy[WorkerRecord]:
+    """Registrations of ``worker_id`` as a worker sends them (``last_seen``/``expires_at``
+    left at 0: the storage sets them)."""
+    return st.builds(
+        WorkerRecord,
+        worker_id=st.just(worker_id),
+        host=st.sampled_from(("", "h1", "hôst-2")),
+        pid=st.sampled_from((0, 1, 4242)),
+        started_at=st.sampled_from(STARTED_AT),
+        concurrency=st.integers(0, 3),
+        in_flight=st.integers(0, 3),
+        jobs=st.lists(st.sampled_from(JOB_IDS), max_size=3, unique=True).map(tuple),
+        kind=st.sampled_from(("worker", "reaper")),
+        state=st.sampled_from(("running", "stopping")),
+        counters=st.dictionaries(
+            st.sampled_from(("completed", "failed", "retried")), st.integers(0, 1000), max_size=2
+        ),
+    )
+
+
+_WORKER_FIELDS = tuple(
+    field.name
+    for field in attrs.fields(WorkerRecord)
+    if field.name not in ("last_seen", "expires_at")
+)
 
 DEFAULT_SETTINGS = hypothesis.settings(
     max_examples=100,
@@ -262,6 +309,9 @@ class StorageMachine(RuleBasedStateMachine):
         example = f"sm-{uuid.uuid4().hex}"
         self.spaces = tuple(_Space(label, f"{example}-{label}") for label in SPACES)
         self.active = 0
+        self.registry_used = False
+        """Whether a rule has registered a worker in either namespace: from then on the
+        invariant lists the workers of both after every step."""
         self.base = self._read_clock_base(f"{example}-clock")
         try:
             for space in self.spaces:
@@ -696,16 +746,16 @@ class StorageMachine(RuleBasedStateMachine):
         owner=st.sampled_from(OWNERS),
         epoch_delta=st.sampled_from((0, 0, -1, 1)),
         ttl=st.sampled_from(LOCK_TTLS),
+        take_from_dead=st.booleans(),
     )
-    def leader_lock(self, op: str, lock: str, owner: str, epoch_delta: int, ttl: float) -> None:
-        """acquire (``epoch_delta`` unused), renew or release; epochs only grow, one holder."""
+    def leader_lock(
+        self, op: str, lock: str, owner: str, epoch_delta: int, ttl: float, take_from_dead: bool
+    ) -> None:
+        """acquire (``epoch_delta`` unused; ``take_from_dead`` as drawn), renew or release
+        (``take_from_dead`` unused); epochs only grow, one holder."""
         storage, ns = self.storage, self.ns
         if op == "acquire":
-            expected_epoch = self.model.acquire_lock(lock, owner, ttl=ttl)
-            got_epoch = self._portal.run(storage.acquire_lock, ns, lock, owner, ttl=ttl)
-            _expect(
-                self._where(f"acquire_lock({lock!r}, {owner!r}) epoch"), got_epoch, expected_epoch
-            )
+            self._acquire(lock, owner, ttl, take_from_dead)
             return
         epoch = self._epoch(lock, epoch_delta)
         if op == "renew":
@@ -718,10 +768,100 @@ class StorageMachine(RuleBasedStateMachine):
         if maybe is not None:
             _expect(self._where(f"release_lock({lock!r}, {owner!r}, {epoch})"), got, maybe)
 
+    def _acquire(self, lock: str, owner: str, ttl: float, take_from_dead: bool) -> None:
+        expected = self.model.acquire_lock(lock, owner, ttl=ttl, take_from_dead=take_from_dead)
+        got = self._portal.run(
+            self.storage.acquire_lock, self.ns, lock, owner, ttl=ttl, take_from_dead=take_from_dead
+        )
+        what = f"acquire_lock({lock!r}, {owner!r}, take_from_dead={take_from_dead}) epoch"
+        _expect(self._where(what), got, expected)
+
+    def _held_locks(self) -> list[str]:
+        return [lock for lock in LOCKS if self.model.lock_holder(lock) is not None]
+
+    def _has_held_lock(self) -> bool:
+        return bool(self._held_locks())
+
+    @precondition(_has_held_lock)
+    @rule(
+        data=st.data(),
+        ttl=st.sampled_from(LOCK_TTLS),
+        take_from_dead=st.sampled_from((True, True, False)),
+    )
+    def take_over_lock(self, data: st.DataObject, ttl: float, take_from_dead: bool) -> None:
+        """The other owner tries a lock that is held: it gets it (a new epoch) only with
+        ``take_from_dead`` and only while the holder has no live registration."""
+        lock = data.draw(st.sampled_from(self._held_locks()), label="lock")
+        holder = self.model.lock_holder(lock)
+        assert holder is not None  # _held_locks() says so
+        owner = OWNERS[1] if holder.owner == OWNERS[0] else OWNERS[0]
+        self._acquire(lock, owner, ttl, take_from_dead)
+
+    @rule(lock=st.sampled_from(LOCKS))
+    def lock_holder(self, lock: str) -> None:
+        """Who holds ``lock`` now (owner, epoch, expiry), or nobody."""
+        expected = self.model.lock_holder(lock)
+        got = self._portal.run(self.storage.lock_holder, self.ns, lock)
+        self._check_lock_holder(self._where(f"lock_holder({lock!r})"), got, expected)
+
+    def _check_lock_holder(
+        self, what: str, got: LockHolder | None, expected: ExpectedLockHolder | None
+    ) -> None:
+        if got is None or expected is None:
+            _expect(what, got, expected)
+            return
+        _expect(f"{what}.owner", got.owner, expected.owner)
+        _expect(f"{what}.epoch", got.epoch, expected.epoch)
+        self._check_time(f"{what}.expires_at", got.expires_at, expected.expires_at)
+
     # -- worker registry ---------------------------------------------------------------------
-    # Rules for worker registration, heartbeats and per-worker expiry go here once the
-    # Storage ABC has a worker registry (register/unregister/list): one model of the
-    # registry per namespace in _Space, checked by storage_matches_model like the jobs.
+
+    @rule(data=st.data(), ttl=st.sampled_from(REGISTRATION_TTLS))
+    def register_worker(self, data: st.DataObject, ttl: float) -> None:
+        """Register a worker, or refresh (replace) its registration: live until now + ttl.
+
+        The id is one of :data:`REGISTRANTS`, a current lock holder more often (as a
+        reaper registers), so that ``take_from_dead`` meets registered holders. Expiry
+        comes from ``advance_clock``; the invariant lists the registry of both namespaces
+        after every step from the first registration on.
+        """
+        holders = [h.owner for lock in LOCKS if (h := self.model.lock_holder(lock)) is not None]
+        worker_id = data.draw(st.sampled_from([*holders, *REGISTRANTS]), label="worker_id")
+        record = data.draw(_worker_records(worker_id), label="record")
+        self.registry_used = True
+        self.model.register_worker(record, ttl=ttl)
+        self._portal.run(self.storage.register_worker, self.ns, record, ttl=ttl)
+
+    @rule(data=st.data())
+    def unregister_worker(self, data: st.DataObject) -> None:
+        """Withdraw a registration (usually a live one; any id of the pool otherwise)."""
+        live = [record.worker_id for record in self.model.list_workers()]
+        worker_id = data.draw(st.sampled_from([*live, *live, *REGISTRANTS]), label="worker_id")
+        expected = self.model.unregister_worker(worker_id)
+        got = self._portal.run(self.storage.unregister_worker, self.ns, worker_id)
+        _expect(self._where(f"unregister_worker({worker_id!r})"), got, expected)
+
+    def _check_workers(
+        self,
+        space: _Space,
+        got: Sequence[WorkerRecord] | None,
+        expected: Sequence[WorkerRecord],
+    ) -> None:
+        where = self._where("list_workers()", space)
+        if not isinstance(got, list):
+            _expect(f"{where} type", type(got).__name__, "list")
+            return
+        _expect(
+            f"{where} ids (oldest started_at first, then by id)",
+            [record.worker_id for record in got],
+            [record.worker_id for record in expected],
+        )
+        for record, exp in zip(got, expected, strict=True):
+            what = f"{where}[{record.worker_id!r}]"
+            for name in _WORKER_FIELDS:
+                _expect(f"{what}.{name}", getattr(record, name), getattr(exp, name))
+            self._check_time(f"{what}.last_seen", record.last_seen, exp.last_seen)
+            self._check_time(f"{what}.expires_at", record.expires_at, exp.expires_at)
 
     # -- time --------------------------------------------------------------------------------
 
@@ -778,13 +918,17 @@ class StorageMachine(RuleBasedStateMachine):
     @invariant()
     def storage_matches_model(self) -> None:
         """In both namespaces: every record, the stats, the fencing of every stale (or
-        foreign) token, and every event delivered agree with the model.
+        foreign) token, every event delivered and (once the example has registered a
+        worker) the worker registry agree with the model.
 
         Checking every id of the pool each step proves no accepted job is ever lost (nor
         resurrected). ``stats`` is read-only, so calling it every step must not change what
-        the next claim returns.
+        the next claim returns. Listing the registry each step catches a registration that
+        outlives its TTL as soon as the clock passes it; before the first registration both
+        registries are empty and the call is skipped (it is one call per namespace and step).
         """
         storage, timeout = self.storage, self.delivery_timeout
+        registry = self.registry_used
         plans = [
             (
                 space,
@@ -811,20 +955,31 @@ class StorageMachine(RuleBasedStateMachine):
                     await storage.heartbeat(ns, stale, lease=LEASES[0]) if stale else []
                 )
 
+            async def workers() -> None:
+                into[len(JOB_IDS) + 2] = await storage.list_workers(ns)
+
             async with trio.open_nursery() as nursery:
                 for i, job_id in enumerate(JOB_IDS):
                     nursery.start_soon(status, i, job_id)
                 nursery.start_soon(stats)
                 nursery.start_soon(heartbeat)
+                if registry:
+                    nursery.start_soon(workers)
 
         async def snapshot() -> list[
-            tuple[FeedSnapshot, list[JobRecord | None], StorageStats | None, list[bool]]
+            tuple[
+                FeedSnapshot,
+                list[JobRecord | None],
+                StorageStats | None,
+                list[bool],
+                list[WorkerRecord] | None,
+            ]
         ]:
             feeds = [
                 await space.recorder.wait_for(events, watched, timeout)
                 for space, _, events, watched in plans
             ]
-            reads: list[list[object]] = [[None] * (len(JOB_IDS) + 2) for _ in plans]
+            reads: list[list[object]] = [[None] * (len(JOB_IDS) + 3) for _ in plans]
             async with trio.open_nursery() as nursery:
                 for (space, stale, _, _), into in zip(plans, reads, strict=True):
                     nursery.start_soon(read, space, stale, into)
@@ -834,12 +989,13 @@ class StorageMachine(RuleBasedStateMachine):
                     cast(list[JobRecord | None], into[: len(JOB_IDS)]),
                     cast(StorageStats | None, into[len(JOB_IDS)]),
                     cast(list[bool], into[len(JOB_IDS) + 1]),
+                    cast(list[WorkerRecord] | None, into[len(JOB_IDS) + 2]),
                 )
                 for feed, into in zip(feeds, reads, strict=True)
             ]
 
         results = self._portal.run(snapshot)
-        for (space, stale, _, _), (feeds, records, stats, owned) in zip(
+        for (space, stale, _, _), (feeds, records, stats, owned, workers) in zip(
             plans, results, strict=True
         ):
             for job_id, record in zip(JOB_IDS, records, strict=True):
@@ -862,6 +1018,8 @@ class StorageMachine(RuleBasedStateMachine):
                 owned,
                 [False] * len(stale),
             )
+            if registry:
+                self._check_workers(space, workers, space.model.list_workers())
             self._check_feeds(space, feeds)
 
 

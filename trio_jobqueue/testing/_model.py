@@ -41,6 +41,18 @@ reading is used):
 * Lock epochs start at 1 and grow by one per new holder. ``release_lock`` of a lock whose
   TTL passed (and that nobody took since) may answer either way; see
   :meth:`StorageModel.release_lock`.
+* ``acquire_lock(take_from_dead=True)`` treats a live lock as free when its holder (another
+  owner) has no live registration in the namespace; an owner that holds the lock renews it
+  whether it is registered or not.
+
+Worker registry
+---------------
+Each registration expires on its own, at ``now + ttl`` of the ``register_worker`` call that
+made or last refreshed it (a refresh replaces the whole record); like every deadline it is
+passed when ``expires_at <= now``. ``list_workers`` gives the live ones ordered by
+``(started_at, UTF-8 bytes of the id)`` (the same order as by code points), with
+``last_seen``/``expires_at`` set by the registry (the values the worker sent are ignored).
+``unregister_worker`` says whether a live registration was removed.
 
 Events
 ------
@@ -52,8 +64,8 @@ result, ``failed`` / ``failing`` with the error, for the attempt that settled;
 un-consumed it); ``cancelled`` with the attempts the job had started; and for ``reap``,
 per recovered job in reap order, ``stalled`` with the ``Stalled`` error, followed at once
 by ``failed`` (same attempt and error) when its attempts were exhausted. Refused calls
-(duplicates, stale tokens, a fenced reap), reads, heartbeats, lock calls, TTL updates and
-expiry emit nothing.
+(duplicates, stale tokens, a fenced reap), reads, heartbeats, lock calls, registry calls,
+TTL updates and expiry emit nothing.
 """
 
 from __future__ import annotations
@@ -63,11 +75,13 @@ from collections.abc import Sequence
 import attrs
 
 from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from ..storage import WorkerRecord
 
 __all__ = [
     "STALLED",
     "ExpectedClaim",
     "ExpectedEnqueue",
+    "ExpectedLockHolder",
     "ExpectedReap",
     "ModelEvent",
     "ModelJob",
@@ -165,6 +179,14 @@ class ExpectedReap:
     fenced: bool
 
 
+@attrs.frozen
+class ExpectedLockHolder:
+    owner: str
+    epoch: int
+    expires_at: float
+    """On the model's clock."""
+
+
 def _id_key(job_id: str) -> bytes:
     return job_id.encode("utf-8")
 
@@ -178,6 +200,9 @@ class StorageModel:
     ready: list[str] = attrs.Factory(list)
     """Ids ready to claim, head first."""
     locks: dict[str, ModelLock] = attrs.Factory(dict)
+    workers: dict[str, WorkerRecord] = attrs.Factory(dict)
+    """The registry: worker id -> its registration, ``last_seen``/``expires_at`` on the
+    model's clock (expired ones are forgotten by :meth:`advance`)."""
     events: list[ModelEvent] = attrs.Factory(list)
     """Every event emitted so far, oldest first."""
     _seq: int = 0
@@ -199,10 +224,13 @@ class StorageModel:
     # -- time ------------------------------------------------------------------------------
 
     def advance(self, seconds: float) -> None:
-        """Move the clock; terminal records whose TTL passed are forgotten."""
+        """Move the clock; terminal records and registrations whose TTL passed are
+        forgotten."""
         self.now += seconds
         for job_id in [j for j, job in self.jobs.items() if self._expired(job)]:
             del self.jobs[job_id]
+        for worker_id in [w for w in self.workers if not self.registered(w)]:
+            del self.workers[worker_id]
 
     def _expired(self, job: ModelJob) -> bool:
         return job.expires_at is not None and job.expires_at <= self.now
@@ -426,13 +454,17 @@ class StorageModel:
 
     # -- leader lock -----------------------------------------------------------------------
 
-    def acquire_lock(self, lock: str, owner: str, *, ttl: float) -> int | None:
+    def acquire_lock(
+        self, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
         held = self.locks.get(lock)
         if held is not None and held.held_at(self.now):
-            if held.owner != owner:
+            if held.owner == owner:
+                held.expires_at = self.now + ttl
+                return held.epoch
+            assert held.owner is not None  # held_at() says so
+            if not take_from_dead or self.registered(held.owner):
                 return None
-            held.expires_at = self.now + ttl
-            return held.epoch
         epoch = (held.epoch if held is not None else 0) + 1
         self.locks[lock] = ModelLock(owner=owner, epoch=epoch, expires_at=self.now + ttl)
         return epoch
@@ -457,6 +489,35 @@ class StorageModel:
         answer = True if held.held_at(self.now) else None
         held.owner = None
         return answer
+
+    def lock_holder(self, lock: str) -> ExpectedLockHolder | None:
+        held = self.locks.get(lock)
+        if held is None or held.owner is None or not held.held_at(self.now):
+            return None
+        return ExpectedLockHolder(held.owner, held.epoch, held.expires_at)
+
+    # -- worker registry -------------------------------------------------------------------
+
+    def registered(self, worker_id: str) -> bool:
+        """Whether ``worker_id`` has a live registration."""
+        record = self.workers.get(worker_id)
+        return record is not None and record.expires_at > self.now
+
+    def register_worker(self, record: WorkerRecord, *, ttl: float) -> None:
+        """Insert or replace the registration; it lives until ``now + ttl``."""
+        self.workers[record.worker_id] = attrs.evolve(
+            record, last_seen=self.now, expires_at=self.now + ttl
+        )
+
+    def unregister_worker(self, worker_id: str) -> bool:
+        live = self.registered(worker_id)
+        self.workers.pop(worker_id, None)
+        return live
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """The live registrations, oldest ``started_at`` first, then by id."""
+        live = [record for record in self.workers.values() if self.registered(record.worker_id)]
+        return sorted(live, key=lambda record: (record.started_at, _id_key(record.worker_id)))
 
     # -- housekeeping ----------------------------------------------------------------------
 
