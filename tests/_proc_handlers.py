@@ -26,12 +26,16 @@ def _note(job: Job[Any]) -> None:
 
 
 def _sleep_of(job: Job[Any]) -> float:
+    """``payload["sleep"]``; from the second attempt on ``payload["retry_sleep"]`` if
+    given (a job that holds its first worker long and then finishes fast)."""
     payload = job.payload if isinstance(job.payload, dict) else {}
+    if job.attempt > 1 and "retry_sleep" in payload:
+        return float(payload["retry_sleep"])
     return float(payload.get("sleep", 0.0))
 
 
 async def record(job: Job[Any]) -> dict[str, Any]:
-    """Note the execution, sleep ``payload["sleep"]`` seconds, return who ran it."""
+    """Note the execution, sleep (see :func:`_sleep_of`), return who ran it."""
     _note(job)
     await trio.sleep(_sleep_of(job))
     if isinstance(job.payload, dict) and job.payload.get("fail"):

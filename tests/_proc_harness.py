@@ -1,4 +1,6 @@
-"""Starting, signalling and reaping ``trio-jobqueue worker`` processes in tests.
+"""Starting, signalling and reaping ``trio-jobqueue worker`` processes in tests, and
+watching them through the storage's worker registry (``Queue.workers()``, what ``stats``
+reads).
 
 Every child is killed and reaped by :meth:`WorkerPool.close` (call it in ``finally``, or
 use ``with WorkerPool(...) as pool``); every wait is bounded.
@@ -7,6 +9,7 @@ use ``with WorkerPool(...) as pool``); every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -20,7 +23,8 @@ from typing import Any
 import attrs
 import trio
 
-from trio_jobqueue.cli._registry import WorkerDirectory, WorkerInfo
+import trio_jobqueue as jq
+from trio_jobqueue._reaper import REAPER_LOCK
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -173,20 +177,64 @@ class WorkerPool:
 
 
 async def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.05) -> None:
-    """Poll ``predicate()`` (sync) until true; fail with ``what`` after ``timeout``."""
+    """Poll ``predicate()`` (sync, or async: a storage read) until true; fail with
+    ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await trio.sleep(poll)
 
 
-def live_ids(directory: WorkerDirectory) -> set[str]:
-    return {info.worker_id for info in directory.live()}
+# -- the worker registry ----------------------------------------------------------------
 
 
-def by_pid(directory: WorkerDirectory, pid: int) -> WorkerInfo | None:
-    for info in directory.live():
+async def live_ids(queue: jq.Queue[Any, Any]) -> set[str]:
+    """Ids of the queue's registered workers (every process)."""
+    return {info.id for info in await queue.workers()}
+
+
+async def by_pid(queue: jq.Queue[Any, Any], pid: int) -> jq.WorkerInfo | None:
+    """The registered worker of process ``pid``, if any."""
+    for info in await queue.workers():
         if info.pid == pid:
             return info
     return None
+
+
+@attrs.frozen
+class Leader:
+    """The registered worker holding the reaper lock, and its epoch."""
+
+    info: jq.WorkerInfo
+    epoch: int
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+
+async def leader(queue: jq.Queue[Any, Any]) -> Leader | None:
+    """Who leads the queue's reapers now: the lock's holder, if it is a registered worker
+    (a dead holder whose lock has not been taken yet leads no one)."""
+    holder = await queue.storage.lock_holder(queue.name, REAPER_LOCK)
+    if holder is None:
+        return None
+    for info in await queue.workers():
+        if info.id == holder.owner:
+            return Leader(info, holder.epoch)
+    return None
+
+
+async def leaders(queue: jq.Queue[Any, Any]) -> list[str]:
+    """Ids of the registered workers that report leading (at most one, if all is well)."""
+    return [info.id for info in await queue.workers() if info.is_reaper_leader]

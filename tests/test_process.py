@@ -1,8 +1,8 @@
 """Worker processes started through the CLI, on Redis and on File: reaper fail-over with
 fencing, leases of long handlers, frozen (SIGSTOP) workers whose late outcomes are fenced.
 
-The tests watch the workers through the same announcements `stats` reads
-(:mod:`trio_jobqueue.cli._registry`), so they see leadership as the processes report it.
+The tests watch the workers through the storage's worker registry (``Queue.workers()``,
+which ``stats`` reads) and the reaper lock's holder, polled with bounded deadlines.
 """
 
 from __future__ import annotations
@@ -10,19 +10,17 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from _proc_harness import WorkerPool, by_pid, wait_for
+from _proc_harness import WorkerPool, by_pid, leader, leaders, live_ids, wait_for
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue._reaper import REAPER_LOCK
-from trio_jobqueue.cli._registry import WorkerDirectory, follow_workers
-from trio_jobqueue.storage import Fence, Storage
+from trio_jobqueue.storage import Fence
 
 pytestmark = pytest.mark.slow
 
@@ -43,108 +41,100 @@ def name() -> str:
     return f"proc-{uuid.uuid4().hex[:10]}"
 
 
-@asynccontextmanager
-async def watching(url: str, name: str) -> AsyncIterator[tuple[Storage, WorkerDirectory]]:
-    """This process's own storage object plus a live directory of the queue's workers."""
-    directory = WorkerDirectory()
-    async with jq.storage_from_url(url) as storage, trio.open_nursery() as nursery:
-        await nursery.start(follow_workers, storage, name, directory)
-        yield storage, directory
-        nursery.cancel_scope.cancel()
-
-
-def _leaders(directory: WorkerDirectory) -> list[str]:
-    return [i.worker_id for i in directory.live() if i.leader]
-
-
 async def test_reaper_failover_and_fenced_stale_leader(
     url: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Three worker processes: exactly one leads. SIGKILL the leader: another leads within
-    lock_ttl. SIGSTOP the new leader: a third takes over; the
-    stopped one's epoch is fenced (a reap with it does nothing), and when it resumes it
-    does not lead again."""
-    args = (
-        "--lock-ttl", str(LOCK_TTL), "--visibility-timeout", str(VT),
-        "--heartbeat-interval", "0.2",
-    )  # fmt: skip
-    async with watching(url, name) as (storage, directory):
+    lock_ttl. SIGSTOP the new leader: it drops out of the registry and a third takes over;
+    the stopped one's epoch is fenced (a reap with it does nothing), and when it resumes it
+    registers again but does not lead again."""
+    args = ("--lock-ttl", str(LOCK_TTL), "--visibility-timeout", str(VT))
+    async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
         with WorkerPool(tmp_path, url, name, args) as pool:
             for _ in range(3):
                 pool.start()
-            await wait_for(lambda: len(directory.live()) == 3, 30, "three live workers")
-            await wait_for(lambda: len(_leaders(directory)) == 1, 10, "one leader")
-            # Exactly one leader, over a few announcement rounds.
+            await wait_for(lambda: _count(q, 3), 30, "three live workers")
+            await wait_for(lambda: leader(q), 10, "one leader")
+            first = await leader(q)
+            assert first is not None
+            # One leader, the same term, over a few refreshes of the registry.
             for _ in range(10):
-                assert len(_leaders(directory)) == 1, directory.live()
+                lead = await leader(q)
+                assert lead is not None and (lead.id, lead.epoch) == (first.id, first.epoch)
+                assert await leaders(q) == [first.id]
                 await trio.sleep(0.1)
-            first = directory.leader()
-            assert first is not None and first.epoch is not None
             victim = next(w for w in pool.workers if w.pid == first.pid)
 
             victim.proc.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             await pool.wait(victim, 10)
 
-            def new_leader() -> bool:
-                lead = directory.leader()
+            async def new_leader() -> bool:
+                lead = await leader(q)
                 return lead is not None and lead.pid != first.pid
 
             await wait_for(new_leader, LOCK_TTL * 3, "a new leader", poll=0.02)
             takeover = time.monotonic() - killed_at
-            second = directory.leader()
-            assert second is not None and second.epoch is not None
-            assert second.epoch > first.epoch
+            second = await leader(q)
+            assert second is not None and second.epoch > first.epoch
             with capsys.disabled():
                 print(f"\nfail-over[{url.split(':')[0]}] after SIGKILL: {takeover:.2f} s "
                       f"(lock_ttl {LOCK_TTL} s)")  # fmt: skip
-            # The lock's lease is 3/4 of lock_ttl and the survivors try every 1/4, so a
-            # survivor leads within lock_ttl; its announcement adds up to one heartbeat
-            # interval of the worker registry.
+            # The dead leader's registration expires 1.5 s after its last refresh and the
+            # survivors retry every 0.5 s; the lock's own lease (3/4 lock_ttl) bounds it
+            # too. The slack covers the polling and a loaded machine.
             assert takeover <= LOCK_TTL + 1.0
+            assert first.id not in await live_ids(q)
 
-            # Freeze the new leader: the third worker takes over with a higher epoch.
+            # Freeze the new leader: it stops refreshing its registration, drops out, and
+            # the third worker takes over with a higher epoch.
             frozen = next(w for w in pool.workers if w.pid == second.pid)
             frozen.proc.send_signal(signal.SIGSTOP)
             try:
+
+                async def third_leads() -> bool:
+                    lead = await leader(q)
+                    return lead is not None and lead.pid not in (first.pid, second.pid)
+
+                await wait_for(third_leads, LOCK_TTL * 3, "a third leader")
+                third = await leader(q)
+                assert third is not None and third.epoch > second.epoch
                 await wait_for(
-                    lambda: (lead := directory.leader()) is not None and lead.pid != second.pid,
-                    LOCK_TTL * 3,
-                    "a third leader",
+                    lambda: _gone(q, second.pid), 10, "the frozen worker to leave the registry"
                 )
-                third = directory.leader()
-                assert third is not None and third.epoch is not None
-                assert third.epoch > second.epoch
                 # The stale epoch cannot act: a reap presenting it is fenced.
-                stale = await storage.reap(
-                    name, fence=Fence(REAPER_LOCK, second.worker_id, second.epoch)
-                )
+                stale = await storage.reap(name, fence=Fence(REAPER_LOCK, second.id, second.epoch))
                 assert stale.fenced
-                current = await storage.reap(
-                    name, fence=Fence(REAPER_LOCK, third.worker_id, third.epoch)
-                )
+                current = await storage.reap(name, fence=Fence(REAPER_LOCK, third.id, third.epoch))
                 assert not current.fenced
             finally:
                 frozen.proc.send_signal(signal.SIGCONT)
-            # Resumed, the stale leader learns it lost the lock and never leads again.
+            # Resumed, the stale leader registers again, learns it lost the lock and never
+            # leads again.
             await wait_for(
-                lambda: (
-                    (info := by_pid(directory, second.pid)) is not None
-                    and not info.leader
-                    and info.seq > 0
-                ),
-                10,
-                "the resumed worker to report it does not lead",
+                lambda: by_pid(q, second.pid), 10, "the resumed worker to register again"
             )
             for _ in range(10):
-                assert _leaders(directory) == [third.worker_id]
+                resumed = await by_pid(q, second.pid)
+                assert resumed is not None and not resumed.is_reaper_leader
+                lead = await leader(q)
+                assert lead is not None and (lead.id, lead.epoch) == (third.id, third.epoch)
+                assert await leaders(q) == [third.id]
                 await trio.sleep(0.1)
-            lead = directory.leader()
-            assert lead is not None and lead.epoch == third.epoch
             for w in pool.alive():
                 w.proc.send_signal(signal.SIGTERM)
             for w in pool.workers:
                 assert await pool.wait(w, 20) in (0, -signal.SIGKILL), w.stderr()
+            # Stopped gracefully, the workers withdrew their registrations.
+            assert await live_ids(q) == set()
+
+
+async def _count(queue: jq.Queue[Any, Any], n: int) -> bool:
+    return len(await queue.workers()) == n
+
+
+async def _gone(queue: jq.Queue[Any, Any], pid: int) -> bool:
+    return await by_pid(queue, pid) is None
 
 
 async def test_long_handler_in_live_worker_is_never_reaped(
