@@ -90,6 +90,10 @@ def _one_line_error(done: Done | subprocess.CompletedProcess[str]) -> str:
         (["worker", "_proc_handlers:not_callable", "--storage", "memory://"], "not callable"),
         (["worker", "_proc_handlers", "--storage", "memory://"], "MODULE:HANDLER"),
         (["status", "x", "--storage", "memory://", "--name", ""], "queue name"),
+        (
+            ["stats", "--watch", "--check-worker", "w", "--storage", "memory://"],
+            "do not go with --watch",
+        ),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(args: list[str], needle: str) -> None:
@@ -115,7 +119,8 @@ def test_user_mistakes_are_one_line_and_exit_2(args: list[str], needle: str) -> 
         (["worker", "m:h", "--concurrency", "0", "--storage", "memory://"], "--concurrency"),
         (["worker", "m:h", "--log-level", "LOUD"], "--log-level"),
         (["worker"], "MODULE:HANDLER"),
-        (["stats", "--listen", "-1"], "--listen"),
+        (["stats", "--listen", "0"], "--listen was removed: stats reads the worker registry"),
+        (["worker", "m:h", "--heartbeat-interval", "1"], "--heartbeat-interval was removed"),
         (["stats", "--min-workers", "0"], "--min-workers"),
         (["enqueue", "a"], "PAYLOAD_JSON"),
         (["enqueue", "a", "{}", "--timeout", "0"], "--timeout"),
@@ -181,7 +186,7 @@ def test_storage_that_cannot_be_opened_exits_3(tmp_path: Path) -> None:
     """A storage that fails to open is one line and exit code 3."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    done = run_cli("stats", "--listen", "0", "--storage", f"file://{blocker}/queue")
+    done = run_cli("stats", "--storage", f"file://{blocker}/queue")
     assert done.returncode == ExitCode.STORAGE
     assert "storage failed" in _one_line_error(done)
 
@@ -192,7 +197,7 @@ def test_storage_url_from_environment(tmp_path: Path, name: str) -> None:
     env["TRIO_JOBQUEUE_URL"] = f"file://{tmp_path}/q"
     env["TRIO_JOBQUEUE_NAME"] = name
     assert run_cli("enqueue", "a", "{}", env=env).stdout == "queued\n"
-    done = run_cli("stats", "--json", "--listen", "0", env=env)
+    done = run_cli("stats", "--json", env=env)
     assert json.loads(done.stdout)["jobs"]["queued"] == 1
     assert json.loads(done.stdout)["queue"] == name
 
@@ -249,7 +254,7 @@ async def test_admin_commands_and_burst_worker(
     assert code == 0 and json.loads(out)["pid"] == w.pid
     code, _, err = await run("enqueue", "bad", "{}", "--wait")
     assert code == ExitCode.NEGATIVE and "ValueError: asked to fail" in err
-    stats = json.loads((await run("stats", "--json", "--listen", "0"))[1])
+    stats = json.loads((await run("stats", "--json"))[1])
     assert stats["jobs"] == {
         "queued": 0, "delayed": 0, "processing": 0, "completed": 3, "failed": 1,
     }  # fmt: skip
@@ -283,44 +288,107 @@ async def test_enqueue_wait_gets_result_from_worker_process(
 async def test_stats_lists_live_workers_in_flight_jobs_and_leader(
     url: str, name: str, tmp_path: Path, cli: Callable[..., Awaitable[Done]]
 ) -> None:
-    """`stats` shows counts per state, each live worker with its in-flight job ids, and
-    the reaper leader; --check-worker/--min-workers give exit 5 when unmet."""
+    """`stats` answers at once from the worker registry: counts per state, each live worker
+    (host/pid, state, in-flight/concurrency, counters, leadership, job ids) and the reaper
+    leader; --check-worker/--min-workers exit 5 when unmet, also as soon as a worker stops
+    (its registration withdrawn, `stopping` during its grace) or is SIGKILLed (expired)."""
     s = ["--storage", url, "--name", name]
     async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
+        await q.enqueue("ok", {})
+        await q.enqueue("bad", {"fail": True}, max_attempts=1)
         for i in range(3):
             await q.enqueue(f"long-{i}", {"sleep": 30})
-        with WorkerPool(tmp_path, url, name, ("--heartbeat-interval", "0.2")) as pool:
-            pool.start("--concurrency", "2", "--worker-id", "alpha")
-            pool.start("--concurrency", "2", "--worker-id", "beta")
-            await wait_for(lambda: len(pool.executions()) == 3, 30, "the three jobs to start", 0.05)
+        with WorkerPool(tmp_path, url, name) as pool:
+            alpha = pool.start("--concurrency", "2", "--worker-id", "alpha")
+            beta = pool.start("--concurrency", "2", "--worker-id", "beta", "--shutdown-grace", "60")
+
+            async def settled() -> bool:
+                workers = await q.workers()
+                counters = [w.counters for w in workers]
+                return (
+                    len(workers) == 2
+                    and sum(w.in_flight for w in workers) == 3
+                    and sum(c.get("completed", 0) for c in counters) == 1
+                    and sum(c.get("failed", 0) for c in counters) == 1
+                )
+
+            await wait_for(settled, 30, "two registered workers running the three long jobs")
 
             async def stats(*extra: str) -> tuple[int, dict[str, Any], str]:
-                done = await cli("stats", "--json", "--listen", "0.6", *extra, *s)
+                done = await cli("stats", "--json", *extra, *s)
                 return done.returncode, json.loads(done.stdout), done.stderr
 
+            started = time.monotonic()
             code, data, _ = await stats()
+            elapsed = time.monotonic() - started
             assert code == 0
+            # No listening period (the announcements it replaced took 1.5 s at least).
+            assert elapsed < 1.5, elapsed
             assert data["jobs"] == {
-                "queued": 0, "delayed": 0, "processing": 3, "completed": 0, "failed": 0,
+                "queued": 0, "delayed": 0, "processing": 3, "completed": 1, "failed": 1,
             }  # fmt: skip
-            workers = data["workers"]
-            assert isinstance(workers, list)
-            assert sorted(w["worker_id"] for w in workers) == ["alpha", "beta"]
-            assert sorted(j for w in workers for j in w["jobs"]) == [f"long-{i}" for i in range(3)]
-            assert sum(w["in_flight"] for w in workers) == 3
-            assert data["leader"] in ("alpha", "beta")
-            assert [w["worker_id"] for w in workers if w["leader"]] == [data["leader"]]
+            workers = {w["id"]: w for w in data["workers"]}
+            assert sorted(workers) == ["alpha", "beta"]
+            assert {w["pid"] for w in workers.values()} == {alpha.pid, beta.pid}
+            assert all(w["host"] and w["kind"] == "worker" for w in workers.values())
+            assert {(w["state"], w["concurrency"]) for w in workers.values()} == {("running", 2)}
+            assert sorted(j for w in workers.values() for j in w["jobs"]) == [
+                f"long-{i}" for i in range(3)
+            ]
+            assert sum(w["in_flight"] for w in workers.values()) == 3
+            assert sum(w["counters"]["completed"] for w in workers.values()) == 1
+            assert sum(w["counters"]["failed"] for w in workers.values()) == 1
+            assert sum(w["counters"]["fenced"] for w in workers.values()) == 0
+            assert data["leader"] in ("alpha", "beta") and data["leader_registered"]
+            assert isinstance(data["leader_epoch"], int)
+            assert [i for i, w in workers.items() if w["is_reaper_leader"]] == [data["leader"]]
 
-            code, _, _ = await stats("--check-worker", "alpha")
-            assert code == 0
+            assert (await stats("--check-worker", "alpha"))[0] == 0
             code, _, err = await stats("--check-worker", "gamma")
-            assert code == ExitCode.UNHEALTHY and "'gamma' is not live" in err
-            code, _, _ = await stats("--min-workers", "3")
-            assert code == ExitCode.UNHEALTHY
+            assert code == ExitCode.UNHEALTHY and "'gamma' is not registered" in err
+            _one_line_error(Done(code, "", err))
+            assert (await stats("--min-workers", "2"))[0] == 0
+            code, _, err = await stats("--min-workers", "3")
+            assert code == ExitCode.UNHEALTHY and "2 live workers, fewer than 3" in err
 
-            text = (await cli("stats", "--listen", "0.6", *s)).stdout
-            assert "workers: 2 live" in text and "reaper leader: " in text
-            assert "long-" in text
+            text = (await cli("stats", *s)).stdout
+            assert "workers: 2 live" in text and "HOST:PID" in text
+            line = next(row for row in text.splitlines() if row.strip().startswith("alpha "))
+            assert f":{alpha.pid}" in line and "running" in line and "long-" in line
+            assert f"reaper leader: {data['leader']} (epoch {data['leader_epoch']})" in text
+
+            # beta in its grace period: still registered, as `stopping`.
+            beta.proc.send_signal(signal.SIGTERM)
+
+            async def beta_stopping() -> bool:
+                info = next((w for w in await q.workers() if w.id == "beta"), None)
+                return info is not None and info.state == "stopping"
+
+            await wait_for(beta_stopping, 10, "beta to report stopping")
+            code, data, _ = await stats("--check-worker", "beta")
+            assert code == 0
+            assert {w["id"]: w["state"] for w in data["workers"]}["beta"] == "stopping"
+            beta.proc.send_signal(signal.SIGTERM)  # end the grace: it leaves the registry
+            assert await pool.wait(beta, 20) == 0, beta.stderr()
+            code, data, err = await stats("--check-worker", "beta")
+            assert code == ExitCode.UNHEALTHY and "'beta' is not registered" in err
+            assert [w["id"] for w in data["workers"]] == ["alpha"]
+            assert (await stats("--min-workers", "2"))[0] == ExitCode.UNHEALTHY
+
+            # SIGKILLed: nothing withdraws it; its registration expires within ~2 s.
+            alpha.proc.kill()
+            killed_at = time.monotonic()
+            await pool.wait(alpha, 10)
+
+            async def alpha_gone() -> bool:
+                return (await stats("--check-worker", "alpha"))[0] == ExitCode.UNHEALTHY
+
+            await wait_for(alpha_gone, 10, "the probe to report alpha dead")
+            assert time.monotonic() - killed_at < 5.0
+            code, data, _ = await stats()
+            assert code == 0 and data["workers"] == []
+            # A lock still held in a dead worker's name is shown as such.
+            assert data["leader"] in (None, "alpha") and not data["leader_registered"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -386,18 +454,38 @@ async def test_signal_while_storage_unreachable_exits_promptly(tmp_path: Path) -
 
 
 async def test_stats_watch_refreshes_until_signal(tmp_path: Path, name: str) -> None:
-    """`stats --watch` prints a fresh snapshot every interval and exits 0 on SIGINT."""
+    """`stats --watch` prints a fresh snapshot every interval, counts and workers read from
+    the registry each time (a worker appears while it runs, with its counters, and is gone
+    once it stopped), and exits 0 on SIGINT."""
     url = f"file://{tmp_path}/q"
     out = tmp_path / "watch.out"
+
+    def snapshots() -> list[dict[str, Any]]:
+        lines = out.read_text().splitlines()
+        return [json.loads(line) for line in lines[:-1]]  # the last one may be partial
+
     proc = spawn_cli(
         "stats", "--watch", "--json", "--interval", "0.2", "--storage", url, "--name", name,
         stdout=out,
     )  # fmt: skip
     try:
         async with jq.storage_from_url(url) as storage, jq.open_queue(storage, name=name) as q:
-            await wait_for(lambda: out.read_bytes().count(b"\n") >= 2, 30, "two snapshots")
+            await wait_for(lambda: len(snapshots()) >= 2, 30, "two snapshots")
             await q.enqueue("a", {})
-            await wait_for(lambda: b'"queued": 1' in out.read_bytes(), 10, "a fresh snapshot")
+            await wait_for(lambda: snapshots()[-1]["jobs"]["queued"] == 1, 10, "a fresh count")
+            with WorkerPool(tmp_path, url, name) as pool:
+                w = pool.start("--worker-id", "watched")
+                await wait_for(
+                    lambda: (
+                        [(x["id"], x["counters"]["completed"]) for x in snapshots()[-1]["workers"]]
+                        == [("watched", 1)]
+                    ),
+                    30,
+                    "the worker (having completed the job) in a snapshot",
+                )
+                w.proc.send_signal(signal.SIGTERM)
+                assert await pool.wait(w, 20) == 0, w.stderr()
+            await wait_for(lambda: snapshots()[-1]["workers"] == [], 10, "the worker gone")
         proc.send_signal(signal.SIGINT)
         _, err = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=10))
         assert proc.returncode == 0, err
@@ -407,9 +495,9 @@ async def test_stats_watch_refreshes_until_signal(tmp_path: Path, name: str) -> 
             proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
-    snapshots = [json.loads(line) for line in out.read_text().splitlines()]
-    assert snapshots[0]["jobs"]["queued"] == 0 and snapshots[-1]["jobs"]["queued"] == 1
-    assert snapshots[-1]["workers"] == [] and snapshots[-1]["leader"] is None
+    final = [json.loads(line) for line in out.read_text().splitlines()]
+    assert final[0]["jobs"]["queued"] == 0 and final[-1]["jobs"]["completed"] == 1
+    assert final[-1]["workers"] == [] and final[-1]["leader"] is None
 
 
 async def test_worker_storage_failure_exits_3(tmp_path: Path) -> None:
@@ -545,8 +633,8 @@ def queue_url(tmp_path: Path) -> str:
     [
         ["status", "x"],
         ["status", "x", "--json"],
-        ["stats", "--listen", "0"],
-        ["stats", "--json", "--watch", "--listen", "0", "--interval", "0.05"],
+        ["stats"],
+        ["stats", "--json", "--watch", "--interval", "0.05"],
         ["enqueue", "y", "{}"],
         ["demo", "--jobs", "2000"],
     ],

@@ -107,7 +107,7 @@ def test_cli_refuses_bad_url_parameters_in_one_line(
     """Every command turns a bad URL parameter into one `trio-jobqueue: error:` line and
     exit 2, before anything is written."""
     url = f"file://{tmp_path}/q{query}"
-    for args in (["stats", "--listen", "0"], ["enqueue", "a", "{}"], ["status", "a"]):
+    for args in (["stats"], ["enqueue", "a", "{}"], ["status", "a"]):
         done = run_cli(*args, "--storage", url)
         assert done.returncode == ExitCode.USAGE, done.stderr
         lines = done.stderr.splitlines()
@@ -139,7 +139,7 @@ def test_redis_url_query_reaches_redis_storage() -> None:
     assert isinstance(default, RedisStorage) and default.key_prefix == "jq"
     with pytest.raises(ValueError, match="bogus"):
         jq.storage_from_url("redis://127.0.0.1:6379/0?bogus=1")
-    done = run_cli("stats", "--listen", "0", "--storage", "redis://127.0.0.1:9/0?bogus=1")
+    done = run_cli("stats", "--storage", "redis://127.0.0.1:9/0?bogus=1")
     assert done.returncode == ExitCode.USAGE, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("trio-jobqueue: error: "), done.stderr

@@ -13,9 +13,9 @@ import attrs
 import trio
 
 from .._errors import JobCancelledError, JobFailedError, WaitTimeoutError
-from .._queue import open_queue
-from .._types import CancelStatus, EnqueueStatus, JobStatus
-from ..storage import Storage, StorageStats
+from .._queue import Queue, open_queue
+from .._reaper import REAPER_LOCK
+from .._types import CancelStatus, EnqueueStatus, JobStatus, WorkerInfo
 from ._common import (
     CliError,
     ExitCode,
@@ -24,9 +24,7 @@ from ._common import (
     positive_int,
     positive_seconds,
     queue_name,
-    seconds,
 )
-from ._registry import WorkerDirectory, WorkerInfo, follow_workers
 
 
 def add_admin_parsers(sub: Any) -> None:
@@ -71,7 +69,15 @@ def add_admin_parsers(sub: Any) -> None:
             p.add_argument("--json", action="store_true", help="print JSON (default: off)")
 
     text = "jobs per state, live workers, the reaper leader"
-    p = sub.add_parser("stats", help=text, description=text[0].upper() + text[1:] + ".")
+    p = sub.add_parser(
+        "stats",
+        help=text,
+        description=(
+            "Jobs per state, the live workers (from the storage's worker registry: a "
+            "killed worker disappears within about 1.5 s) and the reaper leader. Answers "
+            "at once."
+        ),
+    )
     add_storage_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (default: off)")
     p.add_argument("--watch", "-w", action="store_true", help="refresh until Ctrl-C (default: off)")
@@ -80,17 +86,13 @@ def add_admin_parsers(sub: Any) -> None:
         help="with --watch: seconds between refreshes (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--listen", type=seconds, default=1.5, metavar="SECONDS",
-        help="how long to listen for worker announcements; 0 skips workers "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
         "--check-worker", metavar="WORKER_ID", default=None,
-        help="exit 5 unless this worker is live, a liveness probe (default: no check)",
+        help="exit 5 unless this worker (or stand-alone reaper) is registered, a liveness "
+        "probe (default: no check)",
     )  # fmt: skip
     p.add_argument(
         "--min-workers", type=positive_int, default=None, metavar="N",
-        help="exit 5 if fewer than N workers are live (default: no check)",
+        help="exit 5 if fewer than N workers are registered (default: no check)",
     )  # fmt: skip
 
 
@@ -211,27 +213,63 @@ async def run_cancel(args: argparse.Namespace, out: TextIO) -> ExitCode:
 
 # -- stats ------------------------------------------------------------------------------
 
+SHOWN_JOBS = 5
+"""Job ids per worker in the text view (``--json`` lists every id the worker registered)."""
 
-def stats_dict(ns: str, counts: StorageStats, directory: WorkerDirectory | None) -> dict[str, Any]:
-    """The ``stats --json`` object."""
-    data: dict[str, Any] = {
+
+async def read_stats(queue: Queue[Any, Any]) -> dict[str, Any]:
+    """The ``stats --json`` object: counts per state (``Storage.stats``), the registered
+    workers (``Queue.workers()``) and the reaper lock's holder.
+
+    Raises:
+        StorageError: the storage failed.
+    """
+    storage, ns = queue.storage, queue.name
+    counts = await storage.stats(ns)
+    # Two reads: retry the rare pair that straddles a change of leader, so that the
+    # flagged worker and the epoch shown belong to the same holder.
+    for _ in range(3):
+        workers = await queue.workers()
+        holder = await storage.lock_holder(ns, REAPER_LOCK)
+        registered = holder is not None and holder.owner in {w.id for w in workers}
+        flagged = [w.id for w in workers if w.is_reaper_leader]
+        if flagged == ([holder.owner] if holder is not None and registered else []):
+            break
+    return {
         "queue": ns,
         "jobs": attrs.asdict(counts),
         "depth": counts.queued + counts.delayed,
+        "workers": [_worker_dict(w) for w in workers],
+        "leader": None if holder is None else holder.owner,
+        "leader_epoch": None if holder is None else holder.epoch,
+        "leader_registered": registered,
     }
-    if directory is not None:
-        live = directory.live()
-        leader = directory.leader()
-        data["workers"] = [_worker_dict(info) for info in live]
-        data["leader"] = None if leader is None else leader.worker_id
-        data["leader_epoch"] = None if leader is None else leader.epoch
-    return data
 
 
 def _worker_dict(info: WorkerInfo) -> dict[str, Any]:
     data = attrs.asdict(info)
     data["jobs"] = list(info.jobs)
     return data
+
+
+def _row(w: dict[str, Any]) -> list[str]:
+    counters = w["counters"]
+    if w["kind"] != "worker":  # a stand-alone reaper: it runs no jobs
+        run = done = failed = fenced = "-"
+        state = w["kind"]
+    else:
+        run = f"{w['in_flight']}/{w['concurrency']}"
+        done, failed, fenced = (str(counters.get(k, 0)) for k in ("completed", "failed", "fenced"))
+        state = w["state"]
+    jobs = ", ".join(w["jobs"][:SHOWN_JOBS])
+    if w["in_flight"] > SHOWN_JOBS:
+        jobs += f" (+{w['in_flight'] - SHOWN_JOBS})"
+    lead = "*" if w["is_reaper_leader"] else ""
+    return [w["id"], f"{w['host']}:{w['pid']}", state, run, done, failed, fenced, lead, jobs]
+
+
+_HEADER = ["WORKER", "HOST:PID", "STATE", "RUN", "DONE", "FAILED", "FENCED", "LEADER", "JOBS"]
+_RIGHT = {"RUN", "DONE", "FAILED", "FENCED"}
 
 
 def render_stats(data: dict[str, Any]) -> str:
@@ -242,80 +280,73 @@ def render_stats(data: dict[str, Any]) -> str:
         "",
         "  " + "  ".join(f"{k:>10}" for k in jobs),
         "  " + "  ".join(f"{v:>10}" for v in jobs.values()),
+        "",
     ]
-    if "workers" in data:
-        workers = data["workers"]
-        lines += ["", f"workers: {len(workers)} live"]
-        if workers:
-            lines.append(
-                f"  {'WORKER':<32} {'PID':>7} {'STATE':<8} {'RUN':>5} {'DONE':>7} "
-                f"{'FENCED':>6}  LEADER  JOBS"
-            )
-        for w in workers:
-            jobs_text = ", ".join(w["jobs"][:5]) + (" ..." if w["in_flight"] > 5 else "")
-            lines.append(
-                f"  {w['worker_id'][:32]:<32} {w['pid']:>7} {w['state']:<8} "
-                f"{w['in_flight']:>3}/{w['concurrency']:<3}{w['completed']:>6} "
-                f"{w['fenced']:>6}  {'  *   ' if w['worker_id'] == data['leader'] else '      '}"
-                f"  {jobs_text}"
-            )
-        leader = data["leader"]
-        lines.append(
-            f"reaper leader: {leader} (epoch {data['leader_epoch']})"
-            if leader
-            else "reaper leader: none seen"
+    workers = data["workers"]
+    reapers = sum(1 for w in workers if w["kind"] != "worker")
+    summary = f"workers: {len(workers) - reapers} live"
+    if reapers:
+        summary += f", stand-alone reapers: {reapers}"
+    lines.append(summary)
+    if workers:
+        rows = [_HEADER, *(_row(w) for w in workers)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER) - 1)]
+        for row in rows:
+            cells = [
+                cell.rjust(width) if _HEADER[i] in _RIGHT else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=False))
+            ]
+            lines.append(("  " + "  ".join(cells) + "  " + row[-1]).rstrip())
+    leader = data["leader"]
+    if leader is None:
+        lines.append("reaper leader: none")
+    else:
+        note = (
+            ""
+            if data["leader_registered"]
+            else "; not registered: dead, the next reaper takes over"
         )
+        lines.append(f"reaper leader: {leader} (epoch {data['leader_epoch']}{note})")
     return "\n".join(lines) + "\n"
 
 
 def _health(args: argparse.Namespace, data: dict[str, Any]) -> str | None:
-    workers = data.get("workers", [])
-    if args.check_worker is not None and args.check_worker not in {w["worker_id"] for w in workers}:
-        return f"worker {args.check_worker!r} is not live"
-    if args.min_workers is not None and len(workers) < args.min_workers:
-        return f"{len(workers)} live workers, fewer than {args.min_workers}"
+    registered = data["workers"]
+    if args.check_worker is not None and args.check_worker not in {w["id"] for w in registered}:
+        return f"worker {args.check_worker!r} is not registered (not running, or dead)"
+    live = sum(1 for w in registered if w["kind"] == "worker")
+    if args.min_workers is not None and live < args.min_workers:
+        return f"{live} live workers, fewer than {args.min_workers}"
     return None
 
 
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()
+
+
 async def run_stats(args: argparse.Namespace, out: TextIO) -> ExitCode:
-    """``stats``: one snapshot (after listening ``--listen`` seconds for workers), or with
-    ``--watch`` a refreshing view until SIGINT/SIGTERM (exit 0)."""
+    """``stats``: one snapshot, read at once from the storage, or with ``--watch`` a
+    refreshing view until SIGINT/SIGTERM (exit 0)."""
+    if args.watch and (args.check_worker is not None or args.min_workers is not None):
+        raise CliError("--check-worker/--min-workers answer once: they do not go with --watch")
     ns = queue_name(args)
-    storage = make_storage(args)
-    listen = args.listen
-    if (args.check_worker is not None or args.min_workers is not None) and listen == 0:
-        raise CliError("--check-worker/--min-workers need --listen > 0")
-    async with storage, trio.open_nursery() as nursery:
-        directory: WorkerDirectory | None = None
-        if listen > 0:
-            directory = WorkerDirectory()
-            await nursery.start(follow_workers, storage, ns, directory)
+    async with open_queue(make_storage(args), name=ns) as queue:
         if args.watch:
-            await _watch_stats(args, out, storage, ns, directory)
-            nursery.cancel_scope.cancel()
+            await _watch_stats(args, out, queue)
             return ExitCode.OK
-        await trio.sleep(listen)
-        data = stats_dict(ns, await storage.stats(ns), directory)
-        out.write(json.dumps(data, ensure_ascii=False) + "\n" if args.json else render_stats(data))
-        out.flush()
-        nursery.cancel_scope.cancel()
+        data = await read_stats(queue)
+    _write(out, json.dumps(data, ensure_ascii=False) + "\n" if args.json else render_stats(data))
     problem = _health(args, data)
     if problem is not None:
         raise CliError(problem, ExitCode.UNHEALTHY)
     return ExitCode.OK
 
 
-async def _watch_stats(
-    args: argparse.Namespace,
-    out: TextIO,
-    storage: Storage,
-    ns: str,
-    directory: WorkerDirectory | None,
-) -> None:
+async def _watch_stats(args: argparse.Namespace, out: TextIO, queue: Queue[Any, Any]) -> None:
     """Refresh every ``--interval`` seconds until SIGINT/SIGTERM; redraw in place on a
     terminal, else print one snapshot after the other."""
     interactive = out.isatty() and not args.json
-    started = time.monotonic()
     with (
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         trio.CancelScope() as scope,
@@ -328,15 +359,12 @@ async def _watch_stats(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal)
             while True:
-                data = stats_dict(ns, await storage.stats(ns), directory)
+                data = await read_stats(queue)
                 if args.json:
-                    out.write(json.dumps(data, ensure_ascii=False) + "\n")
+                    _write(out, json.dumps(data, ensure_ascii=False) + "\n")
                 elif interactive:
                     stamp = time.strftime("%H:%M:%S")
-                    out.write(f"\x1b[H\x1b[2J{stamp}  (Ctrl-C to stop)\n{render_stats(data)}")
+                    _write(out, f"\x1b[H\x1b[2J{stamp}  (Ctrl-C to stop)\n{render_stats(data)}")
                 else:
-                    out.write(render_stats(data) + "\n")
-                out.flush()
-                # Until the first announcements have arrived, refresh sooner.
-                warming = directory is not None and time.monotonic() - started < args.listen
-                await trio.sleep(min(args.interval, 0.5) if warming else args.interval)
+                    _write(out, render_stats(data) + "\n")
+                await trio.sleep(args.interval)

@@ -53,6 +53,12 @@ class CliError(Exception):
 
 PROG = "trio-jobqueue"
 
+REMOVED_OPTIONS = {
+    "--listen": "stats reads the worker registry and answers at once",
+    "--heartbeat-interval": "workers refresh their registration every 0.5 s by themselves",
+}
+"""Options of earlier versions: a usage error that names one says why it went away."""
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line: they raise :class:`CliError`
@@ -64,6 +70,13 @@ class ArgumentParser(argparse.ArgumentParser):
         where = f"{command}: " if command else ""
         hint = f"{PROG} {command} --help" if command else f"{PROG} --help"
         text = " ".join(f"{where}{message}".split())  # one line, whatever argparse says
+        if message.startswith("unrecognized arguments:"):
+            words = {word.partition("=")[0] for word in message.split()}
+            text += "".join(
+                f"; {option} was removed: {why}"
+                for option, why in REMOVED_OPTIONS.items()
+                if option in words
+            )
         raise CliError(f"{text} (see '{hint}')", ExitCode.USAGE)
 
 

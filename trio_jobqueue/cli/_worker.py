@@ -10,13 +10,11 @@ lives outside the ``open_queue`` block so that it keeps running during the shutd
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,7 +25,6 @@ from .._config import DEFAULT_SHUTDOWN_GRACE
 from .._errors import JobQueueError
 from .._queue import Queue, open_queue
 from .._types import Job
-from .._worker import is_async_callable
 from ..storage import Storage
 from ._common import (
     CliError,
@@ -41,7 +38,6 @@ from ._common import (
     seconds,
     storage_url,
 )
-from ._registry import Announcer
 
 log = logging.getLogger("trio_jobqueue.cli")
 
@@ -99,16 +95,13 @@ def add_worker_parser(sub: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--lock-ttl", type=positive_seconds, default=30.0, metavar="SECONDS",
-        help="lease of the reaper leader lock; a dead leader is replaced within it "
+        help="lease of the reaper leader lock; a killed leader is replaced about 2 s after "
+        "its death (when its registration expires), within this long in any case "
         "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--worker-id", default=None, metavar="ID",
         help="unique id of this worker (default: host:pid:random)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--heartbeat-interval", type=positive_seconds, default=1.0, metavar="SECONDS",
-        help="how often the worker announces itself to `stats` (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -148,54 +141,6 @@ def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
         raise CliError(f"{spec!r} is not callable")
     handler: Callable[[Job[Any]], Any] = target
     return handler
-
-
-@attrs.define
-class InFlight:
-    """Tracks the ids of the jobs this process's handlers are running (for ``stats``)."""
-
-    ids: dict[str, int] = attrs.field(factory=dict)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
-
-    def _enter(self, job_id: str) -> None:
-        with self._lock:
-            self.ids[job_id] = self.ids.get(job_id, 0) + 1
-
-    def _exit(self, job_id: str) -> None:
-        with self._lock:
-            left = self.ids.get(job_id, 0) - 1
-            if left > 0:
-                self.ids[job_id] = left
-            else:
-                self.ids.pop(job_id, None)
-
-    def snapshot(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self.ids)
-
-    def wrap(self, handler: Callable[[Job[Any]], Any]) -> Callable[[Job[Any]], Any]:
-        """The same handler (async stays async, sync stays sync), tracked."""
-        if is_async_callable(handler):
-
-            @functools.wraps(handler)
-            async def tracked_async(job: Job[Any]) -> Any:
-                self._enter(job.id)
-                try:
-                    return await handler(job)
-                finally:
-                    self._exit(job.id)
-
-            return tracked_async
-
-        @functools.wraps(handler)
-        def tracked_sync(job: Job[Any]) -> Any:
-            self._enter(job.id)
-            try:
-                return handler(job)
-            finally:
-                self._exit(job.id)
-
-        return tracked_sync
 
 
 def setup_logging(level: str) -> None:
@@ -242,15 +187,13 @@ async def run_worker(args: argparse.Namespace) -> ExitCode:
 
 @attrs.define(eq=False, kw_only=True)
 class WorkerProcess:
-    """One worker process: signals, the queue, the announcements to ``stats``."""
+    """One worker process: signals, the queue, ``--burst``. (The library's worker keeps
+    its own registration in the storage's worker registry, which ``stats`` reads.)"""
 
     args: argparse.Namespace
     ns: str
     storage: Storage
-    tracker: InFlight = attrs.field(factory=InFlight)
     queue: Queue[Any, Any] | None = None
-    phase: str = "running"
-    """``running``, ``stopping`` or ``stopped`` (as announced)."""
     signals: int = 0
     stop: trio.Event = attrs.field(factory=trio.Event)
     """Set by the first signal (or when ``--burst`` drained the queue)."""
@@ -276,28 +219,6 @@ class WorkerProcess:
             options["retry_delay"] = args.retry_delay
         return options
 
-    def snapshot(self) -> dict[str, Any]:
-        """The changing part of this worker's announcement."""
-        queue = self.queue
-        if queue is None:
-            return {
-                "state": self.phase, "in_flight": 0, "jobs": (), "completed": 0, "failed": 0,
-                "retried": 0, "released": 0, "fenced": 0, "leader": False, "epoch": None,
-            }  # fmt: skip
-        st = queue.statistics()
-        return {
-            "state": self.phase,
-            "in_flight": st.in_flight,
-            "jobs": self.tracker.snapshot(),
-            "completed": st.completed,
-            "failed": st.failed,
-            "retried": st.retried,
-            "released": st.released,
-            "fenced": st.fenced,
-            "leader": bool(st.is_reaper_leader),
-            "epoch": queue.reaper.epoch if queue.reaper is not None else None,
-        }
-
     def _skip_grace(self) -> None:
         if self.signals >= 2 and self.queue is not None:
             self.queue.skip_grace()
@@ -307,7 +228,6 @@ class WorkerProcess:
             self.signals += 1
             name = signal.Signals(signum).name
             if self.signals == 1:
-                self.phase = "stopping"
                 log.info(
                     "%s: graceful shutdown (grace %.1f s); send it again to skip the grace",
                     name,
@@ -332,22 +252,19 @@ class WorkerProcess:
                 log.info("opening %s for queue %r", redacted(storage_url(self.args)), self.ns)
                 # Only the opening of the storage is stopped by cancellation: once it is
                 # open, a signal sets `stop` and the open_queue block is left normally,
-                # which runs the graceful shutdown while the announcer (a task of
-                # `services`, outside the block) keeps reporting "stopping".
+                # which runs the graceful shutdown (the worker's registration says
+                # "stopping" meanwhile).
                 with self.open_scope:
-                    async with self.storage, trio.open_nursery() as services:
+                    async with self.storage:
                         self.storage_open = True  # no checkpoint since the storage opened
                         if not self.open_scope.cancel_called:
-                            await self._serve(handler, services)
+                            await self._serve(handler)
                 nursery.cancel_scope.cancel()
 
-    async def _serve(self, handler: Callable[[Job[Any]], Any], services: trio.Nursery) -> None:
+    async def _serve(self, handler: Callable[[Job[Any]], Any]) -> None:
         args = self.args
-        announcer: Announcer | None = None
         try:
-            async with open_queue(
-                self.storage, self.tracker.wrap(handler), **self.options()
-            ) as queue:
+            async with open_queue(self.storage, handler, **self.options()) as queue:
                 self.queue = queue
                 self._skip_grace()  # in case a second signal came while opening
                 log.info(
@@ -358,16 +275,6 @@ class WorkerProcess:
                     "off" if args.no_reaper else "on",
                     " in burst mode" if args.burst else "",
                 )
-                announcer = Announcer(
-                    storage=self.storage,
-                    ns=self.ns,
-                    worker_id=queue.worker_id,
-                    interval=args.heartbeat_interval,
-                    concurrency=args.concurrency,
-                    snapshot=self.snapshot,
-                )
-                # Shielded inside: keeps announcing "stopping" during the grace period.
-                services.start_soon(announcer.run)
                 if args.burst:
                     async with trio.open_nursery() as race:
                         race.start_soon(self._drain, queue)
@@ -376,17 +283,12 @@ class WorkerProcess:
                 else:
                     await self.stop.wait()
         finally:
-            self.phase = "stopped"
-            if announcer is not None:
-                announcer.stop()
-                await announcer.farewell()
             if self.queue is not None:
                 _log_summary(self.queue)
 
     async def _drain(self, queue: Queue[Any, Any]) -> None:
         await wait_drained(self.storage, queue)
         log.info("burst: the queue is drained")
-        self.phase = "stopping"
         self.stop.set()
 
 
