@@ -391,6 +391,33 @@ async def test_stats_lists_live_workers_in_flight_jobs_and_leader(
             assert data["leader"] in (None, "alpha") and not data["leader_registered"]
 
 
+async def test_stats_shows_a_stand_alone_reaper_as_such(
+    tmp_path: Path, name: str, cli: Callable[..., Awaitable[Done]]
+) -> None:
+    """A stand-alone reaper (open_reaper in this process) is listed with kind `reaper`, leads
+    the reaper lock, passes --check-worker, and is not counted by --min-workers."""
+    url = f"file://{tmp_path}/q"
+    s = ["--storage", url, "--name", name]
+    async with jq.storage_from_url(url) as storage:
+        async with jq.open_reaper(storage, name=name, owner="sweeper") as reaper:
+            await wait_for(lambda: reaper.is_leader, 10, "the reaper to lead")
+            done = await cli("stats", "--json", *s)
+            data = json.loads(done.stdout)
+            assert [(w["id"], w["kind"], w["is_reaper_leader"]) for w in data["workers"]] == [
+                ("sweeper", "reaper", True)
+            ]
+            assert (data["leader"], data["leader_registered"]) == ("sweeper", True)
+            assert (await cli("stats", "--check-worker", "sweeper", *s)).returncode == 0
+            done = await cli("stats", "--min-workers", "1", *s)
+            assert done.returncode == ExitCode.UNHEALTHY and "0 live workers" in done.stderr
+            text = (await cli("stats", *s)).stdout
+            assert "workers: 0 live, stand-alone reapers: 1" in text
+            assert "sweeper" in text and " reaper " in text
+        # Stopped, it withdrew its registration and released the lock.
+        data = json.loads((await cli("stats", "--json", *s)).stdout)
+        assert data["workers"] == [] and data["leader"] is None
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_lets_running_job_finish(
     url: str, name: str, tmp_path: Path, sig: signal.Signals
