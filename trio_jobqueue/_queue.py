@@ -237,7 +237,8 @@ class Queue(Generic[P, R]):
 
     async def workers(self) -> tuple[WorkerInfo, ...]:
         """The queue's live workers and stand-alone reapers, from every process, oldest
-        first. A killed process disappears within about 1.5 s.
+        first. A killed process disappears within about 2 s (1.5 s after its last
+        refresh).
 
         Raises:
             StorageError: the storage failed.
