@@ -11,6 +11,7 @@ import trio
 from fixtures_redis import RedisServer, require_redis_server
 
 import trio_jobqueue as jq
+from trio_jobqueue.storage._redis_keys import done_shard
 from trio_jobqueue.storage.redis import RedisStorage
 
 pytestmark = pytest.mark.redis
@@ -100,6 +101,8 @@ async def test_one_enqueue_runs_one_claim_with_several_idle_claimers(
 
 
 async def _watcher_sees_only_its_own_job(server: RedisServer) -> None:
+    # "a" and "b" are in different outcome shards (sha1: 86..., e9...).
+    assert done_shard("a") != done_shard("b")
     async with RedisStorage(server.url) as watcher, RedisStorage(server.url) as other:
         for job_id in ("a", "b"):
             await other.enqueue(NS, job_id, b"x", max_attempts=1, result_ttl=60)
@@ -117,8 +120,9 @@ async def _watcher_sees_only_its_own_job(server: RedisServer) -> None:
 
 
 async def test_a_watcher_receives_only_its_jobs_outcome(server: RedisServer) -> None:
-    """A process watching job a gets no message at all for job b's completion (counted
-    on its pub/sub connection), then exactly one for a's, result included."""
+    """A process watching job a gets no message at all for the completion of job b of
+    another outcome shard (counted on its pub/sub connection), then exactly one for a's,
+    result included."""
     await _watcher_sees_only_its_own_job(server)
 
 

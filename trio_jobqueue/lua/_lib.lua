@@ -21,7 +21,7 @@
 --   KEYS[4]  {tag}:failed     zset id -> expiry time
 --   KEYS[5]  {tag}:ev         channel: every event of the namespace
 --   KEYS[6]  {tag}:b:         prefix of the large-blob hashes (the raw job id appended)
---   KEYS[7]  {tag}:done:      prefix of the per-job channels (the raw job id appended)
+--   KEYS[7]  {tag}:done:      prefix of the outcome channels (a shard of the id appended)
 --   KEYS[8]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
 --   KEYS[9]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
 --   KEYS[10] {tag}:wake       list: wake-up tokens for blocked claims (see flush)
@@ -189,8 +189,9 @@ end
 --   "<kind> <attempt> <#id> <#result or -1> <#error or -1>\n" .. id .. result .. error
 -- where a result longer than INLINE_RESULT_MAX bytes is left out and its length given
 -- as -2 ("the job has a result: read it"), so large results are never published.
--- A job's terminal events (completed/failed/cancelled) also go, alone, to the job's own
--- channel {tag}:done:<id>, which only its watchers subscribe to. Both are sharded
+-- A job's terminal events (completed/failed/cancelled) also go to one of 256 outcome
+-- channels, {tag}:done:<first two hex digits of sha1(id)>, which only watchers of jobs of
+-- that shard subscribe to (NamespaceKeys.done_channel). Both are sharded
 -- channels (SPUBLISH, which Redis Cluster routes to the slot's node) unless ARGV[1] says
 -- "classic" (then PUBLISH).
 -- Every job made claimable pushes a wake-up token on {tag}:wake (at most WAKE_CAP
@@ -234,7 +235,7 @@ local function flush()
     publish(KEYS[5], table.concat(EVENTS))
   end
   for i = 1, #DONE, 2 do
-    publish(KEYS[7] .. DONE[i], DONE[i + 1])
+    publish(KEYS[7] .. string.sub(redis.sha1hex(DONE[i]), 1, 2), DONE[i + 1])
   end
   if pending_wakes > 0 then
     local tokens = {}

@@ -45,6 +45,7 @@ the testing offset).
 from __future__ import annotations
 
 import functools
+import hashlib
 from urllib.parse import quote
 
 import attrs
@@ -54,6 +55,18 @@ __all__ = ["NamespaceKeys", "hash_tag"]
 
 def _encode(part: str) -> str:
     return quote(part, safe="")
+
+
+DONE_SHARDS = 256
+"""Channels of terminal events per namespace: a watcher hears about 1/256 of the
+namespace's outcomes, and a process waiting on job after job keeps its channels
+subscribed (they linger) instead of subscribing once per job."""
+
+
+def done_shard(job_id: str) -> str:
+    """The two first hex digits of the SHA-1 of the id's UTF-8 bytes (the Lua scripts
+    compute the same with ``redis.sha1hex``)."""
+    return hashlib.sha1(job_id.encode("utf-8")).hexdigest()[:2]
 
 
 def hash_tag(prefix: str, ns: str) -> str:
@@ -151,12 +164,13 @@ class NamespaceKeys:
 
     @property
     def done_prefix(self) -> str:
-        """Prefix of the per-job channels of terminal events."""
+        """Prefix of the channels of terminal events (the shard is appended)."""
         return self.base + ":done:"
 
     def done_channel(self, job_id: str) -> str:
-        """Job ``job_id``'s terminal events: what ``watch_job`` listens to."""
-        return self.done_prefix + job_id
+        """The channel of job ``job_id``'s terminal events: one of :data:`DONE_SHARDS`
+        per namespace, chosen by the id (``done_shard``), which ``watch_job`` listens to."""
+        return self.done_prefix + done_shard(job_id)
 
     def standard(self) -> tuple[str, ...]:
         """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, leases,

@@ -168,18 +168,22 @@ class _EventsFeed:
 
 @attrs.define(eq=False)
 class _JobFeed:
-    """The handler of one job's ``{tag}:done:<id>`` channel: its terminal events, for its
-    watches only. After a reconnect, that job's watches re-read its state."""
+    """The handler of one outcome channel ``{tag}:done:<shard>``: the terminal events of
+    the jobs of that shard, for their watches (the hub drops the others). After a
+    reconnect, the watches of that shard's jobs re-read their job's state."""
 
     hub: Hub
-    job_id: str
+    channel: str
+    keys: NamespaceKeys
 
     def on_message(self, data: bytes) -> None:
         self.hub.fire(_decode(data) or ())
 
     def on_reconnect(self) -> None:
-        for watch in tuple(self.hub.watches.get(self.job_id, ())):
-            watch.fire(None)
+        for job_id, watches in tuple(self.hub.watches.items()):
+            if self.keys.done_channel(job_id) == self.channel:
+                for watch in tuple(watches):
+                    watch.fire(None)
 
 
 @attrs.define(eq=False, init=False)
@@ -238,6 +242,8 @@ class RedisStorage(Storage):
     """Whether the server has sharded pub/sub (``SPUBLISH``); else classic channels."""
     _feeds: dict[str, _EventsFeed] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
+    _job_feeds: dict[str, _JobFeed] = attrs.field(factory=dict, init=False)
+    """Handlers of the outcome channels, by channel (one per channel, as required)."""
     _claims_done: dict[str, list[str]] = attrs.field(factory=dict, init=False)
     """Per namespace: nonces of claims whose replies arrived (the next claim forgets them)."""
     _orphans: dict[str, list[str]] = attrs.field(factory=dict, init=False)
@@ -400,8 +406,9 @@ class RedisStorage(Storage):
         * ``work``: a wake-up listener on ``{tag}:wake`` (see :mod:`._redis_wake`): one
           enqueue wakes one idle claimer among all processes;
         * ``events``: the ``{tag}:ev`` channel (reference-counted, lingers 2 s);
-        * ``job``: that job's own ``{tag}:done:<id>`` channel (unsubscribed as soon as
-          its last watch closes), so a watcher receives no other job's outcome.
+        * ``job``: the outcome channel of the job's shard, ``{tag}:done:<shard>`` (one of
+          256; it lingers 2 s, so consecutive waits rarely subscribe), so a watcher
+          receives about 1/256 of the namespace's outcomes.
 
         Channels yield once the server confirmed the subscription, so nothing published
         afterwards is missed.
@@ -425,8 +432,10 @@ class RedisStorage(Storage):
         else:
             assert job_id is not None
             channel = keys.done_channel(job_id)
-            handler = _JobFeed(self.hub(ns), job_id)
-            async with adapter.subscription(channel, handler, sharded=self._sharded, linger=0.0):
+            handler = self._job_feeds.get(channel)
+            if handler is None:
+                handler = self._job_feeds[channel] = _JobFeed(self.hub(ns), channel, keys)
+            async with adapter.subscription(channel, handler, sharded=self._sharded):
                 yield None
 
     async def _run(
