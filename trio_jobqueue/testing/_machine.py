@@ -821,12 +821,14 @@ class StorageMachine(RuleBasedStateMachine):
         """Register a worker, or refresh (replace) its registration: live until now + ttl.
 
         The id is one of :data:`REGISTRANTS`, a current lock holder more often (as a
-        reaper registers), so that ``take_from_dead`` meets registered holders. Expiry
-        comes from ``advance_clock``; the invariant lists the registry of both namespaces
-        after every step from the first registration on.
+        reaper registers: one draw in two when a lock is held), so that ``take_from_dead``
+        meets registered holders. Expiry comes from ``advance_clock``; the invariant lists
+        the registry of both namespaces after every step from the first registration on.
         """
         holders = [h.owner for lock in LOCKS if (h := self.model.lock_holder(lock)) is not None]
-        worker_id = data.draw(st.sampled_from([*holders, *REGISTRANTS]), label="worker_id")
+        worker_id = data.draw(
+            st.sampled_from([*holders, *holders, *REGISTRANTS]), label="worker_id"
+        )
         record = data.draw(_worker_records(worker_id), label="record")
         self.registry_used = True
         self.model.register_worker(record, ttl=ttl)
