@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import attrs
 import hypothesis
 import pytest
+import trio
 from hypothesis import Phase
 
 from trio_jobqueue import EventKind, JobState
@@ -21,6 +22,7 @@ from trio_jobqueue.storage import (
     ReapResult,
     SettleStatus,
     Storage,
+    WorkerRecord,
 )
 from trio_jobqueue.storage._core import WORK_KINDS, Hub
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
@@ -160,7 +162,7 @@ def _one_namespace(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class IgnoresNamespace(MemoryStorage):
-    """Keeps one state (jobs, locks, events) for every queue name."""
+    """Keeps one state (jobs, locks, events, workers) for every queue name."""
 
 
 for _name in (
@@ -176,8 +178,12 @@ for _name in (
     "release",
     "reap",
     "acquire_lock",
+    "lock_holder",
     "renew_lock",
     "release_lock",
+    "register_worker",
+    "unregister_worker",
+    "list_workers",
     "stats",
     "purge_expired",
     "hub",
@@ -195,6 +201,84 @@ class TruncatesLargePayloads(MemoryStorage):
         return await super().enqueue(
             ns, job_id, payload[:1024], max_attempts=max_attempts, result_ttl=result_ttl
         )
+
+
+# -- planted bugs in the worker registry and the leader lock's take_from_dead ------------------
+
+
+def _by_start(records: Iterable[WorkerRecord]) -> list[WorkerRecord]:
+    return sorted(records, key=lambda rec: (rec.started_at, rec.worker_id))
+
+
+class RegistrationsNeverExpire(MemoryStorage):
+    """Keeps (and lists) every registration until it is withdrawn; a holder that ever
+    registered keeps its lock against ``take_from_dead``."""
+
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        self._state(ns).workers[record.worker_id] = attrs.evolve(
+            record, last_seen=now, expires_at=now + ttl
+        )
+
+    async def unregister_worker(self, ns: str, worker_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._state(ns).workers.pop(worker_id, None) is not None
+
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        await trio.lowlevel.checkpoint()
+        return _by_start(self._state(ns).workers.values())
+
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
+        held = self._state(ns).locks.get(lock)
+        if held is not None and held.owner in self._state(ns).workers:
+            take_from_dead = False
+        return await super().acquire_lock(ns, lock, owner, ttl=ttl, take_from_dead=take_from_dead)
+
+
+class OneTtlForAllWorkers(MemoryStorage):
+    """Keeps one expiry for the whole registry (as one TTL on a shared hash): registering
+    one worker extends every live registration to its expiry."""
+
+    async def register_worker(self, ns: str, record: WorkerRecord, *, ttl: float) -> None:
+        await super().register_worker(ns, record, ttl=ttl)
+        workers = self._state(ns).workers
+        expires_at = workers[record.worker_id].expires_at
+        now = self.now()
+        for worker_id, rec in list(workers.items()):
+            if rec.expires_at > now:
+                workers[worker_id] = attrs.evolve(rec, expires_at=expires_at)
+
+
+class ListsInRegistrationOrder(MemoryStorage):
+    """Lists the live registrations in the order they were first made, not by start."""
+
+    async def list_workers(self, ns: str) -> list[WorkerRecord]:
+        listed = {rec.worker_id for rec in await super().list_workers(ns)}
+        return [rec for rec in self._state(ns).workers.values() if rec.worker_id in listed]
+
+
+class IgnoresTakeFromDead(MemoryStorage):
+    """Never takes a live lock from an unregistered holder: ``take_from_dead`` is ignored."""
+
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
+        return await super().acquire_lock(ns, lock, owner, ttl=ttl)
+
+
+class TakesFromLiveHolders(MemoryStorage):
+    """With ``take_from_dead``, takes a live lock from any other holder, registered or not."""
+
+    async def acquire_lock(
+        self, ns: str, lock: str, owner: str, *, ttl: float, take_from_dead: bool = False
+    ) -> int | None:
+        holder = await self.lock_holder(ns, lock)
+        if take_from_dead and holder is not None and holder.owner != owner:
+            await self.release_lock(ns, lock, holder.owner, holder.epoch)
+        return await super().acquire_lock(ns, lock, owner, ttl=ttl, take_from_dead=take_from_dead)
 
 
 BUG_HUNT = hypothesis.settings(
@@ -218,6 +302,11 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (EnqueueWakesNoClaim, r"did not wake it within"),
     (IgnoresNamespace, None),
     (TruncatesLargePayloads, r"claim of .*\.payload"),
+    (RegistrationsNeverExpire, r"list_workers\(\) ids"),
+    (OneTtlForAllWorkers, r"list_workers\(\)\[.*\]\.expires_at"),
+    (ListsInRegistrationOrder, r"list_workers\(\) ids"),
+    (IgnoresTakeFromDead, r"take_from_dead=True\) epoch"),
+    (TakesFromLiveHolders, r"take_from_dead=True\) epoch"),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""
