@@ -816,18 +816,28 @@ class StorageMachine(RuleBasedStateMachine):
 
     # -- worker registry ---------------------------------------------------------------------
 
+    def _holders(self, space: _Space) -> list[str]:
+        """The live holders of ``space``'s locks."""
+        model = space.model
+        return [h.owner for lock in LOCKS if (h := model.lock_holder(lock)) is not None]
+
     @rule(data=st.data(), ttl=st.sampled_from(REGISTRATION_TTLS))
     def register_worker(self, data: st.DataObject, ttl: float) -> None:
         """Register a worker, or refresh (replace) its registration: live until now + ttl.
 
         The id is one of :data:`REGISTRANTS`, a current lock holder more often (as a
-        reaper registers: one draw in two when a lock is held), so that ``take_from_dead``
-        meets registered holders. Expiry comes from ``advance_clock``; the invariant lists
-        the registry of both namespaces after every step from the first registration on.
+        reaper registers), so that ``take_from_dead`` meets registered holders: a holder
+        of this namespace's locks one draw in two, or of the other namespace's (whose
+        registration here must not protect its lock there). Expiry comes from
+        ``advance_clock``; the invariant lists the registry of both namespaces after every
+        step from the first registration on.
         """
-        holders = [h.owner for lock in LOCKS if (h := self.model.lock_holder(lock)) is not None]
+        here = self._holders(self.space)
+        elsewhere = [
+            h for space in self.spaces if space is not self.space for h in self._holders(space)
+        ]
         worker_id = data.draw(
-            st.sampled_from([*holders, *holders, *REGISTRANTS]), label="worker_id"
+            st.sampled_from([*here, *here, *elsewhere, *REGISTRANTS]), label="worker_id"
         )
         record = data.draw(_worker_records(worker_id), label="record")
         self.registry_used = True
