@@ -3,6 +3,7 @@ in the caller's nursery, :func:`open_queue` owns a nursery (and is built on it).
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -29,9 +30,16 @@ from ._types import (
     WorkerInfo,
 )
 from ._util import open_service_nursery
-from ._validate import check_duration, check_job_id, check_max_attempts, check_ttl
+from ._validate import (
+    check_due,
+    check_duration,
+    check_job_id,
+    check_max_attempts,
+    check_priority,
+    check_ttl,
+)
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
-from .storage import JobWatch, Storage
+from .storage import EnqueueOutcome, JobWatch, Storage
 
 __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
@@ -53,6 +61,31 @@ class QueueStatistics:
     fenced: int
     lost_leases: int
     is_reaper_leader: bool | None
+
+
+@attrs.frozen
+class _Prepared:
+    """A validated, encoded enqueue."""
+
+    job_id: str
+    payload: bytes
+    max_attempts: int
+    result_ttl: float
+    priority: int
+    run_at: float | None
+    delay: float | None
+
+    async def enqueue(self, queue: Queue[Any, Any]) -> EnqueueOutcome:
+        return await queue.storage.enqueue(
+            queue.name,
+            self.job_id,
+            self.payload,
+            max_attempts=self.max_attempts,
+            result_ttl=self.result_ttl,
+            priority=self.priority,
+            run_at=self.run_at,
+            delay=self.delay,
+        )
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -78,25 +111,33 @@ class Queue(Generic[P, R]):
         id: str,
         payload: P,
         *,
+        delay: float | None = None,
+        run_at: float | datetime.datetime | None = None,
+        priority: int = 0,
         max_attempts: int | None = None,
         result_ttl: float | None = None,
     ) -> EnqueueResult:
         """Add job ``id`` unless the id is taken (dedup: the first enqueue wins).
 
+        With ``delay`` (seconds from now) or ``run_at`` (epoch seconds or an aware
+        ``datetime``) in the future, the job is ``scheduled`` until then and claimable
+        right after; a time in the past runs at once. ``priority`` (an int within
+        -1000..1000, default 0): higher runs first, FIFO among equals.
+
         Returns:
-            ``EnqueueResult`` with status ``queued``, ``duplicate`` (with
+            ``EnqueueResult`` with status ``queued``, ``scheduled``, ``duplicate`` (with
             ``existing_state``) or ``completed`` (with the cached ``result``).
 
         Raises:
-            InvalidJobError: bad id, ``max_attempts`` or an unencodable payload; nothing
-                was written.
+            InvalidJobError: bad id, ``max_attempts``, ``priority``, ``delay`` or
+                ``run_at`` (negative, not finite, a naive datetime, both given) or an
+                unencodable payload; nothing was written.
             InvalidTtlError: ``result_ttl`` is not a finite number > 0.
             StorageError: the storage failed.
         """
-        job_id, data, attempts, ttl = self._prepare(id, payload, max_attempts, result_ttl)
-        outcome = await self.storage.enqueue(
-            self.name, job_id, data, max_attempts=attempts, result_ttl=ttl
-        )
+        job = self._prepare(id, payload, max_attempts, result_ttl, delay, run_at, priority)
+        job_id = job.job_id
+        outcome = await job.enqueue(self)
         result = None
         if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
             result = self.result_codec.decode(outcome.result, "result", job_id)
@@ -107,15 +148,24 @@ class Queue(Generic[P, R]):
         )
 
     def _prepare(
-        self, id: object, payload: P, max_attempts: int | None, result_ttl: float | None
-    ) -> tuple[str, bytes, int, float]:
+        self,
+        id: object,
+        payload: P,
+        max_attempts: int | None,
+        result_ttl: float | None,
+        delay: object,
+        run_at: object,
+        priority: object,
+    ) -> _Prepared:
         job_id = check_job_id(id)
         attempts = check_max_attempts(
             max_attempts if max_attempts is not None else self.max_attempts
         )
         ttl = check_ttl(result_ttl if result_ttl is not None else self.result_ttl, "result_ttl")
+        seconds, when = check_due(delay, run_at)
+        rank = check_priority(priority)
         data = self.payload_codec.encode(payload, "payload", job_id)
-        return job_id, data, attempts, ttl
+        return _Prepared(job_id, data, attempts, ttl, rank, when, seconds)
 
     async def enqueue_and_wait(
         self,
@@ -123,6 +173,9 @@ class Queue(Generic[P, R]):
         payload: P,
         *,
         timeout: float = 30.0,
+        delay: float | None = None,
+        run_at: float | datetime.datetime | None = None,
+        priority: int = 0,
         max_attempts: int | None = None,
         result_ttl: float | None = None,
     ) -> R:
@@ -130,7 +183,8 @@ class Queue(Generic[P, R]):
 
         Never misses a completion that happens between enqueue and wait; returns a cached
         result or raises a stored failure at once; the handler runs once however many
-        callers wait on one id. On timeout the job keeps running.
+        callers wait on one id. On timeout the job keeps running. ``delay``, ``run_at``
+        and ``priority`` as for :meth:`enqueue` (the timeout includes the delay).
 
         Raises:
             JobFailedError: the job failed (``.error`` holds the last error).
@@ -138,14 +192,13 @@ class Queue(Generic[P, R]):
             JobCancelledError: the job was cancelled (or expired) while awaited.
         """
         wait = math.inf if timeout == math.inf else check_duration(timeout, "timeout")
-        job_id, data, attempts, ttl = self._prepare(id, payload, max_attempts, result_ttl)
+        job = self._prepare(id, payload, max_attempts, result_ttl, delay, run_at, priority)
+        job_id = job.job_id
         deadline = trio.current_time() + wait
         # The timeout bounds only the waiting: the watch and the enqueue always run to
         # completion (or raise StorageError), so a WaitTimeoutError means the job exists.
         async with self.storage.watch_job(self.name, job_id) as watch:
-            outcome = await self.storage.enqueue(
-                self.name, job_id, data, max_attempts=attempts, result_ttl=ttl
-            )
+            outcome = await job.enqueue(self)
             if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
                 value: R = self.result_codec.decode(outcome.result, "result", job_id)
                 return value
@@ -154,7 +207,9 @@ class Queue(Generic[P, R]):
                 # before the enqueue: its outcome will arrive through the watch. A
                 # duplicate may already be finished, so read its state first.
                 return await self._wait_for(
-                    job_id, watch, outcome.status is not EnqueueStatus.QUEUED
+                    job_id,
+                    watch,
+                    outcome.status not in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED),
                 )
         raise WaitTimeoutError(job_id, wait)
 
@@ -215,6 +270,8 @@ class Queue(Generic[P, R]):
             error=decode_error(record.error),
             finished_at=record.finished_at,
             expires_at=record.expires_at,
+            run_at=record.due_at,
+            priority=record.priority,
         )
 
     async def get_result(self, id: str) -> R | None:

@@ -30,6 +30,8 @@ P = TypeVar("P")
 class JobState(enum.StrEnum):
     """Where a job is in its lifecycle (see ``docs/guarantees.md``)."""
 
+    SCHEDULED = "scheduled"
+    """Enqueued with a ``delay`` or ``run_at`` in the future: not claimable before then."""
     QUEUED = "queued"
     """Waiting in the queue for a worker."""
     PROCESSING = "processing"
@@ -48,6 +50,8 @@ class JobState(enum.StrEnum):
 
 class EnqueueStatus(enum.StrEnum):
     QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    """Accepted for a time in the future (``delay`` / ``run_at``)."""
     DUPLICATE = "duplicate"
     COMPLETED = "completed"
 
@@ -118,7 +122,8 @@ class EnqueueResult:
     """What ``Queue.enqueue`` did."""
 
     status: EnqueueStatus
-    """``queued``, ``duplicate`` or ``completed``."""
+    """``queued``, ``scheduled`` (accepted for a future ``run_at``), ``duplicate`` or
+    ``completed``."""
     existing_state: JobState | None = None
     """For duplicates: the state of the job that already holds the id."""
     result: Any = None
@@ -154,6 +159,11 @@ class JobStatus:
     """Epoch seconds when the job became terminal."""
     expires_at: float | None = None
     """Epoch seconds when a terminal job (and its dedup entry) will be forgotten."""
+    run_at: float | None = None
+    """Epoch seconds when a ``scheduled`` job (or a ``failing`` one waiting out a retry
+    delay) becomes claimable; ``None`` otherwise."""
+    priority: int = 0
+    """Higher runs first (see ``docs/scheduling.md``)."""
 
 
 @attrs.frozen

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from numbers import Real
 
 from ._errors import InvalidJobError, InvalidTtlError
+from .storage._base import MAX_PRIORITY, MIN_PRIORITY
 
 MAX_JOB_ID_LENGTH = 1024
 """Longest accepted job id, in characters."""
@@ -70,3 +72,51 @@ def check_max_attempts(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidJobError(f"max_attempts must be an int >= 1, not {value!r}")
     return value
+
+
+def check_priority(value: object) -> int:
+    """An int within ``MIN_PRIORITY..MAX_PRIORITY`` (:class:`InvalidJobError` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"priority must be an int, not {value!r}")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidJobError(
+            f"priority {value!r} is out of range: it must be within {MIN_PRIORITY}..{MAX_PRIORITY}"
+        )
+    return value
+
+
+def check_due(delay: object, run_at: object) -> tuple[float | None, float | None]:
+    """``(delay, run_at)`` as floats (``run_at`` in epoch seconds), or
+    :class:`InvalidJobError` naming the bad value: at most one of the two; ``delay``
+    finite and >= 0; ``run_at`` an epoch number >= 0 or an aware ``datetime``."""
+    if delay is not None and run_at is not None:
+        raise InvalidJobError(
+            f"give delay or run_at, not both (delay={delay!r}, run_at={run_at!r})"
+        )
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, Real):
+            raise InvalidJobError(f"delay must be a number of seconds, not {delay!r}")
+        seconds = float(delay)
+        if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TTL:
+            raise InvalidJobError(
+                f"delay must be a finite number of seconds >= 0 (at most {MAX_TTL:g}), "
+                f"not {delay!r}"
+            )
+        return seconds, None
+    if run_at is None:
+        return None, None
+    if isinstance(run_at, datetime.datetime):
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidJobError(
+                f"run_at {run_at!r} is a naive datetime: give it a time zone "
+                "(for instance datetime.now(timezone.utc) + timedelta(minutes=10))"
+            )
+        return None, run_at.timestamp()
+    if isinstance(run_at, bool) or not isinstance(run_at, Real):
+        raise InvalidJobError(f"run_at must be epoch seconds or an aware datetime, not {run_at!r}")
+    when = float(run_at)
+    if not math.isfinite(when) or when < 0 or when > MAX_TTL:
+        raise InvalidJobError(
+            f"run_at must be epoch seconds >= 0 (at most {MAX_TTL:g}), not {run_at!r}"
+        )
+    return None, when

@@ -25,8 +25,11 @@
 --   KEYS[8]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
 --   KEYS[9]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
 --   KEYS[10] {tag}:wake       list: wake-up tokens for blocked claims (see flush)
---   KEYS[11] {tag}:delayed    zset id -> due time (failing jobs waiting out a delay)
+--   KEYS[11] {tag}:delayed    zset id -> due time (scheduled jobs, and failing jobs
+--            waiting out a retry delay)
 --   KEYS[12] {tag}:ready:quarantine  list: ids of corrupt records a claim skipped
+--   KEYS[13] {tag}:scheduled zset id -> run_at: the scheduled jobs (also in `delayed`,
+--            which promotes them; this index tells them from delayed retries)
 -- Per-job keys are the declared prefix plus the id: the prefix ends after the hash tag,
 -- so they are in the slot of every declared key.
 --
@@ -89,10 +92,11 @@ end
 -- packs as an array with no hole to fill first). One small string per job and no
 -- field names: a queued job with a 100-byte payload takes about 250 bytes (a hash with
 -- named fields takes ~700 once a value exceeds hash-max-listpack-value).
-local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP =
-  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
-local NFIELDS = 14
---   ST     state code: q queued, p processing, f failing, c completed, x failed
+local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP, PRIO =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+local NFIELDS = 15
+--   ST     state code: s scheduled, q queued, p processing, f failing, c completed,
+--          x failed
 --   ATT    attempts started        MAX    max attempts
 --   CRE    created (time), kept formatted: it is only ever read out
 --   TTL    result TTL (s)          NONCE  the accepted enqueue call's nonce
@@ -101,12 +105,14 @@ local NFIELDS = 14
 --   SETL   token of the last settlement (makes a resent settlement idempotent)
 --   RES    result (completed)      ERR    last error (failing/failed)
 --   FIN    finished (time)         EXP    expiry (time; terminal jobs only)
+--   PRIO   priority (records written before priorities have 14 fields: priority 0)
 -- PAY, RES and ERR hold the bytes, or `true` when longer than BLOB_INLINE_MAX: those
 -- live in the hash {tag}:b:<id> (fields p, r, e) and are written once, so that the
 -- transitions, which rewrite the record, never copy a large payload or result.
 -- The lease deadline and the due time are not in the record: they are the job's score
 -- in `leases` and `delayed`.
-local STATE = {q = 'queued', p = 'processing', f = 'failing', c = 'completed', x = 'failed'}
+local STATE = {s = 'scheduled', q = 'queued', p = 'processing', f = 'failing',
+  c = 'completed', x = 'failed'}
 local BLOB_INLINE_MAX = 16384
 local BLOB_FIELD = {[PAY] = 'p', [RES] = 'r', [ERR] = 'e'}
 local CORRUPT = {}  -- what read_job returns for bytes that are not a job record
@@ -124,6 +130,9 @@ local function read_job(key)
       or type(j[MAX]) ~= 'number' or type(j[CRE]) ~= 'string'
       or type(j[TTL]) ~= 'number' or (type(j[PAY]) ~= 'string' and j[PAY] ~= true) then
     return CORRUPT
+  end
+  if type(j[PRIO]) ~= 'number' then
+    j[PRIO] = 0
   end
   return j
 end
@@ -174,12 +183,12 @@ end
 -- from 1 for the tail (enqueue, a retry without delay, a stalled job, promotion), `h`
 -- counts down from -1 for the head (a release: before every job of its priority, the
 -- latest release first). Scores are exact doubles while |seq| < 2^39 and |priority|
--- <= 4095 (see next_seq for the counters' restart). Every job is priority 0 for now.
+-- <= 4095 (see next_seq for the counters' restart); the queue accepts -1000..1000.
 local PRIO_STEP = 1099511627776  -- 2^40
 local SEQ_RESTART = 1073741824  -- 2^30
 
 local function ready_score(seq, priority)
-  return fmt(seq - (priority or 0) * PRIO_STEP)
+  return fmt(seq - priority * PRIO_STEP)
 end
 
 -- Events and wake-ups ----------------------------------------------------------------
@@ -261,13 +270,13 @@ local function next_seq(field, step)
   return seq
 end
 
-local function push_tail(id)
-  redis.call('ZADD', KEYS[8], ready_score(next_seq('t', 1)), id)
+local function push_tail(id, priority)
+  redis.call('ZADD', KEYS[8], ready_score(next_seq('t', 1), priority), id)
   pending_wakes = pending_wakes + 1
 end
 
-local function push_head(id)
-  redis.call('ZADD', KEYS[8], ready_score(next_seq('h', -1)), id)
+local function push_head(id, priority)
+  redis.call('ZADD', KEYS[8], ready_score(next_seq('h', -1), priority), id)
   pending_wakes = pending_wakes + 1
 end
 
@@ -308,7 +317,7 @@ local function to_failing(key, id, j, err, delay, token)
   if delay > 0 then
     redis.call('ZADD', KEYS[11], fmt(NOW + delay), id)
   else
-    push_tail(id)
+    push_tail(id, j[PRIO])
   end
 end
 
@@ -323,12 +332,12 @@ local function release_job(key, id, j, token)
   j[ATT], j[SETL], j[TOK], j[WRK] = attempts, token, false, false
   write_job(key, j)
   redis.call('ZREM', KEYS[2], id)
-  push_head(id)
+  push_head(id, j[PRIO])
   emit('requeued', id, attempts + 1)
 end
 
--- Move due delayed jobs to the ready tail in (due, id bytes) order, at most `limit`
--- per call. When more are due than that, the sequence numbers of all of them are
+-- Move due delayed jobs (and scheduled ones, which become queued) to the ready tail of
+-- their priority in (due, id bytes) order, at most `limit` per call. When more are due than that, the sequence numbers of all of them are
 -- reserved at once ({tag}:seq fields pu = the cut-off time, pn = next reserved, pe =
 -- last reserved) and the next calls place the rest with them: jobs enqueued meanwhile
 -- still come after every job that was due when the promotion began, exactly as if all
@@ -361,7 +370,19 @@ local function promote_due(limit)
         seq = redis.call('HINCRBY', KEYS[9], 't', 1)  -- a late arrival (clock jump)
       end
       nxt = nxt + 1
-      redis.call('ZADD', KEYS[8], ready_score(seq), id)
+      local key = KEYS[1] .. id
+      local j = read_job(key)
+      local priority = 0
+      if j and j ~= CORRUPT then
+        priority = j[PRIO]
+        if j[ST] == 's' then
+          j[ST] = 'q'
+          write_job(key, j)
+          redis.call('ZREM', KEYS[13], id)
+        end
+      end
+      -- (a missing or corrupt record goes on too: claim drops or quarantines it)
+      redis.call('ZADD', KEYS[8], ready_score(seq, priority), id)
     end
     moved = moved + #ids
     if #ids == budget then
@@ -376,6 +397,37 @@ local function promote_due(limit)
     redis.call('HDEL', KEYS[9], 'pu', 'pn', 'pe')
   end
   return moved, nil
+end
+
+-- A new job (see enqueue.lua): queued at the tail of its priority, or scheduled until
+-- `run_at` (a number, or nil) when that is later than NOW. Returns the status.
+local function add_job(id, payload, max_attempts, ttl, nonce, priority, run_at)
+  local key = KEYS[1] .. id
+  local j = {'q', 0, max_attempts, fmt(NOW), ttl, nonce, false, false, false,
+    false, false, false, false, false, priority}
+  local status = 'queued'
+  if run_at and run_at > NOW then
+    j[ST], status = 's', 'scheduled'
+  end
+  set_blob(j, id, PAY, payload)
+  write_job(key, j)
+  if status == 'scheduled' then
+    redis.call('ZADD', KEYS[11], fmt(run_at), id)
+    redis.call('ZADD', KEYS[13], fmt(run_at), id)
+    -- Wake one blocked claimer, so that it learns the new due time (next_due) and
+    -- sleeps until then instead of until its own timeout.
+    pending_wakes = pending_wakes + 1
+  else
+    push_tail(id, priority)
+  end
+  emit('enqueued', id, 0)
+  return status
+end
+
+-- Whether lock hash `lock_key` is held by `owner` with `epoch` (strings), unexpired.
+local function fence_ok(lock_key, owner, epoch)
+  local l = redis.call('HMGET', lock_key, 'owner', 'epoch', 'exp')
+  return l[1] == owner and l[2] == epoch and l[3] and tonumber(l[3]) > NOW
 end
 
 -- Physically drop up to `limit` expired terminal records per index; returns how many.

@@ -1,6 +1,6 @@
 #!lua
 -- claim.lua: promote due delayed jobs, then claim up to `limit` ready jobs (FIFO).
--- KEYS: standard 1-12, 13 this claim's record {tag}:claim:<nonce>, 14.. records of
+-- KEYS: standard 1-13, 14 this claim's record {tag}:claim:<nonce>, 15.. records of
 --       earlier claims of this storage whose replies arrived (deleted: no longer needed)
 -- ARGV: 1 clock offset, 2 worker id, 3 limit, 4 lease seconds, 5 the claim's nonce
 --       (tokens are "<nonce>:<n>"), 6 "1" when resent after a lost reply
@@ -20,7 +20,7 @@
 --          created, token, lease_until, result_ttl}
 local PROMOTE_BATCH = 500
 local SKIP_MAX = 500
-for i = 14, #KEYS do
+for i = 15, #KEYS do
   redis.call('DEL', KEYS[i])
 end
 local out = {fmt(NOW), ''}
@@ -38,7 +38,7 @@ local function hand_out(id, j, token, lease_until)
 end
 
 if ARGV[6] == '1' then
-  local record = redis.call('GET', KEYS[13])
+  local record = redis.call('GET', KEYS[14])
   if record then
     -- The first call ran and its reply was lost: hand back what it claimed (and still
     -- holds), with the same tokens and attempts.
@@ -85,7 +85,7 @@ while #claimed < limit and budget > 0 do
   end
 end
 if #claimed > 0 then
-  redis.call('SET', KEYS[13], cmsgpack.pack(claimed), 'PX',
+  redis.call('SET', KEYS[14], cmsgpack.pack(claimed), 'PX',
     string.format('%d', math.min(math.ceil(lease * 1000), 9007199254740992)))
   -- The jobs taken need no wake-up any more: drop as many waiting tokens.
   redis.call('LTRIM', KEYS[10], #claimed, -1)

@@ -1,13 +1,16 @@
 #!lua
 -- enqueue.lua: accept a new job unless a live record holds its id (dedup).
--- KEYS: standard 1-12
+-- KEYS: standard 1-13
 -- ARGV: 1 clock offset, 2 job id, 3 payload (bytes), 4 max_attempts, 5 result_ttl,
---       6 request nonce (a retried call with the same nonce reports "queued" again)
+--       6 request nonce (a retried call with the same nonce reports its status again),
+--       7 priority, 8 run_at ("" for none), 9 delay seconds ("" for none: due at
+--       NOW + delay)
 -- Touches: {tag}:j:<id> (GET; SET), {tag}:b:<id> (HSET of a large payload),
---          seq (HINCRBY t), queue (ZADD), completed/failed and their records (purge of
---          expired entries, at most 100 each), wake (RPUSH a token), publishes
---          "enqueued".
--- Returns: {"queued"} | {"duplicate", state} | {"completed", "completed", result}
+--          seq (HINCRBY t), queue (ZADD) or, for a run_at after now, delayed and
+--          scheduled (ZADD), completed/failed and their records (purge of expired
+--          entries, at most 100 each), wake (RPUSH a token), publishes "enqueued".
+-- Returns: {"queued"} | {"scheduled"} | {"duplicate", state}
+--          | {"completed", "completed", result}
 local id = ARGV[2]
 local key = KEYS[1] .. id
 purge(100)
@@ -17,6 +20,9 @@ if j == CORRUPT then
 end
 if j then
   if j[NONCE] == ARGV[6] then
+    if j[ST] == 's' then
+      return {'scheduled'}
+    end
     return {'queued'}
   end
   if j[ST] == 'c' then
@@ -27,11 +33,11 @@ if j then
   end
   return {'duplicate', STATE[j[ST]]}
 end
-j = {'q', 0, tonumber(ARGV[4]), fmt(NOW), tonumber(ARGV[5]), ARGV[6], false, false, false,
-  false, false, false, false, false}
-set_blob(j, id, PAY, ARGV[3])
-write_job(key, j)
-push_tail(id)
-emit('enqueued', id, 0)
+local run_at = tonumber(ARGV[8])
+if ARGV[9] ~= '' then
+  run_at = NOW + tonumber(ARGV[9])
+end
+local status = add_job(id, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+  tonumber(ARGV[7]), run_at)
 flush()
-return {'queued'}
+return {status}

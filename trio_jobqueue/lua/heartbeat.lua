@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- heartbeat.lua: extend the leases of (id, token) pairs the tokens still own.
--- KEYS: standard 1-12 (touches 1 and 2)
+-- KEYS: standard 1-13 (touches 1 and 2)
 -- ARGV: 1 clock offset, 2 lease seconds, then pairs: id, token, id, token, ...
 -- Touches: {tag}:j:<id> (GET: the record is not rewritten, the lease deadline is the
 --          job's score in leases), leases (ZADD).

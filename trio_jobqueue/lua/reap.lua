@@ -1,8 +1,8 @@
 #!lua
 -- reap.lua: recover up to `limit` jobs whose lease expired, in (deadline, id bytes)
 -- order; the caller calls again while the reply says more are due.
--- KEYS: standard 1-12, 13 the fence's lock hash {tag}:lock:<name> (any key of the tag
---       when unfenced), 14 this call's reply cache {tag}:rc:<nonce>
+-- KEYS: standard 1-13, 14 the fence's lock hash {tag}:lock:<name> (any key of the tag
+--       when unfenced), 15 this call's reply cache {tag}:rc:<nonce>
 -- ARGV: 1 clock offset, 2 the Stalled error (bytes), 3 "1" if fenced, 4 fence owner,
 --       5 fence epoch, 6 limit, 7 "1" when resent after a lost reply, 8 cache ms
 -- Touches: leases (ZRANGEBYSCORE ... LIMIT/ZREM), {tag}:j:<id> (GET, SET, PEXPIREAT),
@@ -12,15 +12,12 @@
 --          that a resent call reports them), publishes "stalled"/"failed".
 -- Returns: {"fenced"} | {"ok", next_deadline or "", now, "1" if more are due else
 --          "0", then per job: id, attempt, 0|1 failed}
-local earlier = cached_reply(KEYS[14], ARGV[7])
+local earlier = cached_reply(KEYS[15], ARGV[7])
 if earlier then
   return earlier
 end
-if ARGV[3] == '1' then
-  local l = redis.call('HMGET', KEYS[13], 'owner', 'epoch', 'exp')
-  if l[1] ~= ARGV[4] or l[2] ~= ARGV[5] or (not l[3]) or tonumber(l[3]) <= NOW then
-    return {'fenced'}
-  end
+if ARGV[3] == '1' and not fence_ok(KEYS[14], ARGV[4], ARGV[5]) then
+  return {'fenced'}
 end
 local out = {'ok', '', fmt(NOW), '0'}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(NOW), 'LIMIT', 0,
@@ -56,6 +53,6 @@ if first[2] then
 end
 flush()
 if #out > 4 then
-  return remember(KEYS[14], out, ARGV[8])
+  return remember(KEYS[15], out, ARGV[8])
 end
 return out

@@ -2,12 +2,12 @@
 -- release_claim.lua: give back every job a claim still holds (its reply never reached
 -- the worker, or the worker was cancelled before it took the jobs): each goes back to
 -- the HEAD of the ready order with its attempt un-consumed, as a shutdown release does.
--- KEYS: standard 1-12, 13 the claim's record {tag}:claim:<nonce> (see claim.lua)
+-- KEYS: standard 1-13, 14 the claim's record {tag}:claim:<nonce> (see claim.lua)
 -- ARGV: 1 clock offset, 2 the claim's nonce
 -- Touches: the claim record (GET, DEL), {tag}:j:<id> (GET, SET), leases (ZREM),
 --          seq (HINCRBY h), queue (ZADD), wake (tokens), publishes "requeued".
 -- Returns: how many jobs were released.
-local record = redis.call('GET', KEYS[13])
+local record = redis.call('GET', KEYS[14])
 if not record then
   return 0
 end
@@ -24,6 +24,6 @@ for n = #ids, 1, -1 do
     released = released + 1
   end
 end
-redis.call('DEL', KEYS[13])
+redis.call('DEL', KEYS[14])
 flush()
 return released

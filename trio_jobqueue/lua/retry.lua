@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- retry.lua: processing -> failing (attempt stays consumed), fenced by the token.
--- KEYS: standard 1-12
+-- KEYS: standard 1-13
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 delay seconds,
 --       6 "1" when this is a retry after a lost reply
 -- Touches: {tag}:j:<id> (GET, SET), {tag}:b:<id> (a large error), leases (ZREM),

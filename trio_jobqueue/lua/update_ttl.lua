@@ -1,6 +1,6 @@
 #!lua flags=allow-oom
 -- update_ttl.lua: restart a terminal job's TTL from now.
--- KEYS: standard 1-12 (touches 1, 3, 4, 6)
+-- KEYS: standard 1-13 (touches 1, 3, 4, 6)
 -- ARGV: 1 clock offset, 2 job id, 3 ttl seconds
 -- Touches: {tag}:j:<id> (GET, SET, PEXPIREAT), {tag}:b:<id> (PEXPIREAT), completed or
 --          failed (ZADD).

@@ -24,6 +24,9 @@ from ._base import (
     Fence as Fence,
 )
 from ._base import (
+    FireStatus as FireStatus,
+)
+from ._base import (
     JobRecord as JobRecord,
 )
 from ._base import (

@@ -6,11 +6,12 @@ results and errors cross this boundary as ``bytes``; the queue owns (de)serializ
 
 Ordering rules every backend follows, so that the reference model can compare them:
 
-* ``enqueue`` appends to the tail of the ready list; ``release`` puts the job back at the
-  head; a retry with delay 0 and a stalled job go to the tail at once.
-* A delayed retry becomes ready at its due time. ``claim`` first moves every due delayed job
-  to the tail of the ready list, in order of (due time, UTF-8 bytes of the id), then pops
-  from the head.
+* The ready list is ordered by priority (higher first), then by position: ``enqueue``
+  appends to the tail of its priority; ``release`` puts the job back at the head of its
+  priority; a retry with delay 0 and a stalled job go to the tail at once.
+* A scheduled job (``enqueue`` with ``run_at`` in the future) and a delayed retry become
+  ready at their due time. ``claim`` first moves every due job to the tail (of its
+  priority), in order of (due time, UTF-8 bytes of the id), then pops from the head.
 * ``reap`` handles expired leases in order of (lease deadline, UTF-8 bytes of the id).
 * A record whose TTL passed is invisible (as if absent) even before any clean-up ran.
 
@@ -34,11 +35,14 @@ import trio
 from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
 
 __all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
     "Claim",
     "ClaimBatch",
     "EnqueueOutcome",
     "EventRecord",
     "Fence",
+    "FireStatus",
     "JobRecord",
     "LockHolder",
     "ReapResult",
@@ -59,6 +63,24 @@ class EnqueueOutcome:
     """For ``duplicate``: the state of the job holding the id."""
     result: bytes | None = None
     """For ``completed``: the encoded cached result."""
+
+
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+"""The accepted priorities (inclusive); higher runs first."""
+
+
+class FireStatus(enum.StrEnum):
+    """What :meth:`Storage.fire_schedule` did."""
+
+    ENQUEUED = "enqueued"
+    """The schedule's cursor moved to the tick and the tick's job was enqueued."""
+    DUPLICATE = "duplicate"
+    """The cursor moved to the tick, but a live job held the id (nothing enqueued)."""
+    PAST = "past"
+    """The tick is not after the schedule's cursor: nothing written."""
+    FENCED = "fenced"
+    """The fence's lock is not held with its epoch: nothing written."""
 
 
 @attrs.frozen
@@ -96,10 +118,12 @@ class JobRecord:
     finished_at: float | None = None
     expires_at: float | None = None
     due_at: float | None = None
-    """For ``failing`` jobs waiting out a retry delay: when they become claimable."""
+    """For ``scheduled`` jobs and ``failing`` jobs waiting out a retry delay: when they
+    become claimable."""
     worker_id: str | None = None
     """For ``processing`` jobs: the worker holding the lease."""
     lease_until: float | None = None
+    priority: int = 0
 
 
 @attrs.frozen
@@ -201,6 +225,8 @@ class StorageStats:
     processing: int
     completed: int
     failed: int
+    scheduled: int = 0
+    """Jobs enqueued for a time that has not come yet."""
 
 
 class SettleStatus(enum.StrEnum):
@@ -275,18 +301,33 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+        self,
+        ns: str,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        run_at: float | None = None,
+        delay: float | None = None,
     ) -> EnqueueOutcome:
         """Atomically accept ``job_id`` unless a live record holds it (dedup).
 
-        A new job becomes ``queued`` at the tail with ``attempts=0`` and emits ``enqueued``.
-        Otherwise nothing changes: ``completed`` with its result (``completed`` status) or
-        ``duplicate`` with ``existing_state``.
+        A new job becomes ``queued`` at the tail of its ``priority`` with ``attempts=0``
+        (status ``queued``), or ``scheduled`` until its due time when that is after the
+        storage's now (status ``scheduled``; it then becomes ready like a due delayed
+        retry), and emits ``enqueued``. The due time is ``run_at`` (storage-clock epoch
+        seconds) or, with ``delay`` (seconds), the storage's now plus ``delay``; at most
+        one of the two is given. Otherwise nothing changes: ``completed`` with its
+        result (``completed`` status) or ``duplicate`` with ``existing_state``.
+        ``priority`` is within ``MIN_PRIORITY..MAX_PRIORITY`` (the queue validates it).
         """
 
     @abc.abstractmethod
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
-        """Remove a ``queued`` or ``failing`` job (record and message); emits ``cancelled``.
+        """Remove a ``scheduled``, ``queued`` or ``failing`` job (record and message);
+        emits ``cancelled``.
 
         ``processing`` and ``completed`` are reported, not changed; a ``failed`` job or a
         missing id gives ``not_found``.
@@ -381,6 +422,35 @@ class Storage(abc.ABC):
         With ``fence``, does nothing (``fenced=True``) unless the fence's lock is held by
         its owner with its epoch.
         """
+
+    # -- schedules ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def fire_schedule(
+        self,
+        ns: str,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        fence: Fence,
+    ) -> FireStatus:
+        """Enqueue the job of one tick of a schedule, at most once per tick, atomically.
+
+        Unless the fence holds (as for :meth:`reap`): ``fenced``, nothing written. Unless
+        ``tick`` is after the schedule's cursor (the last tick fired): ``past``, nothing
+        written. Otherwise the cursor becomes ``tick`` and ``job_id`` is enqueued as
+        :meth:`enqueue` would (ready at once): ``enqueued``, or ``duplicate`` when a live
+        job holds the id. Cursors never expire.
+        """
+
+    @abc.abstractmethod
+    async def schedule_cursors(self, ns: str) -> dict[str, float]:
+        """Every schedule id of ``ns`` that fired, with its last tick."""
 
     # -- leader lock ------------------------------------------------------------------
 

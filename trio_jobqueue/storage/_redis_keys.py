@@ -116,6 +116,12 @@ class NamespaceKeys:
         return self.base + ":delayed"
 
     @property
+    def scheduled(self) -> str:
+        """Jobs enqueued for a later time (id -> ``run_at``): an index next to ``delayed``,
+        which holds them for promotion."""
+        return self.base + ":scheduled"
+
+    @property
     def leases(self) -> str:
         return self.base + ":leases"
 
@@ -131,6 +137,11 @@ class NamespaceKeys:
     def wake(self) -> str:
         """Wake-up tokens, one per job made claimable: what blocked claimers ``BLPOP``."""
         return self.base + ":wake"
+
+    @property
+    def cursors(self) -> str:
+        """Schedule id -> the last tick fired (see ``lua/fire_schedule.lua``)."""
+        return self.base + ":cursors"
 
     def lock(self, name: str) -> str:
         return self.base + ":lock:" + name
@@ -173,9 +184,9 @@ class NamespaceKeys:
         return self.done_prefix + done_shard(job_id)
 
     def standard(self) -> tuple[str, ...]:
-        """KEYS[1..12] of most scripts (see ``lua/_lib.lua``): job prefix, leases,
+        """KEYS[1..13] of most scripts (see ``lua/_lib.lua``): job prefix, leases,
         completed, failed, events channel, blob prefix, job channel prefix, queue, seq,
-        wake, delayed, quarantine."""
+        wake, delayed, quarantine, scheduled."""
         return self._standard
 
     def settle(self) -> tuple[str, ...]:
@@ -198,4 +209,5 @@ class NamespaceKeys:
             self.wake,
             self.delayed,
             self.quarantine,
+            self.scheduled,
         )

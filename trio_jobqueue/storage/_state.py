@@ -21,10 +21,10 @@ the entry's JSON); a blob shared by a record and an event of one entry (a comple
 result) is written once.
 
 **Counters.** :class:`NsState` keeps the number of records in each *bucket* (ready,
-delayed, due, processing, completed, failed), updated by every store and removal and by
+delayed, scheduled, due, processing, completed, failed), updated by every store and removal and by
 replay, so :func:`stats` costs O(1) amortized instead of a scan: it first forgets the
 terminal records whose TTL ran out (O(expired), each record once, as ``purge`` does) and
-moves the delayed retries whose time has come from ``delayed`` to ``due`` through a cursor
+moves the delayed retries and scheduled jobs whose time has come to ``due`` through a cursor
 (a heap of due times, each entry popped once), then reads the counters.
 """
 
@@ -46,6 +46,7 @@ from ._base import (
     EnqueueOutcome,
     EventRecord,
     Fence,
+    FireStatus,
     JobRecord,
     LockHolder,
     ReapedJob,
@@ -156,7 +157,7 @@ def _key(job_id: str) -> bytes:
 
 # Buckets: which counter a record is in (see the module docstring). Derived from the
 # record's fields (plus the due cursor), never stored on disk.
-NONE, READY, DELAYED, DUE, PROCESSING, COMPLETED, FAILED = range(7)
+NONE, READY, DELAYED, DUE, PROCESSING, COMPLETED, FAILED, SCHEDULED = range(8)
 
 
 @attrs.define(eq=False)
@@ -178,6 +179,7 @@ class Rec:
     lease_until: float | None = None
     ready_seq: int | None = None
     delay_seq: int | None = None
+    priority: int = 0
     # -- derived, per process (not journalled) --
     bucket: int = NONE
     """The counter this record is in (:meth:`NsState.recount`)."""
@@ -199,6 +201,7 @@ class Rec:
             due_at=self.due_at,
             worker_id=self.worker_id,
             lease_until=self.lease_until,
+            priority=self.priority,
         )
 
 
@@ -220,10 +223,11 @@ FIELDS = (
     "lease_until",
     "ready_seq",
     "delay_seq",
+    "priority",
 )
 """The journalled fields of a record, in the order of an encoded record (and of ``Rec``'s
 constructor)."""
-CODES = ("i", "p", "s", "m", "t", "c", "a", "r", "e", "f", "x", "d", "w", "k", "l", "q", "y")
+CODES = ("i", "p", "s", "m", "t", "c", "a", "r", "e", "f", "x", "d", "w", "k", "l", "q", "y", "z")
 """One letter per field, as written in an update (the keys of format 1's records)."""
 _CODE_INDEX = {code: index for index, code in enumerate(CODES)}
 _image = operator.attrgetter(*FIELDS)
@@ -297,7 +301,10 @@ _DECODERS: dict[int, Any] = {
     14: _opt_float,
     15: _opt_int,
     16: _opt_int,
+    17: lambda v: _int(v),
 }
+_LEGACY_FIELDS = len(FIELDS) - 1
+"""Records written before priorities had one field less (their priority is 0)."""
 
 
 def encode_image(image: Sequence[Any], blobs: BlobWriter) -> list[Any]:
@@ -310,7 +317,7 @@ def encode_rec(rec: Rec, blobs: BlobWriter) -> list[Any]:
 
 
 def decode_rec(raw: Any, blobs: BlobReader) -> Rec:
-    if not isinstance(raw, list) or len(raw) != len(FIELDS):
+    if not isinstance(raw, list) or len(raw) not in (len(FIELDS), _LEGACY_FIELDS):
         raise CorruptRecord("malformed job record")
     return Rec(*[_in(index, value, blobs) for index, value in enumerate(raw)])
 
@@ -318,7 +325,7 @@ def decode_rec(raw: Any, blobs: BlobReader) -> Rec:
 def decode_rec_v1(raw: Any) -> Rec:
     """A whole record as format 1 wrote it (a dict keyed by :data:`CODES`, base64)."""
     try:
-        return decode_rec([raw[code] for code in CODES], _NO_BLOBS)
+        return decode_rec([raw[code] for code in CODES[:_LEGACY_FIELDS]], _NO_BLOBS)
     except (KeyError, TypeError) as exc:
         raise CorruptRecord(f"undecodable job record: {exc!r}") from exc
 
@@ -332,7 +339,9 @@ def _bucket(rec: Rec) -> int:
     if state is JobState.FAILED:
         return FAILED
     if rec.delay_seq is not None:
-        return DUE if rec.due_mark == rec.delay_seq else DELAYED
+        if rec.due_mark == rec.delay_seq:
+            return DUE
+        return SCHEDULED if state is JobState.SCHEDULED else DELAYED
     return READY
 
 
@@ -471,14 +480,17 @@ class NsState:
     """Last sequence number given to a tail insertion (grows)."""
     head_seq: int = 0
     """Last sequence number given to a head insertion (shrinks, always below any tail)."""
-    ready: list[tuple[int, str]] = attrs.Factory(list)
+    ready: list[tuple[int, int, str]] = attrs.Factory(list)
+    """(-priority, position, id): the highest priority first, then by position."""
     delayed: list[tuple[float, bytes, int, str]] = attrs.Factory(list)
     leases: list[tuple[float, bytes, str, str]] = attrs.Factory(list)
     expiries: list[tuple[float, bytes, str]] = attrs.Factory(list)
     due_cursor: list[tuple[float, int, str]] = attrs.Factory(list)
     """Due times of delayed records, popped by :meth:`advance_due` (``stats`` only; the
     ``delayed`` heap belongs to ``claim``, which moves due records)."""
-    counts: list[int] = attrs.Factory(lambda: [0] * 7)
+    cursors: dict[str, float] = attrs.Factory(dict)
+    """Per schedule id: the last tick fired (:func:`fire_schedule`)."""
+    counts: list[int] = attrs.Factory(lambda: [0] * 8)
     """Records per bucket (index ``NONE`` is unused)."""
 
     # -- records and counters ---------------------------------------------------------------
@@ -486,7 +498,7 @@ class NsState:
     def index(self, rec: Rec) -> None:
         """Push ``rec``'s current positions into the indexes (stale ones are skipped later)."""
         if rec.ready_seq is not None:
-            heapq.heappush(self.ready, (rec.ready_seq, rec.job_id))
+            heapq.heappush(self.ready, (-rec.priority, rec.ready_seq, rec.job_id))
         if rec.delay_seq is not None and rec.due_at is not None:
             key = _key(rec.job_id)
             heapq.heappush(self.delayed, (rec.due_at, key, rec.delay_seq, rec.job_id))
@@ -564,6 +576,7 @@ class NsState:
             "jobs": jobs,
             "locks": {name: lock.encode() for name, lock in self.locks.items()},
             "workers": [encode_worker(rec) for rec in self.workers.values()],
+            "cur": self.cursors,
             "B": blobs.lengths(),
         }
         return body, blobs.parts
@@ -588,6 +601,7 @@ class NsState:
             for item in raw.get("workers", ()):
                 worker = decode_worker(item)
                 state.workers[worker.worker_id] = worker
+            state.cursors = _decode_cursors(raw.get("cur", {}))
         except CorruptRecord:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -616,6 +630,7 @@ class NsState:
                 str(k): None if v is None else decode_worker(v) for k, v in raw.get("W", {}).items()
             }
             events = [decode_event(item, blobs) for item in raw.get("ev", ())]
+            cursors = _decode_cursors(raw.get("C", {}))
             tail_seq = _int(raw["ts"])
             head_seq = _int(raw["hs"])
         except CorruptRecord:
@@ -643,9 +658,16 @@ class NsState:
                 self.workers.pop(worker_id, None)
             else:
                 self.workers[worker_id] = worker
+        self.cursors.update(cursors)
         self.tail_seq = tail_seq
         self.head_seq = head_seq
         return events
+
+
+def _decode_cursors(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise CorruptRecord("malformed schedule cursors")
+    return {_str(schedule_id): float(tick) for schedule_id, tick in raw.items()}
 
 
 def _decode_update(raw: Any, blobs: BlobReader) -> tuple[str, list[tuple[str, Any]]]:
@@ -673,6 +695,7 @@ class Sealed:
     :data:`FIELDS` order) or ``(False, {field index: new value})`` (changed fields)."""
     locks: dict[str, list[Any]]
     workers: dict[str, list[Any] | None]
+    cursors: dict[str, float]
     events: list[EventRecord]
     tail_seq: int
     head_seq: int
@@ -692,6 +715,7 @@ class Tx:
     images: dict[str, tuple[Rec, tuple[Any, ...]]] = attrs.Factory(dict)
     locks: set[str] = attrs.Factory(set)
     workers: set[str] = attrs.Factory(set)
+    cursors: set[str] = attrs.Factory(set)
     events: list[EventRecord] = attrs.Factory(list)
     durable: bool = False
     """False while the only changes need no fsync: forgetting expired records, extending
@@ -724,12 +748,16 @@ class Tx:
         to expire, which it does by itself."""
         self.workers.add(worker_id)
 
+    def touch_cursor(self, schedule_id: str) -> None:
+        self.cursors.add(schedule_id)
+        self.durable = True
+
     def emit(self, event: EventRecord) -> None:
         self.events.append(event)
 
     @property
     def changed(self) -> bool:
-        return bool(self.touched or self.locks or self.workers or self.events)
+        return bool(self.touched or self.locks or self.workers or self.cursors or self.events)
 
     def seal(self) -> Sealed:
         """Freeze this transition's redo delta (requires ``track``)."""
@@ -756,6 +784,7 @@ class Tx:
             records,
             {name: state.locks[name].encode() for name in self.locks},
             {worker_id: _encoded_worker(state, worker_id) for worker_id in self.workers},
+            {schedule_id: state.cursors[schedule_id] for schedule_id in self.cursors},
             [journaled_event(event) for event in self.events],
             state.tail_seq,
             state.head_seq,
@@ -774,6 +803,7 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
     records: dict[str, tuple[bool, Any] | None] = {}
     locks: dict[str, list[Any]] = {}
     workers: dict[str, list[Any] | None] = {}
+    cursors: dict[str, float] = {}
     events: list[EventRecord] = []
     for seal in seals:
         for job_id, item in seal.records.items():
@@ -789,8 +819,9 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
                 records[job_id] = (False, {**before[1], **item[1]})
         locks.update(seal.locks)
         workers.update(seal.workers)
+        cursors.update(seal.cursors)
         events.extend(seal.events)
-    if not (records or locks or workers or events):
+    if not (records or locks or workers or cursors or events):
         return None
     blobs = BlobWriter()
     news: list[Any] = []
@@ -822,6 +853,8 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
         entry["L"] = locks
     if workers:
         entry["W"] = workers
+    if cursors:
+        entry["C"] = cursors
     if events:
         entry["ev"] = [encode_event(event, blobs) for event in events]
     if blobs.parts:
@@ -876,14 +909,17 @@ def _promote_due(tx: Tx) -> float | None:
         if due > tx.now:
             return due
         heapq.heappop(st.delayed)
-        _push_ready(tx, tx.see(rec))
+        tx.see(rec)
+        if rec.state is JobState.SCHEDULED:
+            rec.state = JobState.QUEUED
+        _push_ready(tx, rec)
     return None
 
 
 def _pop_ready(tx: Tx) -> Rec | None:
     st = tx.state
     while st.ready:
-        seq, job_id = heapq.heappop(st.ready)
+        _, seq, job_id = heapq.heappop(st.ready)
         rec = _live(tx, job_id)
         if rec is not None and rec.ready_seq == seq:
             rec.ready_seq = None
@@ -930,7 +966,14 @@ def purge(tx: Tx) -> int:
 
 
 def enqueue(
-    tx: Tx, job_id: str, payload: bytes, max_attempts: int, result_ttl: float
+    tx: Tx,
+    job_id: str,
+    payload: bytes,
+    max_attempts: int,
+    result_ttl: float,
+    priority: int = 0,
+    run_at: float | None = None,
+    delay: float | None = None,
 ) -> EnqueueOutcome:
     purge(tx)
     rec = _live(tx, job_id)
@@ -945,10 +988,19 @@ def enqueue(
         max_attempts=max_attempts,
         result_ttl=result_ttl,
         created_at=tx.now,
+        priority=priority,
     )
-    _push_ready(tx, rec)
+    status = EnqueueStatus.QUEUED
+    if delay is not None:
+        run_at = tx.now + delay
+    if run_at is not None and run_at > tx.now:
+        rec.state = JobState.SCHEDULED
+        _push_delayed(tx, rec, run_at)
+        status = EnqueueStatus.SCHEDULED
+    else:
+        _push_ready(tx, rec)
     tx.emit(EventRecord(EventKind.ENQUEUED, job_id, 0))
-    return EnqueueOutcome(EnqueueStatus.QUEUED)
+    return EnqueueOutcome(status)
 
 
 def cancel(tx: Tx, job_id: str) -> CancelStatus:
@@ -1117,6 +1169,35 @@ def reap(tx: Tx, fence: Fence | None) -> ReapResult:
     return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=tx.now)
 
 
+def fire_schedule(
+    tx: Tx,
+    schedule_id: str,
+    tick: float,
+    job_id: str,
+    payload: bytes,
+    max_attempts: int,
+    result_ttl: float,
+    priority: int,
+    fence: Fence,
+) -> FireStatus:
+    if not _fence_ok(tx, fence):
+        return FireStatus.FENCED
+    cursors = tx.state.cursors
+    last = cursors.get(schedule_id)
+    if last is not None and tick <= last:
+        return FireStatus.PAST
+    cursors[schedule_id] = tick
+    tx.touch_cursor(schedule_id)
+    outcome = enqueue(tx, job_id, payload, max_attempts, result_ttl, priority)
+    if outcome.status is EnqueueStatus.QUEUED:
+        return FireStatus.ENQUEUED
+    return FireStatus.DUPLICATE
+
+
+def schedule_cursors(tx: Tx) -> dict[str, float]:
+    return dict(tx.state.cursors)
+
+
 def acquire_lock(
     tx: Tx, lock: str, owner: str, ttl: float, take_from_dead: bool = False
 ) -> int | None:
@@ -1215,4 +1296,5 @@ def stats(tx: Tx) -> StorageStats:
         processing=counts[PROCESSING],
         completed=counts[COMPLETED],
         failed=counts[FAILED],
+        scheduled=counts[SCHEDULED],
     )

@@ -62,6 +62,7 @@ from ._base import (
     EnqueueOutcome,
     EventRecord,
     Fence,
+    FireStatus,
     JobRecord,
     LockHolder,
     ReapResult,
@@ -1157,7 +1158,16 @@ class FileStorage(Storage):
     # -- producer transitions -------------------------------------------------------------
 
     async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+        self,
+        ns: str,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        run_at: float | None = None,
+        delay: float | None = None,
     ) -> EnqueueOutcome:
         value, _ = await self._run(
             ns,
@@ -1167,6 +1177,9 @@ class FileStorage(Storage):
                 payload=bytes(payload),
                 max_attempts=max_attempts,
                 result_ttl=result_ttl,
+                priority=priority,
+                run_at=run_at,
+                delay=delay,
             ),
         )
         return value
@@ -1271,6 +1284,41 @@ class FileStorage(Storage):
 
     async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
         value, _ = await self._run(ns, partial(fst.reap, fence=fence))
+        return value
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def fire_schedule(
+        self,
+        ns: str,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        fence: Fence,
+    ) -> FireStatus:
+        value, _ = await self._run(
+            ns,
+            partial(
+                fst.fire_schedule,
+                schedule_id=schedule_id,
+                tick=tick,
+                job_id=job_id,
+                payload=bytes(payload),
+                max_attempts=max_attempts,
+                result_ttl=result_ttl,
+                priority=priority,
+                fence=fence,
+            ),
+        )
+        return value
+
+    async def schedule_cursors(self, ns: str) -> dict[str, float]:
+        value, _ = await self._run(ns, fst.schedule_cursors)
         return value
 
     # -- leader lock ----------------------------------------------------------------------

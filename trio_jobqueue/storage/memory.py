@@ -21,6 +21,7 @@ from ._base import (
     ClaimBatch,
     EnqueueOutcome,
     Fence,
+    FireStatus,
     JobRecord,
     LockHolder,
     ReapResult,
@@ -72,11 +73,25 @@ class MemoryStorage(Storage):
     # -- producer transitions -------------------------------------------------------------
 
     async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+        self,
+        ns: str,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        run_at: float | None = None,
+        delay: float | None = None,
     ) -> EnqueueOutcome:
         await trio.lowlevel.checkpoint()
         data = bytes(payload)
-        return self._run(ns, lambda tx: st.enqueue(tx, job_id, data, max_attempts, result_ttl))
+        return self._run(
+            ns,
+            lambda tx: st.enqueue(
+                tx, job_id, data, max_attempts, result_ttl, priority, run_at, delay
+            ),
+        )
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         await trio.lowlevel.checkpoint()
@@ -136,6 +151,34 @@ class MemoryStorage(Storage):
     async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.reap(tx, fence))
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def fire_schedule(
+        self,
+        ns: str,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        fence: Fence,
+    ) -> FireStatus:
+        await trio.lowlevel.checkpoint()
+        data = bytes(payload)
+        return self._run(
+            ns,
+            lambda tx: st.fire_schedule(
+                tx, schedule_id, tick, job_id, data, max_attempts, result_ttl, priority, fence
+            ),
+        )
+
+    async def schedule_cursors(self, ns: str) -> dict[str, float]:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, st.schedule_cursors)
 
     # -- leader lock ----------------------------------------------------------------------
 

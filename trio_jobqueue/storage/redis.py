@@ -27,6 +27,7 @@ from ._base import (
     EnqueueOutcome,
     EventRecord,
     Fence,
+    FireStatus,
     JobRecord,
     LockHolder,
     ReapedJob,
@@ -478,16 +479,34 @@ class RedisStorage(Storage):
     # -- producer transitions ---------------------------------------------------------
 
     async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+        self,
+        ns: str,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        run_at: float | None = None,
+        delay: float | None = None,
     ) -> EnqueueOutcome:
         nonce = secrets.token_urlsafe(6)  # 48 bits, kept in the job record
         reply = await self._run(
             "enqueue",
             ns,
-            [job_id, bytes(payload), int(max_attempts), repr(float(result_ttl)), nonce],
+            [
+                job_id,
+                bytes(payload),
+                int(max_attempts),
+                repr(float(result_ttl)),
+                nonce,
+                int(priority),
+                "" if run_at is None else repr(float(run_at)),
+                "" if delay is None else repr(float(delay)),
+            ],
         )
         status = EnqueueStatus(reply[0].decode())
-        if status is EnqueueStatus.QUEUED:
+        if status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
             return EnqueueOutcome(status)
         with _corrupt_record(ns, job_id):
             state = JobState(reply[1].decode())
@@ -523,6 +542,7 @@ class RedisStorage(Storage):
             due,
             worker,
             lease,
+            priority,
         ) = reply
         return JobRecord(
             job_id=job_id,
@@ -538,6 +558,7 @@ class RedisStorage(Storage):
             due_at=_opt_float(due),
             worker_id=_text(worker),
             lease_until=_opt_float(lease),
+            priority=int(priority),
         )
 
     async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
@@ -736,6 +757,49 @@ class RedisStorage(Storage):
                     stalled=tuple(stalled), next_deadline=_opt_float(reply[1]), now=float(reply[2])
                 )
 
+    # -- schedules --------------------------------------------------------------------
+
+    async def fire_schedule(
+        self,
+        ns: str,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        fence: Fence,
+    ) -> FireStatus:
+        keys = self.keys(ns)
+        reply = await self.adapter.run_script(
+            "fire_schedule",
+            [*keys.standard(), keys.lock(fence.lock), keys.cursors],
+            [
+                self._clock_arg,
+                schedule_id,
+                repr(float(tick)),
+                job_id,
+                bytes(payload),
+                int(max_attempts),
+                repr(float(result_ttl)),
+                int(priority),
+                fence.owner,
+                str(int(fence.epoch)),
+                secrets.token_urlsafe(6),
+            ],
+        )
+        return FireStatus(reply.decode())
+
+    async def schedule_cursors(self, ns: str) -> dict[str, float]:
+        reply = await self.adapter.command("HGETALL", self.keys(ns).cursors)
+        if isinstance(reply, dict):  # RESP3-style clients answer a map
+            items = list(reply.items())
+        else:
+            items = list(zip(reply[::2], reply[1::2], strict=True))
+        return {bytes(k).decode("utf-8"): float(v) for k, v in items}
+
     # -- leader lock ------------------------------------------------------------------
 
     async def acquire_lock(
@@ -810,13 +874,14 @@ class RedisStorage(Storage):
     # -- housekeeping -----------------------------------------------------------------
 
     async def stats(self, ns: str) -> StorageStats:
-        queued, delayed, processing, completed, failed = await self._run("stats", ns, [])
+        queued, delayed, processing, completed, failed, scheduled = await self._run("stats", ns, [])
         return StorageStats(
             queued=int(queued),
             delayed=int(delayed),
             processing=int(processing),
             completed=int(completed),
             failed=int(failed),
+            scheduled=int(scheduled),
         )
 
     async def purge_expired(self, ns: str) -> int:
