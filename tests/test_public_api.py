@@ -10,6 +10,7 @@ EXPECTED = {
     "BytesSerializer",
     "CancelResult",
     "CancelStatus",
+    "CronSchedule",
     "EnqueueResult",
     "EnqueueStatus",
     "EventChannel",
@@ -17,6 +18,7 @@ EXPECTED = {
     "ExecutionContext",
     "ExponentialBackoff",
     "FixedDelay",
+    "IntervalSchedule",
     "InvalidJobError",
     "InvalidTtlError",
     "Job",
@@ -31,12 +33,15 @@ EXPECTED = {
     "JsonSerializer",
     "MAX_JOB_ID_LENGTH",
     "MemoryStorage",
+    "Misfire",
     "PayloadDecodeError",
     "Queue",
     "QueueStatistics",
     "Reaper",
     "ReaperStatistics",
     "RetryPolicy",
+    "Scheduler",
+    "SchedulerStatistics",
     "SerializationError",
     "Serializer",
     "Storage",
@@ -47,7 +52,9 @@ EXPECTED = {
     "WorkerInfo",
     "open_queue",
     "open_reaper",
+    "open_scheduler",
     "serve_reaper",
+    "serve_scheduler",
     "serve_worker",
     "storage_from_url",
 }
@@ -102,6 +109,19 @@ def test_serve_signatures_follow_open() -> None:
     served = inspect.signature(jq.serve_reaper).parameters
     assert list(served) == [*reaper, "task_status"]
     assert all(served[name].default == param.default for name, param in reaper.items())
+
+
+def test_scheduler_signatures() -> None:
+    """serve_scheduler is open_scheduler's twin (plus task_status); open_queue and
+    serve_worker take ``schedules`` (default: none)."""
+    opened = inspect.signature(jq.open_scheduler).parameters
+    served = inspect.signature(jq.serve_scheduler).parameters
+    assert list(opened)[:2] == ["storage", "schedules"]
+    assert list(served) == [*opened, "task_status"]
+    assert all(served[name].default == param.default for name, param in opened.items())
+    assert {"name", "max_attempts", "result_ttl", "lock_ttl", "owner"} <= set(opened)
+    assert inspect.signature(jq.open_queue).parameters["schedules"].default == ()
+    assert inspect.signature(jq.serve_worker).parameters["schedules"].default == ()
 
 
 def test_errors_hierarchy() -> None:

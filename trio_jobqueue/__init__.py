@@ -25,6 +25,13 @@ from ._reaper import serve_reaper as serve_reaper
 from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import FixedDelay as FixedDelay
 from ._retry import RetryPolicy as RetryPolicy
+from ._schedule import CronSchedule as CronSchedule
+from ._schedule import IntervalSchedule as IntervalSchedule
+from ._schedule import Misfire as Misfire
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import SchedulerStatistics as SchedulerStatistics
+from ._scheduler import open_scheduler as open_scheduler
+from ._scheduler import serve_scheduler as serve_scheduler
 from ._serde import BytesSerializer as BytesSerializer
 from ._serde import JsonSerializer as JsonSerializer
 from ._serde import Serializer as Serializer

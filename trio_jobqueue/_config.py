@@ -1,5 +1,7 @@
-"""Options of the worker and the reaper, validated once: :class:`QueueConfig` for
-``open_queue``/``serve_worker``, :class:`ReaperConfig` for ``open_reaper``/``serve_reaper``.
+"""Options of the worker, the reaper and the scheduler, validated once: :class:`QueueConfig`
+for ``open_queue``/``serve_worker``, :class:`ReaperConfig` for
+``open_reaper``/``serve_reaper``, :class:`SchedulerConfig` for
+``open_scheduler``/``serve_scheduler``.
 
 Building a config checks every option (the error names it: ``ValueError``, its
 ``InvalidJobError``/``InvalidTtlError`` subclasses, or ``TypeError`` for something that
@@ -18,6 +20,7 @@ from typing import Any
 import attrs
 
 from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy, as_retry_policy
+from ._schedule import Schedule, check_schedules
 from ._serde import JsonSerializer, Serializer
 from ._validate import check_duration, check_max_attempts, check_name, check_ttl
 from ._worker import AfterExecution, Handler, is_async_callable
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_SHUTDOWN_GRACE",
     "QueueConfig",
     "ReaperConfig",
+    "SchedulerConfig",
     "default_worker_id",
 ]
 
@@ -103,6 +107,10 @@ def _serializer(instance: object, attribute: attrs.Attribute[Any], value: object
         raise TypeError(f"{attribute.name} must have dumps(value) -> bytes and loads(bytes)")
 
 
+def _schedules(value: object) -> tuple[Schedule, ...]:
+    return check_schedules(value)
+
+
 # -- the configs ------------------------------------------------------------------------
 
 
@@ -130,6 +138,28 @@ class ReaperConfig:
         if self.interval is not None:
             return float(self.interval)
         return max(min(float(self.visibility_timeout) / 2, 5.0), 0.01)
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerConfig:
+    """The options of ``open_scheduler``/``serve_scheduler`` and of a queue's embedded
+    scheduler (see ``docs/scheduling.md``)."""
+
+    schedules: tuple[Schedule, ...] = attrs.field(converter=_schedules)
+    """The schedules to run (distinct ids)."""
+    name: str = attrs.field(default=None, converter=_name_or_default, validator=_name)
+    max_attempts: int = attrs.field(default=3, validator=_max_attempts)
+    """Attempts of the jobs of schedules that set none."""
+    result_ttl: float = attrs.field(default=3600.0, validator=_ttl)
+    """Result TTL of the jobs of schedules that set none."""
+    lock_ttl: float = attrs.field(default=30.0, validator=_ttl)
+    """Lease of the ``scheduler`` leader lock."""
+    owner: str = attrs.field(default=None, converter=_id_or_new, validator=_identity)
+    """This scheduler's identity in the lock (and the registry)."""
+    serializer: Serializer = attrs.field(
+        default=None, converter=_serializer_or_json, validator=_serializer
+    )
+    payload_type: Any = None
 
 
 @attrs.frozen(kw_only=True)
@@ -165,6 +195,8 @@ class QueueConfig:
     reaper: bool | None = attrs.field(default=None, converter=_optional_bool)
     """Run an embedded reaper; ``None``: when there is a handler."""
     lock_ttl: float = attrs.field(default=30.0, validator=_ttl)
+    schedules: tuple[Schedule, ...] = attrs.field(default=(), converter=_schedules)
+    """Schedules for the embedded scheduler (none: no scheduler runs)."""
 
     @job_timeout.validator
     def _check_job_timeout(self, attribute: attrs.Attribute[float | None], value: object) -> None:
@@ -189,4 +221,20 @@ class QueueConfig:
             visibility_timeout=self.visibility_timeout,
             lock_ttl=self.lock_ttl,
             owner=self.worker_id,
+        )
+
+    def scheduler_config(self) -> SchedulerConfig | None:
+        """The embedded scheduler's options (``None`` without schedules): leader-elected,
+        identified by the worker id, the queue's defaults and serializer."""
+        if not self.schedules:
+            return None
+        return SchedulerConfig(
+            schedules=self.schedules,
+            name=self.name,
+            max_attempts=self.max_attempts,
+            result_ttl=self.result_ttl,
+            lock_ttl=self.lock_ttl,
+            owner=self.worker_id,
+            serializer=self.serializer,
+            payload_type=self.payload_type,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -15,8 +15,11 @@ import trio
 from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
 from ._errors import JobCancelledError, JobFailedError, JobQueueError, WaitTimeoutError
 from ._events import EventChannel, open_event_channel
+from ._leader import run_service
 from ._reaper import REAPER_LOCK, Reaper, reaper_service
 from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from ._schedule import Schedule
+from ._scheduler import Scheduler
 from ._serde import Serializer, TypedCodec, decode_error
 from ._types import (
     CancelResult,
@@ -384,6 +387,7 @@ async def serve_worker(
     result_type: Any = None,
     reaper: bool = True,
     lock_ttl: float = 30.0,
+    schedules: Iterable[Schedule] = (),
     task_status: trio.TaskStatus[Queue[Any, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a worker for the queue ``name`` in the caller's nursery until cancelled::
@@ -395,8 +399,9 @@ async def serve_worker(
     (Options go through ``functools.partial``: ``nursery.start`` keeps ``name=`` for the
     task's name.) Opens ``storage`` (reference-counted: several ``serve_worker`` and
     ``serve_reaper`` tasks, with different handlers and names, may share it) and runs the
-    worker and, unless ``reaper=False``, an embedded leader-elected reaper. Options and
-    defaults are those of :func:`open_queue` (``docs/configuration.md``).
+    worker and, unless ``reaper=False``, an embedded leader-elected reaper, and with
+    ``schedules`` an embedded leader-elected scheduler (``docs/scheduling.md``). Options
+    and defaults are those of :func:`open_queue` (``docs/configuration.md``).
 
     Once the worker runs, ``task_status.started()`` is given the worker's :class:`Queue`:
     ``.statistics()``, ``.worker_id``, ``.skip_grace()``, ``.reaper``, and the producer
@@ -404,7 +409,8 @@ async def serve_worker(
 
     Cancellation: cancelling the task is the graceful shutdown. The worker stops claiming,
     gives in-flight jobs ``shutdown_grace`` seconds, cancels the rest and returns them to
-    the queue without consuming an attempt, stops its reaper, and closes the storage if
+    the queue without consuming an attempt, stops its reaper (and scheduler, first of
+    all), and closes the storage if
     this was its last user, all before the cancellation propagates out of this call.
 
     Raises:
@@ -431,6 +437,7 @@ async def serve_worker(
         result_type=result_type,
         reaper=reaper,
         lock_ttl=lock_ttl,
+        schedules=schedules,
     )
     await worker_service(storage, config, task_status=task_status)
 
@@ -464,13 +471,16 @@ async def worker_service(
         if config.runs_reaper
         else None
     )
+    scheduler = _embedded_scheduler(storage, config, registers=False)
     async with storage, open_service_nursery() as nursery:
         # Starting does no I/O; shielded, so that no cancellation lands between starting
-        # the (shielded) worker and reaper tasks and the ``try`` that stops them.
+        # the (shielded) worker, reaper and scheduler tasks and the ``try`` that stops them.
         with trio.CancelScope(shield=True):
             await nursery.start(worker.run)
             if reaper is not None:
                 await nursery.start(reaper.run)
+            if scheduler is not None:
+                await nursery.start(scheduler.run)
         try:
             task_status.started(queue)
             # Until cancelled, or until a handler's KeyboardInterrupt/SystemExit ends
@@ -478,9 +488,24 @@ async def worker_service(
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                if scheduler is not None:
+                    await scheduler.stop()  # enqueue no more ticks
                 await worker.shutdown(float(config.shutdown_grace))
                 if reaper is not None:
                     await reaper.stop()
+
+
+def _embedded_scheduler(
+    storage: Storage, config: QueueConfig, *, registers: bool
+) -> Scheduler | None:
+    """The queue's scheduler, if it has schedules (built before anything opens: building
+    encodes the payloads, which may fail)."""
+    scheduler_config = config.scheduler_config()
+    if scheduler_config is None:
+        return None
+    if registers:  # producer-only: next to a reaper that registers in the worker's name
+        scheduler_config = attrs.evolve(scheduler_config, owner=f"{config.worker_id}~scheduler")
+    return Scheduler.from_config(storage, scheduler_config, registers=registers)
 
 
 @asynccontextmanager
@@ -503,6 +528,7 @@ async def open_queue(
     result_type: Any = None,
     reaper: bool | None = None,
     lock_ttl: float = 30.0,
+    schedules: Iterable[Schedule] = (),
 ) -> AsyncIterator[Queue[Any, Any]]:
     """Open a queue on ``storage``; with a ``handler``, run a worker while the block runs.
 
@@ -513,9 +539,13 @@ async def open_queue(
     seconds, cancels the rest and returns them to the queue without consuming an attempt,
     then the storage is closed if this was its last user.
 
+    With ``schedules`` (:class:`CronSchedule`/:class:`IntervalSchedule` values), the queue
+    also runs a leader-elected scheduler that enqueues each tick exactly once however many
+    queues run them (``docs/scheduling.md``); it stops first on exit.
+
     Raises:
         ValueError, TypeError: an option is invalid (nothing is opened), e.g.
-            ``job_timeout`` with a sync handler.
+            ``job_timeout`` with a sync handler, or two schedules with one id.
         KeyboardInterrupt, SystemExit: raised by a handler; the worker released its jobs
             (attempts not consumed) and stopped.
     """
@@ -536,6 +566,10 @@ async def open_queue(
         result_type=result_type,
         reaper=reaper,
         lock_ttl=lock_ttl,
+        schedules=schedules,
+    )
+    scheduler = (
+        None if config.handler is not None else _embedded_scheduler(storage, config, registers=True)
     )
     async with storage, open_service_nursery() as nursery:
         if config.handler is not None:
@@ -544,6 +578,8 @@ async def open_queue(
             queue = _new_queue(storage, config)
             if config.runs_reaper:
                 queue.reaper = await nursery.start(reaper_service, storage, config.reaper_config())
+            if scheduler is not None:
+                await nursery.start(run_service, storage, scheduler)
         try:
             yield queue
         finally:

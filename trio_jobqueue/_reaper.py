@@ -1,15 +1,12 @@
-"""Lease recovery and leader election: :func:`serve_reaper`, :func:`open_reaper` and the
-reaper embedded in every worker.
+"""Lease recovery: :func:`serve_reaper`, :func:`open_reaper` and the reaper embedded in
+every worker.
 
 Any number of reapers may run against one queue (one per worker process is the normal
-set-up). With leader election on, they compete for a lease-based lock with a fencing
-epoch; only the holder reaps, and every reap presents the epoch, so a stale leader (paused,
-partitioned) that wakes up cannot act. The lock's lease is ``3/4 * lock_ttl``; the leader
-renews it every ``lock_ttl / 4`` seconds. The others retry at least every
-:data:`~._presence.PRESENCE_INTERVAL` seconds and take the lock from a holder that is no
-longer registered as a live worker (or stand-alone reaper) in the worker registry, so a
-killed leader is replaced about :data:`~._presence.PRESENCE_TTL` seconds after its death,
-and within ``lock_ttl`` in any case.
+set-up). With leader election on, they compete for the ``reaper`` lock (see
+:mod:`._leader`: a fenced lease, a killed leader replaced about
+:data:`~._presence.PRESENCE_TTL` seconds after its death, within ``lock_ttl`` in any
+case); only the holder reaps, and every reap presents the epoch, so a stale leader
+(paused, partitioned) that wakes up cannot act.
 """
 
 from __future__ import annotations
@@ -25,9 +22,9 @@ import trio
 from ._config import ReaperConfig
 from ._errors import StorageError
 from ._events import EventChannel, open_event_channel
-from ._presence import PRESENCE_INTERVAL, Presence, host_and_pid
+from ._leader import ElectedService, open_service, run_service
+from ._presence import host_and_pid
 from ._serde import JsonSerializer, TypedCodec
-from ._util import open_service_nursery
 from .storage import Fence, Storage, WorkerRecord
 
 log = logging.getLogger("trio_jobqueue")
@@ -47,28 +44,16 @@ class ReaperStatistics:
 
 
 @attrs.define(eq=False, kw_only=True)
-class Reaper:
+class Reaper(ElectedService):
     """A running reaper: what :func:`open_reaper` yields and :func:`serve_reaper` passes to
     ``task_status.started()``."""
 
-    storage: Storage
-    ns: str
-    owner: str
     interval: float
     leader_election: bool
-    lock_ttl: float
-    registers: bool = True
-    """Keep a registration of its own (kind ``reaper``) in the worker registry. A reaper
-    embedded in a worker leads in the worker's name and needs none."""
     stats: ReaperStatistics = attrs.field(factory=ReaperStatistics)
-    _epoch: int | None = attrs.field(default=None, init=False)
-    _presence: Presence = attrs.field(init=False)
-    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
-    _finished: trio.Event = attrs.field(factory=trio.Event, init=False)
     _codec: TypedCodec = attrs.field(factory=lambda: TypedCodec(JsonSerializer()), init=False)
 
-    def __attrs_post_init__(self) -> None:
-        self._presence = Presence(self.storage, self.ns, self._registration)
+    LOCK = REAPER_LOCK
 
     @classmethod
     def from_config(cls, storage: Storage, config: ReaperConfig, *, registers: bool) -> Reaper:
@@ -94,58 +79,27 @@ class Reaper:
         )
 
     @property
-    def is_leader(self) -> bool:
-        """True while this reaper holds the leader lock (always True without election)."""
-        return not self.leader_election or self._epoch is not None
+    def _elects(self) -> bool:
+        return self.leader_election
 
     @property
-    def epoch(self) -> int | None:
-        """The fencing epoch of the held lock, if leader."""
-        return self._epoch
+    def is_leader(self) -> bool:
+        """True while this reaper holds the leader lock (always True without election)."""
+        return not self.leader_election or self._leader.epoch is not None
 
     def statistics(self) -> ReaperStatistics:
+        self.stats.elections_won = self._leader.elections_won
         return attrs.evolve(self.stats)
 
     def events(self) -> AbstractAsyncContextManager[EventChannel]:
         """The namespace's job events (``stalled`` among them)."""
         return open_event_channel(self.storage, self.ns, self._codec)
 
-    @trio.lowlevel.enable_ki_protection
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Scan until :meth:`stop`; shielded from outside cancellation like the worker."""
-        try:
-            with self._scope:
-                self._scope.shield = True
-                if self.registers and self.leader_election:
-                    await self._presence.announce()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._presence.run)
-                        task_status.started()
-                        await self._loop()
-                else:
-                    task_status.started()
-                    await self._loop()
-        finally:
-            if self._epoch is not None:
-                epoch, self._epoch = self._epoch, None
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    try:
-                        await self.storage.release_lock(self.ns, REAPER_LOCK, self.owner, epoch)
-                    except StorageError as exc:
-                        log.warning("could not release the reaper lock: %s", exc)
-            if self.registers and self.leader_election:
-                await self._presence.withdraw(self.owner)
-            self._finished.set()
-
-    @trio.lowlevel.enable_ki_protection
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._finished.wait()
-
-    async def _loop(self) -> None:
-        renew_every = self.lock_ttl / 4
+    async def _loop(self) -> NoReturn:
         while True:
-            sleep_for = min(self.interval, renew_every) if self.leader_election else self.interval
+            sleep_for = self.interval
+            if self.leader_election:
+                sleep_for = min(sleep_for, self._leader.renew_every)
             try:
                 sleep_for = min(sleep_for, await self.scan_once())
             except StorageError as exc:
@@ -156,23 +110,14 @@ class Reaper:
         """Try to lead, reap once if leader; return how long until the next scan is due."""
         fence: Fence | None = None
         if self.leader_election:
-            # The lock's lease is 3/4 of lock_ttl and everyone retries every 1/4: a
-            # crashed leader is replaced within lock_ttl, and a live one may miss two
-            # renewals before it loses the lock.
-            epoch = await self.storage.acquire_lock(
-                self.ns, REAPER_LOCK, self.owner, ttl=self.lock_ttl * 0.75, take_from_dead=True
-            )
-            if epoch is not None and epoch != self._epoch:
-                self.stats.elections_won += 1
-                log.info("reaper %s leads %r with epoch %d", self.owner, self.ns, epoch)
-            self._epoch = epoch
-            if epoch is None:
-                return min(self.lock_ttl / 4, PRESENCE_INTERVAL)
-            fence = Fence(REAPER_LOCK, self.owner, epoch)
+            fence = await self._leader.acquire()
+            self.stats.elections_won = self._leader.elections_won
+            if fence is None:
+                return self._leader.retry_every
         result = await self.storage.reap(self.ns, fence=fence)
         self.stats.scans += 1
         if result.fenced:
-            self._epoch = None
+            self._leader.lost()
             return 0.0
         self.stats.stalled += len(result.stalled)
         for job in result.stalled:
@@ -234,7 +179,6 @@ async def serve_reaper(
     await reaper_service(storage, config, task_status=task_status)
 
 
-@trio.lowlevel.enable_ki_protection
 async def reaper_service(
     storage: Storage,
     config: ReaperConfig,
@@ -243,17 +187,7 @@ async def reaper_service(
 ) -> NoReturn:
     """:func:`serve_reaper` with its options already validated."""
     reaper = Reaper.from_config(storage, config, registers=True)
-    async with storage, open_service_nursery() as nursery:
-        # Starting does no I/O; shielded, so that no cancellation lands between starting
-        # the (shielded) reaper task and the ``try`` that stops it.
-        with trio.CancelScope(shield=True):
-            await nursery.start(reaper.run)
-        try:
-            task_status.started(reaper)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await reaper.stop()
+    await run_service(storage, reaper, task_status=task_status)
 
 
 @asynccontextmanager
@@ -283,9 +217,6 @@ async def open_reaper(
         interval=interval,
         owner=owner,
     )
-    async with open_service_nursery() as nursery:
-        reaper: Reaper = await nursery.start(reaper_service, storage, config)
-        try:
-            yield reaper
-        finally:
-            nursery.cancel_scope.cancel()  # reaper_service stops the reaper before it returns
+    reaper = Reaper.from_config(storage, config, registers=True)
+    async with open_service(storage, reaper):
+        yield reaper

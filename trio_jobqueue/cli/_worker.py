@@ -1,4 +1,5 @@
-"""``trio-jobqueue worker MODULE:HANDLER``: a worker process with an embedded reaper.
+"""``trio-jobqueue worker MODULE:HANDLER``: a worker process with an embedded reaper (and,
+with ``--schedules MODULE:SCHEDULES``, an embedded leader-elected scheduler).
 
 Signals: the first SIGTERM/SIGINT starts a graceful shutdown (leave the ``open_queue``
 block: stop claiming, give in-flight jobs ``--shutdown-grace`` seconds, release the rest
@@ -24,6 +25,7 @@ import trio
 from .._config import DEFAULT_SHUTDOWN_GRACE
 from .._errors import JobQueueError
 from .._queue import Queue, open_queue
+from .._schedule import Schedule, check_schedules
 from .._types import Job
 from ..storage import Storage
 from ._common import (
@@ -100,6 +102,12 @@ def add_worker_parser(sub: Any) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--schedules", default=None, metavar="MODULE:SCHEDULES",
+        help="also run these cron/interval schedules (a list of jq.CronSchedule/"
+        "jq.IntervalSchedule in MODULE); every worker given them competes to lead, each "
+        "tick is enqueued once (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--worker-id", default=None, metavar="ID",
         help="unique id of this worker (default: host:pid:random)",
     )  # fmt: skip
@@ -109,16 +117,16 @@ def add_worker_parser(sub: Any) -> None:
     )  # fmt: skip
 
 
-def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
+def import_target(spec: str, what: str, example: str) -> Any:
     """Import ``MODULE:ATTR[.ATTR...]`` (the current directory is importable).
 
     Raises:
-        CliError: malformed spec, module not found, import failure, missing attribute or
-            not callable.
+        CliError: malformed spec, module not found, import failure or missing attribute;
+            the message names ``what`` (e.g. ``HANDLER``).
     """
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
-        raise CliError(f"handler must be MODULE:HANDLER (e.g. myapp.jobs:send), not {spec!r}")
+        raise CliError(f"{what.lower()} must be MODULE:{what} (e.g. {example}), not {spec!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -137,10 +145,37 @@ def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
             target = getattr(target, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    return target
+
+
+def load_handler(spec: str) -> Callable[[Job[Any]], Any]:
+    """Import the handler ``MODULE:ATTR[.ATTR...]``.
+
+    Raises:
+        CliError: malformed spec, module not found, import failure, missing attribute or
+            not callable.
+    """
+    target = import_target(spec, "HANDLER", "myapp.jobs:send")
     if not callable(target):
         raise CliError(f"{spec!r} is not callable")
     handler: Callable[[Job[Any]], Any] = target
     return handler
+
+
+def load_schedules(spec: str) -> tuple[Schedule, ...]:
+    """Import the list of schedules ``MODULE:ATTR[.ATTR...]``.
+
+    Raises:
+        CliError: as :func:`import_target`, or not a list of schedules with distinct ids.
+    """
+    target = import_target(spec, "SCHEDULES", "myapp.jobs:SCHEDULES")
+    try:
+        schedules = check_schedules(target)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--schedules {spec}: {exc}") from exc
+    if not schedules:
+        raise CliError(f"--schedules {spec}: the list is empty")
+    return schedules
 
 
 def setup_logging(level: str) -> None:
@@ -180,7 +215,10 @@ async def run_worker(args: argparse.Namespace) -> ExitCode:
     if args.worker_id is not None and not args.worker_id.strip():
         raise CliError("--worker-id must not be empty")
     handler = load_handler(args.handler)
-    process = WorkerProcess(args=args, ns=queue_name(args), storage=make_storage(args))
+    schedules = () if args.schedules is None else load_schedules(args.schedules)
+    process = WorkerProcess(
+        args=args, ns=queue_name(args), storage=make_storage(args), schedules=schedules
+    )
     await process.run(handler)
     return ExitCode.OK
 
@@ -193,6 +231,7 @@ class WorkerProcess:
     args: argparse.Namespace
     ns: str
     storage: Storage
+    schedules: tuple[Schedule, ...] = ()
     queue: Queue[Any, Any] | None = None
     signals: int = 0
     stop: trio.Event = attrs.field(factory=trio.Event)
@@ -214,6 +253,7 @@ class WorkerProcess:
             "worker_id": args.worker_id,
             "reaper": not args.no_reaper,
             "lock_ttl": args.lock_ttl,
+            "schedules": self.schedules,
         }
         if args.retry_delay is not None:
             options["retry_delay"] = args.retry_delay
@@ -268,11 +308,14 @@ class WorkerProcess:
                 self.queue = queue
                 self._skip_grace()  # in case a second signal came while opening
                 log.info(
-                    "worker %s serving queue %r (concurrency %d, reaper %s)%s",
+                    "worker %s serving queue %r (concurrency %d, reaper %s, %s)%s",
                     queue.worker_id,
                     self.ns,
                     args.concurrency,
                     "off" if args.no_reaper else "on",
+                    f"scheduler on: {len(self.schedules)} schedules"
+                    if self.schedules
+                    else "no schedules",
                     " in burst mode" if args.burst else "",
                 )
                 if args.burst:
