@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -13,17 +14,19 @@ import pytest
 import trio
 from hypothesis import Phase
 
-from trio_jobqueue import EventKind, JobState
+from trio_jobqueue import EnqueueStatus, EventKind, JobState
 from trio_jobqueue.storage import (
     EnqueueOutcome,
     EventRecord,
     Fence,
+    FireStatus,
     MemoryStorage,
     ReapResult,
     SettleStatus,
     Storage,
     WorkerRecord,
 )
+from trio_jobqueue.storage._base import MAX_PRIORITY
 from trio_jobqueue.storage._core import WORK_KINDS, Hub
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
 
@@ -41,15 +44,11 @@ def test_storage_matches_model(storage_factory: Callable[[], Storage]) -> None:
 class DedupIgnoresFailing(MemoryStorage):
     """Lets a new enqueue replace a job that is waiting for its retry."""
 
-    async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
-    ) -> EnqueueOutcome:
+    async def enqueue(self, ns: str, job_id: str, payload: bytes, **options: Any) -> EnqueueOutcome:
         record = await self.get_status(ns, job_id)
         if record is not None and record.state is JobState.FAILING:
             await self.cancel(ns, job_id)
-        return await super().enqueue(
-            ns, job_id, payload, max_attempts=max_attempts, result_ttl=result_ttl
-        )
+        return await super().enqueue(ns, job_id, payload, **options)
 
 
 class RetryIgnoresDelay(MemoryStorage):
@@ -195,12 +194,58 @@ for _name in (
 class TruncatesLargePayloads(MemoryStorage):
     """Keeps only the first KiB of a payload."""
 
-    async def enqueue(
-        self, ns: str, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
-    ) -> EnqueueOutcome:
-        return await super().enqueue(
-            ns, job_id, payload[:1024], max_attempts=max_attempts, result_ttl=result_ttl
-        )
+    async def enqueue(self, ns: str, job_id: str, payload: bytes, **options: Any) -> EnqueueOutcome:
+        return await super().enqueue(ns, job_id, payload[:1024], **options)
+
+
+# -- planted bugs in priorities, scheduled jobs and schedules ---------------------------------
+
+
+class IgnoresPriority(MemoryStorage):
+    """Queues every job at priority 0 (and reports the priority it was given)."""
+
+    async def enqueue(self, ns: str, job_id: str, payload: bytes, **options: Any) -> EnqueueOutcome:
+        priority = options.pop("priority", 0)
+        outcome = await super().enqueue(ns, job_id, payload, **options)
+        if outcome.status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
+            # Shown by get_status, ignored by the ready order.
+            self._state(ns).jobs[job_id].priority = priority
+        return outcome
+
+
+class ReleaseJumpsPriorities(MemoryStorage):
+    """Puts a released job at the head of the whole queue, before higher priorities."""
+
+    async def release(self, ns: str, job_id: str, token: str) -> SettleStatus:
+        status = await super().release(ns, job_id, token)
+        if status is SettleStatus.OK:
+            state = self._state(ns)
+            rec = state.jobs[job_id]
+            heapq.heappush(state.ready, (-(MAX_PRIORITY + 1), rec.ready_seq or 0, job_id))
+        return status
+
+
+class ScheduledRunsAtOnce(MemoryStorage):
+    """Makes a job scheduled for later claimable at once (and says it was scheduled)."""
+
+    async def enqueue(self, ns: str, job_id: str, payload: bytes, **options: Any) -> EnqueueOutcome:
+        scheduled = options.pop("delay", None) or options.pop("run_at", None)
+        options.pop("run_at", None)
+        outcome = await super().enqueue(ns, job_id, payload, **options)
+        if scheduled and outcome.status is EnqueueStatus.QUEUED:
+            return EnqueueOutcome(EnqueueStatus.SCHEDULED)
+        return outcome
+
+
+class FiresEveryTick(MemoryStorage):
+    """Ignores the schedule's cursor: a tick fires again, and an older one after a newer."""
+
+    async def fire_schedule(
+        self, ns: str, schedule_id: str, tick: float, job_id: str, payload: bytes, **options: Any
+    ) -> FireStatus:
+        self._state(ns).cursors.pop(schedule_id, None)
+        status = await super().fire_schedule(ns, schedule_id, tick, job_id, payload, **options)
+        return status
 
 
 # -- planted bugs in the worker registry and the leader lock's take_from_dead ------------------
@@ -307,6 +352,10 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (ListsInRegistrationOrder, r"list_workers\(\) ids"),
     (IgnoresTakeFromDead, r"take_from_dead=True\) epoch"),
     (TakesFromLiveHolders, r"take_from_dead=True\) epoch"),
+    (IgnoresPriority, r"job ids \(priority order, then FIFO\)"),
+    (ReleaseJumpsPriorities, r"job ids \(priority order, then FIFO\)"),
+    (ScheduledRunsAtOnce, None),
+    (FiresEveryTick, r"fire_schedule\("),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""

@@ -48,6 +48,7 @@ from ..storage import (
     EnqueueOutcome,
     EventRecord,
     Fence,
+    FireStatus,
     JobRecord,
     LockHolder,
     ReapedJob,
@@ -56,6 +57,7 @@ from ..storage import (
     StorageStats,
     WorkerRecord,
 )
+from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 from ..storage._core import INLINE_RESULT_MAX, TERMINAL_KINDS
 from ._feeds import FeedRecorder, FeedSnapshot
 from ._model import (
@@ -95,6 +97,23 @@ REGISTRANTS = (*OWNERS, "wörker 3")
 """Ids that register in the worker registry: the lock owners (so that ``take_from_dead``
 meets both registered and unregistered holders) and one that never holds a lock."""
 REGISTRATION_TTLS = (100.0, 300.0, 1000.0)
+PRIORITIES = (0, 0, 0, 1, 1, 2, -1, MAX_PRIORITY, MIN_PRIORITY)
+"""Priorities of enqueued jobs: mostly 0 (FIFO among equals), a few levels, the extremes."""
+DUES = (
+    None,
+    None,
+    None,
+    ("delay", 0.0),
+    ("delay", 100.0),
+    ("delay", 300.0),
+    ("run_at", -100.0),
+    ("run_at", 200.0),
+)
+"""When an enqueued job is due: at once (``None``, a zero delay, a ``run_at`` in the past)
+or later (a delay, or a ``run_at`` that many seconds after the model's now)."""
+SCHEDULES = ("nightly", "s:2")
+TICKS = (1000.0, 2000.0, 3000.0)
+"""Ticks of ``fire_schedule``: few, so that ticks repeat (``past``) and go back."""
 STARTED_AT = (0.0, 1.0, 1_700_000_000.25)
 """``started_at`` values a registration sends: few, so that the list order often falls
 back to the ids."""
@@ -403,6 +422,7 @@ class StorageMachine(RuleBasedStateMachine):
         _expect(f"{where}.result", got.result, job.result)
         self._check_error(f"{where}.error", got.error, job.error)
         _expect(f"{where}.worker_id", got.worker_id, job.worker_id)
+        _expect(f"{where}.priority", got.priority, job.priority)
         self._check_time(f"{where}.created_at", got.created_at, job.created_at)
         self._check_time(f"{where}.finished_at", got.finished_at, job.finished_at)
         self._check_time(f"{where}.expires_at", got.expires_at, job.expires_at)
@@ -413,7 +433,7 @@ class StorageMachine(RuleBasedStateMachine):
         self, what: str, got: Sequence[Claim], expected: Sequence[ExpectedClaim]
     ) -> None:
         _expect(
-            f"{what} job ids (FIFO order)",
+            f"{what} job ids (priority order, then FIFO)",
             [c.job_id for c in got],
             [c.job_id for c in expected],
         )
@@ -495,25 +515,54 @@ class StorageMachine(RuleBasedStateMachine):
     def enqueue_some(self, jobs: list[tuple[str, bytes, int, float]]) -> None:
         """Start most examples with work queued, so that claims find jobs early."""
         for job_id, payload, max_attempts, result_ttl in jobs:
-            self.enqueue(job_id, payload, max_attempts, result_ttl)
+            self.enqueue(job_id, payload, max_attempts, result_ttl, 0, None)
 
     @rule(
         job_id=st.sampled_from(JOB_IDS),
         payload=_BYTES,
         max_attempts=st.integers(1, 3),
         result_ttl=st.sampled_from(TTLS),
+        priority=st.sampled_from(PRIORITIES),
+        due=st.sampled_from(DUES),
     )
-    def enqueue(self, job_id: str, payload: bytes, max_attempts: int, result_ttl: float) -> None:
+    def enqueue(
+        self,
+        job_id: str,
+        payload: bytes,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int,
+        due: tuple[str, float] | None,
+    ) -> None:
+        """Enqueue with a priority, ready at once or scheduled (by ``delay`` or by
+        ``run_at`` on the storage's clock)."""
+        delay = run_at = model_run_at = None
+        if due is not None and due[0] == "delay":
+            delay = due[1]
+        elif due is not None:
+            model_run_at = self.model.now + due[1]
+            run_at = self.base + model_run_at
         expected = self.model.enqueue(
-            job_id, payload, max_attempts=max_attempts, result_ttl=result_ttl
-        )
-        got: EnqueueOutcome = self._portal.run(
-            self.storage.enqueue,
-            self.ns,
             job_id,
             payload,
             max_attempts=max_attempts,
             result_ttl=result_ttl,
+            priority=priority,
+            run_at=model_run_at,
+            delay=delay,
+        )
+        got: EnqueueOutcome = self._portal.run(
+            functools.partial(
+                self.storage.enqueue,
+                self.ns,
+                job_id,
+                payload,
+                max_attempts=max_attempts,
+                result_ttl=result_ttl,
+                priority=priority,
+                run_at=run_at,
+                delay=delay,
+            )
         )
         _check_enqueue_outcome(self._where(f"enqueue({job_id!r})"), got, expected)
 
@@ -735,6 +784,57 @@ class StorageMachine(RuleBasedStateMachine):
         )
         if not expected.fenced:
             self._check_time(f"{what}.next_deadline", got.next_deadline, expected.next_deadline)
+
+    @rule(
+        schedule_id=st.sampled_from(SCHEDULES),
+        tick=st.sampled_from(TICKS),
+        job_id=st.sampled_from(JOB_IDS),
+        payload=_BYTES,
+        priority=st.sampled_from(PRIORITIES),
+        lock=st.sampled_from(LOCKS),
+        kind=st.sampled_from(("holder", "holder", "holder", "older-epoch", "other-owner")),
+    )
+    def fire_schedule(
+        self,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        priority: int,
+        lock: str,
+        kind: str,
+    ) -> None:
+        """Fire a tick of a schedule, fenced; then every cursor of the namespace agrees."""
+        fence = self._fence(lock, kind)
+        assert fence is not None
+        expected = self.model.fire_schedule(
+            schedule_id,
+            tick,
+            job_id,
+            payload,
+            max_attempts=2,
+            result_ttl=TTLS[0],
+            priority=priority,
+            fence=(fence.lock, fence.owner, fence.epoch),
+        )
+        got: FireStatus = self._portal.run(
+            functools.partial(
+                self.storage.fire_schedule,
+                self.ns,
+                schedule_id,
+                tick,
+                job_id,
+                payload,
+                max_attempts=2,
+                result_ttl=TTLS[0],
+                priority=priority,
+                fence=fence,
+            )
+        )
+        what = self._where(f"fire_schedule({schedule_id!r}, {tick}, {job_id!r}, fence={fence!r})")
+        _expect(what, got, expected)
+        cursors = self._portal.run(self.storage.schedule_cursors, self.ns)
+        _expect(self._where("schedule_cursors()"), cursors, self.model.cursors)
 
     def _epoch(self, lock: str, delta: int) -> int:
         held = self.model.locks.get(lock)
@@ -1013,7 +1113,7 @@ class StorageMachine(RuleBasedStateMachine):
             for job_id, record in zip(JOB_IDS, records, strict=True):
                 self._check_record(space, job_id, record, space.model.live(job_id))
             if stats is not None:
-                queued, delayed, processing, completed, failed = space.model.stats()
+                queued, delayed, processing, completed, failed, scheduled = space.model.stats()
                 _expect(
                     self._where("stats()", space),
                     stats,
@@ -1023,6 +1123,7 @@ class StorageMachine(RuleBasedStateMachine):
                         processing=processing,
                         completed=completed,
                         failed=failed,
+                        scheduled=scheduled,
                     ),
                 )
             _expect(

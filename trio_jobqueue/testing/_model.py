@@ -28,8 +28,12 @@ real-clock backend does anyway:
 Readings of the contract the model takes (where the ABC leaves room, MemoryStorage's
 reading is used):
 
-* Due delayed retries are promoted to the ready tail by ``claim`` (in due order), and until
-  then their record keeps ``due_at``. MemoryStorage's ``stats`` promotes them too, which
+* Claim order: the highest priority first, then by position in the ready list (an
+  enqueue, a retry without delay, a stalled job and a promotion append; a release goes
+  first). The model keeps one list and takes the first job of the highest priority in it.
+* Due delayed retries and scheduled jobs are promoted to the ready tail by ``claim`` (in
+  due order; a scheduled job becomes ``queued``), and until then their record keeps
+  ``due_at``. MemoryStorage's ``stats`` promotes them too, which
   changes the claim order; the machine therefore does not call ``stats`` while a due retry
   awaits promotion (:meth:`StorageModel.has_due_delayed`), so either reading passes.
 * A ``complete`` clears the job's last error; ``complete``/``fail`` replace the job's
@@ -44,6 +48,13 @@ reading is used):
 * ``acquire_lock(take_from_dead=True)`` treats a live lock as free when its holder (another
   owner) has no live registration in the namespace; an owner that holds the lock renews it
   whether it is registered or not.
+
+Schedules
+---------
+``fire_schedule`` checks the fence (as ``reap``), then the schedule's cursor: a tick that
+is not after it is ``past``; otherwise the cursor moves to the tick and the job is
+enqueued as ``enqueue`` would (``enqueued``, or ``duplicate`` when a live job holds the id:
+the cursor moves anyway). ``schedule_cursors`` lists every cursor.
 
 Worker registry
 ---------------
@@ -75,7 +86,7 @@ from collections.abc import Sequence
 import attrs
 
 from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
-from ..storage import WorkerRecord
+from ..storage import FireStatus, WorkerRecord
 
 __all__ = [
     "STALLED",
@@ -125,6 +136,7 @@ class ModelJob:
     token: str | None = None
     lease_until: float | None = None
     lease_seq: int = 0
+    priority: int = 0
 
 
 @attrs.define
@@ -198,7 +210,10 @@ class StorageModel:
     now: float = 0.0
     jobs: dict[str, ModelJob] = attrs.Factory(dict)
     ready: list[str] = attrs.Factory(list)
-    """Ids ready to claim, head first."""
+    """Ids ready to claim in position order, head first (claims take the first job of
+    the highest priority)."""
+    cursors: dict[str, float] = attrs.Factory(dict)
+    """Schedule id -> the last tick fired."""
     locks: dict[str, ModelLock] = attrs.Factory(dict)
     workers: dict[str, WorkerRecord] = attrs.Factory(dict)
     """The registry: worker id -> its registration, ``last_seen``/``expires_at`` on the
@@ -242,11 +257,12 @@ class StorageModel:
         return job
 
     def delayed(self) -> list[ModelJob]:
-        """Failing jobs still parked with a due time (promoted or not yet)."""
+        """Scheduled jobs and failing jobs still parked with a due time (due or not yet)."""
         return [job for job in self.jobs.values() if job.due_at is not None]
 
     def has_due_delayed(self) -> bool:
-        """True when a delayed retry is due but no claim has promoted it yet."""
+        """True when a delayed retry or scheduled job is due but no claim has promoted it
+        yet."""
         return any(job.due_at is not None and job.due_at <= self.now for job in self.delayed())
 
     def owns(self, job_id: str, token: str) -> bool:
@@ -259,24 +275,42 @@ class StorageModel:
     # -- producer --------------------------------------------------------------------------
 
     def enqueue(
-        self, job_id: str, payload: bytes, *, max_attempts: int, result_ttl: float
+        self,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int = 0,
+        run_at: float | None = None,
+        delay: float | None = None,
     ) -> ExpectedEnqueue:
+        """``run_at`` on the model's clock; a due time not after now is ready at once."""
         job = self.live(job_id)
         if job is not None:
             if job.state is JobState.COMPLETED and job.result is not None:
                 return ExpectedEnqueue(EnqueueStatus.COMPLETED, JobState.COMPLETED, job.result)
             return ExpectedEnqueue(EnqueueStatus.DUPLICATE, job.state)
-        self.jobs[job_id] = ModelJob(
+        job = self.jobs[job_id] = ModelJob(
             job_id=job_id,
             payload=payload,
             state=JobState.QUEUED,
             max_attempts=max_attempts,
             result_ttl=result_ttl,
             created_at=self.now,
+            priority=priority,
         )
-        self.ready.append(job_id)
-        self._emit(EventKind.ENQUEUED, self.jobs[job_id])
-        return ExpectedEnqueue(EnqueueStatus.QUEUED)
+        due = self.now + delay if delay is not None else run_at
+        status = EnqueueStatus.QUEUED
+        if due is not None and due > self.now:
+            job.state = JobState.SCHEDULED
+            job.due_at = due
+            job.due_seq = self._next_seq()
+            status = EnqueueStatus.SCHEDULED
+        else:
+            self.ready.append(job_id)
+        self._emit(EventKind.ENQUEUED, job)
+        return ExpectedEnqueue(status)
 
     def cancel(self, job_id: str) -> CancelStatus:
         job = self.live(job_id)
@@ -308,7 +342,8 @@ class StorageModel:
     # -- worker ----------------------------------------------------------------------------
 
     def claim(self, worker_id: str, *, limit: int, lease: float) -> list[ExpectedClaim]:
-        """Promote due retries, then pop up to ``limit`` from the head.
+        """Promote due retries and scheduled jobs, then take up to ``limit``, each the first
+        ready job of the highest priority.
 
         The claimed jobs are ``processing`` with no token yet: call :meth:`bind_token` with
         the token the backend handed out.
@@ -317,11 +352,17 @@ class StorageModel:
         due.sort(key=lambda job: (job.due_at, job.due_seq, _id_key(job.job_id)))
         for job in due:
             job.due_at = None
+            if job.state is JobState.SCHEDULED:
+                job.state = JobState.QUEUED
             self.ready.append(job.job_id)
         seq = self._next_seq()
         claims: list[ExpectedClaim] = []
         while self.ready and len(claims) < limit:
-            job = self.jobs[self.ready.pop(0)]
+            top = max(self.jobs[job_id].priority for job_id in self.ready)
+            first = next(
+                i for i, job_id in enumerate(self.ready) if self.jobs[job_id].priority == top
+            )
+            job = self.jobs[self.ready.pop(first)]
             job.state = JobState.PROCESSING
             job.attempts += 1
             job.worker_id = worker_id
@@ -452,6 +493,33 @@ class StorageModel:
             fenced=False,
         )
 
+    # -- schedules -------------------------------------------------------------------------
+
+    def fire_schedule(
+        self,
+        schedule_id: str,
+        tick: float,
+        job_id: str,
+        payload: bytes,
+        *,
+        max_attempts: int,
+        result_ttl: float,
+        priority: int,
+        fence: tuple[str, str, int],
+    ) -> FireStatus:
+        if not self.fence_valid(*fence):
+            return FireStatus.FENCED
+        last = self.cursors.get(schedule_id)
+        if last is not None and tick <= last:
+            return FireStatus.PAST
+        self.cursors[schedule_id] = tick
+        outcome = self.enqueue(
+            job_id, payload, max_attempts=max_attempts, result_ttl=result_ttl, priority=priority
+        )
+        return (
+            FireStatus.ENQUEUED if outcome.status is EnqueueStatus.QUEUED else FireStatus.DUPLICATE
+        )
+
     # -- leader lock -----------------------------------------------------------------------
 
     def acquire_lock(
@@ -521,20 +589,24 @@ class StorageModel:
 
     # -- housekeeping ----------------------------------------------------------------------
 
-    def stats(self) -> tuple[int, int, int, int, int]:
-        """``(queued, delayed, processing, completed, failed)``; queued counts every ready job,
-        ``failing`` ones included, and delayed retries that are already due (``stats`` is
-        read-only: only ``claim`` moves them)."""
+    def stats(self) -> tuple[int, int, int, int, int, int]:
+        """``(queued, delayed, processing, completed, failed, scheduled)``; queued counts
+        every ready job, ``failing`` ones included, and delayed retries and scheduled jobs
+        that are already due (``stats`` is read-only: only ``claim`` moves them); delayed
+        and scheduled count the others."""
         live = [job for job in self.jobs.values() if not self._expired(job)]
 
         def count(state: JobState) -> int:
             return sum(1 for job in live if job.state is state)
 
         due = sum(1 for job in live if job.due_at is not None and job.due_at <= self.now)
+        waiting = [job for job in live if job.due_at is not None and job.due_at > self.now]
+        scheduled = sum(1 for job in waiting if job.state is JobState.SCHEDULED)
         return (
             len(self.ready) + due,
-            sum(1 for job in live if job.due_at is not None and job.due_at > self.now),
+            len(waiting) - scheduled,
             count(JobState.PROCESSING),
             count(JobState.COMPLETED),
             count(JobState.FAILED),
+            scheduled,
         )
