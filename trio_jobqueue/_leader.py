@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._errors import StorageError
-from ._presence import PRESENCE_INTERVAL, Presence
+from ._presence import PRESENCE_INTERVAL, Presence, host_and_pid
 from ._util import open_service_nursery
 from .storage import Fence, Storage, WorkerRecord
 
@@ -108,6 +108,8 @@ class ElectedService(abc.ABC):
 
     LOCK: ClassVar[str] = "leader"
     """The lock's name (one per kind of service)."""
+    KIND: ClassVar[str] = "service"
+    """Its registration's ``kind`` in the worker registry."""
 
     def __attrs_post_init__(self) -> None:
         self._presence = Presence(self.storage, self.ns, self._registration)
@@ -120,8 +122,19 @@ class ElectedService(abc.ABC):
         )
 
     @abc.abstractmethod
+    def _counters(self) -> dict[str, int]:
+        """The counters its registration shows (``stats``, ``Queue.workers()``)."""
+
     def _registration(self) -> WorkerRecord:
-        """This service's record in the worker registry (when ``registers``)."""
+        host, pid = host_and_pid()
+        return WorkerRecord(
+            worker_id=self.owner,
+            host=host,
+            pid=pid,
+            started_at=self._presence.started_at,
+            kind=self.KIND,
+            counters=self._counters(),
+        )
 
     @abc.abstractmethod
     async def _loop(self) -> NoReturn:

@@ -23,9 +23,8 @@ from ._config import ReaperConfig
 from ._errors import StorageError
 from ._events import EventChannel, open_event_channel
 from ._leader import ElectedService, open_service, run_service
-from ._presence import host_and_pid
 from ._serde import JsonSerializer, TypedCodec
-from .storage import Fence, Storage, WorkerRecord
+from .storage import Fence, Storage
 
 log = logging.getLogger("trio_jobqueue")
 
@@ -54,6 +53,7 @@ class Reaper(ElectedService):
     _codec: TypedCodec = attrs.field(factory=lambda: TypedCodec(JsonSerializer()), init=False)
 
     LOCK = REAPER_LOCK
+    KIND = "reaper"
 
     @classmethod
     def from_config(cls, storage: Storage, config: ReaperConfig, *, registers: bool) -> Reaper:
@@ -67,16 +67,8 @@ class Reaper(ElectedService):
             registers=registers,
         )
 
-    def _registration(self) -> WorkerRecord:
-        host, pid = host_and_pid()
-        return WorkerRecord(
-            worker_id=self.owner,
-            host=host,
-            pid=pid,
-            started_at=self._presence.started_at,
-            kind="reaper",
-            counters={"scans": self.stats.scans, "stalled": self.stats.stalled},
-        )
+    def _counters(self) -> dict[str, int]:
+        return {"scans": self.stats.scans, "stalled": self.stats.stalled}
 
     @property
     def _elects(self) -> bool:

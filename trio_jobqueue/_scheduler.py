@@ -31,10 +31,9 @@ import trio
 from ._config import SchedulerConfig
 from ._errors import StorageError
 from ._leader import ElectedService, open_service, run_service
-from ._presence import host_and_pid
 from ._schedule import Schedule, due_ticks
 from ._serde import Serializer, TypedCodec
-from .storage import Fence, FireStatus, Storage, WorkerRecord
+from .storage import Fence, FireStatus, Storage
 
 log = logging.getLogger("trio_jobqueue")
 
@@ -93,6 +92,7 @@ class Scheduler(ElectedService):
     _backoff: float = attrs.field(default=0.0, init=False)
 
     LOCK = SCHEDULER_LOCK
+    KIND = "scheduler"
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -117,16 +117,8 @@ class Scheduler(ElectedService):
             codec=TypedCodec(config.serializer, config.payload_type),
         )
 
-    def _registration(self) -> WorkerRecord:
-        host, pid = host_and_pid()
-        return WorkerRecord(
-            worker_id=self.owner,
-            host=host,
-            pid=pid,
-            started_at=self._presence.started_at,
-            kind="scheduler",
-            counters={"enqueued": self.stats.enqueued, "schedules": len(self.schedules)},
-        )
+    def _counters(self) -> dict[str, int]:
+        return {"enqueued": self.stats.enqueued, "schedules": len(self.schedules)}
 
     @property
     def is_leader(self) -> bool:

@@ -97,9 +97,9 @@ def add_worker_parser(sub: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--lock-ttl", type=positive_seconds, default=30.0, metavar="SECONDS",
-        help="lease of the reaper leader lock; a killed leader is replaced about 2 s after "
-        "its death (when its registration expires), within this long in any case "
-        "(default: %(default)s)",
+        help="lease of the reaper (and scheduler) leader locks; a killed leader is replaced "
+        "about 2 s after its death (when its registration expires), within this long in "
+        "any case (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--schedules", default=None, metavar="MODULE:SCHEDULES",
