@@ -16,14 +16,18 @@ from .._errors import JobCancelledError, JobFailedError, WaitTimeoutError
 from .._queue import Queue, open_queue
 from .._reaper import REAPER_LOCK
 from .._types import CancelStatus, EnqueueStatus, JobStatus, WorkerInfo
+from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 from ._common import (
     CliError,
     ExitCode,
     add_storage_options,
+    aware_time,
     make_storage,
     positive_int,
     positive_seconds,
+    priority,
     queue_name,
+    seconds,
 )
 
 
@@ -32,8 +36,9 @@ def add_admin_parsers(sub: Any) -> None:
         "enqueue",
         help="enqueue a job (optionally wait for its result)",
         description=(
-            "Enqueue job ID with PAYLOAD_JSON. Prints queued, duplicate (<state>) when the "
-            "id is already taken, or completed and the cached result."
+            "Enqueue job ID with PAYLOAD_JSON. Prints queued, scheduled (with the time it "
+            "runs at) for --delay/--at in the future, duplicate (<state>) when the id is "
+            "already taken, or completed and the cached result."
         ),
     )
     p.add_argument("id", metavar="ID", help="the job id (any non-empty text)")
@@ -55,6 +60,20 @@ def add_admin_parsers(sub: Any) -> None:
     p.add_argument(
         "--result-ttl", type=positive_seconds, default=None, metavar="SECONDS",
         help="how long the result, error and id are kept (default: the queue's, 3600)",
+    )  # fmt: skip
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay", type=seconds, default=None, metavar="SECONDS",
+        help="run no earlier than SECONDS from now (default: at once)",
+    )  # fmt: skip
+    when.add_argument(
+        "--at", type=aware_time, default=None, metavar="TIME",
+        help="run no earlier than TIME, ISO 8601 with a UTC offset or Z, e.g. "
+        "2026-12-24T08:00:00Z (default: at once)",
+    )  # fmt: skip
+    p.add_argument(
+        "--priority", type=priority, default=0, metavar="N",
+        help=f"higher runs first, {MIN_PRIORITY}..{MAX_PRIORITY} (default: %(default)s)",
     )  # fmt: skip
 
     for command, text in (
@@ -120,9 +139,19 @@ async def run_enqueue(args: argparse.Namespace, out: TextIO) -> ExitCode:
     async with open_queue(storage, name=ns) as queue:
         if not args.wait:
             r = await queue.enqueue(
-                job_id, payload, max_attempts=args.max_attempts, result_ttl=args.result_ttl
+                job_id,
+                payload,
+                delay=args.delay,
+                run_at=args.at,
+                priority=args.priority,
+                max_attempts=args.max_attempts,
+                result_ttl=args.result_ttl,
             )
-            if r.status is EnqueueStatus.DUPLICATE:
+            if r.status is EnqueueStatus.SCHEDULED:
+                status = await queue.get_status(job_id)
+                due = None if status is None else status.run_at
+                out.write(f"scheduled (runs at {_when(due)})\n")
+            elif r.status is EnqueueStatus.DUPLICATE:
                 out.write(f"duplicate ({r.existing_state})\n")
             elif r.status is EnqueueStatus.COMPLETED:
                 out.write(f"completed\n{_dump(r.result)}\n")
@@ -134,6 +163,9 @@ async def run_enqueue(args: argparse.Namespace, out: TextIO) -> ExitCode:
                 job_id,
                 payload,
                 timeout=args.timeout,
+                delay=args.delay,
+                run_at=args.at,
+                priority=args.priority,
                 max_attempts=args.max_attempts,
                 result_ttl=args.result_ttl,
             )
@@ -176,6 +208,10 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
     out.write(f"id:        {status.id}\nstate:     {status.state}\n")
     out.write(f"attempts:  {status.attempts}/{status.max_attempts}\n")
     out.write(f"created:   {_when(status.created_at)}\n")
+    if status.run_at is not None:
+        out.write(f"runs at:   {_when(status.run_at)}\n")
+    if status.priority:
+        out.write(f"priority:  {status.priority}\n")
     if status.finished_at is not None:
         out.write(f"finished:  {_when(status.finished_at)}\n")
     if status.expires_at is not None:
@@ -276,7 +312,7 @@ def render_stats(data: dict[str, Any]) -> str:
     jobs = data["jobs"]
     lines = [
         f"queue {data['queue']!r}   depth {data['depth']} (queued {jobs['queued']}, "
-        f"delayed {jobs['delayed']})",
+        f"delayed {jobs['delayed']}; scheduled for later {jobs['scheduled']})",
         "",
         "  " + "  ".join(f"{k:>10}" for k in jobs),
         "  " + "  ".join(f"{v:>10}" for v in jobs.values()),

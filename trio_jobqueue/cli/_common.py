@@ -4,6 +4,7 @@ storage options."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import enum
 import math
 import os
@@ -12,6 +13,7 @@ from typing import NoReturn
 
 from .._validate import check_name
 from ..storage import Storage, storage_from_url
+from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 
 URL_ENV = "TRIO_JOBQUEUE_URL"
 """Environment variable giving the default ``--storage`` URL."""
@@ -158,6 +160,34 @@ def positive_seconds(text: str) -> float:
     value = seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def aware_time(text: str) -> datetime.datetime:
+    """argparse type: an ISO 8601 time with a UTC offset (or ``Z``)."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-12-24T08:00:00Z, not {text!r}"
+        ) from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset: add Z or +HH:MM (e.g. {text}Z)"
+        )
+    return when
+
+
+def priority(text: str) -> int:
+    """argparse type: an integer within the accepted priorities."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"must be within {MIN_PRIORITY}..{MAX_PRIORITY}, not {value}"
+        )
     return value
 
 

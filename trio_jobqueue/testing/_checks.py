@@ -15,6 +15,9 @@ Run them all with :data:`API_CHECKS`::
 
 from __future__ import annotations
 
+import datetime
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -472,6 +475,154 @@ async def check_worker_registry(make_storage: StorageFactory) -> None:
         assert await storage.list_workers(name) == []
 
 
+async def check_scheduled_job(make_storage: StorageFactory) -> None:
+    """A job enqueued with a delay is ``scheduled`` (with its due time) until then, dedups
+    by id, is not claimed before its time while other work runs, and runs after it."""
+    started: dict[str, float] = {}
+
+    async def record(job: Job[Any]) -> Any:
+        started[job.id] = time.time()
+        return job.payload
+
+    async with open_queue(make_storage(), record, name=_name()) as q:
+        before = time.time()
+        first = await q.enqueue("later", "x", delay=0.4)
+        assert first.status == EnqueueStatus.SCHEDULED, first
+        status = await q.get_status("later")
+        assert status is not None and status.state == JobState.SCHEDULED, status
+        assert status.run_at is not None and before + 0.3 < status.run_at < time.time() + 1.0
+        dup = await q.enqueue("later", "y")
+        assert dup.status == "duplicate" and dup.existing_state == JobState.SCHEDULED, dup
+        assert await q.enqueue_and_wait("now", "n", timeout=WAIT) == "n"
+        assert "later" not in started, "a scheduled job ran before its time"
+        assert await q.enqueue_and_wait("later", "ignored", timeout=WAIT) == "x"
+        assert started["later"] >= status.run_at - 0.05, (started["later"], status.run_at)
+        done = await q.get_status("later")
+        assert done is not None and done.state == JobState.COMPLETED and done.run_at is None
+
+
+async def check_scheduled_cancel_and_stats(make_storage: StorageFactory) -> None:
+    """A scheduled job counts as scheduled, can be cancelled (the id is free again), and a
+    run_at in the past (epoch or aware datetime) runs at once."""
+    storage = make_storage()
+    name = _name()
+    async with open_queue(storage, name=name) as q:
+        when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        assert (await q.enqueue("s", 1, run_at=when)).status == EnqueueStatus.SCHEDULED
+        status = await q.get_status("s")
+        assert status is not None and status.run_at is not None
+        assert abs(status.run_at - when.timestamp()) < 1.0, (status.run_at, when)
+        stats = await storage.stats(name)
+        assert (stats.scheduled, stats.queued, stats.delayed) == (1, 0, 0), stats
+        assert (await q.cancel("s")).status == CancelStatus.CANCELLED
+        assert await q.get_status("s") is None
+        assert (await q.enqueue("s", 2)).status == EnqueueStatus.QUEUED
+        past = await q.enqueue("p", 3, run_at=time.time() - 60)
+        assert past.status == EnqueueStatus.QUEUED, past
+        aware_past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        assert (await q.enqueue("p2", 4, run_at=aware_past)).status == EnqueueStatus.QUEUED
+        assert (await q.enqueue("z", 5, delay=0)).status == EnqueueStatus.QUEUED
+        stats = await storage.stats(name)
+        assert (stats.scheduled, stats.queued) == (0, 4), stats
+
+
+async def check_bad_schedule_values_write_nothing(make_storage: StorageFactory) -> None:
+    """A negative or NaN delay or run_at, both at once, a naive datetime, and a priority
+    out of range or not an int are refused with a ValueError naming the value; nothing is
+    written."""
+    storage = make_storage()
+    name = _name()
+    naive = datetime.datetime(2030, 1, 1)
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"delay": -1.0}, "-1.0"),
+        ({"delay": math.nan}, "nan"),
+        ({"delay": math.inf}, "inf"),
+        ({"delay": "10"}, "'10'"),
+        ({"run_at": -5.0}, "-5.0"),
+        ({"run_at": math.nan}, "nan"),
+        ({"run_at": naive}, "naive"),
+        ({"delay": 1.0, "run_at": time.time()}, "both"),
+        ({"priority": 1001}, "1001"),
+        ({"priority": -1001}, "-1001"),
+        ({"priority": 1.5}, "1.5"),
+        ({"priority": True}, "True"),
+    ]
+    async with open_queue(storage, name=name) as q:
+        for options, named in bad:
+            try:
+                await q.enqueue("j", 1, **options)
+            except ValueError as exc:
+                assert isinstance(exc, InvalidJobError), (options, exc)
+                assert named in str(exc), (options, str(exc))
+            else:
+                raise AssertionError(f"enqueue(**{options!r}) was accepted")
+            try:
+                await q.enqueue_and_wait("j", 1, timeout=1.0, **options)
+            except InvalidJobError:
+                pass
+            else:
+                raise AssertionError(f"enqueue_and_wait(**{options!r}) was accepted")
+        assert await q.get_status("j") is None
+        stats = await storage.stats(name)
+        assert (stats.queued, stats.scheduled, stats.delayed) == (0, 0, 0), stats
+
+
+async def check_priorities(make_storage: StorageFactory) -> None:
+    """Jobs run highest priority first, FIFO among equals (the extremes of the range
+    included)."""
+    order: list[str] = []
+
+    async def note(job: Job[Any]) -> None:
+        order.append(job.id)
+
+    name = _name()
+    storage = make_storage()
+    async with open_queue(storage, name=name) as q:
+        for job_id, priority in [
+            ("a", 0),
+            ("b", 5),
+            ("c", 0),
+            ("d", -1),
+            ("e", 5),
+            ("f", 1000),
+            ("g", -1000),
+        ]:
+            assert (await q.enqueue(job_id, None, priority=priority)).status == "queued"
+        status = await q.get_status("b")
+        assert status is not None and status.priority == 5, status
+    async with open_queue(make_storage(), note, name=name, concurrency=1) as q:
+        await q.enqueue_and_wait("g", None, timeout=WAIT)
+    assert order == ["f", "b", "e", "a", "c", "d", "g"], order
+
+
+async def check_release_and_retry_keep_priority(make_storage: StorageFactory) -> None:
+    """A released job goes back to the head of its own priority (not before higher ones),
+    and a delayed retry keeps its priority when it becomes due."""
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        for job_id, priority in [("x", 1), ("y", 0), ("z", 0)]:
+            await storage.enqueue(
+                name, job_id, b"", max_attempts=3, result_ttl=100, priority=priority
+            )
+        (x,) = await storage.claim(name, "w", limit=1, lease=60)
+        (y,) = await storage.claim(name, "w", limit=1, lease=60)
+        assert (x.job_id, y.job_id) == ("x", "y")
+        assert await storage.release(name, "y", y.token) == "ok"
+        assert await storage.release(name, "x", x.token) == "ok"
+        await storage.enqueue(name, "hi", b"", max_attempts=3, result_ttl=100, priority=1)
+        claimed = await storage.claim(name, "w", limit=4, lease=60)
+        assert [c.job_id for c in claimed] == ["x", "hi", "y", "z"], claimed
+        by_id = {c.job_id: c for c in claimed}
+        assert await storage.retry(name, "y", by_id["y"].token, b"e", delay=100) == "ok"
+        assert await storage.retry(name, "z", by_id["z"].token, b"e", delay=0) == "ok"
+        await storage.enqueue(name, "low", b"", max_attempts=3, result_ttl=100, priority=-1)
+        await storage.advance_clock(100)
+        again = await storage.claim(name, "w", limit=3, lease=60)
+        # z (priority 0) is ahead of y by position; both are ahead of the later, lower one.
+        assert [c.job_id for c in again] == ["z", "y", "low"], again
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -494,5 +645,10 @@ API_CHECKS: list[Check] = [
     check_shutdown_releases_running_jobs,
     check_leader_lock,
     check_worker_registry,
+    check_scheduled_job,
+    check_scheduled_cancel_and_stats,
+    check_bad_schedule_values_write_nothing,
+    check_priorities,
+    check_release_and_retry_keep_priority,
 ]
 """Every API-level check, in a stable order."""

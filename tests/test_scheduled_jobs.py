@@ -1,0 +1,203 @@
+"""Scheduled jobs and priorities beyond the conformance kit: a scheduled job starts right
+after its time (never before) whether the worker idles in this process or in another one,
+under trio's MockClock exactly at its time, records written before priorities still load,
+and the CLI takes --delay, --at and --priority."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from _proc_harness import WorkerPool, run_cli
+from fixtures_redis import RedisServer
+
+import trio_jobqueue as jq
+from trio_jobqueue import _worker
+from trio_jobqueue.storage import MemoryStorage, Storage
+from trio_jobqueue.storage import _state as st
+from trio_jobqueue.storage import file as file_backend
+
+LIMIT = 2.0
+"""No scheduled job may start this long after its time: far above a normal start (ms),
+far below the claim timeout (made 60 s here)."""
+
+
+@pytest.fixture
+def long_claim_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every fallback poll 60 s, so that only a wake-up or the due time can start a
+    job in time."""
+    monkeypatch.setattr(_worker, "CLAIM_WAIT", 60.0)
+    monkeypatch.setattr(file_backend, "SAFETY_POLL", 60.0)
+
+
+async def test_scheduled_job_starts_right_after_its_time_with_an_idle_worker(
+    storage_factory: Callable[[], Storage], long_claim_wait: None
+) -> None:
+    """A job scheduled while the worker sits idle in a blocking claim starts after its
+    time, never before, and well before any poll could fire; three in a row."""
+    storage = storage_factory()
+    if isinstance(storage, jq.RedisStorage):
+        storage.claim_repoll = 60.0
+    started: dict[str, float] = {}
+
+    async def handler(job: jq.Job[Any]) -> None:
+        started[job.id] = time.time()
+
+    async with jq.open_queue(storage, handler, name=f"sched-{uuid.uuid4().hex[:8]}") as q:
+        await q.enqueue_and_wait("warm-up", None, timeout=30)
+        for n in range(3):
+            await trio.sleep(0.05)  # the worker is back in its blocking claim
+            job_id = f"later-{n}"
+            assert (await q.enqueue(job_id, n, delay=0.3)).status == "scheduled"
+            status = await q.get_status(job_id)
+            assert status is not None and status.run_at is not None
+            await q.enqueue_and_wait(job_id, n, timeout=30)
+            lateness = started[job_id] - status.run_at
+            print(f"{type(storage).__name__}: {job_id} started {lateness * 1e3:.1f} ms late")
+            assert -0.005 <= lateness < LIMIT, lateness
+
+
+async def test_scheduled_job_runs_exactly_at_its_time_under_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On MemoryStorage under trio's MockClock, jobs scheduled an hour and a day ahead start
+    at exactly their time (no polling, no real sleeping), in due order."""
+    storage = MemoryStorage()
+    started: list[tuple[str, float]] = []
+
+    async def handler(job: jq.Job[Any]) -> None:
+        started.append((job.id, storage.now()))
+
+    async with jq.open_queue(storage, handler, name="mock") as q:
+        await q.enqueue("day", None, delay=86400.0)
+        await q.enqueue("hour", None, delay=3600.0)
+        due = {job_id: (await q.get_status(job_id)).run_at for job_id in ("day", "hour")}  # type: ignore[union-attr]
+        await q.enqueue_and_wait("day", None, timeout=90000)
+    assert [job_id for job_id, _ in started] == ["hour", "day"]
+    for job_id, at in started:
+        assert abs(at - due[job_id]) < 1e-3, (job_id, at, due[job_id])
+
+
+@pytest.fixture(params=["redis", "file"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/queue"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.mark.slow
+async def test_scheduled_job_wakes_an_idle_worker_process(url: str, tmp_path: Path) -> None:
+    """Across processes: two idle worker processes, this process schedules jobs 0.3 s
+    ahead; each starts after its time and long before the workers' 5 s claim timeout."""
+    name = f"sched-{time.monotonic_ns()}"
+    with WorkerPool(tmp_path, url, name, handler="_wake_handlers:started_at") as pool:
+        pool.start()
+        pool.start()
+        async with jq.open_queue(jq.storage_from_url(url), name=name) as q:
+            await q.enqueue_and_wait("warm-up", None, timeout=60)
+            for n in range(5):
+                await trio.sleep(0.1)
+                job_id = f"later-{n}"
+                await q.enqueue(job_id, n, delay=0.3)
+                status = await q.get_status(job_id)
+                assert status is not None and status.run_at is not None
+                began = await q.enqueue_and_wait(job_id, n, timeout=30)
+                lateness = began - status.run_at
+                print(f"across processes: {job_id} started {lateness * 1e3:.1f} ms late")
+                assert -0.005 <= lateness < LIMIT, lateness
+
+
+def test_file_records_written_before_priorities_still_load() -> None:
+    """A File record of the previous format (one field fewer) decodes with priority 0."""
+    rec = st.Rec(
+        job_id="old",
+        payload=b"p",
+        state=jq.JobState.QUEUED,
+        max_attempts=3,
+        result_ttl=60.0,
+        created_at=1.0,
+        ready_seq=4,
+    )
+    blobs = st.BlobWriter()
+    legacy = st.encode_rec(rec, blobs)[:-1]
+    decoded = st.decode_rec(legacy, st.BlobReader(blobs.lengths(), b"".join(blobs.parts)))
+    assert (decoded.job_id, decoded.priority, decoded.ready_seq) == ("old", 0, 4)
+
+
+async def test_redis_records_written_before_priorities_still_run(
+    redis_storage_factory: Callable[[], jq.RedisStorage],
+) -> None:
+    """A Redis job record of the previous layout (14 fields, no priority), queued or
+    delayed, is claimed, reported with priority 0 and completed."""
+    storage = redis_storage_factory()
+    name = f"legacy-{uuid.uuid4().hex[:8]}"
+    keys = storage.keys(name)
+    write_old = """
+    local j = {'q', 0, 3, '1', 60, 'n', 'payload', false, false, false, false, false,
+      false, false}
+    redis.call('SET', KEYS[1], cmsgpack.pack(j))
+    j[1] = 'f'
+    redis.call('SET', KEYS[2], cmsgpack.pack(j))
+    redis.call('ZADD', KEYS[3], 1, 'old-queued')
+    redis.call('ZADD', KEYS[4], 1, 'old-delayed')
+    """
+    async with storage:
+        await storage.server_command(
+            "EVAL",
+            write_old,
+            4,
+            keys.job_prefix + "old-queued",
+            keys.job_prefix + "old-delayed",
+            keys.queue,
+            keys.delayed,
+        )
+        record = await storage.get_status(name, "old-queued")
+        assert record is not None and record.priority == 0 and record.state == "queued"
+        claims = await storage.claim(name, "w", limit=5, lease=30)
+        assert sorted(c.job_id for c in claims) == ["old-delayed", "old-queued"]
+        for claim in claims:
+            assert claim.payload == b"payload"
+            assert await storage.complete(name, claim.job_id, claim.token, b"r", ttl=60) == "ok"
+
+
+def test_cli_enqueue_with_delay_at_and_priority(url: str) -> None:
+    """`enqueue --delay/--at/--priority` schedule the job (the output says when it runs),
+    `status` shows the time and the priority, `stats` counts it as scheduled, and a
+    time without a UTC offset or a priority out of range is one usage line, exit 2."""
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    common = ["--storage", url, "--name", name]
+    done = run_cli("enqueue", "later", "{}", "--delay", "600", *common)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("scheduled (runs at "), done.stdout
+    done = run_cli(
+        "enqueue", "xmas", "{}", "--at", "2030-12-24T08:00:00+01:00", "--priority", "7", *common
+    )
+    assert (done.returncode, done.stdout) == (0, "scheduled (runs at 2030-12-24T07:00:00+00:00)\n")
+    done = run_cli("enqueue", "past", "{}", "--at", "2020-01-01T00:00:00Z", *common)
+    assert (done.returncode, done.stdout) == (0, "queued\n"), done.stderr
+    done = run_cli("status", "xmas", "--json", *common)
+    status = json.loads(done.stdout)
+    assert (status["state"], status["priority"]) == ("scheduled", 7)
+    assert status["run_at"] == 1924326000.0  # 2030-12-24T07:00:00Z
+    done = run_cli("stats", "--json", *common)
+    jobs = json.loads(done.stdout)["jobs"]
+    assert (jobs["scheduled"], jobs["queued"]) == (2, 1), jobs
+    for bad, needle in [
+        (["--at", "2030-12-24T08:00:00"], "no UTC offset"),
+        (["--at", "tomorrow"], "ISO 8601"),
+        (["--priority", "1001"], "-1000..1000"),
+        (["--delay", "-1"], "--delay"),
+        (["--delay", "1", "--at", "2030-12-24T08:00:00Z"], "not allowed with"),
+    ]:
+        done = run_cli("enqueue", "bad", "{}", *bad, *common)
+        assert done.returncode == 2, (bad, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (bad, done.stderr)
+    assert run_cli("status", "bad", *common).returncode == 1  # nothing was written
