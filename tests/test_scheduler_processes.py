@@ -4,6 +4,7 @@ leader (the next leader catches up with ``misfire=all``)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -91,12 +92,21 @@ async def test_each_tick_once_across_a_sigkilled_leader(
             expected = [SCHEDULE.job_id(start + k) for k in range(int(cursor - start) + 1)]
             missing = [i for i in expected if await storage.get_status(name, i) is None]
             stderr = pool.all_stderr()
+            listed = run_cli(
+                "schedules", "--storage", url, "--name", name,
+                "--schedules", "_proc_schedules:EVERY_SECOND", "--json",
+            )  # fmt: skip
 
     assert before is not None and after is not None and after.epoch > before.epoch
     assert missing == [], stderr
     assert set(first_runs.values()) == {1}, first_runs  # no tick's job enqueued twice
     assert fired_ids <= set(expected)
     assert len(fired_ids) + queued == len(expected)  # the rest is still queued, no others
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)["schedules"]
+    assert row["last_tick"] == cursor and row["last_job_id"] == expected[-1]
+    assert row["next_tick"] > cursor and row["next_tick"] % 1 == 0
+    assert row["next_job_id"] == SCHEDULE.job_id(row["next_tick"])
     killed_tick = SCHEDULE.next_tick(killed_at)
     assert any(tick_of(i) >= killed_tick for i in expected)  # ticks after the kill too
     with capsys.disabled():

@@ -1,8 +1,8 @@
 """The ``trio-jobqueue`` command line (also ``python -m trio_jobqueue``).
 
 The parser, the entry point and the exit codes; the commands live in :mod:`._worker`
-(``worker``), :mod:`._admin` (``enqueue``/``status``/``result``/``cancel``/``stats``) and
-:mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
+(``worker``), :mod:`._admin` (``enqueue``/``status``/``result``/``cancel``/``stats``),
+:mod:`._schedules` (``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ._common import (
     seconds,
 )
 from ._demo import run_demo
+from ._schedules import add_schedules_parser, run_schedules
 from ._worker import add_worker_parser, run_worker
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_worker_parser(sub)
     add_admin_parsers(sub)
+    add_schedules_parser(sub)
     text = "run N jobs through an in-memory queue and report"
     demo = sub.add_parser("demo", help=text, description=text[0].upper() + text[1:] + ".")
     demo.add_argument(
@@ -168,6 +170,7 @@ def _run(argv: Sequence[str] | None) -> int:
         "result": run_result,
         "cancel": run_cancel,
         "stats": run_stats,
+        "schedules": run_schedules,
     }
     return int(trio.run(runners[command], args, sys.stdout))
 
