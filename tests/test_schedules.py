@@ -504,6 +504,36 @@ async def test_storage_errors_are_logged_and_retried(
     ]
 
 
+class BuggyCursorsStorage(MemoryStorage):
+    """schedule_cursors raises a non-storage error (a bug) the first ``failures`` times."""
+
+    failures = 2
+
+    async def schedule_cursors(self, ns: str) -> dict[str, float]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("a bug (simulated)")
+        return await super().schedule_cursors(ns)
+
+
+async def test_an_unexpected_error_is_logged_and_retried(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is not a StorageError (a bug) is logged with its traceback and the
+    pass retried: the scheduler (and its worker) keeps going and fires the tick."""
+    storage = BuggyCursorsStorage()
+    every = jq.IntervalSchedule(id="bug", every=60)
+    scheduler = quiet_scheduler(storage, [every])
+    async with storage:
+        await set_clock(storage, T0 - 0.2)
+        async with running(storage, scheduler):
+            await sleep_until_storage_time(storage, T0 + 1)
+        assert await storage.get_status(NS, every.job_id(T0)) is not None
+    bugs = [r for r in caplog.records if "a bug (simulated)" in r.getMessage()]
+    assert len(bugs) == 2 and all(r.exc_info is not None for r in bugs)
+    assert scheduler.statistics().errors == 2
+
+
 async def test_a_live_job_holding_the_tick_id_is_not_duplicated(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

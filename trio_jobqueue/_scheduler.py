@@ -12,9 +12,10 @@ a tick already fired by the cursor, and a job of that tick still live by dedup: 
 never enqueued twice. Ticks missed while no leader ran are handled by the schedule's
 misfire policy when the next leader starts (:func:`._schedule.due_ticks`).
 
-Failures never end the service: a storage error is logged with the schedule's id and the
-pass retried with backoff (0.1 s doubling to 5 s); any other error of one schedule is
-logged with its traceback and that schedule retried after the backoff, the others go on.
+Failures never end the service: a storage error is logged (with the schedule's id when a
+fire failed) and the pass retried with backoff (0.1 s doubling to 5 s); any other error is
+logged with its traceback and retried the same way, and one that a single schedule raises
+holds back that schedule alone for 5 s while the others go on.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Scheduler(ElectedService):
             try:
                 sleep_for = await self.pass_once()
                 self._backoff = 0.0
-            except StorageError as exc:
+            except Exception as exc:  # reported and retried: never ends the service
                 self.stats.errors += 1
                 self._backoff = min(max(self._backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
                 log.warning(
@@ -152,6 +153,7 @@ class Scheduler(ElectedService):
                     self.ns,
                     exc,
                     self._backoff,
+                    exc_info=not isinstance(exc, StorageError),  # a bug: with traceback
                 )
                 sleep_for = self._backoff
             await trio.sleep(sleep_for)
