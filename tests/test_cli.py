@@ -257,6 +257,7 @@ async def test_admin_commands_and_burst_worker(
     stats = json.loads((await run("stats", "--json"))[1])
     assert stats["jobs"] == {
         "queued": 0, "delayed": 0, "processing": 0, "completed": 3, "failed": 1,
+        "scheduled": 0,
     }  # fmt: skip
     assert stats["depth"] == 0
 
@@ -326,6 +327,7 @@ async def test_stats_lists_live_workers_in_flight_jobs_and_leader(
             assert elapsed < 1.5, elapsed
             assert data["jobs"] == {
                 "queued": 0, "delayed": 0, "processing": 3, "completed": 1, "failed": 1,
+                "scheduled": 0,
             }  # fmt: skip
             workers = {w["id"]: w for w in data["workers"]}
             assert sorted(workers) == ["alpha", "beta"]
