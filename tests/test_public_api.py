@@ -57,6 +57,12 @@ EXPECTED = {
     "serve_scheduler",
     "serve_worker",
     "storage_from_url",
+    "DeleteResult",
+    "DeleteStatus",
+    "RetryResult",
+    "RetryStatus",
+    "content_id",
+    "new_id",
 }
 
 

@@ -14,6 +14,8 @@ from ._errors import SerializationError as SerializationError
 from ._errors import StorageError as StorageError
 from ._errors import WaitTimeoutError as WaitTimeoutError
 from ._events import EventChannel as EventChannel
+from ._ids import content_id as content_id
+from ._ids import new_id as new_id
 from ._queue import Queue as Queue
 from ._queue import QueueStatistics as QueueStatistics
 from ._queue import open_queue as open_queue
@@ -37,6 +39,8 @@ from ._serde import JsonSerializer as JsonSerializer
 from ._serde import Serializer as Serializer
 from ._types import CancelResult as CancelResult
 from ._types import CancelStatus as CancelStatus
+from ._types import DeleteResult as DeleteResult
+from ._types import DeleteStatus as DeleteStatus
 from ._types import EnqueueResult as EnqueueResult
 from ._types import EnqueueStatus as EnqueueStatus
 from ._types import EventKind as EventKind
@@ -46,6 +50,8 @@ from ._types import JobError as JobError
 from ._types import JobEvent as JobEvent
 from ._types import JobState as JobState
 from ._types import JobStatus as JobStatus
+from ._types import RetryResult as RetryResult
+from ._types import RetryStatus as RetryStatus
 from ._types import UpdateTtlResult as UpdateTtlResult
 from ._types import UpdateTtlStatus as UpdateTtlStatus
 from ._types import WorkerInfo as WorkerInfo

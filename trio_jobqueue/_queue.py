@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -13,7 +13,13 @@ import attrs
 import trio
 
 from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
-from ._errors import JobCancelledError, JobFailedError, JobQueueError, WaitTimeoutError
+from ._errors import (
+    InvalidJobError,
+    JobCancelledError,
+    JobFailedError,
+    JobQueueError,
+    WaitTimeoutError,
+)
 from ._events import EventChannel, open_event_channel
 from ._leader import run_service
 from ._reaper import REAPER_LOCK, Reaper, reaper_service
@@ -23,12 +29,14 @@ from ._scheduler import Scheduler
 from ._serde import Serializer, TypedCodec, decode_error
 from ._types import (
     CancelResult,
+    DeleteResult,
     EnqueueResult,
     EnqueueStatus,
     EventKind,
     JobError,
     JobState,
     JobStatus,
+    RetryResult,
     UpdateTtlResult,
     WorkerInfo,
 )
@@ -48,6 +56,9 @@ __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
 P = TypeVar("P")
 R = TypeVar("R")
+
+BULK_BATCH = 1000
+"""Jobs per storage call of the bulk operations (``retry_failed``, ``purge``)."""
 
 
 @attrs.frozen
@@ -254,6 +265,80 @@ class Queue(Generic[P, R]):
         """
         status = await self.storage.cancel(self.name, check_job_id(id))
         return CancelResult(status)
+
+    async def retry(self, id: str) -> RetryResult:
+        """Run a ``failed`` job again: it goes back to ``queued`` (at the tail of its
+        priority) with a fresh attempt budget; its last error stays visible until it runs.
+
+        Returns:
+            ``RetryResult`` with status ``retried``, ``not_failed`` (the job is in another
+            state: nothing changed) or ``not_found``.
+        """
+        return RetryResult(await self.storage.retry_job(self.name, check_job_id(id)))
+
+    async def delete(self, id: str) -> DeleteResult:
+        """Remove a scheduled, queued, failing, completed or failed job with its result
+        or error; its id becomes free. Waiters of a job that had not finished get
+        ``JobCancelledError``.
+
+        Returns:
+            ``DeleteResult`` with status ``deleted``, ``processing`` (a worker runs it:
+            nothing changed) or ``not_found``.
+        """
+        return DeleteResult(await self.storage.delete_job(self.name, check_job_id(id)))
+
+    async def retry_failed(self, limit: int | None = None) -> int:
+        """:meth:`retry` every ``failed`` job (at most ``limit``); returns how many. Works
+        in bounded batches (one atomic step each), so it never blocks the storage."""
+        return await self._in_batches(
+            limit, lambda n: self.storage.retry_failed(self.name, limit=n)
+        )
+
+    async def purge(self, state: JobState | str, limit: int | None = None) -> int:
+        """:meth:`delete` every job in ``state`` (at most ``limit``); returns how many.
+        ``processing`` jobs cannot be purged (``ValueError``); bounded batches as for
+        :meth:`retry_failed`.
+
+        Raises:
+            ValueError: ``state`` is not a job state other than ``processing``.
+        """
+        try:
+            which = JobState(state)
+        except ValueError:
+            raise InvalidJobError(f"unknown job state {state!r}") from None
+        if which is JobState.PROCESSING:
+            raise InvalidJobError("processing jobs cannot be purged: cancel them first")
+        return await self._in_batches(
+            limit, lambda n: self.storage.delete_jobs(self.name, which, limit=n)
+        )
+
+    @staticmethod
+    async def _in_batches(limit: int | None, step: Callable[[int], Awaitable[int]]) -> int:
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise InvalidJobError(f"limit must be an int >= 0 or None, not {limit!r}")
+        total = 0
+        while limit is None or total < limit:
+            want = BULK_BATCH if limit is None else min(BULK_BATCH, limit - total)
+            done = await step(want)
+            total += done
+            if done < want:
+                break
+        return total
+
+    async def pause(self) -> None:
+        """Stop every worker of this queue, in every process, from claiming (running jobs
+        finish; enqueues go on). Stored: it lasts across worker restarts until
+        :meth:`resume`."""
+        await self.storage.set_paused(self.name, True)
+
+    async def resume(self) -> None:
+        """Let the workers claim again (they start within about half a second)."""
+        await self.storage.set_paused(self.name, False)
+
+    async def is_paused(self) -> bool:
+        return await self.storage.is_paused(self.name)
 
     async def get_status(self, id: str) -> JobStatus | None:
         """The job's state, or ``None`` if unknown (never enqueued, cancelled or expired)."""

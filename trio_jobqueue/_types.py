@@ -10,6 +10,8 @@ import attrs
 __all__ = [
     "CancelResult",
     "CancelStatus",
+    "DeleteResult",
+    "DeleteStatus",
     "EnqueueResult",
     "EnqueueStatus",
     "EventKind",
@@ -19,6 +21,8 @@ __all__ = [
     "JobEvent",
     "JobState",
     "JobStatus",
+    "RetryResult",
+    "RetryStatus",
     "UpdateTtlResult",
     "UpdateTtlStatus",
     "WorkerInfo",
@@ -61,6 +65,21 @@ class CancelStatus(enum.StrEnum):
     NOT_FOUND = "not_found"
     PROCESSING = "processing"
     COMPLETED = "completed"
+
+
+class RetryStatus(enum.StrEnum):
+    RETRIED = "retried"
+    """The failed job is queued again with a fresh attempt budget."""
+    NOT_FOUND = "not_found"
+    NOT_FAILED = "not_failed"
+    """The job exists but is not ``failed``: nothing changed."""
+
+
+class DeleteStatus(enum.StrEnum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    PROCESSING = "processing"
+    """A worker is running it: nothing changed (cancel it with ``force=True``)."""
 
 
 class UpdateTtlStatus(enum.StrEnum):
@@ -133,6 +152,20 @@ class EnqueueResult:
 @attrs.frozen
 class CancelResult:
     status: CancelStatus
+
+
+@attrs.frozen
+class RetryResult:
+    """What ``Queue.retry`` did."""
+
+    status: RetryStatus
+
+
+@attrs.frozen
+class DeleteResult:
+    """What ``Queue.delete`` did."""
+
+    status: DeleteStatus
 
 
 @attrs.frozen

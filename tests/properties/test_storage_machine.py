@@ -14,7 +14,7 @@ import pytest
 import trio
 from hypothesis import Phase
 
-from trio_jobqueue import EnqueueStatus, EventKind, JobState
+from trio_jobqueue import DeleteStatus, EnqueueStatus, EventKind, JobState, RetryStatus
 from trio_jobqueue.storage import (
     EnqueueOutcome,
     EventRecord,
@@ -28,6 +28,7 @@ from trio_jobqueue.storage import (
 )
 from trio_jobqueue.storage._base import MAX_PRIORITY
 from trio_jobqueue.storage._core import WORK_KINDS, Hub
+from trio_jobqueue.storage._state import state_order
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
 
 SETTINGS = THOROUGH_SETTINGS if os.environ.get("TRIO_JOBQUEUE_THOROUGH") else DEFAULT_SETTINGS
@@ -326,6 +327,60 @@ class TakesFromLiveHolders(MemoryStorage):
         return await super().acquire_lock(ns, lock, owner, ttl=ttl, take_from_dead=take_from_dead)
 
 
+# -- planted bugs in the operators' transitions ---------------------------------------------
+
+
+class RetryKeepsAttempts(MemoryStorage):
+    """Retries a failed job without a fresh attempt budget."""
+
+    async def retry_job(self, ns: str, job_id: str) -> RetryStatus:
+        before = await self.get_status(ns, job_id)
+        status = await super().retry_job(ns, job_id)
+        if status is RetryStatus.RETRIED and before is not None:
+            self._state(ns).jobs[job_id].attempts = before.attempts
+        return status
+
+
+class DeletesRunningJobs(MemoryStorage):
+    """Deletes a processing job too (its worker's outcome then has nowhere to go)."""
+
+    async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
+        rec = self._state(ns).jobs.get(job_id)
+        if rec is not None and rec.state is JobState.PROCESSING:
+            rec.state = JobState.QUEUED
+        return await super().delete_job(ns, job_id)
+
+
+class IgnoresPause(MemoryStorage):
+    """Keeps handing out jobs while the queue is paused."""
+
+    async def claim_nowait(self, ns: str, worker_id: str, *, limit: int, lease: float) -> Any:
+        state = self._state(ns)
+        paused, state.paused = state.paused, False
+        try:
+            return await super().claim_nowait(ns, worker_id, limit=limit, lease=lease)
+        finally:
+            state.paused = paused
+
+
+class BulkDeletesNewestFirst(MemoryStorage):
+    """Deletes the last jobs of a state's order instead of the first."""
+
+    async def delete_jobs(self, ns: str, state: JobState, *, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        victims = [
+            rec.job_id
+            for rec in sorted(
+                (r for r in self._state(ns).jobs.values() if r.state is state),
+                key=state_order,
+                reverse=True,
+            )[:limit]
+        ]
+        for job_id in victims:
+            await self.delete_job(ns, job_id)
+        return len(victims)
+
+
 BUG_HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
     max_examples=1000,
@@ -356,6 +411,10 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (ReleaseJumpsPriorities, r"job ids \(priority order, then FIFO\)"),
     (ScheduledRunsAtOnce, None),
     (FiresEveryTick, r"fire_schedule\("),
+    (RetryKeepsAttempts, r"\.attempts"),
+    (DeletesRunningJobs, r"delete_job\("),
+    (IgnoresPause, r"claim\(limit=\d\) job ids"),
+    (BulkDeletesNewestFirst, None),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""

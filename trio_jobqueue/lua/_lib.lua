@@ -23,7 +23,8 @@
 --   KEYS[6]  {tag}:b:         prefix of the large-blob hashes (the raw job id appended)
 --   KEYS[7]  {tag}:done:      prefix of the outcome channels (a shard of the id appended)
 --   KEYS[8]  {tag}:queue      zset id -> ready score (see "Ready order"): claimable jobs
---   KEYS[9]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe)
+--   KEYS[9]  {tag}:seq        hash: the ready order's counters (t, h, and pu pn pe), and
+--            the field "paused" while the queue is paused
 --   KEYS[10] {tag}:wake       list: wake-up tokens for blocked claims (see flush)
 --   KEYS[11] {tag}:delayed    zset id -> due time (scheduled jobs, and failing jobs
 --            waiting out a retry delay)
@@ -428,6 +429,30 @@ end
 local function fence_ok(lock_key, owner, epoch)
   local l = redis.call('HMGET', lock_key, 'owner', 'epoch', 'exp')
   return l[1] == owner and l[2] == epoch and l[3] and tonumber(l[3]) > NOW
+end
+
+-- failed -> queued at the tail of its priority, attempts 0, no expiry (the last error
+-- stays until it runs): an operator's retry of a failed job.
+local function requeue_failed(key, id, j)
+  j[ST], j[ATT], j[FIN], j[EXP] = 'q', 0, false, false
+  write_job(key, j)
+  redis.call('PERSIST', key)
+  redis.call('PERSIST', KEYS[6] .. id)
+  redis.call('ZREM', KEYS[4], id)
+  push_tail(id, j[PRIO])
+  emit('enqueued', id, 0)
+end
+
+-- Remove a job that is not processing, from every index; `cancelled` unless it had
+-- finished (`j` is CORRUPT for a record that does not decode: removed silently).
+local function delete_job(id, j)
+  for _, index in ipairs({KEYS[8], KEYS[11], KEYS[13], KEYS[3], KEYS[4]}) do
+    redis.call('ZREM', index, id)
+  end
+  del_job(id)
+  if j ~= CORRUPT and j[ST] ~= 'c' and j[ST] ~= 'x' then
+    emit('cancelled', id, j[ATT])
+  end
 end
 
 -- Physically drop up to `limit` expired terminal records per index; returns how many.

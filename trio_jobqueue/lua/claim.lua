@@ -16,6 +16,7 @@
 --          "started" events.
 -- Bounded: at most PROMOTE_BATCH promotions and limit + SKIP_MAX entries looked at,
 -- whatever the backlog.
+-- Paused (field "paused" of seq): claims nothing and returns {now, "paused"}.
 -- Returns: {now, next_due or "", then per claim: id, payload, attempt, max_attempts,
 --          created, token, lease_until, result_ttl}
 local PROMOTE_BATCH = 500
@@ -53,6 +54,10 @@ if ARGV[6] == '1' then
   end
 end
 
+if redis.call('HEXISTS', KEYS[9], 'paused') == 1 then
+  out[2] = 'paused'  -- the queue is paused: nothing is promoted or claimed
+  return out
+end
 local promoted, next_due = promote_due(PROMOTE_BATCH)
 local limit = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])

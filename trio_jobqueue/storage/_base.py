@@ -32,7 +32,15 @@ from typing import Any, Self
 import attrs
 import trio
 
-from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from .._types import (
+    CancelStatus,
+    DeleteStatus,
+    EnqueueStatus,
+    EventKind,
+    JobState,
+    RetryStatus,
+    UpdateTtlStatus,
+)
 
 __all__ = [
     "MAX_PRIORITY",
@@ -134,6 +142,8 @@ class ClaimBatch:
     next_due_in: float | None = None
     """When nothing was claimed: seconds until the next delayed job becomes claimable
     (``None`` if there is none)."""
+    paused: bool = False
+    """The namespace is paused (:meth:`Storage.set_paused`): nothing was claimed."""
 
 
 @attrs.frozen
@@ -361,7 +371,8 @@ class Storage(abc.ABC):
         """Claim up to ``limit`` ready jobs in FIFO order, without waiting.
 
         Each becomes ``processing`` with ``attempts += 1``, a fresh token and a lease
-        until ``now + lease``, and emits ``started``. Due delayed jobs are promoted first.
+        until ``now + lease``, and emits ``started``. A paused namespace hands out
+        nothing (``paused=True``). Due delayed jobs are promoted first.
         When nothing is claimed, ``next_due_in`` says when the next delayed job is due.
         ``limit >= 1``. A call cancelled after the storage took jobs must give them back
         (released, attempt not consumed) before it raises ``Cancelled``.
@@ -422,6 +433,41 @@ class Storage(abc.ABC):
         With ``fence``, does nothing (``fenced=True``) unless the fence's lock is held by
         its owner with its epoch.
         """
+
+    # -- operating ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def retry_job(self, ns: str, job_id: str) -> RetryStatus:
+        """Put a ``failed`` job back: ``queued`` at the tail of its priority with
+        ``attempts = 0`` (the same ``max_attempts``), no expiry, its last error kept until
+        it runs; emits ``enqueued``. ``not_failed`` (nothing changed) for a job in any
+        other state, ``not_found`` for an unknown or expired id."""
+
+    @abc.abstractmethod
+    async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
+        """Remove a job in any state but ``processing`` (``processing``: nothing changed),
+        with its payload, result and error; the id is free. Emits ``cancelled`` when the
+        job had not finished (scheduled, queued, failing), nothing for a terminal one."""
+
+    @abc.abstractmethod
+    async def retry_failed(self, ns: str, *, limit: int) -> int:
+        """:meth:`retry_job` for up to ``limit`` (>= 1) ``failed`` jobs, in one atomic
+        step; returns how many. Callers repeat while the answer equals ``limit``."""
+
+    @abc.abstractmethod
+    async def delete_jobs(self, ns: str, state: JobState, *, limit: int) -> int:
+        """:meth:`delete_job` for up to ``limit`` (>= 1) jobs in ``state`` (never
+        ``processing``: ``ValueError``), in one atomic step; returns how many."""
+
+    @abc.abstractmethod
+    async def set_paused(self, ns: str, paused: bool) -> None:
+        """Pause (claims take nothing and say ``paused``; enqueues go on) or resume the
+        namespace, for every process; stored, so it outlives every worker. Resuming wakes
+        blocked claims, or they notice within :data:`~._core.PAUSED_REPOLL` seconds."""
+
+    @abc.abstractmethod
+    async def is_paused(self, ns: str) -> bool:
+        """Whether the namespace is paused."""
 
     # -- schedules ------------------------------------------------------------------------
 

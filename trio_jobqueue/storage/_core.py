@@ -330,7 +330,9 @@ async def blocking_claim(
             if batch.claims or remaining <= 0:
                 return batch.claims
             sleep_for = min(remaining, storage.repoll_interval)
-            if batch.next_due_in is not None:
+            if batch.paused:
+                sleep_for = min(sleep_for, PAUSED_REPOLL)
+            elif batch.next_due_in is not None:
                 sleep_for = min(sleep_for, max(batch.next_due_in, 0.0))
             with trio.move_on_after(sleep_for):
                 await ticket.wait()
@@ -369,6 +371,10 @@ async def watch(storage: Storage, ns: str, job_id: str) -> AsyncIterator[JobWatc
             if not watches:
                 del hub.watches[job_id]
 
+
+PAUSED_REPOLL = 0.5
+"""Seconds a claim blocked on a paused namespace waits before it looks again (a resume
+also wakes it where the backend can tell: Memory, Redis)."""
 
 NEVER = math.inf
 """``repoll_interval`` of a backend whose wake-ups cannot be lost."""

@@ -40,7 +40,15 @@ from typing import Any
 
 import attrs
 
-from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from .._types import (
+    CancelStatus,
+    DeleteStatus,
+    EnqueueStatus,
+    EventKind,
+    JobState,
+    RetryStatus,
+    UpdateTtlStatus,
+)
 from ._base import (
     Claim,
     EnqueueOutcome,
@@ -490,6 +498,8 @@ class NsState:
     ``delayed`` heap belongs to ``claim``, which moves due records)."""
     cursors: dict[str, float] = attrs.Factory(dict)
     """Per schedule id: the last tick fired (:func:`fire_schedule`)."""
+    paused: bool = False
+    """Claims take nothing while set (:func:`set_paused`)."""
     counts: list[int] = attrs.Factory(lambda: [0] * 8)
     """Records per bucket (index ``NONE`` is unused)."""
 
@@ -577,6 +587,7 @@ class NsState:
             "locks": {name: lock.encode() for name, lock in self.locks.items()},
             "workers": [encode_worker(rec) for rec in self.workers.values()],
             "cur": self.cursors,
+            "paused": self.paused,
             "B": blobs.lengths(),
         }
         return body, blobs.parts
@@ -602,6 +613,7 @@ class NsState:
                 worker = decode_worker(item)
                 state.workers[worker.worker_id] = worker
             state.cursors = _decode_cursors(raw.get("cur", {}))
+            state.paused = raw.get("paused") is True
         except CorruptRecord:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -631,6 +643,7 @@ class NsState:
             }
             events = [decode_event(item, blobs) for item in raw.get("ev", ())]
             cursors = _decode_cursors(raw.get("C", {}))
+            paused = raw.get("P")
             tail_seq = _int(raw["ts"])
             head_seq = _int(raw["hs"])
         except CorruptRecord:
@@ -659,6 +672,8 @@ class NsState:
             else:
                 self.workers[worker_id] = worker
         self.cursors.update(cursors)
+        if paused is not None:
+            self.paused = paused is True
         self.tail_seq = tail_seq
         self.head_seq = head_seq
         return events
@@ -696,6 +711,8 @@ class Sealed:
     locks: dict[str, list[Any]]
     workers: dict[str, list[Any] | None]
     cursors: dict[str, float]
+    paused: bool | None
+    """The pause flag, when this transition set it."""
     events: list[EventRecord]
     tail_seq: int
     head_seq: int
@@ -716,6 +733,8 @@ class Tx:
     locks: set[str] = attrs.Factory(set)
     workers: set[str] = attrs.Factory(set)
     cursors: set[str] = attrs.Factory(set)
+    paused: bool = False
+    """The pause flag was set (to ``state.paused``)."""
     events: list[EventRecord] = attrs.Factory(list)
     durable: bool = False
     """False while the only changes need no fsync: forgetting expired records, extending
@@ -752,12 +771,18 @@ class Tx:
         self.cursors.add(schedule_id)
         self.durable = True
 
+    def touch_paused(self) -> None:
+        self.paused = True
+        self.durable = True
+
     def emit(self, event: EventRecord) -> None:
         self.events.append(event)
 
     @property
     def changed(self) -> bool:
-        return bool(self.touched or self.locks or self.workers or self.cursors or self.events)
+        return bool(
+            self.touched or self.locks or self.workers or self.cursors or self.paused or self.events
+        )
 
     def seal(self) -> Sealed:
         """Freeze this transition's redo delta (requires ``track``)."""
@@ -785,6 +810,7 @@ class Tx:
             {name: state.locks[name].encode() for name in self.locks},
             {worker_id: _encoded_worker(state, worker_id) for worker_id in self.workers},
             {schedule_id: state.cursors[schedule_id] for schedule_id in self.cursors},
+            state.paused if self.paused else None,
             [journaled_event(event) for event in self.events],
             state.tail_seq,
             state.head_seq,
@@ -804,6 +830,7 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
     locks: dict[str, list[Any]] = {}
     workers: dict[str, list[Any] | None] = {}
     cursors: dict[str, float] = {}
+    paused: bool | None = None
     events: list[EventRecord] = []
     for seal in seals:
         for job_id, item in seal.records.items():
@@ -820,8 +847,10 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
         locks.update(seal.locks)
         workers.update(seal.workers)
         cursors.update(seal.cursors)
+        if seal.paused is not None:
+            paused = seal.paused
         events.extend(seal.events)
-    if not (records or locks or workers or cursors or events):
+    if not (records or locks or workers or cursors or paused is not None or events):
         return None
     blobs = BlobWriter()
     news: list[Any] = []
@@ -855,6 +884,8 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
         entry["W"] = workers
     if cursors:
         entry["C"] = cursors
+    if paused is not None:
+        entry["P"] = paused
     if events:
         entry["ev"] = [encode_event(event, blobs) for event in events]
     if blobs.parts:
@@ -1037,6 +1068,8 @@ def update_result_ttl(tx: Tx, job_id: str, ttl: float) -> UpdateTtlStatus:
 
 
 def claim(tx: Tx, worker_id: str, limit: int, lease: float) -> tuple[list[Claim], float | None]:
+    if tx.state.paused:
+        return [], None
     next_due = _promote_due(tx)
     claims: list[Claim] = []
     while len(claims) < limit:
@@ -1167,6 +1200,93 @@ def reap(tx: Tx, fence: Fence | None) -> ReapResult:
             stalled.append(ReapedJob(job_id, attempt, failed=False))
             tx.emit(EventRecord(EventKind.STALLED, job_id, attempt, error=rec.error))
     return ReapResult(stalled=tuple(stalled), next_deadline=next_deadline, now=tx.now)
+
+
+def retry_job(tx: Tx, job_id: str) -> RetryStatus:
+    """A ``failed`` job back to ``queued`` at the tail of its priority, attempts 0 (its
+    last error kept until it runs); emits ``enqueued``."""
+    rec = _live(tx, job_id)
+    if rec is None:
+        return RetryStatus.NOT_FOUND
+    if rec.state is not JobState.FAILED:
+        return RetryStatus.NOT_FAILED
+    _requeue_failed(tx, rec)
+    return RetryStatus.RETRIED
+
+
+def _requeue_failed(tx: Tx, rec: Rec) -> None:
+    rec.state = JobState.QUEUED
+    rec.attempts = 0
+    rec.finished_at = rec.expires_at = None
+    _push_ready(tx, rec)
+    tx.emit(EventRecord(EventKind.ENQUEUED, rec.job_id, 0))
+
+
+def delete_job(tx: Tx, job_id: str) -> DeleteStatus:
+    """Remove any job but a ``processing`` one (record, result, error); emits
+    ``cancelled`` for a job that had not finished."""
+    rec = _live(tx, job_id)
+    if rec is None:
+        return DeleteStatus.NOT_FOUND
+    if rec.state is JobState.PROCESSING:
+        return DeleteStatus.PROCESSING
+    _delete(tx, rec)
+    return DeleteStatus.DELETED
+
+
+def _delete(tx: Tx, rec: Rec) -> None:
+    tx.forget(rec)
+    if not rec.state.is_terminal:
+        tx.emit(EventRecord(EventKind.CANCELLED, rec.job_id, rec.attempts))
+
+
+def state_order(rec: Rec) -> tuple[Any, ...]:
+    """Where ``rec`` is in the order of its state (see ``Storage.delete_jobs``):
+    scheduled by due time; queued in claim order; failing ones that are ready in claim
+    order, then the delayed ones by due time; completed and failed by expiry; ties by
+    the id's UTF-8 bytes."""
+    state = rec.state
+    if state is JobState.COMPLETED or state is JobState.FAILED:
+        return (rec.expires_at, _key(rec.job_id))
+    if rec.ready_seq is not None:
+        return (0, -rec.priority, rec.ready_seq)
+    return (1, rec.due_at, _key(rec.job_id))
+
+
+def _in_state(tx: Tx, state: JobState, limit: int) -> list[Rec]:
+    """The first ``limit`` live jobs in ``state``, in :func:`state_order` (bulk operations
+    only: a scan of the namespace)."""
+    purge(tx)
+    found = sorted((rec for rec in tx.state.jobs.values() if rec.state is state), key=state_order)[
+        :limit
+    ]
+    return [tx.see(rec) for rec in found]
+
+
+def retry_failed(tx: Tx, limit: int) -> int:
+    recs = _in_state(tx, JobState.FAILED, limit)
+    for rec in recs:
+        _requeue_failed(tx, rec)
+    return len(recs)
+
+
+def delete_jobs(tx: Tx, state: JobState, limit: int) -> int:
+    if state is JobState.PROCESSING:
+        raise ValueError("processing jobs cannot be deleted")
+    recs = _in_state(tx, state, limit)
+    for rec in recs:
+        _delete(tx, rec)
+    return len(recs)
+
+
+def set_paused(tx: Tx, paused: bool) -> None:
+    if tx.state.paused != paused:
+        tx.state.paused = paused
+        tx.touch_paused()
+
+
+def is_paused(tx: Tx) -> bool:
+    return tx.state.paused
 
 
 def fire_schedule(

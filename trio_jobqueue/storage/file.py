@@ -54,7 +54,7 @@ import attrs
 import trio
 
 from .._errors import StorageError
-from .._types import CancelStatus, UpdateTtlStatus
+from .._types import CancelStatus, DeleteStatus, JobState, RetryStatus, UpdateTtlStatus
 from . import _file_io as fio
 from . import _state as fst
 from ._base import (
@@ -1214,7 +1214,9 @@ class FileStorage(Storage):
             end, next_due = idle
             if space.interest:
                 self._seed(space, end)
-            return ClaimBatch([], None if next_due is None else next_due - now)
+            return ClaimBatch(
+                [], None if next_due is None else next_due - now, paused=self._paused(space)
+            )
         (claims, next_due), start = await self._run(
             ns, partial(fst.claim, worker_id=worker_id, limit=limit, lease=lease)
         )
@@ -1222,7 +1224,13 @@ class FileStorage(Storage):
             # A blocked claim waits: make the tailer read this transaction's frame (an
             # enqueue committed in the same group commit wakes it) and what follows.
             self._seed(space, start)
-        return ClaimBatch(claims, None if next_due is None else next_due - now)
+        return ClaimBatch(
+            claims, None if next_due is None else next_due - now, paused=self._paused(space)
+        )
+
+    @staticmethod
+    def _paused(space: _Space) -> bool:
+        return space.state is not None and space.state.paused
 
     def _nothing_to_claim(self, space: _Space, now: float) -> tuple[Pos, float | None] | None:
         """Whether a claim would find nothing, told without a transaction: the journal
@@ -1284,6 +1292,33 @@ class FileStorage(Storage):
 
     async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
         value, _ = await self._run(ns, partial(fst.reap, fence=fence))
+        return value
+
+    # -- operating ------------------------------------------------------------------------
+
+    async def retry_job(self, ns: str, job_id: str) -> RetryStatus:
+        value, _ = await self._run(ns, partial(fst.retry_job, job_id=job_id))
+        return value
+
+    async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
+        value, _ = await self._run(ns, partial(fst.delete_job, job_id=job_id))
+        return value
+
+    async def retry_failed(self, ns: str, *, limit: int) -> int:
+        value, _ = await self._run(ns, partial(fst.retry_failed, limit=limit))
+        return value
+
+    async def delete_jobs(self, ns: str, state: JobState, *, limit: int) -> int:
+        value, _ = await self._run(ns, partial(fst.delete_jobs, state=JobState(state), limit=limit))
+        return value
+
+    async def set_paused(self, ns: str, paused: bool) -> None:
+        await self._run(ns, partial(fst.set_paused, paused=paused))
+        if not paused:
+            self.hub(ns).wake()
+
+    async def is_paused(self, ns: str) -> bool:
+        value, _ = await self._run(ns, fst.is_paused)
         return value
 
     # -- schedules ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TypeVar
 import attrs
 import trio
 
-from .._types import CancelStatus, UpdateTtlStatus
+from .._types import CancelStatus, DeleteStatus, JobState, RetryStatus, UpdateTtlStatus
 from . import _state as st
 from ._base import (
     ClaimBatch,
@@ -113,7 +113,9 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         now = self.now()
         claims, next_due = self._run(ns, lambda tx: st.claim(tx, worker_id, limit, lease))
-        return ClaimBatch(claims, None if next_due is None else next_due - now)
+        return ClaimBatch(
+            claims, None if next_due is None else next_due - now, paused=self._state(ns).paused
+        )
 
     async def heartbeat(
         self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float
@@ -151,6 +153,34 @@ class MemoryStorage(Storage):
     async def reap(self, ns: str, *, fence: Fence | None = None) -> ReapResult:
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.reap(tx, fence))
+
+    # -- operating ------------------------------------------------------------------------
+
+    async def retry_job(self, ns: str, job_id: str) -> RetryStatus:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.retry_job(tx, job_id))
+
+    async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.delete_job(tx, job_id))
+
+    async def retry_failed(self, ns: str, *, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.retry_failed(tx, limit))
+
+    async def delete_jobs(self, ns: str, state: JobState, *, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.delete_jobs(tx, JobState(state), limit))
+
+    async def set_paused(self, ns: str, paused: bool) -> None:
+        await trio.lowlevel.checkpoint()
+        self._run(ns, lambda tx: st.set_paused(tx, paused))
+        if not paused:
+            self.hub(ns).wake()
+
+    async def is_paused(self, ns: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, st.is_paused)
 
     # -- schedules ------------------------------------------------------------------------
 

@@ -20,7 +20,15 @@ import attrs
 import trio
 
 from .._errors import StorageError
-from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from .._types import (
+    CancelStatus,
+    DeleteStatus,
+    EnqueueStatus,
+    EventKind,
+    JobState,
+    RetryStatus,
+    UpdateTtlStatus,
+)
 from ._base import (
     Claim,
     ClaimBatch,
@@ -587,11 +595,13 @@ class RedisStorage(Storage):
         claims, server_now, next_due = await self._claim_once(
             ns, worker_id, limit, lease, retry_until
         )
+        if isinstance(next_due, str):  # "paused"
+            return ClaimBatch([], None, paused=True)
         return ClaimBatch(claims, None if next_due is None else next_due - server_now)
 
     async def _claim_once(
         self, ns: str, worker_id: str, limit: int, lease: float, retry_until: float
-    ) -> tuple[list[Claim], float, float | None]:
+    ) -> tuple[list[Claim], float, float | str | None]:
         """One claim script call, resent (with the same nonce) after connection errors
         until ``retry_until``: a resent call whose first run took jobs gets those same
         jobs back (same tokens, same attempts) instead of taking more. If no reply ever
@@ -658,6 +668,8 @@ class RedisStorage(Storage):
                     await self._release_claim(ns, nonce)
                 raise
             self._claims_done.setdefault(ns, []).append(nonce)
+        if reply[1] == b"paused":
+            return claims, float(reply[0]), "paused"
         return claims, float(reply[0]), _opt_float(reply[1])
 
     async def _release_claim(self, ns: str, nonce: str) -> bool:
@@ -756,6 +768,49 @@ class RedisStorage(Storage):
                 return ReapResult(
                     stalled=tuple(stalled), next_deadline=_opt_float(reply[1]), now=float(reply[2])
                 )
+
+    # -- operating --------------------------------------------------------------------
+
+    async def retry_job(self, ns: str, job_id: str) -> RetryStatus:
+        reply = await self._run_cached("retry_job", ns, self.keys(ns).standard(), [job_id])
+        return RetryStatus(reply.decode())
+
+    async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
+        reply = await self._run_cached("delete_job", ns, self.keys(ns).standard(), [job_id])
+        return DeleteStatus(reply.decode())
+
+    async def retry_failed(self, ns: str, *, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit!r}")
+        reply = await self._run_cached("retry_failed", ns, self.keys(ns).standard(), [int(limit)])
+        return int(reply)
+
+    async def delete_jobs(self, ns: str, state: JobState, *, limit: int) -> int:
+        """See :meth:`Storage.delete_jobs`: bounded script calls, each looking at a window
+        of the state's index, until ``limit`` jobs are deleted or the index is done."""
+        state = JobState(state)
+        if state is JobState.PROCESSING:
+            raise ValueError("processing jobs cannot be deleted")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit!r}")
+        total, cursor = 0, ""
+        while True:
+            deleted, cursor_b = await self._run_cached(
+                "delete_jobs",
+                ns,
+                self.keys(ns).standard(),
+                [state.value, int(limit - total), cursor],
+            )
+            total += int(deleted)
+            cursor = bytes(cursor_b).decode()
+            if total >= limit or not cursor:
+                return total
+
+    async def set_paused(self, ns: str, paused: bool) -> None:
+        await self._run("set_paused", ns, ["1" if paused else "0"])
+
+    async def is_paused(self, ns: str) -> bool:
+        return bool(await self.adapter.command("HEXISTS", self.keys(ns).seq, "paused"))
 
     # -- schedules --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import ClassVar, cast
@@ -332,6 +333,7 @@ class StorageMachine(RuleBasedStateMachine):
         """Whether a rule has registered a worker in either namespace: from then on the
         invariant lists the workers of both after every step."""
         self.base = self._read_clock_base(f"{example}-clock")
+        self._started = time.monotonic()
         try:
             for space in self.spaces:
                 space.task = self._portal.start(
@@ -541,7 +543,9 @@ class StorageMachine(RuleBasedStateMachine):
             delay = due[1]
         elif due is not None:
             model_run_at = self.model.now + due[1]
-            run_at = self.base + model_run_at
+            # Plus the real time elapsed, as a delay would have: the due times of two
+            # enqueues then differ as their operations' times do (the model's tie rule).
+            run_at = self.base + model_run_at + (time.monotonic() - self._started)
         expected = self.model.enqueue(
             job_id,
             payload,
@@ -596,7 +600,8 @@ class StorageMachine(RuleBasedStateMachine):
         """Nothing is claimable now, and an id is free to enqueue."""
         model = self.model
         return (
-            not model.ready
+            not model.paused
+            and not model.ready
             and not model.has_due_delayed()
             and any(model.live(job_id) is None for job_id in JOB_IDS)
         )
@@ -835,6 +840,55 @@ class StorageMachine(RuleBasedStateMachine):
         _expect(what, got, expected)
         cursors = self._portal.run(self.storage.schedule_cursors, self.ns)
         _expect(self._where("schedule_cursors()"), cursors, self.model.cursors)
+
+    # -- operating rules -------------------------------------------------------------------
+
+    @rule(job_id=st.sampled_from(JOB_IDS))
+    def retry_job(self, job_id: str) -> None:
+        """An operator's retry of a failed job (any state is tried)."""
+        expected = self.model.retry_job(job_id)
+        got = self._portal.run(self.storage.retry_job, self.ns, job_id)
+        _expect(self._where(f"retry_job({job_id!r})"), got, expected)
+
+    @rule(job_id=st.sampled_from(JOB_IDS))
+    def delete_job(self, job_id: str) -> None:
+        expected = self.model.delete_job(job_id)
+        got = self._portal.run(self.storage.delete_job, self.ns, job_id)
+        _expect(self._where(f"delete_job({job_id!r})"), got, expected)
+
+    @rule(limit=st.sampled_from((1, 2, 10)))
+    def retry_failed(self, limit: int) -> None:
+        expected = self.model.retry_failed(limit)
+        got = self._portal.run(functools.partial(self.storage.retry_failed, self.ns, limit=limit))
+        _expect(self._where(f"retry_failed(limit={limit})"), got, expected)
+
+    @rule(
+        state=st.sampled_from(
+            (
+                JobState.SCHEDULED,
+                JobState.QUEUED,
+                JobState.FAILING,
+                JobState.COMPLETED,
+                JobState.FAILED,
+            )
+        ),
+        limit=st.sampled_from((1, 2, 10)),
+    )
+    def delete_jobs(self, state: JobState, limit: int) -> None:
+        """Delete the first ``limit`` jobs of a state, in the state's order."""
+        expected = self.model.delete_jobs(state, limit)
+        got = self._portal.run(
+            functools.partial(self.storage.delete_jobs, self.ns, state, limit=limit)
+        )
+        _expect(self._where(f"delete_jobs({state}, limit={limit})"), got, expected)
+
+    @rule(paused=st.booleans())
+    def set_paused(self, paused: bool) -> None:
+        """Pause (claims take nothing, enqueues go on) or resume; ``is_paused`` agrees."""
+        self.model.set_paused(paused)
+        self._portal.run(self.storage.set_paused, self.ns, paused)
+        got = self._portal.run(self.storage.is_paused, self.ns)
+        _expect(self._where("is_paused()"), got, paused)
 
     def _epoch(self, lock: str, delta: int) -> int:
         held = self.model.locks.get(lock)

@@ -85,7 +85,15 @@ from collections.abc import Sequence
 
 import attrs
 
-from .._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
+from .._types import (
+    CancelStatus,
+    DeleteStatus,
+    EnqueueStatus,
+    EventKind,
+    JobState,
+    RetryStatus,
+    UpdateTtlStatus,
+)
 from ..storage import FireStatus, WorkerRecord
 
 __all__ = [
@@ -137,6 +145,9 @@ class ModelJob:
     lease_until: float | None = None
     lease_seq: int = 0
     priority: int = 0
+    expire_seq: int = 0
+    """The operation that set ``expires_at`` (ties of expiry times, see the module
+    docstring)."""
 
 
 @attrs.define
@@ -214,6 +225,7 @@ class StorageModel:
     the highest priority)."""
     cursors: dict[str, float] = attrs.Factory(dict)
     """Schedule id -> the last tick fired."""
+    paused: bool = False
     locks: dict[str, ModelLock] = attrs.Factory(dict)
     workers: dict[str, WorkerRecord] = attrs.Factory(dict)
     """The registry: worker id -> its registration, ``last_seen``/``expires_at`` on the
@@ -337,6 +349,7 @@ class StorageModel:
             return UpdateTtlStatus.MISSING_PAYLOAD
         job.result_ttl = ttl
         job.expires_at = self.now + ttl
+        job.expire_seq = self._next_seq()
         return UpdateTtlStatus.UPDATED
 
     # -- worker ----------------------------------------------------------------------------
@@ -349,6 +362,8 @@ class StorageModel:
         the token the backend handed out.
         """
         due = [job for job in self.delayed() if job.due_at is not None and job.due_at <= self.now]
+        if self.paused:
+            return []
         due.sort(key=lambda job: (job.due_at, job.due_seq, _id_key(job.job_id)))
         for job in due:
             job.due_at = None
@@ -399,11 +414,12 @@ class StorageModel:
                 owned.append(False)
         return owned
 
-    def _finish(self, job: ModelJob, state: JobState, ttl: float) -> None:
+    def _finish(self, job: ModelJob, state: JobState, ttl: float, seq: int | None = None) -> None:
         job.state = state
         job.token = job.worker_id = job.lease_until = None
         job.finished_at = self.now
         job.expires_at = self.now + ttl
+        job.expire_seq = self._next_seq() if seq is None else seq
         job.result_ttl = ttl
 
     def complete(self, job_id: str, token: str, result: bytes, *, ttl: float) -> bool:
@@ -476,12 +492,13 @@ class StorageModel:
         ]
         expired.sort(key=lambda job: (job.lease_until, job.lease_seq, _id_key(job.job_id)))
         stalled: list[tuple[str, int, bool]] = []
+        seq = self._next_seq()  # one clock reading for the whole reap
         for job in expired:
             exhausted = job.attempts >= job.max_attempts
             self._emit(EventKind.STALLED, job, error=STALLED)
             if exhausted:
                 job.error = STALLED
-                self._finish(job, JobState.FAILED, job.result_ttl)
+                self._finish(job, JobState.FAILED, job.result_ttl, seq)
                 self._emit(EventKind.FAILED, job, error=STALLED)
             else:
                 self._to_failing(job, STALLED, 0.0)
@@ -492,6 +509,70 @@ class StorageModel:
             next_deadline=min(remaining) if remaining else None,
             fenced=False,
         )
+
+    # -- operating -------------------------------------------------------------------------
+
+    def state_order(self, job: ModelJob) -> tuple[object, ...]:
+        """The order of the jobs of one state (bulk operations): terminal ones by expiry;
+        ready ones in claim order; the others by due time."""
+        if job.state.is_terminal:
+            return (job.expires_at, job.expire_seq, _id_key(job.job_id))
+        if job.job_id in self.ready:
+            return (0, -job.priority, self.ready.index(job.job_id))
+        return (1, job.due_at, job.due_seq, _id_key(job.job_id))
+
+    def in_state(self, state: JobState) -> list[ModelJob]:
+        return sorted(
+            (job for job in self.jobs.values() if job.state is state and self.live(job.job_id)),
+            key=self.state_order,
+        )
+
+    def _requeue_failed(self, job: ModelJob) -> None:
+        job.state = JobState.QUEUED
+        job.attempts = 0
+        job.finished_at = job.expires_at = None
+        self.ready.append(job.job_id)
+        self._emit(EventKind.ENQUEUED, job)
+
+    def retry_job(self, job_id: str) -> RetryStatus:
+        job = self.live(job_id)
+        if job is None:
+            return RetryStatus.NOT_FOUND
+        if job.state is not JobState.FAILED:
+            return RetryStatus.NOT_FAILED
+        self._requeue_failed(job)
+        return RetryStatus.RETRIED
+
+    def _delete(self, job: ModelJob) -> None:
+        del self.jobs[job.job_id]
+        if job.job_id in self.ready:
+            self.ready.remove(job.job_id)
+        if not job.state.is_terminal:
+            self._emit(EventKind.CANCELLED, job)
+
+    def delete_job(self, job_id: str) -> DeleteStatus:
+        job = self.live(job_id)
+        if job is None:
+            return DeleteStatus.NOT_FOUND
+        if job.state is JobState.PROCESSING:
+            return DeleteStatus.PROCESSING
+        self._delete(job)
+        return DeleteStatus.DELETED
+
+    def retry_failed(self, limit: int) -> int:
+        jobs = self.in_state(JobState.FAILED)[:limit]
+        for job in jobs:
+            self._requeue_failed(job)
+        return len(jobs)
+
+    def delete_jobs(self, state: JobState, limit: int) -> int:
+        jobs = self.in_state(state)[:limit]
+        for job in jobs:
+            self._delete(job)
+        return len(jobs)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
 
     # -- schedules -------------------------------------------------------------------------
 
