@@ -161,7 +161,21 @@ def test_every_option_shows_its_default_and_every_command_has_a_description() ->
         if action.option_strings:
             assert "(default: " in action.help, what
     assert sorted(commands) == sorted(
-        ["worker", "enqueue", "status", "result", "cancel", "stats", "schedules", "demo"]
+        [
+            "worker",
+            "enqueue",
+            "status",
+            "result",
+            "cancel",
+            "stats",
+            "retry",
+            "delete",
+            "purge",
+            "pause",
+            "resume",
+            "schedules",
+            "demo",
+        ]
     )
     demo_help = run_cli("demo", "--help").stdout
     assert "(default: 10000)" in demo_help and "(default: 0, a no-op job)" in demo_help

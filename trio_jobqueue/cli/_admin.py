@@ -22,6 +22,7 @@ from ._common import (
     ExitCode,
     add_storage_options,
     aware_time,
+    job_id_arg,
     make_storage,
     positive_int,
     positive_seconds,
@@ -115,21 +116,12 @@ def add_admin_parsers(sub: Any) -> None:
     )  # fmt: skip
 
 
-def _job_id(text: str) -> str:
-    from .._validate import check_job_id
-
-    try:
-        return check_job_id(text)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-
-
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 async def run_enqueue(args: argparse.Namespace, out: TextIO) -> ExitCode:
-    job_id = _job_id(args.id)
+    job_id = job_id_arg(args.id)
     try:
         payload = json.loads(args.payload)
     except ValueError as exc:
@@ -192,7 +184,7 @@ def _when(ts: float | None) -> str:
 
 
 async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
-    job_id = _job_id(args.id)
+    job_id = job_id_arg(args.id)
     ns = queue_name(args)
     async with open_queue(make_storage(args), name=ns) as queue:
         status = await queue.get_status(job_id)
@@ -224,7 +216,7 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
 
 
 async def run_result(args: argparse.Namespace, out: TextIO) -> ExitCode:
-    job_id = _job_id(args.id)
+    job_id = job_id_arg(args.id)
     ns = queue_name(args)
     async with open_queue(make_storage(args), name=ns) as queue:
         status = await queue.get_status(job_id)
@@ -239,7 +231,7 @@ async def run_result(args: argparse.Namespace, out: TextIO) -> ExitCode:
 
 
 async def run_cancel(args: argparse.Namespace, out: TextIO) -> ExitCode:
-    job_id = _job_id(args.id)
+    job_id = job_id_arg(args.id)
     ns = queue_name(args)
     async with open_queue(make_storage(args), name=ns) as queue:
         r = await queue.cancel(job_id)
@@ -271,8 +263,10 @@ async def read_stats(queue: Queue[Any, Any]) -> dict[str, Any]:
         flagged = [w.id for w in workers if w.is_reaper_leader]
         if flagged == ([holder.owner] if holder is not None and registered else []):
             break
+    paused = await storage.is_paused(ns)
     return {
         "queue": ns,
+        "paused": paused,
         "jobs": attrs.asdict(counts),
         "depth": counts.queued + counts.delayed,
         "workers": [_worker_dict(w) for w in workers],
@@ -311,7 +305,8 @@ _RIGHT = {"RUN", "DONE", "FAILED", "FENCED"}
 def render_stats(data: dict[str, Any]) -> str:
     jobs = data["jobs"]
     lines = [
-        f"queue {data['queue']!r}   depth {data['depth']} (queued {jobs['queued']}, "
+        f"queue {data['queue']!r}{'   PAUSED' if data['paused'] else ''}   "
+        f"depth {data['depth']} (queued {jobs['queued']}, "
         f"delayed {jobs['delayed']}; scheduled for later {jobs['scheduled']})",
         "",
         "  " + "  ".join(f"{k:>10}" for k in jobs),

@@ -11,7 +11,7 @@ import os
 import urllib.parse
 from typing import NoReturn
 
-from .._validate import check_name
+from .._validate import check_job_id, check_name
 from ..storage import Storage, storage_from_url
 from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 
@@ -161,6 +161,14 @@ def positive_seconds(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
+
+
+def job_id_arg(text: str) -> str:
+    """A job id from the command line (a one-line usage error when it is not valid)."""
+    try:
+        return check_job_id(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def aware_time(text: str) -> datetime.datetime:

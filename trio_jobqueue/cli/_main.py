@@ -2,7 +2,8 @@
 
 The parser, the entry point and the exit codes; the commands live in :mod:`._worker`
 (``worker``), :mod:`._admin` (``enqueue``/``status``/``result``/``cancel``/``stats``),
-:mod:`._schedules` (``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
+:mod:`._operate` (``retry``/``delete``/``purge``/``pause``/``resume``), :mod:`._schedules`
+(``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from ._common import (
     seconds,
 )
 from ._demo import run_demo
+from ._operate import (
+    add_operate_parsers,
+    run_delete,
+    run_pause,
+    run_purge,
+    run_resume,
+    run_retry,
+)
 from ._schedules import add_schedules_parser, run_schedules
 from ._worker import add_worker_parser, run_worker
 
@@ -67,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_worker_parser(sub)
     add_admin_parsers(sub)
+    add_operate_parsers(sub)
     add_schedules_parser(sub)
     text = "run N jobs through an in-memory queue and report"
     demo = sub.add_parser("demo", help=text, description=text[0].upper() + text[1:] + ".")
@@ -171,6 +181,11 @@ def _run(argv: Sequence[str] | None) -> int:
         "cancel": run_cancel,
         "stats": run_stats,
         "schedules": run_schedules,
+        "retry": run_retry,
+        "delete": run_delete,
+        "purge": run_purge,
+        "pause": run_pause,
+        "resume": run_resume,
     }
     return int(trio.run(runners[command], args, sys.stdout))
 

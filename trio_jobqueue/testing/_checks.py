@@ -623,6 +623,95 @@ async def check_release_and_retry_keep_priority(make_storage: StorageFactory) ->
         assert [c.job_id for c in again] == ["z", "y", "low"], again
 
 
+async def check_retry_and_delete(make_storage: StorageFactory) -> None:
+    """A failed job can be retried (fresh attempts, it then runs and completes) and any
+    job but a running one deleted (the id is free); the statuses say what happened."""
+    fail_first = {"boom": True}
+
+    async def flaky(job: Job[Any]) -> str:
+        if fail_first.pop(job.id, False):
+            raise ValueError("first run fails")
+        return f"ran {job.attempt}"
+
+    name = _name()
+    async with open_queue(make_storage(), flaky, name=name, max_attempts=1) as q:
+        try:
+            await q.enqueue_and_wait("boom", None, timeout=WAIT)
+        except JobFailedError:
+            pass
+        else:
+            raise AssertionError("the first run should have failed")
+        assert (await q.retry("boom")).status == "retried"
+        assert await q.enqueue_and_wait("boom", None, timeout=WAIT) == "ran 1"
+        assert (await q.retry("boom")).status == "not_failed"
+        assert (await q.retry("nobody")).status == "not_found"
+        assert (await q.delete("boom")).status == "deleted"
+        assert await q.get_status("boom") is None
+        assert (await q.delete("boom")).status == "not_found"
+        assert (await q.enqueue("boom", None)).status == "queued"
+    async with open_queue(make_storage(), name=name) as q:
+        for job_id in ("s", "q"):
+            await q.delete(job_id)
+        await q.enqueue("s", None, delay=3600)
+        assert (await q.delete("s")).status == "deleted"
+        assert (await q.enqueue("s", None)).status == "queued"
+
+
+async def check_bulk_retry_and_purge(make_storage: StorageFactory) -> None:
+    """retry_failed and purge(state) act on every job of the state (or ``limit`` of them)
+    and return how many; purge of ``processing`` is refused."""
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        for n in range(5):
+            await storage.enqueue(name, f"f{n}", b"", max_attempts=1, result_ttl=600)
+        claims = await storage.claim(name, "w", limit=5, lease=60)
+        for claim in claims:
+            assert await storage.fail(name, claim.job_id, claim.token, b"{}", ttl=600) == "ok"
+        for n in range(3):
+            await storage.enqueue(name, f"s{n}", b"", max_attempts=1, result_ttl=600, delay=600)
+    async with open_queue(make_storage(), name=name) as q:
+        assert await q.retry_failed(limit=2) == 2
+        assert await q.retry_failed() == 3
+        assert await q.retry_failed() == 0
+        assert await q.purge("scheduled", limit=1) == 1
+        assert await q.purge(JobState.SCHEDULED) == 2
+        assert await q.purge("queued") == 5
+        try:
+            await q.purge("processing")
+        except InvalidJobError:
+            pass
+        else:
+            raise AssertionError("purge('processing') was accepted")
+        stats = await q.storage.stats(name)
+        assert (stats.queued, stats.scheduled, stats.failed) == (0, 0, 0), stats
+
+
+async def check_pause_stops_claims(make_storage: StorageFactory) -> None:
+    """A paused queue's worker (any storage object of it) claims nothing while enqueues
+    are accepted; after resume it runs the waiting jobs."""
+    ran: list[str] = []
+
+    async def note(job: Job[Any]) -> str:
+        ran.append(job.id)
+        return job.id
+
+    name = _name()
+    async with open_queue(make_storage(), name=name) as admin:
+        await admin.pause()
+        assert await admin.is_paused()
+        async with open_queue(make_storage(), note, name=name) as q:
+            assert await q.is_paused()
+            assert (await q.enqueue("held", None)).status == "queued"
+            await trio.sleep(0.3)
+            assert ran == [], ran
+            status = await q.get_status("held")
+            assert status is not None and status.state == JobState.QUEUED
+            await admin.resume()
+            assert not await q.is_paused()
+            assert await q.enqueue_and_wait("held", None, timeout=WAIT) == "held"
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -650,5 +739,8 @@ API_CHECKS: list[Check] = [
     check_bad_schedule_values_write_nothing,
     check_priorities,
     check_release_and_retry_keep_priority,
+    check_retry_and_delete,
+    check_bulk_retry_and_purge,
+    check_pause_stops_claims,
 ]
 """Every API-level check, in a stable order."""

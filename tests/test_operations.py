@@ -1,0 +1,128 @@
+"""Operating a queue from another process: pause stops the workers of other processes and
+resume restarts them; the CLI's retry, delete, purge, pause and resume; content ids."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+from _proc_harness import WorkerPool, run_cli
+from fixtures_redis import RedisServer
+
+import trio_jobqueue as jq
+
+
+@pytest.fixture(params=["redis", "file"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/queue"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+async def _fail_jobs(url: str, name: str, ids: list[str]) -> None:
+    """Make ``ids`` failed jobs (claimed and failed through the storage, no worker)."""
+    storage = jq.storage_from_url(url)
+    async with storage:
+        for job_id in ids:
+            await storage.enqueue(name, job_id, b"{}", max_attempts=1, result_ttl=600)
+        claims = await storage.claim(name, "op-test", limit=len(ids), lease=60)
+        for claim in claims:
+            await storage.fail(
+                name, claim.job_id, claim.token, b'{"type":"X","message":"m"}', ttl=600
+            )
+
+
+@pytest.mark.slow
+async def test_pause_stops_workers_of_other_processes(url: str, tmp_path: Path) -> None:
+    """Pause from this process: two worker processes start none of the jobs enqueued
+    meanwhile (they stay queued); resume: they run all of them, each once."""
+    name = f"pause-{time.monotonic_ns()}"
+    with WorkerPool(tmp_path, url, name, handler="_wake_handlers:started_at") as pool:
+        pool.start()
+        pool.start()
+        async with jq.open_queue(jq.storage_from_url(url), name=name) as q:
+            await q.enqueue_and_wait("warm-up", None, timeout=60)
+            await q.pause()
+            paused_at = time.time()
+            for n in range(10):
+                assert (await q.enqueue(f"job-{n}", n)).status == "queued"
+            await trio.sleep(1.5)  # what is observed is that nothing happens meanwhile
+            for n in range(10):
+                status = await q.get_status(f"job-{n}")
+                assert status is not None and status.state == "queued", status
+            await q.resume()
+            resumed_at = time.time()
+            with trio.fail_after(30):
+                started = [await q.enqueue_and_wait(f"job-{n}", n, timeout=30) for n in range(10)]
+    assert min(started) >= resumed_at > paused_at + 1.5
+    print(f"resume -> first start {(min(started) - resumed_at) * 1e3:.1f} ms")
+
+
+def test_cli_retry_delete_purge_pause_resume(url: str) -> None:
+    """The operator commands do what they print: retry one failed job or all, delete one
+    job, purge a state, pause and resume (stats shows it); mistakes are one usage line."""
+    name = f"ops-{uuid.uuid4().hex[:8]}"
+    trio.run(_fail_jobs, url, name, ["f1", "f2", "f3"])
+    common = ["--storage", url, "--name", name]
+
+    def cli(*args: str) -> tuple[int, str]:
+        done = run_cli(*args, *common)
+        return done.returncode, done.stdout if done.returncode in (0, 1) else done.stderr
+
+    assert cli("retry", "f1") == (0, "retried\n")
+    assert cli("retry", "f1") == (1, "not_failed\n")
+    assert cli("retry", "nobody") == (1, "not_found\n")
+    assert cli("retry", "--all-failed") == (0, "retried 2\n")
+    assert cli("delete", "f1") == (0, "deleted\n")
+    assert cli("delete", "f1") == (1, "not_found\n")
+    assert cli("purge", "--state", "queued", "--limit", "1") == (0, "deleted 1\n")
+    assert cli("purge", "--state", "queued") == (0, "deleted 1\n")
+    assert cli("pause") == (0, "paused\n")
+    code, out = cli("stats", "--json")
+    assert code == 0 and json.loads(out)["paused"] is True
+    assert "PAUSED" in cli("stats")[1]
+    assert cli("resume") == (0, "resumed\n")
+    code, out = cli("stats", "--json")
+    assert json.loads(out)["paused"] is False
+    for bad, needle in [
+        (["retry"], "give a job ID or --all-failed"),
+        (["retry", "f2", "--all-failed"], "give a job ID or --all-failed"),
+        (["purge", "--state", "processing"], "invalid choice"),
+        (["purge"], "--state"),
+        (["delete", ""], "must not be empty"),
+    ]:
+        done = run_cli(*bad, *common)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], (bad, done)
+
+
+def test_content_id_is_stable_and_new_id_unique() -> None:
+    """content_id hashes the payload (dict key order does not matter, a prefix is kept,
+    an unencodable payload is a SerializationError); new_id never repeats."""
+    a = jq.content_id({"a": 1, "b": [1, 2]})
+    assert a == jq.content_id({"b": [1, 2], "a": 1})
+    assert a != jq.content_id({"a": 2, "b": [1, 2]})
+    assert len(a) == 64 and int(a, 16) >= 0
+    assert jq.content_id("x", prefix="mail:").startswith("mail:")
+    assert jq.content_id(b"\x00", serializer=jq.BytesSerializer()) == jq.content_id(
+        b"\x00", serializer=jq.BytesSerializer()
+    )
+    with pytest.raises(jq.SerializationError):
+        jq.content_id(float("nan"))
+    ids = {jq.new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert jq.new_id("job-").startswith("job-")
+
+
+async def test_content_id_dedups_the_same_payload() -> None:
+    """Enqueueing one payload twice under its content id is a duplicate."""
+    async with jq.open_queue(jq.MemoryStorage(), name="cid") as q:
+        payload = {"to": "a@example.com", "body": "hi"}
+        assert (await q.enqueue(jq.content_id(payload), payload)).status == "queued"
+        again = await q.enqueue(jq.content_id(dict(reversed(payload.items()))), payload)
+        assert again.status == "duplicate"
