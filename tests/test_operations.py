@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,52 @@ async def test_content_id_dedups_the_same_payload() -> None:
         assert (await q.enqueue(jq.content_id(payload), payload)).status == "queued"
         again = await q.enqueue(jq.content_id(dict(reversed(payload.items()))), payload)
         assert again.status == "duplicate"
+
+
+async def test_enqueue_many_of_10000_jobs_with_100_duplicates(
+    storage_factory: Callable[[], jq.Storage],
+) -> None:
+    """10,000 jobs in one call, 100 of them repeating earlier ids: exactly the first of
+    each id is accepted (the repeats report duplicate), and every accepted job is there."""
+    ids = [f"bulk-{n}" for n in range(9900)] + [f"bulk-{n * 99}" for n in range(100)]
+    async with jq.open_queue(storage_factory(), name=f"bulk-{uuid.uuid4().hex[:8]}") as q:
+        results = await q.enqueue_many((job_id, n) for n, job_id in enumerate(ids))
+        assert [r.status for r in results[:9900]] == ["queued"] * 9900
+        assert all(r.status == "duplicate" for r in results[9900:])
+        stats = await q.storage.stats(q.name)
+        assert stats.queued == 9900, stats
+        claims = await q.storage.claim(q.name, "w", limit=1, lease=60)
+        assert claims[0].job_id == "bulk-0" and claims[0].payload == b"0"
+
+
+def test_cli_enqueue_from_file(url: str, tmp_path: Path) -> None:
+    """`enqueue --from-file` enqueues a JSON Lines file (options per line) and prints the
+    count per status; a bad line is one usage line naming it, and nothing is enqueued."""
+    name = f"ff-{uuid.uuid4().hex[:8]}"
+    common = ["--storage", url, "--name", name]
+    good = tmp_path / "jobs.jsonl"
+    good.write_text(
+        '{"id": "a", "payload": {"x": 1}}\n'
+        '{"id": "b", "payload": 2, "delay": 600, "priority": 3}\n'
+        "\n"
+        '{"id": "a", "payload": 3}\n'
+    )
+    done = run_cli("enqueue", "--from-file", str(good), *common)
+    assert (done.returncode, done.stdout) == (0, "duplicate 1, queued 1, scheduled 1\n"), done
+    status = json.loads(run_cli("status", "b", "--json", *common).stdout)
+    assert (status["state"], status["priority"]) == ("scheduled", 3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "c", "payload": 1}\n{"id": "d", "payload": 1, "priority": 5000}\n')
+    for lines, needle in [
+        (bad, "bad.jsonl:2: priority 5000"),
+    ]:
+        done = run_cli("enqueue", "--from-file", str(lines), *common)
+        err = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(err) == 1 and needle in err[0], done
+    assert run_cli("status", "c", *common).returncode == 1  # nothing was written
+    not_json = tmp_path / "x.jsonl"
+    not_json.write_text("{oops\n")
+    done = run_cli("enqueue", "--from-file", str(not_json), *common)
+    assert done.returncode == 2 and "x.jsonl:1: not valid JSON" in done.stderr
+    done = run_cli("enqueue", "a", "{}", "--from-file", str(good), *common)
+    assert done.returncode == 2 and "--from-file replaces ID" in done.stderr

@@ -63,6 +63,7 @@ EXPECTED = {
     "RetryStatus",
     "content_id",
     "new_id",
+    "JobSpec",
 }
 
 

@@ -34,6 +34,7 @@ from ._types import (
     EnqueueStatus,
     EventKind,
     JobError,
+    JobSpec,
     JobState,
     JobStatus,
     RetryResult,
@@ -50,7 +51,8 @@ from ._validate import (
     check_ttl,
 )
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
-from .storage import EnqueueOutcome, JobWatch, Storage
+from .storage import EnqueueOutcome, EnqueueSpec, JobWatch, Storage
+from .storage._base import ENQUEUE_MANY_MAX
 
 __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
@@ -77,29 +79,17 @@ class QueueStatistics:
     is_reaper_leader: bool | None
 
 
-@attrs.frozen
-class _Prepared:
-    """A validated, encoded enqueue."""
-
-    job_id: str
-    payload: bytes
-    max_attempts: int
-    result_ttl: float
-    priority: int
-    run_at: float | None
-    delay: float | None
-
-    async def enqueue(self, queue: Queue[Any, Any]) -> EnqueueOutcome:
-        return await queue.storage.enqueue(
-            queue.name,
-            self.job_id,
-            self.payload,
-            max_attempts=self.max_attempts,
-            result_ttl=self.result_ttl,
-            priority=self.priority,
-            run_at=self.run_at,
-            delay=self.delay,
-        )
+async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
+    return await queue.storage.enqueue(
+        queue.name,
+        job.job_id,
+        job.payload,
+        max_attempts=job.max_attempts,
+        result_ttl=job.result_ttl,
+        priority=job.priority,
+        run_at=job.run_at,
+        delay=job.delay,
+    )
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -150,8 +140,61 @@ class Queue(Generic[P, R]):
             StorageError: the storage failed.
         """
         job = self._prepare(id, payload, max_attempts, result_ttl, delay, run_at, priority)
-        job_id = job.job_id
-        outcome = await job.enqueue(self)
+        return self._result(job.job_id, await _enqueue(self, job))
+
+    async def enqueue_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueResult]:
+        """Enqueue many jobs in few round trips: one atomic storage step per chunk of
+        250 (one script call on Redis, one transaction on File). ``jobs`` holds
+        ``(id, payload)`` pairs or :class:`JobSpec` values (with per-job ``delay``,
+        ``run_at``, ``priority``, ``max_attempts``, ``result_ttl``).
+
+        Returns:
+            one ``EnqueueResult`` per job, in order, as ``enqueue`` would answer it in
+            turn: a second occurrence of an id in ``jobs`` is a ``duplicate`` of the first.
+
+        Raises:
+            InvalidJobError: an item is invalid (the message names its position);
+                every item is checked first, so nothing at all was written.
+            StorageError: the storage failed; the chunks before the failing one were
+                written (their jobs are accepted; enqueueing the list again is safe: the
+                accepted ones come back as duplicates).
+        """
+        prepared: list[EnqueueSpec] = []
+        for position, item in enumerate(jobs):
+            try:
+                if isinstance(item, JobSpec):
+                    spec: JobSpec[P] = item
+                else:
+                    job_id, payload = item
+                    spec = JobSpec(job_id, payload)
+                prepared.append(
+                    self._prepare(
+                        spec.id,
+                        spec.payload,
+                        spec.max_attempts,
+                        spec.result_ttl,
+                        spec.delay,
+                        spec.run_at,
+                        spec.priority,
+                    )
+                )
+            except InvalidJobError as exc:
+                raise type(exc)(f"jobs[{position}]: {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise InvalidJobError(
+                    f"jobs[{position}]: expected a JobSpec or an (id, payload) pair, not {item!r}"
+                ) from exc
+        results: list[EnqueueResult] = []
+        for start in range(0, len(prepared), ENQUEUE_MANY_MAX):
+            chunk = prepared[start : start + ENQUEUE_MANY_MAX]
+            outcomes = await self.storage.enqueue_many(self.name, chunk)
+            results.extend(
+                self._result(job.job_id, outcome)
+                for job, outcome in zip(chunk, outcomes, strict=True)
+            )
+        return results
+
+    def _result(self, job_id: str, outcome: EnqueueOutcome) -> EnqueueResult:
         result = None
         if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
             result = self.result_codec.decode(outcome.result, "result", job_id)
@@ -170,7 +213,7 @@ class Queue(Generic[P, R]):
         delay: object,
         run_at: object,
         priority: object,
-    ) -> _Prepared:
+    ) -> EnqueueSpec:
         job_id = check_job_id(id)
         attempts = check_max_attempts(
             max_attempts if max_attempts is not None else self.max_attempts
@@ -179,7 +222,7 @@ class Queue(Generic[P, R]):
         seconds, when = check_due(delay, run_at)
         rank = check_priority(priority)
         data = self.payload_codec.encode(payload, "payload", job_id)
-        return _Prepared(job_id, data, attempts, ttl, rank, when, seconds)
+        return EnqueueSpec(job_id, data, attempts, ttl, rank, when, seconds)
 
     async def enqueue_and_wait(
         self,
@@ -212,7 +255,7 @@ class Queue(Generic[P, R]):
         # The timeout bounds only the waiting: the watch and the enqueue always run to
         # completion (or raise StorageError), so a WaitTimeoutError means the job exists.
         async with self.storage.watch_job(self.name, job_id) as watch:
-            outcome = await job.enqueue(self)
+            outcome = await _enqueue(self, job)
             if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
                 value: R = self.result_codec.decode(outcome.result, "result", job_id)
                 return value

@@ -19,6 +19,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobEvent",
+    "JobSpec",
     "JobState",
     "JobStatus",
     "RetryResult",
@@ -147,6 +148,20 @@ class EnqueueResult:
     """For duplicates: the state of the job that already holds the id."""
     result: Any = None
     """For ``completed``: the cached result."""
+
+
+@attrs.frozen
+class JobSpec(Generic[P]):
+    """One job of ``Queue.enqueue_many``, with the options of ``Queue.enqueue``."""
+
+    id: str
+    payload: P
+    delay: float | None = None
+    run_at: Any = None
+    """Epoch seconds or an aware ``datetime``."""
+    priority: int = 0
+    max_attempts: int | None = None
+    result_ttl: float | None = None
 
 
 @attrs.frozen

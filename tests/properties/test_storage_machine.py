@@ -381,6 +381,21 @@ class BulkDeletesNewestFirst(MemoryStorage):
         return len(victims)
 
 
+class BatchIgnoresItsOwnDuplicates(MemoryStorage):
+    """``enqueue_many`` lets a later occurrence of an id in the batch replace the first."""
+
+    async def enqueue_many(self, ns: str, jobs: Any) -> list[EnqueueOutcome]:
+        outcomes = []
+        seen: set[str] = set()
+        for job in jobs:
+            if job.job_id in seen:
+                await self.cancel(ns, job.job_id)
+            seen.add(job.job_id)
+            (outcome,) = await super().enqueue_many(ns, [job])
+            outcomes.append(outcome)
+        return outcomes
+
+
 BUG_HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
     max_examples=1000,
@@ -415,6 +430,7 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (DeletesRunningJobs, r"delete_job\("),
     (IgnoresPause, r"claim\(limit=\d\) job ids"),
     (BulkDeletesNewestFirst, None),
+    (BatchIgnoresItsOwnDuplicates, r"enqueue_many\(\.\.\.\)\[\d\]"),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""

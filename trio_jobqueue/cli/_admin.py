@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import signal
+import sys
 import time
 from typing import Any, TextIO
 
 import attrs
 import trio
 
-from .._errors import JobCancelledError, JobFailedError, WaitTimeoutError
+from .._errors import InvalidJobError, JobCancelledError, JobFailedError, WaitTimeoutError
 from .._queue import Queue, open_queue
 from .._reaper import REAPER_LOCK
-from .._types import CancelStatus, EnqueueStatus, JobStatus, WorkerInfo
+from .._types import CancelStatus, EnqueueStatus, JobSpec, JobStatus, WorkerInfo
 from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 from ._common import (
     CliError,
@@ -42,9 +44,17 @@ def add_admin_parsers(sub: Any) -> None:
             "already taken, or completed and the cached result."
         ),
     )
-    p.add_argument("id", metavar="ID", help="the job id (any non-empty text)")
-    p.add_argument("payload", metavar="PAYLOAD_JSON", help="the payload as JSON, e.g. '{}'")
+    p.add_argument("id", metavar="ID", nargs="?", help="the job id (any non-empty text)")
+    p.add_argument(
+        "payload", metavar="PAYLOAD_JSON", nargs="?", help="the payload as JSON, e.g. '{}'"
+    )
     add_storage_options(p)
+    p.add_argument(
+        "--from-file", metavar="FILE", default=None,
+        help="enqueue every job of a JSON Lines file ('-': standard input) instead of ID "
+        "PAYLOAD_JSON: one object per line with id, payload and optionally delay, at, "
+        "priority, max_attempts, result_ttl; prints the count per status (default: off)",
+    )  # fmt: skip
     p.add_argument(
         "--wait", action="store_true",
         help="wait for the result and print it as JSON (default: off)",
@@ -120,7 +130,81 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
+_LINE_KEYS = {"id", "payload", "delay", "at", "priority", "max_attempts", "result_ttl"}
+
+
+def _read_jobs(path: str) -> tuple[list[JobSpec[Any]], list[str]]:
+    """The jobs of a JSON Lines file; a bad line is a one-line usage error naming it."""
+    try:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text: {exc}") from exc
+    jobs: list[JobSpec[Any]] = []
+    wheres: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise CliError(f"{where}: not valid JSON: {exc}") from exc
+        if not isinstance(item, dict) or "id" not in item or "payload" not in item:
+            raise CliError(f'{where}: expected an object with "id" and "payload"')
+        unknown = set(item) - _LINE_KEYS
+        if unknown:
+            raise CliError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        at = item.get("at")
+        if at is not None:
+            try:
+                at = aware_time(str(at))
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(f"{where}: at: {exc}") from exc
+        jobs.append(
+            JobSpec(
+                item["id"],
+                item["payload"],
+                delay=item.get("delay"),
+                run_at=at,
+                priority=item.get("priority", 0),
+                max_attempts=item.get("max_attempts"),
+                result_ttl=item.get("result_ttl"),
+            )
+        )
+        wheres.append(where)
+    return jobs, wheres
+
+
+async def _enqueue_from_file(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    if args.id is not None or args.payload is not None or args.wait:
+        raise CliError("--from-file replaces ID PAYLOAD_JSON (and does not go with --wait)")
+    jobs, wheres = _read_jobs(args.from_file)
+    async with open_queue(make_storage(args), name=queue_name(args)) as queue:
+        try:
+            results = await queue.enqueue_many(jobs)
+        except InvalidJobError as exc:
+            found = re.match(r"jobs\[(\d+)\]: (.*)", str(exc), re.S)
+            where, why = (wheres[int(found[1])], found[2]) if found else (args.from_file, exc)
+            raise CliError(f"{where}: {why} (nothing was enqueued)") from exc
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "no jobs"
+    out.write(summary + "\n")
+    return ExitCode.OK
+
+
 async def run_enqueue(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    if args.from_file is not None:
+        return await _enqueue_from_file(args, out)
+    if args.id is None or args.payload is None:
+        raise CliError("give ID and PAYLOAD_JSON, or --from-file FILE")
     job_id = job_id_arg(args.id)
     try:
         payload = json.loads(args.payload)

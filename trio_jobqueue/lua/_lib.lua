@@ -425,6 +425,42 @@ local function add_job(id, payload, max_attempts, ttl, nonce, priority, run_at)
   return status
 end
 
+-- One enqueue (enqueue.lua, enqueue_many.lua): accept job `id` unless a live record
+-- holds it. `nonce` identifies the call: a resent call (after a lost reply) finds its own
+-- nonce in the record and reports the same status again. Returns the reply of
+-- enqueue.lua.
+local function enqueue_one(id, payload, max_attempts, ttl, nonce, priority, run_at)
+  local key = KEYS[1] .. id
+  local j = live(key, id)
+  if j == CORRUPT then
+    return {'duplicate', 'corrupt'}
+  end
+  if j then
+    if j[NONCE] == nonce then
+      if j[ST] == 's' then
+        return {'scheduled'}
+      end
+      return {'queued'}
+    end
+    if j[ST] == 'c' then
+      local result = get_blob(j, id, RES)
+      if result then
+        return {'completed', 'completed', result}
+      end
+    end
+    return {'duplicate', STATE[j[ST]]}
+  end
+  return {add_job(id, payload, max_attempts, ttl, nonce, priority, run_at)}
+end
+
+-- The due time of an enqueue: ARGV-style strings `run_at` and `delay` ("" for none).
+local function due_time(run_at, delay)
+  if delay ~= '' then
+    return NOW + tonumber(delay)
+  end
+  return tonumber(run_at)
+end
+
 -- Whether lock hash `lock_key` is held by `owner` with `epoch` (strings), unexpired.
 local function fence_ok(lock_key, owner, epoch)
   local l = redis.call('HMGET', lock_key, 'owner', 'epoch', 'exp')

@@ -11,33 +11,8 @@
 --          entries, at most 100 each), wake (RPUSH a token), publishes "enqueued".
 -- Returns: {"queued"} | {"scheduled"} | {"duplicate", state}
 --          | {"completed", "completed", result}
-local id = ARGV[2]
-local key = KEYS[1] .. id
 purge(100)
-local j = live(key, id)
-if j == CORRUPT then
-  return {'duplicate', 'corrupt'}
-end
-if j then
-  if j[NONCE] == ARGV[6] then
-    if j[ST] == 's' then
-      return {'scheduled'}
-    end
-    return {'queued'}
-  end
-  if j[ST] == 'c' then
-    local result = get_blob(j, id, RES)
-    if result then
-      return {'completed', 'completed', result}
-    end
-  end
-  return {'duplicate', STATE[j[ST]]}
-end
-local run_at = tonumber(ARGV[8])
-if ARGV[9] ~= '' then
-  run_at = NOW + tonumber(ARGV[9])
-end
-local status = add_job(id, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
-  tonumber(ARGV[7]), run_at)
+local reply = enqueue_one(ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+  tonumber(ARGV[7]), due_time(ARGV[8], ARGV[9]))
 flush()
-return {status}
+return reply

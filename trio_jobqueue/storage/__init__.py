@@ -18,6 +18,9 @@ from ._base import (
     EnqueueOutcome as EnqueueOutcome,
 )
 from ._base import (
+    EnqueueSpec as EnqueueSpec,
+)
+from ._base import (
     EventRecord as EventRecord,
 )
 from ._base import (

@@ -48,6 +48,7 @@ __all__ = [
     "Claim",
     "ClaimBatch",
     "EnqueueOutcome",
+    "EnqueueSpec",
     "EventRecord",
     "Fence",
     "FireStatus",
@@ -73,6 +74,11 @@ class EnqueueOutcome:
     """For ``completed``: the encoded cached result."""
 
 
+ENQUEUE_MANY_MAX = 250
+"""Most jobs per :meth:`Storage.enqueue_many` call (the queue sends larger batches in
+chunks of this size): one Redis script call of 250 enqueues stays within a few
+milliseconds, so it never holds the server up for long."""
+
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
 """The accepted priorities (inclusive); higher runs first."""
@@ -89,6 +95,19 @@ class FireStatus(enum.StrEnum):
     """The tick is not after the schedule's cursor: nothing written."""
     FENCED = "fenced"
     """The fence's lock is not held with its epoch: nothing written."""
+
+
+@attrs.frozen
+class EnqueueSpec:
+    """One job of :meth:`Storage.enqueue_many` (the options of :meth:`Storage.enqueue`)."""
+
+    job_id: str
+    payload: bytes
+    max_attempts: int
+    result_ttl: float
+    priority: int = 0
+    run_at: float | None = None
+    delay: float | None = None
 
 
 @attrs.frozen
@@ -333,6 +352,13 @@ class Storage(abc.ABC):
         result (``completed`` status) or ``duplicate`` with ``existing_state``.
         ``priority`` is within ``MIN_PRIORITY..MAX_PRIORITY`` (the queue validates it).
         """
+
+    @abc.abstractmethod
+    async def enqueue_many(self, ns: str, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
+        """:meth:`enqueue` of every job, in order, in one atomic step: what one enqueue
+        of the list would answer, each in turn (a second occurrence of an id in the list
+        is a ``duplicate`` of the first). Callers send at most :data:`ENQUEUE_MANY_MAX`
+        jobs per call."""
 
     @abc.abstractmethod
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:

@@ -52,6 +52,7 @@ from .._types import (
 from ._base import (
     Claim,
     EnqueueOutcome,
+    EnqueueSpec,
     EventRecord,
     Fence,
     FireStatus,
@@ -1032,6 +1033,22 @@ def enqueue(
         _push_ready(tx, rec)
     tx.emit(EventRecord(EventKind.ENQUEUED, job_id, 0))
     return EnqueueOutcome(status)
+
+
+def enqueue_many(tx: Tx, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
+    return [
+        enqueue(
+            tx,
+            job.job_id,
+            job.payload,
+            job.max_attempts,
+            job.result_ttl,
+            job.priority,
+            job.run_at,
+            job.delay,
+        )
+        for job in jobs
+    ]
 
 
 def cancel(tx: Tx, job_id: str) -> CancelStatus:

@@ -60,6 +60,7 @@ from . import _state as fst
 from ._base import (
     ClaimBatch,
     EnqueueOutcome,
+    EnqueueSpec,
     EventRecord,
     Fence,
     FireStatus,
@@ -1182,6 +1183,11 @@ class FileStorage(Storage):
                 delay=delay,
             ),
         )
+        return value
+
+    async def enqueue_many(self, ns: str, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
+        batch = [attrs.evolve(job, payload=bytes(job.payload)) for job in jobs]
+        value, _ = await self._run(ns, partial(fst.enqueue_many, jobs=batch))
         return value
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:

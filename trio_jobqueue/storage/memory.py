@@ -20,6 +20,7 @@ from . import _state as st
 from ._base import (
     ClaimBatch,
     EnqueueOutcome,
+    EnqueueSpec,
     Fence,
     FireStatus,
     JobRecord,
@@ -92,6 +93,11 @@ class MemoryStorage(Storage):
                 tx, job_id, data, max_attempts, result_ttl, priority, run_at, delay
             ),
         )
+
+    async def enqueue_many(self, ns: str, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
+        await trio.lowlevel.checkpoint()
+        batch = [attrs.evolve(job, payload=bytes(job.payload)) for job in jobs]
+        return self._run(ns, lambda tx: st.enqueue_many(tx, batch))
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         await trio.lowlevel.checkpoint()

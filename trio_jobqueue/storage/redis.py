@@ -33,6 +33,7 @@ from ._base import (
     Claim,
     ClaimBatch,
     EnqueueOutcome,
+    EnqueueSpec,
     EventRecord,
     Fence,
     FireStatus,
@@ -521,6 +522,36 @@ class RedisStorage(Storage):
         if status is EnqueueStatus.COMPLETED:
             return EnqueueOutcome(status, state, bytes(reply[2]))
         return EnqueueOutcome(status, state)
+
+    async def enqueue_many(self, ns: str, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
+        """See :meth:`Storage.enqueue_many`: one script call."""
+        if not jobs:
+            return []
+        args: list[ScriptArg] = [secrets.token_urlsafe(6)]
+        for job in jobs:
+            args += [
+                job.job_id,
+                bytes(job.payload),
+                int(job.max_attempts),
+                repr(float(job.result_ttl)),
+                int(job.priority),
+                "" if job.run_at is None else repr(float(job.run_at)),
+                "" if job.delay is None else repr(float(job.delay)),
+            ]
+        reply = await self._run("enqueue_many", ns, args)
+        outcomes: list[EnqueueOutcome] = []
+        for job, i in zip(jobs, range(0, len(reply), 3), strict=True):
+            status = EnqueueStatus(reply[i].decode())
+            if status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
+                outcomes.append(EnqueueOutcome(status))
+                continue
+            with _corrupt_record(ns, job.job_id):
+                state = JobState(reply[i + 1].decode())
+            if status is EnqueueStatus.COMPLETED:
+                outcomes.append(EnqueueOutcome(status, state, bytes(reply[i + 2])))
+            else:
+                outcomes.append(EnqueueOutcome(status, state))
+        return outcomes
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         reply = await self._run_cached("cancel", ns, self.keys(ns).standard(), [job_id])

@@ -712,6 +712,39 @@ async def check_pause_stops_claims(make_storage: StorageFactory) -> None:
             assert await q.enqueue_and_wait("held", None, timeout=WAIT) == "held"
 
 
+async def check_enqueue_many(make_storage: StorageFactory) -> None:
+    """enqueue_many over several chunks answers per job in order (the first occurrence of
+    an id wins, also within the batch), takes per-job options, and an invalid item
+    anywhere means nothing at all is written."""
+    from .._types import JobSpec
+
+    name = _name()
+    async with open_queue(make_storage(), name=name) as q:
+        jobs: list[Any] = [(f"m{n % 550}", n) for n in range(600)]
+        jobs.append(JobSpec("later", "x", delay=3600, priority=7))
+        results = await q.enqueue_many(jobs)
+        assert len(results) == 601
+        statuses = [r.status for r in results]
+        assert statuses[:550] == ["queued"] * 550, statuses[:550]
+        assert all(
+            r.status == "duplicate" and r.existing_state == "queued" for r in results[550:600]
+        )
+        assert statuses[600] == EnqueueStatus.SCHEDULED
+        status = await q.get_status("m3")
+        assert status is not None and status.state == JobState.QUEUED
+        later = await q.get_status("later")
+        assert later is not None and later.priority == 7 and later.state == JobState.SCHEDULED
+        bad: list[Any] = [("ok-1", 1), ("ok-2", 2), JobSpec("bad", 3, delay=-1)]
+        try:
+            await q.enqueue_many(bad)
+        except InvalidJobError as exc:
+            assert "jobs[2]" in str(exc), exc
+        else:
+            raise AssertionError("an invalid item was accepted")
+        assert await q.get_status("ok-1") is None
+        assert await q.enqueue_many([]) == []
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -742,5 +775,6 @@ API_CHECKS: list[Check] = [
     check_retry_and_delete,
     check_bulk_retry_and_purge,
     check_pause_stops_claims,
+    check_enqueue_many,
 ]
 """Every API-level check, in a stable order."""

@@ -47,6 +47,7 @@ from .._types import CancelStatus, EnqueueStatus, EventKind, JobState
 from ..storage import (
     Claim,
     EnqueueOutcome,
+    EnqueueSpec,
     EventRecord,
     Fence,
     FireStatus,
@@ -569,6 +570,52 @@ class StorageMachine(RuleBasedStateMachine):
             )
         )
         _check_enqueue_outcome(self._where(f"enqueue({job_id!r})"), got, expected)
+
+    @rule(
+        jobs=st.lists(
+            st.tuples(
+                st.sampled_from(JOB_IDS),
+                _BYTES,
+                st.integers(1, 3),
+                st.sampled_from(PRIORITIES),
+                st.sampled_from(DUES),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def enqueue_many(
+        self, jobs: list[tuple[str, bytes, int, int, tuple[str, float] | None]]
+    ) -> None:
+        """Enqueue a batch in one step (ids repeat within it: the first wins)."""
+        specs: list[EnqueueSpec] = []
+        expected: list[ExpectedEnqueue] = []
+        drift = time.monotonic() - self._started
+        for job_id, payload, max_attempts, priority, due in jobs:
+            delay = run_at = model_run_at = None
+            if due is not None and due[0] == "delay":
+                delay = due[1]
+            elif due is not None:
+                model_run_at = self.model.now + due[1]
+                run_at = self.base + model_run_at + drift
+            expected.append(
+                self.model.enqueue(
+                    job_id,
+                    payload,
+                    max_attempts=max_attempts,
+                    result_ttl=TTLS[1],
+                    priority=priority,
+                    run_at=model_run_at,
+                    delay=delay,
+                )
+            )
+            specs.append(
+                EnqueueSpec(job_id, payload, max_attempts, TTLS[1], priority, run_at, delay)
+            )
+        got: list[EnqueueOutcome] = self._portal.run(self.storage.enqueue_many, self.ns, specs)
+        _expect(self._where("enqueue_many(...) outcomes"), len(got), len(expected))
+        for n, (outcome, exp) in enumerate(zip(got, expected, strict=True)):
+            _check_enqueue_outcome(self._where(f"enqueue_many(...)[{n}]"), outcome, exp)
 
     @rule(job_id=st.sampled_from(JOB_IDS))
     def cancel(self, job_id: str) -> None:
