@@ -77,6 +77,8 @@ class QueueStatistics:
     fenced: int
     lost_leases: int
     is_reaper_leader: bool | None
+    is_scheduler_leader: bool | None = None
+    """Whether the queue's embedded scheduler leads (``None``: it runs no schedules)."""
 
 
 async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
@@ -107,6 +109,8 @@ class Queue(Generic[P, R]):
     result_codec: TypedCodec
     worker: Worker | None = None
     reaper: Reaper | None = None
+    scheduler: Scheduler | None = None
+    """The embedded scheduler, when the queue runs schedules."""
 
     # -- producing -------------------------------------------------------------------
 
@@ -481,6 +485,7 @@ class Queue(Generic[P, R]):
             fenced=stats.fenced,
             lost_leases=stats.lost_leases,
             is_reaper_leader=None if self.reaper is None else self.reaper.is_leader,
+            is_scheduler_leader=None if self.scheduler is None else self.scheduler.is_leader,
         )
 
 
@@ -599,7 +604,7 @@ async def worker_service(
         if config.runs_reaper
         else None
     )
-    scheduler = _embedded_scheduler(storage, config, registers=False)
+    scheduler = queue.scheduler = _embedded_scheduler(storage, config, registers=False)
     async with storage, open_service_nursery() as nursery:
         # Starting does no I/O; shielded, so that no cancellation lands between starting
         # the (shielded) worker, reaper and scheduler tasks and the ``try`` that stops them.
@@ -707,6 +712,7 @@ async def open_queue(
             if config.runs_reaper:
                 queue.reaper = await nursery.start(reaper_service, storage, config.reaper_config())
             if scheduler is not None:
+                queue.scheduler = scheduler
                 await nursery.start(run_service, storage, scheduler)
         try:
             yield queue

@@ -17,6 +17,7 @@ import trio
 from .._errors import InvalidJobError, JobCancelledError, JobFailedError, WaitTimeoutError
 from .._queue import Queue, open_queue
 from .._reaper import REAPER_LOCK
+from .._scheduler import SCHEDULER_LOCK
 from .._types import CancelStatus, EnqueueStatus, JobSpec, JobStatus, WorkerInfo
 from ..storage._base import MAX_PRIORITY, MIN_PRIORITY
 from ._common import (
@@ -348,6 +349,7 @@ async def read_stats(queue: Queue[Any, Any]) -> dict[str, Any]:
         if flagged == ([holder.owner] if holder is not None and registered else []):
             break
     paused = await storage.is_paused(ns)
+    scheduler = await storage.lock_holder(ns, SCHEDULER_LOCK)
     return {
         "queue": ns,
         "paused": paused,
@@ -357,6 +359,7 @@ async def read_stats(queue: Queue[Any, Any]) -> dict[str, Any]:
         "leader": None if holder is None else holder.owner,
         "leader_epoch": None if holder is None else holder.epoch,
         "leader_registered": registered,
+        "scheduler_leader": None if scheduler is None else scheduler.owner,
     }
 
 
@@ -368,7 +371,7 @@ def _worker_dict(info: WorkerInfo) -> dict[str, Any]:
 
 def _row(w: dict[str, Any]) -> list[str]:
     counters = w["counters"]
-    if w["kind"] != "worker":  # a stand-alone reaper: it runs no jobs
+    if w["kind"] != "worker":  # a stand-alone reaper or scheduler: it runs no jobs
         run = done = failed = fenced = "-"
         state = w["kind"]
     else:
@@ -398,10 +401,10 @@ def render_stats(data: dict[str, Any]) -> str:
         "",
     ]
     workers = data["workers"]
-    reapers = sum(1 for w in workers if w["kind"] != "worker")
-    summary = f"workers: {len(workers) - reapers} live"
-    if reapers:
-        summary += f", stand-alone reapers: {reapers}"
+    kinds = [w["kind"] for w in workers]
+    summary = f"workers: {kinds.count('worker')} live"
+    for kind in sorted(set(kinds) - {"worker"}):
+        summary += f", stand-alone {kind}s: {kinds.count(kind)}"
     lines.append(summary)
     if workers:
         rows = [_HEADER, *(_row(w) for w in workers)]
@@ -422,6 +425,8 @@ def render_stats(data: dict[str, Any]) -> str:
             else "; not registered: dead, the next reaper takes over"
         )
         lines.append(f"reaper leader: {leader} (epoch {data['leader_epoch']}{note})")
+    if data["scheduler_leader"] is not None:
+        lines.append(f"scheduler leader: {data['scheduler_leader']}")
     return "\n".join(lines) + "\n"
 
 
