@@ -176,3 +176,40 @@ def test_cli_enqueue_from_file(url: str, tmp_path: Path) -> None:
     assert done.returncode == 2 and "x.jsonl:1: not valid JSON" in done.stderr
     done = run_cli("enqueue", "a", "{}", "--from-file", str(good), *common)
     assert done.returncode == 2 and "--from-file replaces ID" in done.stderr
+
+
+def test_cli_list_pages_through_a_state(url: str) -> None:
+    """`list --state` prints a page in the state's order and the cursor of the next one;
+    following it reaches the end; --json gives the same jobs; a bad cursor is exit 2."""
+    name = f"ls-{uuid.uuid4().hex[:8]}"
+    trio.run(_fail_jobs, url, name, ["f1", "f2", "f3"])
+    common = ["--storage", url, "--name", name]
+    seen: list[str] = []
+    args = ["list", "--state", "failed", "--limit", "2", *common]
+    for _ in range(3):
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0].split() == ["ID", "ATTEMPTS", "PRIORITY", "WHEN", "ERROR"]
+        seen += [line.split()[0] for line in lines[1:-1]]
+        assert "X: m" in done.stdout
+        if lines[-1].endswith("; end"):
+            break
+        args = [
+            "list",
+            "--state",
+            "failed",
+            "--limit",
+            "2",
+            "--cursor",
+            lines[-1].split()[-1],
+            *common,
+        ]
+    assert sorted(seen) == ["f1", "f2", "f3"] and len(seen) == 3, seen
+    data = json.loads(run_cli("list", "--state", "failed", "--json", *common).stdout)
+    assert [job["id"] for job in data["jobs"]] == seen and data["cursor"] is None
+    assert all(job["state"] == "failed" for job in data["jobs"])
+    done = run_cli("list", "--state", "failed", "--cursor", "garbage", *common)
+    assert done.returncode == 2 and "not a cursor" in done.stderr
+    done = run_cli("list", "--state", "failed", "--limit", "1001", *common)
+    assert done.returncode == 2 and "--limit" in done.stderr

@@ -64,6 +64,7 @@ EXPECTED = {
     "content_id",
     "new_id",
     "JobSpec",
+    "JobPage",
 }
 
 

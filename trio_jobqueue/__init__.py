@@ -48,6 +48,7 @@ from ._types import ExecutionContext as ExecutionContext
 from ._types import Job as Job
 from ._types import JobError as JobError
 from ._types import JobEvent as JobEvent
+from ._types import JobPage as JobPage
 from ._types import JobSpec as JobSpec
 from ._types import JobState as JobState
 from ._types import JobStatus as JobStatus

@@ -34,6 +34,7 @@ from ._types import (
     EnqueueStatus,
     EventKind,
     JobError,
+    JobPage,
     JobSpec,
     JobState,
     JobStatus,
@@ -51,7 +52,7 @@ from ._validate import (
     check_ttl,
 )
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
-from .storage import EnqueueOutcome, EnqueueSpec, JobWatch, Storage
+from .storage import EnqueueOutcome, EnqueueSpec, JobRecord, JobWatch, Storage
 from .storage._base import ENQUEUE_MANY_MAX
 
 __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
@@ -387,11 +388,54 @@ class Queue(Generic[P, R]):
     async def is_paused(self) -> bool:
         return await self.storage.is_paused(self.name)
 
+    async def list_jobs(
+        self, state: JobState | str, *, limit: int = 100, cursor: str | None = None
+    ) -> JobPage:
+        """One page of the jobs in ``state``: ``scheduled`` by due time, ``queued`` in
+        claim order, ``failing`` (ready ones first, then by due time), ``processing`` by
+        lease, ``completed``/``failed`` newest first. Pass the page's ``cursor`` back for
+        the next one; ``None`` means the end. Each page costs O(limit + log n).
+
+        Raises:
+            InvalidJobError: an unknown state, ``limit`` not an int in 1..1000, or a
+                cursor that did not come from this queue.
+        """
+        try:
+            which = JobState(state)
+        except ValueError:
+            raise InvalidJobError(f"unknown job state {state!r}") from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidJobError(f"limit must be an int in 1..1000, not {limit!r}")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidJobError(f"cursor must be a str from a previous page, not {cursor!r}")
+        try:
+            page = await self.storage.list_jobs(self.name, which, limit=limit, cursor=cursor)
+        except ValueError as exc:
+            raise InvalidJobError(str(exc)) from exc
+        return JobPage(tuple(self._status(record) for record in page.records), page.cursor)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state, read at once: ``scheduled`` (due later), ``queued`` (ready to
+        run, retries included), ``delayed`` (retries waiting out their delay),
+        ``processing``, ``completed``, ``failed``."""
+        stats = await self.storage.stats(self.name)
+        return {
+            "scheduled": stats.scheduled,
+            "queued": stats.queued,
+            "delayed": stats.delayed,
+            "processing": stats.processing,
+            "completed": stats.completed,
+            "failed": stats.failed,
+        }
+
     async def get_status(self, id: str) -> JobStatus | None:
         """The job's state, or ``None`` if unknown (never enqueued, cancelled or expired)."""
         record = await self.storage.get_status(self.name, check_job_id(id))
         if record is None:
             return None
+        return self._status(record)
+
+    def _status(self, record: JobRecord) -> JobStatus:
         result: Any = None
         if record.state is JobState.COMPLETED and record.result is not None:
             result = self.result_codec.decode(record.result, "result", record.job_id)

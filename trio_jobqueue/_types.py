@@ -19,6 +19,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobEvent",
+    "JobPage",
     "JobSpec",
     "JobState",
     "JobStatus",
@@ -162,6 +163,15 @@ class JobSpec(Generic[P]):
     priority: int = 0
     max_attempts: int | None = None
     result_ttl: float | None = None
+
+
+@attrs.frozen
+class JobPage:
+    """One page of ``Queue.list_jobs``."""
+
+    jobs: tuple[JobStatus, ...]
+    cursor: str | None = None
+    """Pass it as ``cursor=`` for the next page; ``None``: this was the last one."""
 
 
 @attrs.frozen

@@ -396,6 +396,21 @@ class BatchIgnoresItsOwnDuplicates(MemoryStorage):
         return outcomes
 
 
+class ListsQueuedIgnoringPriority(MemoryStorage):
+    """Lists queued jobs in enqueue order, as if every job had priority 0."""
+
+    async def list_jobs(self, ns: str, state: JobState, *, limit: int, cursor: Any = None) -> Any:
+        page = await super().list_jobs(ns, state, limit=limit, cursor=cursor)
+        if state is not JobState.QUEUED:
+            return page
+        jobs = self._state(ns).jobs
+        queued = sorted(
+            (rec for rec in jobs.values() if rec.state is JobState.QUEUED),
+            key=lambda rec: rec.ready_seq or 0,
+        )
+        return attrs.evolve(page, records=[rec.snapshot() for rec in queued][:limit], cursor=None)
+
+
 BUG_HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
     max_examples=1000,
@@ -431,6 +446,7 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (IgnoresPause, r"claim\(limit=\d\) job ids"),
     (BulkDeletesNewestFirst, None),
     (BatchIgnoresItsOwnDuplicates, r"enqueue_many\(\.\.\.\)\[\d\]"),
+    (ListsQueuedIgnoringPriority, r"list_jobs\(.*\) ids"),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""

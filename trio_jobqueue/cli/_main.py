@@ -2,7 +2,7 @@
 
 The parser, the entry point and the exit codes; the commands live in :mod:`._worker`
 (``worker``), :mod:`._admin` (``enqueue``/``status``/``result``/``cancel``/``stats``),
-:mod:`._operate` (``retry``/``delete``/``purge``/``pause``/``resume``), :mod:`._schedules`
+:mod:`._operate` (``list``/``retry``/``delete``/``purge``/``pause``/``resume``), :mod:`._schedules`
 (``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
 """
 
@@ -40,6 +40,7 @@ from ._demo import run_demo
 from ._operate import (
     add_operate_parsers,
     run_delete,
+    run_list,
     run_pause,
     run_purge,
     run_resume,
@@ -182,6 +183,7 @@ def _run(argv: Sequence[str] | None) -> int:
         "stats": run_stats,
         "schedules": run_schedules,
         "retry": run_retry,
+        "list": run_list,
         "delete": run_delete,
         "purge": run_purge,
         "pause": run_pause,

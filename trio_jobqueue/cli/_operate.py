@@ -1,10 +1,11 @@
-"""Operator commands: ``retry``, ``delete``, ``purge``, ``pause`` and ``resume``."""
+"""Operator commands: ``list``, ``retry``, ``delete``, ``purge``, ``pause`` and ``resume``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, TextIO
 
+from .._errors import InvalidJobError
 from .._queue import open_queue
 from .._types import DeleteStatus, JobState, RetryStatus
 from ._common import (
@@ -63,12 +64,85 @@ def add_operate_parsers(sub: Any) -> None:
     )  # fmt: skip
     add_storage_options(p)
 
+    p = sub.add_parser(
+        "list",
+        help="list the jobs in one state",
+        description=(
+            "One page of the jobs in STATE, in the state's order (scheduled by due time, "
+            "queued in claim order, failing ready first, processing by lease, completed and "
+            "failed newest first); the last line gives the --cursor of the next page."
+        ),
+    )
+    p.add_argument(
+        "--state", required=True, choices=[s.value for s in JobState], metavar="STATE",
+        help=f"the state: {', '.join(s.value for s in JobState)} (default: none, required)",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit", type=page_size, default=20, metavar="N",
+        help="jobs per page, 1..1000 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cursor", default=None, metavar="CURSOR",
+        help="where the page starts, as printed by the previous page (default: the start)",
+    )  # fmt: skip
+    p.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object: jobs (as status --json), cursor (default: off)",
+    )  # fmt: skip
+    add_storage_options(p)
+
     for command, text in (
         ("pause", "stop every worker of the queue from claiming (running jobs finish)"),
         ("resume", "let the workers of a paused queue claim again"),
     ):
         p = sub.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
         add_storage_options(p)
+
+
+def page_size(text: str) -> int:
+    value = positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"must be at most 1000, not {value}")
+    return value
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+async def run_list(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    from ._admin import _dump, _status_dict, _when
+
+    async with open_queue(make_storage(args), name=queue_name(args)) as queue:
+        try:
+            page = await queue.list_jobs(args.state, limit=args.limit, cursor=args.cursor)
+        except InvalidJobError as exc:
+            raise CliError(str(exc)) from exc
+    if args.json:
+        jobs = [_status_dict(job) for job in page.jobs]
+        out.write(_dump({"jobs": jobs, "cursor": page.cursor}) + "\n")
+        return ExitCode.OK
+    rows = [["ID", "ATTEMPTS", "PRIORITY", "WHEN", "ERROR"]]
+    for job in page.jobs:
+        when = job.run_at or job.finished_at or job.created_at
+        error = "" if job.error is None else f"{job.error.type}: {job.error.message}"
+        rows.append(
+            [
+                _short(job.id, 40),
+                f"{job.attempts}/{job.max_attempts}",
+                str(job.priority),
+                _when(when),
+                _short(error, 60),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        out.write(("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)))
+                  + "  " + row[4] + "\n")  # fmt: skip
+    out.write(f"{len(page.jobs)} {args.state} job(s) shown")
+    out.write(f"; next page: --cursor {page.cursor}\n" if page.cursor else "; end\n")
+    return ExitCode.OK
 
 
 async def run_retry(args: argparse.Namespace, out: TextIO) -> ExitCode:

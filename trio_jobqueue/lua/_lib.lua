@@ -461,6 +461,23 @@ local function due_time(run_at, delay)
   return tonumber(run_at)
 end
 
+-- The reply of status.lua for the live, decodable record `j` of job `id` (also one
+-- item of list_jobs.lua): {state, created, attempts, max, ttl, result, error, finished,
+-- expires, due, worker, lease, priority}.
+local function job_status(id, j)
+  local due, lease = false, false
+  if j[ST] == 'f' or j[ST] == 's' then
+    due = redis.call('ZSCORE', KEYS[11], id)
+  elseif j[ST] == 'p' then
+    lease = redis.call('ZSCORE', KEYS[2], id)
+  end
+  local finished, expires = false, false
+  if j[FIN] then finished = fmt(j[FIN]) end
+  if j[EXP] then expires = fmt(j[EXP]) end
+  return {STATE[j[ST]], j[CRE], j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
+    get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease, j[PRIO]}
+end
+
 -- Whether lock hash `lock_key` is held by `owner` with `epoch` (strings), unexpired.
 local function fence_ok(lock_key, owner, epoch)
   local l = redis.call('HMGET', lock_key, 'owner', 'epoch', 'exp')

@@ -16,14 +16,4 @@ end
 if j == CORRUPT then
   return {'corrupt'}
 end
-local due, lease = false, false
-if j[ST] == 'f' or j[ST] == 's' then
-  due = redis.call('ZSCORE', KEYS[11], id)
-elseif j[ST] == 'p' then
-  lease = redis.call('ZSCORE', KEYS[2], id)
-end
-local finished, expires = false, false
-if j[FIN] then finished = fmt(j[FIN]) end
-if j[EXP] then expires = fmt(j[EXP]) end
-return {STATE[j[ST]], j[CRE], j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
-  get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease, j[PRIO]}
+return job_status(id, j)

@@ -42,6 +42,9 @@ from ._base import (
     ReapResult as ReapResult,
 )
 from ._base import (
+    RecordPage as RecordPage,
+)
+from ._base import (
     SettleStatus as SettleStatus,
 )
 from ._base import (

@@ -56,6 +56,7 @@ __all__ = [
     "LockHolder",
     "ReapResult",
     "ReapedJob",
+    "RecordPage",
     "SettleStatus",
     "Storage",
     "StorageStats",
@@ -151,6 +152,15 @@ class JobRecord:
     """For ``processing`` jobs: the worker holding the lease."""
     lease_until: float | None = None
     priority: int = 0
+
+
+@attrs.frozen
+class RecordPage:
+    """One page of :meth:`Storage.list_jobs`."""
+
+    records: list[JobRecord]
+    cursor: str | None = None
+    """Pass it back for the next page; ``None``: this was the last one."""
 
 
 @attrs.frozen
@@ -474,6 +484,20 @@ class Storage(abc.ABC):
         """Remove a job in any state but ``processing`` (``processing``: nothing changed),
         with its payload, result and error; the id is free. Emits ``cancelled`` when the
         job had not finished (scheduled, queued, failing), nothing for a terminal one."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, ns: str, state: JobState, *, limit: int, cursor: str | None = None
+    ) -> RecordPage:
+        """Up to ``limit`` (>= 1) live jobs in ``state``, after ``cursor`` (from the
+        previous page), in the state's order: ``scheduled`` by due time; ``queued`` in
+        claim order; ``failing``: those ready to run in claim order, then the delayed ones
+        by due time; ``processing`` by lease deadline; ``completed`` and ``failed`` the
+        latest to expire first (newest first, for jobs of one TTL). Ties by the id's
+        UTF-8 bytes (reversed for the latest-first states). O(log n + limit) per page.
+        A page may hold fewer than ``limit`` jobs while more follow (follow the cursor
+        until it is ``None``); a job that changes state between pages may be missed or
+        seen twice. ``ValueError`` for a cursor this storage did not make."""
 
     @abc.abstractmethod
     async def retry_failed(self, ns: str, *, limit: int) -> int:

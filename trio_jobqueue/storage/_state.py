@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import json
 import math
 import operator
 import secrets
@@ -39,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from .._types import (
     CancelStatus,
@@ -194,6 +196,8 @@ class Rec:
     """The counter this record is in (:meth:`NsState.recount`)."""
     due_mark: int | None = None
     """The ``delay_seq`` the due cursor saw come due (the record counts as due then)."""
+    listed: tuple[JobState, tuple[Any, ...]] | None = None
+    """Where the record is in :attr:`NsState.listing` (once that exists)."""
 
     def snapshot(self) -> JobRecord:
         return JobRecord(
@@ -502,6 +506,10 @@ class NsState:
     paused: bool = False
     """Claims take nothing while set (:func:`set_paused`)."""
     counts: list[int] = attrs.Factory(lambda: [0] * 8)
+    listing: dict[JobState, Any] | None = None
+    """Per state, the sorted list of :func:`list_key` of its records: built by the first
+    :func:`list_jobs` (O(n log n), once) and kept up to date from then on (O(log n) per
+    change), so a process that never lists pays nothing for it."""
     """Records per bucket (index ``NONE`` is unused)."""
 
     # -- records and counters ---------------------------------------------------------------
@@ -522,6 +530,30 @@ class NsState:
             heapq.heappush(self.leases, (rec.lease_until, _key(rec.job_id), rec.token, rec.job_id))
         if rec.expires_at is not None:
             heapq.heappush(self.expiries, (rec.expires_at, _key(rec.job_id), rec.job_id))
+        if self.listing is not None:
+            self._relist(rec)
+
+    def _relist(self, rec: Rec) -> None:
+        assert self.listing is not None
+        entry = (rec.state, list_key(rec))
+        if entry == rec.listed:
+            return
+        self._unlist(rec)
+        self.listing[rec.state].add(entry[1])
+        rec.listed = entry
+
+    def _unlist(self, rec: Rec) -> None:
+        if self.listing is not None and rec.listed is not None:
+            state, key = rec.listed
+            self.listing[state].discard(key)
+        rec.listed = None
+
+    def ensure_listing(self) -> dict[JobState, Any]:
+        if self.listing is None:
+            self.listing = {state: SortedList() for state in JobState}
+            for rec in self.jobs.values():
+                self._relist(rec)
+        return self.listing
 
     def recount(self, rec: Rec) -> None:
         """Move ``rec`` to the counter of its current bucket."""
@@ -551,6 +583,7 @@ class NsState:
         if rec.bucket:
             self.counts[rec.bucket] -= 1
             rec.bucket = NONE
+        self._unlist(rec)
 
     def advance_due(self, now: float) -> None:
         """Count the delayed records whose due time has come as due (not moved: only a
@@ -1268,6 +1301,61 @@ def state_order(rec: Rec) -> tuple[Any, ...]:
     if rec.ready_seq is not None:
         return (0, -rec.priority, rec.ready_seq)
     return (1, rec.due_at, _key(rec.job_id))
+
+
+def list_key(rec: Rec) -> tuple[Any, ...]:
+    """The record's place in the list of its state (:func:`list_jobs`), ascending; the
+    last element is the id's UTF-8 bytes. Completed and failed jobs are listed from the
+    end (the latest to expire first)."""
+    key = _key(rec.job_id)
+    state = rec.state
+    if state is JobState.PROCESSING:
+        return (rec.lease_until, key)
+    if state is JobState.COMPLETED or state is JobState.FAILED:
+        return (rec.expires_at, key)
+    if rec.ready_seq is not None:
+        return (0, -rec.priority, rec.ready_seq, key)
+    return (1, rec.due_at, key)
+
+
+_NEWEST_FIRST = (JobState.COMPLETED, JobState.FAILED)
+
+
+def encode_cursor(key: tuple[Any, ...]) -> str:
+    parts = [{"b": part.hex()} if isinstance(part, bytes) else part for part in key]
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[Any, ...]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        key = tuple(bytes.fromhex(p["b"]) if isinstance(p, dict) else p for p in parts)
+        if not key or not isinstance(key[-1], bytes):
+            raise ValueError(cursor)
+        return key
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a cursor of this queue: {cursor!r}") from exc
+
+
+def list_jobs(
+    tx: Tx, state: JobState, limit: int, cursor: str | None
+) -> tuple[list[JobRecord], str | None]:
+    """One page of the jobs in ``state``, after ``cursor``: O(log n + limit) once the
+    listing exists (see :attr:`NsState.listing`)."""
+    start_key = None if cursor is None else decode_cursor(cursor)
+    purge(tx)
+    ordered = tx.state.ensure_listing()[state]
+    if state in _NEWEST_FIRST:
+        end = len(ordered) if start_key is None else ordered.bisect_left(start_key)
+        keys = list(ordered.islice(max(0, end - limit), end, reverse=True))
+        more = end - len(keys) > 0
+    else:
+        begin = 0 if start_key is None else ordered.bisect_right(start_key)
+        keys = list(ordered.islice(begin, begin + limit))
+        more = begin + len(keys) < len(ordered)
+    jobs = tx.state.jobs
+    records = [jobs[key[-1].decode("utf-8")].snapshot() for key in keys]
+    return records, (encode_cursor(keys[-1]) if more and keys else None)
 
 
 def _in_state(tx: Tx, state: JobState, limit: int) -> list[Rec]:

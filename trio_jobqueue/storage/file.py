@@ -67,6 +67,7 @@ from ._base import (
     JobRecord,
     LockHolder,
     ReapResult,
+    RecordPage,
     SettleStatus,
     Storage,
     StorageStats,
@@ -1309,6 +1310,14 @@ class FileStorage(Storage):
     async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
         value, _ = await self._run(ns, partial(fst.delete_job, job_id=job_id))
         return value
+
+    async def list_jobs(
+        self, ns: str, state: JobState, *, limit: int, cursor: str | None = None
+    ) -> RecordPage:
+        (records, after), _ = await self._run(
+            ns, partial(fst.list_jobs, state=JobState(state), limit=limit, cursor=cursor)
+        )
+        return RecordPage(records, after)
 
     async def retry_failed(self, ns: str, *, limit: int) -> int:
         value, _ = await self._run(ns, partial(fst.retry_failed, limit=limit))

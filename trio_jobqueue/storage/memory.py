@@ -26,6 +26,7 @@ from ._base import (
     JobRecord,
     LockHolder,
     ReapResult,
+    RecordPage,
     SettleStatus,
     Storage,
     StorageStats,
@@ -169,6 +170,13 @@ class MemoryStorage(Storage):
     async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.delete_job(tx, job_id))
+
+    async def list_jobs(
+        self, ns: str, state: JobState, *, limit: int, cursor: str | None = None
+    ) -> RecordPage:
+        await trio.lowlevel.checkpoint()
+        records, after = self._run(ns, lambda tx: st.list_jobs(tx, JobState(state), limit, cursor))
+        return RecordPage(records, after)
 
     async def retry_failed(self, ns: str, *, limit: int) -> int:
         await trio.lowlevel.checkpoint()

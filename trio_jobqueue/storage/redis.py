@@ -8,6 +8,7 @@ See ``docs/redis.md`` for the design and failure behaviour.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from ._base import (
     LockHolder,
     ReapedJob,
     ReapResult,
+    RecordPage,
     SettleStatus,
     Storage,
     StorageStats,
@@ -809,6 +811,30 @@ class RedisStorage(Storage):
     async def delete_job(self, ns: str, job_id: str) -> DeleteStatus:
         reply = await self._run_cached("delete_job", ns, self.keys(ns).standard(), [job_id])
         return DeleteStatus(reply.decode())
+
+    async def list_jobs(
+        self, ns: str, state: JobState, *, limit: int, cursor: str | None = None
+    ) -> RecordPage:
+        state = JobState(state)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit!r}")
+        raw = b""
+        if cursor is not None:
+            try:
+                raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
+            except (ValueError, UnicodeEncodeError, AttributeError):
+                raw = b""
+            parts = raw.split(b" ", 2)
+            if len(parts) != 3 or not parts[0].isdigit():
+                raise ValueError(f"not a cursor of this queue: {cursor!r}")
+        reply = await self._run("list_jobs", ns, [state.value, int(limit), raw])
+        records = []
+        for i in range(1, len(reply), 2):
+            job_id = reply[i].decode("utf-8")
+            with _corrupt_record(ns, job_id):
+                records.append(self._record(job_id, reply[i + 1]))
+        after = bytes(reply[0])
+        return RecordPage(records, base64.urlsafe_b64encode(after).decode() if after else None)
 
     async def retry_failed(self, ns: str, *, limit: int) -> int:
         if limit < 1:

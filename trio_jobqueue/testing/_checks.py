@@ -745,6 +745,54 @@ async def check_enqueue_many(make_storage: StorageFactory) -> None:
         assert await q.enqueue_many([]) == []
 
 
+async def check_list_jobs(make_storage: StorageFactory) -> None:
+    """list_jobs pages through a state in its order (queued: priority then FIFO; failed:
+    newest first) with pages of at most ``limit``; counts() agrees; a foreign cursor and
+    a bad state or limit are refused."""
+    storage = make_storage()
+    name = _name()
+    async with storage:
+        for n in range(5):
+            await storage.enqueue(
+                name, f"q{n}", b"", max_attempts=1, result_ttl=600, priority=n % 2
+            )
+        await storage.enqueue(name, "f0", b"", max_attempts=1, result_ttl=600, priority=9)
+        await storage.enqueue(name, "f1", b"", max_attempts=1, result_ttl=600, priority=8)
+        for job_id in ("f0", "f1"):
+            (claim,) = await storage.claim(name, "w", limit=1, lease=60)
+            assert claim.job_id == job_id
+            await storage.fail(name, job_id, claim.token, b"{}", ttl=600)
+    async with open_queue(make_storage(), name=name) as q:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await q.list_jobs("queued", limit=2, cursor=cursor)
+            assert len(page.jobs) <= 2
+            seen += [job.id for job in page.jobs]
+            cursor = page.cursor
+            if cursor is None:
+                break
+        assert seen == ["q1", "q3", "q0", "q2", "q4"], seen
+        failed = await q.list_jobs(JobState.FAILED)
+        assert [job.id for job in failed.jobs] == ["f1", "f0"] and failed.cursor is None
+        assert failed.jobs[0].state == JobState.FAILED and failed.jobs[0].error is not None
+        assert (await q.list_jobs("scheduled")).jobs == ()
+        counts = await q.counts()
+        assert (counts["queued"], counts["failed"], counts["scheduled"]) == (5, 2, 0), counts
+        for bad in (
+            {"state": "nope"},
+            {"state": "queued", "limit": 0},
+            {"state": "queued", "limit": 1001},
+            {"state": "queued", "cursor": "not-a-cursor"},
+        ):
+            try:
+                await q.list_jobs(**bad)
+            except InvalidJobError:
+                pass
+            else:
+                raise AssertionError(f"list_jobs(**{bad!r}) was accepted")
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -776,5 +824,6 @@ API_CHECKS: list[Check] = [
     check_bulk_retry_and_purge,
     check_pause_stops_claims,
     check_enqueue_many,
+    check_list_jobs,
 ]
 """Every API-level check, in a stable order."""

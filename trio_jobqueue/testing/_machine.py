@@ -591,6 +591,7 @@ class StorageMachine(RuleBasedStateMachine):
         specs: list[EnqueueSpec] = []
         expected: list[ExpectedEnqueue] = []
         drift = time.monotonic() - self._started
+        seq = self.model.next_seq()  # one operation: its due times tie by id bytes
         for job_id, payload, max_attempts, priority, due in jobs:
             delay = run_at = model_run_at = None
             if due is not None and due[0] == "delay":
@@ -607,6 +608,7 @@ class StorageMachine(RuleBasedStateMachine):
                     priority=priority,
                     run_at=model_run_at,
                     delay=delay,
+                    seq=seq,
                 )
             )
             specs.append(
@@ -889,6 +891,32 @@ class StorageMachine(RuleBasedStateMachine):
         _expect(self._where("schedule_cursors()"), cursors, self.model.cursors)
 
     # -- operating rules -------------------------------------------------------------------
+
+    @rule(state=st.sampled_from(tuple(JobState)), limit=st.sampled_from((1, 2, 10)))
+    def list_jobs(self, state: JobState, limit: int) -> None:
+        """Page through the jobs of a state: every page at most ``limit`` long, all pages
+        together the model's order, every record as ``get_status`` must give it."""
+
+        async def pages() -> list[list[JobRecord]]:
+            got: list[list[JobRecord]] = []
+            cursor = None
+            for _ in range(len(JOB_IDS) + 2):
+                page = await self.storage.list_jobs(self.ns, state, limit=limit, cursor=cursor)
+                got.append(page.records)
+                cursor = page.cursor
+                if cursor is None:
+                    return got
+            raise AssertionError(f"list_jobs({state}) never ended: {got!r}")
+
+        what = self._where(f"list_jobs({state}, limit={limit})")
+        got = self._portal.run(pages)
+        for page in got:
+            if len(page) > limit:
+                raise AssertionError(f"{what}: a page of {len(page)} records")
+        records = [record for page in got for record in page]
+        _expect(f"{what} ids", [r.job_id for r in records], self.model.list_order(state))
+        for record in records:
+            self._check_record(self.space, record.job_id, record, self.model.live(record.job_id))
 
     @rule(job_id=st.sampled_from(JOB_IDS))
     def retry_job(self, job_id: str) -> None:

@@ -238,6 +238,10 @@ class StorageModel:
         self._seq += 1
         return self._seq
 
+    def next_seq(self) -> int:
+        """A new operation sequence number (see "Time and ties")."""
+        return self._next_seq()
+
     def _emit(
         self,
         kind: EventKind,
@@ -296,8 +300,11 @@ class StorageModel:
         priority: int = 0,
         run_at: float | None = None,
         delay: float | None = None,
+        seq: int | None = None,
     ) -> ExpectedEnqueue:
-        """``run_at`` on the model's clock; a due time not after now is ready at once."""
+        """``run_at`` on the model's clock; a due time not after now is ready at once.
+        ``seq``: the operation's sequence number, when one operation enqueues several
+        jobs (:meth:`enqueue_many`: one clock reading for all of them)."""
         job = self.live(job_id)
         if job is not None:
             if job.state is JobState.COMPLETED and job.result is not None:
@@ -317,7 +324,7 @@ class StorageModel:
         if due is not None and due > self.now:
             job.state = JobState.SCHEDULED
             job.due_at = due
-            job.due_seq = self._next_seq()
+            job.due_seq = self._next_seq() if seq is None else seq
             status = EnqueueStatus.SCHEDULED
         else:
             self.ready.append(job_id)
@@ -526,6 +533,20 @@ class StorageModel:
             (job for job in self.jobs.values() if job.state is state and self.live(job.job_id)),
             key=self.state_order,
         )
+
+    def list_order(self, state: JobState) -> list[str]:
+        """The ids ``list_jobs(state)`` pages through: processing by lease deadline;
+        completed and failed the latest to expire first; the others as :meth:`in_state`."""
+        if state is JobState.PROCESSING:
+            jobs = sorted(
+                self.processing(),
+                key=lambda job: (job.lease_until, job.lease_seq, _id_key(job.job_id)),
+            )
+        elif state.is_terminal:
+            jobs = self.in_state(state)[::-1]
+        else:
+            jobs = self.in_state(state)
+        return [job.job_id for job in jobs]
 
     def _requeue_failed(self, job: ModelJob) -> None:
         job.state = JobState.QUEUED

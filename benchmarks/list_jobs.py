@@ -1,0 +1,111 @@
+"""Browsing cost: the time of one ``Queue.list_jobs`` page of 100 at 1,000 and at
+1,000,000 jobs of the state, on Redis (a redis-server of its own) and Memory.
+
+    python benchmarks/list_jobs.py [--big 1000000] [--backends redis,memory]
+
+For ``queued`` and ``scheduled`` jobs (half of each), it times pages from the start and
+pages that continue from a cursor in the middle, and prints the median per page and the
+ratio of the big backlog to the small one (target: at most 1.5x), with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).parent))
+from redis_throughput import start_server
+
+import trio_jobqueue as jq
+from trio_jobqueue.storage.redis import RedisStorage
+
+PAGE = 100
+SAMPLES = 30
+
+
+async def fill(queue: jq.Queue, jobs: int) -> None:  # type: ignore[type-arg]
+    """``jobs`` jobs: half queued (priorities 0..3), half scheduled an hour ahead."""
+    batch: list[jq.JobSpec] = []  # type: ignore[type-arg]
+    for n in range(jobs):
+        delay = 3600.0 + n % 997 if n % 2 else None
+        batch.append(jq.JobSpec(f"job-{n}", n, delay=delay, priority=n % 4))
+        if len(batch) == 10_000:
+            await queue.enqueue_many(batch)
+            batch = []
+    if batch:
+        await queue.enqueue_many(batch)
+
+
+async def page_times(queue: jq.Queue, state: str) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Median seconds of a first page and of a page continuing from the middle."""
+    first, middle = [], []
+    # A cursor in the middle: walk there once with big pages (not timed).
+    cursor = None
+    counts = await queue.counts()
+    half = (counts["scheduled" if state == "scheduled" else "queued"]) // 2
+    walked = 0
+    while walked < half:
+        page = await queue.list_jobs(state, limit=1000, cursor=cursor)
+        walked += len(page.jobs)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    for _ in range(SAMPLES):
+        t = time.perf_counter()
+        page = await queue.list_jobs(state, limit=PAGE)
+        first.append(time.perf_counter() - t)
+        assert len(page.jobs) == PAGE
+        t = time.perf_counter()
+        page = await queue.list_jobs(state, limit=PAGE, cursor=cursor)
+        middle.append(time.perf_counter() - t)
+        assert len(page.jobs) == PAGE
+    return statistics.median(first), statistics.median(middle)
+
+
+async def measure(make: object, jobs: int) -> dict[str, tuple[float, float]]:
+    storage = make()  # type: ignore[operator]
+    async with jq.open_queue(storage, name=f"browse-{time.time_ns()}") as queue:
+        await fill(queue, jobs)
+        return {state: await page_times(queue, state) for state in ("queued", "scheduled")}
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"load before: {os.getloadavg()[0]:.2f}; pages of {PAGE}, medians of {SAMPLES}")
+    workdir = tempfile.mkdtemp(prefix="jq-bench-")
+    server, port = start_server(workdir)
+    url = f"redis://127.0.0.1:{port}/0"
+    makers = {"redis": lambda: RedisStorage(url), "memory": jq.MemoryStorage}
+    try:
+        for backend in args.backends.split(","):
+            small = await measure(makers[backend], args.small)
+            started = time.perf_counter()
+            big = await measure(makers[backend], args.big)
+            print(f"{backend}: filled and measured {args.big:,} jobs in "
+                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+            for state in small:
+                for i, where in enumerate(("first page", "from the middle")):
+                    a, b = small[state][i], big[state][i]
+                    verdict = "PASS" if b / a <= 1.5 else "FAIL"
+                    print(
+                        f"  {state:9} {where:15} {args.small:>9,}: {a * 1e3:6.2f} ms  "
+                        f"{args.big:>9,}: {b * 1e3:6.2f} ms  ratio {b / a:4.2f}x  {verdict}"
+                    )
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=1_000)
+    parser.add_argument("--big", type=int, default=1_000_000)
+    parser.add_argument("--backends", default="redis,memory")
+    trio.run(main, parser.parse_args())
