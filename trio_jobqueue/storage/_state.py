@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sortedcontainers import SortedList  # type: ignore[import-untyped]
+from sortedcontainers import SortedList
 
 from .._types import (
     CancelStatus,
