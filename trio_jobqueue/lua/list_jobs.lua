@@ -51,29 +51,37 @@ while phase <= #sources do
       start = redis.call('ZCOUNT', index, '-inf', score)
     end
   end
-  local want = limit + SCAN_MAX - looked
-  local window
-  if reverse then
-    window = redis.call('ZRANGE', index, start, start + want - 1, 'REV', 'WITHSCORES')
-  else
-    window = redis.call('ZRANGE', index, start, start + want - 1, 'WITHSCORES')
-  end
-  for i = 1, #window, 2 do
-    local id, s = window[i], window[i + 1]
-    if reverse and tonumber(s) <= NOW then
-      break  -- this entry and every later one expired: the index is done
+  -- Windows of `limit` entries (most match: the filtered states interleave little), until
+  -- the page is full, the budget is spent or the index ends.
+  local done = false
+  while not done do
+    local want = math.min(limit, limit + SCAN_MAX - looked)
+    local window
+    if reverse then
+      window = redis.call('ZRANGE', index, start, start + want - 1, 'REV', 'WITHSCORES')
+    else
+      window = redis.call('ZRANGE', index, start, start + want - 1, 'WITHSCORES')
     end
-    looked = looked + 1
-    local j = read_job(KEYS[1] .. id)
-    if j and j ~= CORRUPT and j[ST] == code then
-      out[#out + 1] = id
-      out[#out + 1] = job_status(id, j)
-      found = found + 1
-    end
-    if found == limit or looked == limit + SCAN_MAX then
-      -- Perhaps more follow: the next page goes on after this entry.
-      out[1] = phase .. ' ' .. s .. ' ' .. id
-      return out
+    start = start + want
+    done = #window < 2 * want
+    for i = 1, #window, 2 do
+      local id, s = window[i], window[i + 1]
+      if reverse and tonumber(s) <= NOW then
+        done = true  -- this entry and every later one expired: the index is done
+        break
+      end
+      looked = looked + 1
+      local j = read_job(KEYS[1] .. id)
+      if j and j ~= CORRUPT and j[ST] == code then
+        out[#out + 1] = id
+        out[#out + 1] = job_status(id, j)
+        found = found + 1
+      end
+      if found == limit or looked == limit + SCAN_MAX then
+        -- Perhaps more follow: the next page goes on after this entry.
+        out[1] = phase .. ' ' .. s .. ' ' .. id
+        return out
+      end
     end
   end
   -- This index is done: the next one (if any) from its start.
