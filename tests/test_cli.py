@@ -168,6 +168,8 @@ def test_every_option_shows_its_default_and_every_command_has_a_description() ->
             "result",
             "cancel",
             "stats",
+            "show",
+            "list",
             "retry",
             "delete",
             "purge",

@@ -213,3 +213,44 @@ def test_cli_list_pages_through_a_state(url: str) -> None:
     assert done.returncode == 2 and "not a cursor" in done.stderr
     done = run_cli("list", "--state", "failed", "--limit", "1001", *common)
     assert done.returncode == 2 and "--limit" in done.stderr
+
+
+def test_cli_show_prints_payload_error_and_traceback(url: str) -> None:
+    """`show ID` prints the payload, state, attempts, priority, times and the last error
+    with its traceback; --json has every field and the payload; unknown: exit 1."""
+    name = f"show-{uuid.uuid4().hex[:8]}"
+    common = ["--storage", url, "--name", name]
+
+    async def failed_with_traceback() -> None:
+        storage = jq.storage_from_url(url)
+        async with storage:
+            await storage.enqueue(
+                name, "s1", b'{"to": "a@b"}', max_attempts=1, result_ttl=600, priority=4
+            )
+            (claim,) = await storage.claim(name, "w", limit=1, lease=60)
+            error = json.dumps(
+                {
+                    "type": "ValueError",
+                    "message": "bad address",
+                    "traceback": "Traceback (most recent call last):\n  boom\nValueError: bad\n",
+                }
+            ).encode()
+            await storage.fail(name, "s1", claim.token, error, ttl=600)
+
+    trio.run(failed_with_traceback)
+    done = run_cli("show", "s1", *common)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    needles = [
+        'payload:   {"to": "a@b"}',
+        "state:     failed",
+        "attempts:  1/1",
+        "priority:  4",
+        "error:     ValueError: bad address",
+        "Traceback (most recent",
+    ]
+    for needle in needles:
+        assert needle in text, (needle, text)
+    data = json.loads(run_cli("show", "s1", "--json", *common).stdout)
+    assert data["payload"] == {"to": "a@b"} and data["error"]["type"] == "ValueError"
+    assert run_cli("show", "nobody", *common).returncode == 1

@@ -453,6 +453,15 @@ class Queue(Generic[P, R]):
             priority=record.priority,
         )
 
+    async def get_payload(self, id: str) -> P | None:
+        """The job's payload as enqueued (decoded), or ``None`` when the job is unknown."""
+        job_id = check_job_id(id)
+        data = await self.storage.get_payload(self.name, job_id)
+        if data is None:
+            return None
+        value: P = self.payload_codec.decode(data, "payload", job_id)
+        return value
+
     async def get_result(self, id: str) -> R | None:
         """The stored result of a completed job, or ``None`` when missing or expired."""
         record = await self.storage.get_status(self.name, check_job_id(id))

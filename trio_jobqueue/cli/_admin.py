@@ -88,6 +88,19 @@ def add_admin_parsers(sub: Any) -> None:
         help=f"higher runs first, {MIN_PRIORITY}..{MAX_PRIORITY} (default: %(default)s)",
     )  # fmt: skip
 
+    text = "show everything about one job: payload, state, times, result or error"
+    p = sub.add_parser(
+        "show",
+        help=text,
+        description=(
+            "Show job ID: its payload, state, attempts, priority, times, and its result or "
+            "its last error with the traceback (exit 1 if unknown)."
+        ),
+    )
+    p.add_argument("id", metavar="ID", help="the job id")
+    add_storage_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON (default: off)")
+
     for command, text in (
         ("status", "show a job's state (exit 1 if unknown)"),
         ("result", "print a completed job's result as JSON (exit 1 if none)"),
@@ -297,6 +310,39 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
         out.write(f"result:    {_dump(status.result)}\n")
     if status.error is not None:
         out.write(f"error:     {status.error.type}: {status.error.message}\n")
+    return ExitCode.OK
+
+
+async def run_show(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    job_id = job_id_arg(args.id)
+    async with open_queue(make_storage(args), name=queue_name(args)) as queue:
+        status = await queue.get_status(job_id)
+        payload = await queue.get_payload(job_id)
+    if status is None:
+        raise CliError(
+            f"job {job_id!r} is unknown (never enqueued, cancelled or expired)", ExitCode.NEGATIVE
+        )
+    if args.json:
+        out.write(_dump({**_status_dict(status), "payload": payload}) + "\n")
+        return ExitCode.OK
+    out.write(f"id:        {status.id}\nstate:     {status.state}\n")
+    out.write(f"payload:   {_dump(payload)}\n")
+    out.write(f"attempts:  {status.attempts}/{status.max_attempts}\n")
+    out.write(f"priority:  {status.priority}\n")
+    out.write(f"created:   {_when(status.created_at)}\n")
+    for label, when in (
+        ("runs at", status.run_at),
+        ("finished", status.finished_at),
+        ("expires", status.expires_at),
+    ):
+        if when is not None:
+            out.write(f"{label + ':':<10} {_when(when)}\n")
+    if status.result is not None:
+        out.write(f"result:    {_dump(status.result)}\n")
+    if status.error is not None:
+        out.write(f"error:     {status.error.type}: {status.error.message}\n")
+        if status.error.traceback:
+            out.write(status.error.traceback.rstrip("\n") + "\n")
     return ExitCode.OK
 
 

@@ -1,7 +1,7 @@
 """The ``trio-jobqueue`` command line (also ``python -m trio_jobqueue``).
 
 The parser, the entry point and the exit codes; the commands live in :mod:`._worker`
-(``worker``), :mod:`._admin` (``enqueue``/``status``/``result``/``cancel``/``stats``),
+(``worker``), :mod:`._admin` (``enqueue``/``status``/``show``/``result``/``cancel``/``stats``),
 :mod:`._operate` (``list``/``retry``/``delete``/``purge``/``pause``/``resume``), :mod:`._schedules`
 (``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
 """
@@ -24,6 +24,7 @@ from ._admin import (
     run_cancel,
     run_enqueue,
     run_result,
+    run_show,
     run_stats,
     run_status,
 )
@@ -179,6 +180,7 @@ def _run(argv: Sequence[str] | None) -> int:
         "enqueue": run_enqueue,
         "status": run_status,
         "result": run_result,
+        "show": run_show,
         "cancel": run_cancel,
         "stats": run_stats,
         "schedules": run_schedules,

@@ -384,6 +384,10 @@ class Storage(abc.ABC):
         """The job's record, or ``None`` when absent or expired."""
 
     @abc.abstractmethod
+    async def get_payload(self, ns: str, job_id: str) -> bytes | None:
+        """The job's payload as enqueued, or ``None`` when the job is absent or expired."""
+
+    @abc.abstractmethod
     async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
         """Restart a terminal job's TTL from now with ``ttl`` seconds."""
 

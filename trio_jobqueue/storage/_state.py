@@ -1102,6 +1102,11 @@ def get_status(tx: Tx, job_id: str) -> JobRecord | None:
     return None if rec is None else rec.snapshot()
 
 
+def get_payload(tx: Tx, job_id: str) -> bytes | None:
+    rec = _live(tx, job_id)
+    return None if rec is None else rec.payload
+
+
 def update_result_ttl(tx: Tx, job_id: str, ttl: float) -> UpdateTtlStatus:
     rec = _live(tx, job_id)
     if rec is None:

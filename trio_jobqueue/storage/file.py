@@ -1199,6 +1199,10 @@ class FileStorage(Storage):
         value, _ = await self._run(ns, partial(fst.get_status, job_id=job_id))
         return value
 
+    async def get_payload(self, ns: str, job_id: str) -> bytes | None:
+        value, _ = await self._run(ns, partial(fst.get_payload, job_id=job_id))
+        return value
+
     async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
         value, _ = await self._run(ns, partial(fst.update_result_ttl, job_id=job_id, ttl=ttl))
         return value

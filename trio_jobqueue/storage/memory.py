@@ -108,6 +108,10 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.get_status(tx, job_id))
 
+    async def get_payload(self, ns: str, job_id: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.get_payload(tx, job_id))
+
     async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
         await trio.lowlevel.checkpoint()
         return self._run(ns, lambda tx: st.update_result_ttl(tx, job_id, ttl))

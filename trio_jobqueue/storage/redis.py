@@ -602,6 +602,14 @@ class RedisStorage(Storage):
             priority=int(priority),
         )
 
+    async def get_payload(self, ns: str, job_id: str) -> bytes | None:
+        reply = await self._run("payload", ns, [job_id])
+        if reply is None:
+            return None
+        if isinstance(reply, list):
+            raise StorageError(f"corrupt record for job {job_id!r} in queue {ns!r}")
+        return bytes(reply)
+
     async def update_result_ttl(self, ns: str, job_id: str, ttl: float) -> UpdateTtlStatus:
         reply = await self._run("update_ttl", ns, [job_id, repr(float(ttl))])
         return UpdateTtlStatus(reply.decode())

@@ -919,6 +919,13 @@ class StorageMachine(RuleBasedStateMachine):
             self._check_record(self.space, record.job_id, record, self.model.live(record.job_id))
 
     @rule(job_id=st.sampled_from(JOB_IDS))
+    def get_payload(self, job_id: str) -> None:
+        """The payload of any job, byte for byte (``None`` when absent)."""
+        job = self.model.live(job_id)
+        got = self._portal.run(self.storage.get_payload, self.ns, job_id)
+        _expect(self._where(f"get_payload({job_id!r})"), got, None if job is None else job.payload)
+
+    @rule(job_id=st.sampled_from(JOB_IDS))
     def retry_job(self, job_id: str) -> None:
         """An operator's retry of a failed job (any state is tried)."""
         expected = self.model.retry_job(job_id)
