@@ -12,17 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 from _proc_harness import WorkerPool, run_cli
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 async def _fail_jobs(url: str, name: str, ids: list[str]) -> None:

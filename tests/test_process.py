@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import trio
 from _proc_harness import WorkerPool, by_pid, leader, leaders, live_ids, wait_for
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue._reaper import REAPER_LOCK
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.slow
 
 LOCK_TTL = 2.0
 VT = 1.5
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import attrs
 import pytest
 import trio
 from _proc_harness import Worker, WorkerPool, wait_for
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 
@@ -40,14 +39,6 @@ WORKER_ARGS = (
     "--lock-ttl", "2",
     "--shutdown-grace", "15",
 )  # fmt: skip
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @attrs.define

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 from _proc_harness import WorkerPool, run_cli
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue import _worker
@@ -82,14 +81,6 @@ async def test_scheduled_job_runs_exactly_at_its_time_under_mock_clock(
     assert [job_id for job_id, _ in started] == ["half", "hour"]
     for job_id, at in started:
         assert abs(at - due[job_id]) < 1e-3, (job_id, at, due[job_id])
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import trio
 from _proc_harness import WorkerPool
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue import _worker
@@ -56,14 +55,6 @@ async def test_back_to_back_jobs_never_wait_for_a_claim_timeout(
             delays.append(started[job_id] - enqueued)
     _report(type(storage).__name__, delays)
     assert max(delays) < LIMIT
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.mark.slow
