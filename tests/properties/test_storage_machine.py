@@ -437,8 +437,9 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (ListsInRegistrationOrder, r"list_workers\(\) ids"),
     (IgnoresTakeFromDead, r"take_from_dead=True\) epoch"),
     (TakesFromLiveHolders, r"take_from_dead=True\) epoch"),
-    (IgnoresPriority, r"job ids \(priority order, then FIFO\)"),
-    (ReleaseJumpsPriorities, r"job ids \(priority order, then FIFO\)"),
+    # Both break the claim order, which a claim or a listing of the queued jobs shows.
+    (IgnoresPriority, r"job ids \(priority order, then FIFO\)|list_jobs\(queued.*\) ids"),
+    (ReleaseJumpsPriorities, r"job ids \(priority order, then FIFO\)|list_jobs\(.*\) ids"),
     (ScheduledRunsAtOnce, None),
     (FiresEveryTick, r"fire_schedule\("),
     (RetryKeepsAttempts, r"\.attempts"),
