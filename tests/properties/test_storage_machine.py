@@ -431,7 +431,7 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (RefsSmallResults, r"result_ref=True for a result of \d+ bytes"),
     (EnqueueWakesNoClaim, r"did not wake it within"),
     (IgnoresNamespace, None),
-    (TruncatesLargePayloads, r"claim of .*\.payload"),
+    (TruncatesLargePayloads, r"claim of .*\.payload|get_payload\("),
     (RegistrationsNeverExpire, r"list_workers\(\) ids"),
     (OneTtlForAllWorkers, r"list_workers\(\)\[.*\]\.expires_at"),
     (ListsInRegistrationOrder, r"list_workers\(\) ids"),
