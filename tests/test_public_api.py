@@ -32,6 +32,7 @@ EXPECTED = {
     "JobTimeoutError",
     "JsonSerializer",
     "MAX_JOB_ID_LENGTH",
+    "MAX_PROGRESS_BYTES",
     "MemoryStorage",
     "Misfire",
     "PayloadDecodeError",
@@ -160,5 +161,6 @@ def test_errors_hierarchy() -> None:
         "requeued",
         "cancelled",
         "stalled",
+        "progress",
         "missed",
     }

@@ -16,6 +16,7 @@ from ._errors import WaitTimeoutError as WaitTimeoutError
 from ._events import EventChannel as EventChannel
 from ._ids import content_id as content_id
 from ._ids import new_id as new_id
+from ._progress import MAX_PROGRESS_BYTES as MAX_PROGRESS_BYTES
 from ._queue import Queue as Queue
 from ._queue import QueueStatistics as QueueStatistics
 from ._queue import open_queue as open_queue

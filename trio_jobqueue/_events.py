@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from ._errors import SerializationError
+from ._progress import decode_progress
 from ._serde import TypedCodec, decode_error
 from ._types import EventKind, JobEvent, JobState
 from .storage import EventRecord, Storage
@@ -53,6 +54,14 @@ class EventChannel(trio.abc.ReceiveChannel[JobEvent]):
 
 
 def decode_event(record: EventRecord, codec: TypedCodec, data: bytes | None) -> JobEvent:
+    if record.kind is EventKind.PROGRESS:
+        # A progress event carries the reported value (JSON) where others carry a result.
+        return JobEvent(
+            kind=EventKind.PROGRESS,
+            job_id=record.job_id,
+            attempt=record.attempt,
+            progress=decode_progress(record.result),
+        )
     result: Any = None
     if data is not None:
         try:

@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._events import EventChannel, open_event_channel
 from ._leader import run_service
+from ._progress import decode_progress
 from ._reaper import REAPER_LOCK, Reaper, reaper_service
 from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from ._schedule import Schedule
@@ -80,6 +81,9 @@ class QueueStatistics:
     is_reaper_leader: bool | None
     is_scheduler_leader: bool | None = None
     """Whether the queue's embedded scheduler leads (``None``: it runs no schedules)."""
+    force_cancelled: int = 0
+    """Running jobs force-cancelled (``cancel(id, force=True)``) while this worker held
+    them: handler cancelled, outcome discarded."""
 
 
 async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
@@ -306,12 +310,21 @@ class Queue(Generic[P, R]):
 
     # -- inspecting and managing -----------------------------------------------------
 
-    async def cancel(self, id: str) -> CancelResult:
-        """Remove a queued or failing (waiting to retry) job; its id becomes free.
+    async def cancel(self, id: str, *, force: bool = False) -> CancelResult:
+        """Remove a scheduled, queued or failing (waiting to retry) job; its id becomes
+        free.
 
-        A ``processing`` job is not interrupted: the status says so.
+        A ``processing`` job is not interrupted (status ``processing``) unless ``force``:
+        then it is removed at once in one fenced step (status ``cancelling``): waiters get
+        ``JobCancelledError``, a ``cancelled`` event is emitted, the id is free, and the
+        worker holding it, in any process, cancels the handler (within milliseconds:
+        it is notified; at the latest at its next heartbeat) and discards whatever the
+        handler still returns. See ``docs/operations.md``.
         """
-        status = await self.storage.cancel(self.name, check_job_id(id))
+        job_id = check_job_id(id)
+        if force:
+            return CancelResult(await self.storage.force_cancel(self.name, job_id))
+        status = await self.storage.cancel(self.name, job_id)
         return CancelResult(status)
 
     async def retry(self, id: str) -> RetryResult:
@@ -451,6 +464,7 @@ class Queue(Generic[P, R]):
             expires_at=record.expires_at,
             run_at=record.due_at,
             priority=record.priority,
+            progress=decode_progress(record.progress),
         )
 
     async def get_payload(self, id: str) -> P | None:
@@ -539,6 +553,7 @@ class Queue(Generic[P, R]):
             lost_leases=stats.lost_leases,
             is_reaper_leader=None if self.reaper is None else self.reaper.is_leader,
             is_scheduler_leader=None if self.scheduler is None else self.scheduler.is_leader,
+            force_cancelled=stats.force_cancelled,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -66,7 +67,11 @@ class CancelStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     NOT_FOUND = "not_found"
     PROCESSING = "processing"
+    """A worker is running it: nothing changed (without ``force``)."""
     COMPLETED = "completed"
+    CANCELLING = "cancelling"
+    """``cancel(id, force=True)`` of a running job: the job is removed at once (its
+    attempt is fenced) and the worker holding it cancels the handler."""
 
 
 class RetryStatus(enum.StrEnum):
@@ -100,6 +105,8 @@ class EventKind(enum.StrEnum):
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
     STALLED = "stalled"
+    PROGRESS = "progress"
+    """A running handler reported progress (``JobEvent.progress``)."""
     MISSED = "missed"
     """Not a job's event: a marker in an event stream where events were lost (the
     subscriber fell behind, or the storage lost its event feed). ``JobEvent.missed``
@@ -136,6 +143,37 @@ class Job(Generic[P]):
     """Epoch seconds of the accepted enqueue."""
     worker_id: str
     """Id of the worker running this attempt."""
+    _reporter: Callable[[Any], Awaitable[bool]] | None = attrs.field(
+        default=None, kw_only=True, eq=False, repr=False, alias="reporter"
+    )
+    """Set by the worker: stores this attempt's progress (see :meth:`report_progress`)."""
+
+    async def report_progress(self, value: float | dict[str, Any]) -> bool:
+        """Report how far this attempt got: a float in ``[0, 1]`` or a small
+        JSON-encodable dict (at most :data:`~trio_jobqueue.MAX_PROGRESS_BYTES` encoded).
+
+        Stored on the job (``JobStatus.progress``) and emitted as a ``progress`` event,
+        fenced by this attempt's claim. Rate-limited: calls closer together than
+        ``PROGRESS_INTERVAL`` (0.1 s) are coalesced into one storage write of the latest
+        value, made when the interval has passed (or before the outcome is stored), so a
+        tight loop costs at most one write per interval and the last value always lands.
+
+        Returns:
+            ``True`` when the value was stored or is queued for the next write;
+            ``False`` when this attempt no longer owns the job (its lease was taken
+            over, or the job was force-cancelled): nothing was written, and every later
+            call returns ``False`` too. ``False`` also for a ``Job`` not run by a worker.
+
+        Raises:
+            ValueError: ``value`` is not a finite float in ``[0, 1]`` (bools excluded) or a
+                dict that encodes to JSON within the size limit; nothing is written.
+        """
+        from ._progress import encode_progress
+
+        data = encode_progress(value)
+        if self._reporter is None:
+            return False
+        return await self._reporter(data)
 
 
 @attrs.frozen
@@ -222,6 +260,9 @@ class JobStatus:
     delay) becomes claimable; ``None`` otherwise."""
     priority: int = 0
     """Higher runs first (see ``docs/scheduling.md``)."""
+    progress: float | dict[str, Any] | None = None
+    """The last value a handler of this job reported with ``Job.report_progress`` (any
+    attempt; kept after the job finished), ``None`` if none did."""
 
 
 @attrs.frozen
@@ -236,6 +277,8 @@ class JobEvent:
     error: JobError | None = None
     missed: int = 0
     """For ``missed`` markers: how many events were lost here (0: an unknown number)."""
+    progress: float | dict[str, Any] | None = None
+    """For ``progress`` events: the value reported."""
 
 
 @attrs.define(kw_only=True)

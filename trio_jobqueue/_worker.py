@@ -38,11 +38,13 @@ import trio
 
 from ._errors import JobTimeoutError, PayloadDecodeError, SerializationError, StorageError
 from ._presence import Presence, host_and_pid
+from ._progress import ProgressReporter
 from ._retry import RetryPolicy
 from ._serde import TypedCodec, describe_exception, encode_error, error_from_exception
 from ._types import ExecutionContext, Job, JobError
 from ._validate import check_ttl
-from .storage import Claim, SettleStatus, Storage, WorkerRecord
+from .storage import Claim, EventRecord, SettleStatus, Storage, WorkerRecord
+from .storage._core import listen_control
 
 log = logging.getLogger("trio_jobqueue")
 
@@ -127,6 +129,9 @@ class WorkerStatistics:
     fenced: int = 0
     """Outcomes rejected because the lease had been taken over (late, stale workers)."""
     lost_leases: int = 0
+    force_cancelled: int = 0
+    """Running jobs cancelled with ``cancel(id, force=True)``: handler cancelled, outcome
+    discarded."""
 
 
 @attrs.define(eq=False)
@@ -140,6 +145,9 @@ class _Running:
     """Set when shutdown cancels the handler: the job goes back to the queue."""
     settling: bool = False
     """The outcome is being stored: a heartbeat that finds the job gone is not a loss."""
+    revoked: bool = False
+    """The job was force-cancelled: the handler is cancelled and its outcome discarded."""
+    progress: ProgressReporter | None = None
 
     def release(self) -> None:
         self.released = True
@@ -174,6 +182,9 @@ class Worker:
     _is_async: bool = attrs.field(default=True, init=False)
     _phase: str = attrs.field(default="running", init=False)
     _presence: Presence = attrs.field(init=False)
+    _check_now: trio.Event = attrs.field(factory=trio.Event, init=False)
+    """Set to make the heartbeat loop run at once (the control feed may have lost a
+    force-cancel)."""
 
     def __attrs_post_init__(self) -> None:
         self._slots = trio.Semaphore(self.concurrency)
@@ -203,6 +214,7 @@ class Worker:
                 "released": stats.released,
                 "fenced": stats.fenced,
                 "lost_leases": stats.lost_leases,
+                "force_cancelled": stats.force_cancelled,
             },
         )
 
@@ -224,6 +236,7 @@ class Worker:
                     # Registered before the embedded reaper starts (it leads in our name).
                     await self._presence.announce()
                     nursery.start_soon(self._presence.run)
+                    await nursery.start(self._control_loop)
                     nursery.start_soon(self._heartbeat_loop)
                     task_status.started()
                     with self._claim_scope:
@@ -325,6 +338,9 @@ class Worker:
 
     def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
         running = _Running(claim, trio.CancelScope(), lease_deadline)
+        running.progress = ProgressReporter(
+            functools.partial(self._write_progress, running), nursery
+        )
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
@@ -342,7 +358,10 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.visibility_timeout / 3
         while True:
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):
+                await self._check_now.wait()
+            if self._check_now.is_set():
+                self._check_now = trio.Event()
             live = [r for r in self._running.values() if not r.lease_lost]
             if not live:
                 continue
@@ -356,6 +375,7 @@ class Worker:
             except StorageError as exc:
                 log.warning("heartbeat failed (%s); will retry", exc)
                 continue
+            lost: list[_Running] = []
             for running, still_owned in zip(live, owned, strict=True):
                 if still_owned:
                     running.lease_deadline = sent_at + self.visibility_timeout
@@ -363,6 +383,14 @@ class Worker:
                 # A job whose outcome is being (or was) stored while the heartbeat was in
                 # flight is not "lost": its settlement tells whether the lease was kept.
                 if not running.settling and self._running.get(running.claim.token) is running:
+                    lost.append(running)
+            for running in lost:
+                if await self._was_removed(running.claim):
+                    # A force-cancel whose notification did not arrive.
+                    if not running.settling and not running.revoked:
+                        self._revoke(running, "found by heartbeat")
+                    continue
+                if not running.settling and not running.revoked:
                     running.lease_lost = True
                     self.stats.lost_leases += 1
                     log.warning(
@@ -370,6 +398,111 @@ class Worker:
                         running.claim.job_id,
                         running.claim.attempt,
                     )
+
+    # -- force-cancel -------------------------------------------------------------------
+
+    @trio.lowlevel.enable_ki_protection
+    async def _control_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Listen for force-cancels of this namespace's running jobs (the storage's
+        ``control`` feed) until the worker stops; started before the first claim. If the
+        feed cannot be opened or breaks, the heartbeat finds the cancelled jobs."""
+        started = False
+        failures = 0
+        while True:
+            try:
+                async with listen_control(self.storage, self.ns, self._on_control):
+                    if started:
+                        self._on_control(None)  # reopened: what happened meanwhile?
+                    else:
+                        task_status.started()
+                        started = True
+                    failures = 0
+                    await trio.sleep_forever()
+            except StorageError as exc:
+                if not started:
+                    task_status.started()
+                    started = True
+                failures += 1
+                delay = min(0.05 * 2**failures, 2.0)
+                log.warning(
+                    "cannot listen for force-cancels (%s); retrying in %.2f s (meanwhile "
+                    "heartbeats find them)",
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+
+    def _on_control(self, record: EventRecord | None) -> None:
+        if record is None:
+            self._check_now.set()
+            return
+        for running in list(self._running.values()):
+            claim = running.claim
+            if (
+                claim.job_id == record.job_id
+                and claim.attempt == record.attempt
+                and not running.settling
+                and not running.revoked
+            ):
+                self._revoke(running, "notified")
+
+    def _revoke(self, running: _Running, how: str) -> None:
+        running.revoked = True
+        running.scope.cancel()
+        if running.progress is not None:
+            running.progress.stale = True
+        self.stats.force_cancelled += 1
+        log.warning(
+            "job %r attempt %d was force-cancelled (%s): cancelling its handler; its"
+            " outcome will be discarded",
+            running.claim.job_id,
+            running.claim.attempt,
+            how,
+        )
+
+    async def _was_removed(self, claim: Claim) -> bool:
+        """Whether the job of ``claim`` was removed (force-cancelled) rather than taken
+        over: no record, another job under its id, or one that never reached this
+        attempt. ``False`` when the storage cannot tell now."""
+        try:
+            record = await self.storage.get_status(self.ns, claim.job_id)
+        except StorageError:
+            return False
+        return (
+            record is None
+            or record.created_at != claim.created_at
+            or record.attempts < claim.attempt
+        )
+
+    def _discard(self, running: _Running, outcome: _Outcome | None) -> BaseException | None:
+        """The force-cancelled attempt's end: nothing is stored (the storage removed the
+        job and fences the token); returns a fatal exception the handler raised."""
+        if outcome is not None and outcome.fatal is None:
+            log.warning(
+                "job %r attempt %d finished after it was force-cancelled (the handler"
+                " shielded itself); its outcome (%s) is discarded",
+                running.claim.job_id,
+                running.claim.attempt,
+                "a result" if outcome.ok else f"an error: {describe_exception(outcome.value)}",
+            )
+        return None if outcome is None else outcome.fatal
+
+    # -- progress -----------------------------------------------------------------------
+
+    async def _write_progress(self, running: _Running, data: bytes) -> SettleStatus | None:
+        claim = running.claim
+        try:
+            status = await self.storage.set_progress(self.ns, claim.job_id, claim.token, data)
+        except StorageError as exc:
+            log.warning("could not store the progress of job %r (%s)", claim.job_id, exc)
+            return None
+        if status is SettleStatus.STALE and not running.revoked:
+            log.warning(
+                "progress of job %r attempt %d rejected: this attempt no longer owns the job",
+                claim.job_id,
+                claim.attempt,
+            )
+        return status
 
     # -- running one job ----------------------------------------------------------------
 
@@ -391,7 +524,11 @@ class Worker:
                 running.scope.relative_deadline = self.job_timeout
             if not running.released:  # claimed while stopping: never start the handler
                 with running.scope:
-                    outcome = await self._execute(claim)
+                    outcome = await self._execute(claim, running.progress)
+            if running.revoked:
+                fatal = self._discard(running, outcome)
+                settled = True
+                return
             if outcome is not None and outcome.fatal is not None:
                 fatal, outcome = outcome.fatal, None
             elif outcome is None and not running.released:
@@ -420,7 +557,7 @@ class Worker:
                 if self._fatal is not None:
                     self._outer.cancel()
 
-    async def _execute(self, claim: Claim) -> _Outcome:
+    async def _execute(self, claim: Claim, progress: ProgressReporter | None = None) -> _Outcome:
         """Run the handler once; every exception it raises is classified, only pure
         cancellation propagates (see the module docstring)."""
         try:
@@ -434,6 +571,7 @@ class Worker:
             max_attempts=claim.max_attempts,
             created_at=claim.created_at,
             worker_id=self.worker_id,
+            reporter=None if progress is None else progress.report,
         )
         try:
             return _Outcome(ok=True, value=await self._call(job))
@@ -469,6 +607,9 @@ class Worker:
         claim = running.claim
         ns, job_id, token = self.ns, claim.job_id, claim.token
         running.settling = True
+        if running.progress is not None:
+            with trio.CancelScope(shield=True):
+                await running.progress.close()  # the last value lands before the outcome
         if outcome is None:
             status = await self._storage_call(
                 running, "release", lambda: self.storage.release(ns, job_id, token)

@@ -96,6 +96,10 @@ end
 local ST, ATT, MAX, CRE, TTL, NONCE, PAY, WRK, TOK, SETL, RES, ERR, FIN, EXP, PRIO =
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
 local NFIELDS = 15
+-- Running-job control: PROG (16) is the last progress written (JSON bytes, at most
+-- 4 KiB; see progress.lua), set only while processing and kept until the record goes.
+-- Records without progress leave it out (15 positions, as before).
+local PROG = 16
 --   ST     state code: s scheduled, q queued, p processing, f failing, c completed,
 --          x failed
 --   ATT    attempts started        MAX    max attempts
@@ -463,7 +467,7 @@ end
 
 -- The reply of status.lua for the live, decodable record `j` of job `id` (also one
 -- item of list_jobs.lua): {state, created, attempts, max, ttl, result, error, finished,
--- expires, due, worker, lease, priority}.
+-- expires, due, worker, lease, priority, progress}.
 local function job_status(id, j)
   local due, lease = false, false
   if j[ST] == 'f' or j[ST] == 's' then
@@ -475,7 +479,8 @@ local function job_status(id, j)
   if j[FIN] then finished = fmt(j[FIN]) end
   if j[EXP] then expires = fmt(j[EXP]) end
   return {STATE[j[ST]], j[CRE], j[ATT], j[MAX], fmt(j[TTL]), get_blob(j, id, RES),
-    get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease, j[PRIO]}
+    get_blob(j, id, ERR), finished, expires, due, j[WRK] or false, lease, j[PRIO],
+    j[PROG] or false}
 end
 
 -- Whether lock hash `lock_key` is held by `owner` with `epoch` (strings), unexpired.

@@ -6,7 +6,7 @@
 --          or error; DEL when expired), delayed/leases (ZSCORE: due time, lease
 --          deadline), completed/failed (ZREM when expired).
 -- Returns: nil | {"corrupt"} | {state, created, attempts, max, ttl, result, error,
---          finished, expires, due, worker, lease, priority}
+--          finished, expires, due, worker, lease, priority, progress}
 local id = ARGV[2]
 local key = KEYS[1] .. id
 local j = live(key, id)

@@ -152,6 +152,9 @@ class JobRecord:
     """For ``processing`` jobs: the worker holding the lease."""
     lease_until: float | None = None
     priority: int = 0
+    progress: bytes | None = None
+    """The last progress written (:meth:`Storage.set_progress`), JSON bytes; kept until
+    the record goes."""
 
 
 @attrs.frozen
@@ -523,6 +526,24 @@ class Storage(abc.ABC):
     async def is_paused(self, ns: str) -> bool:
         """Whether the namespace is paused."""
 
+    # -- running-job control ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def force_cancel(self, ns: str, job_id: str) -> CancelStatus:
+        """:meth:`cancel`, and a ``processing`` job is removed too (status ``cancelling``):
+        its record goes in the same atomic step, so its token owns nothing from then on
+        (heartbeats answer ``False``, settlements and progress writes ``stale``) and the
+        id is free. Emits ``cancelled`` (attempt: the running one), which wakes the job's
+        watches and reaches the lease holder's ``control`` feed (see :meth:`follow`)."""
+
+    @abc.abstractmethod
+    async def set_progress(self, ns: str, job_id: str, token: str, progress: bytes) -> SettleStatus:
+        """Store ``progress`` (JSON bytes, at most 4 KiB: the queue validates it) on a
+        ``processing`` job and emit ``progress`` (the bytes in ``EventRecord.result``).
+        Fenced like a settlement: ``stale`` and nothing written unless ``token`` owns the
+        job. The lease is not extended; the value stays on the record (also after the
+        job finished) until it is removed."""
+
     # -- schedules ------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -637,8 +658,10 @@ class Storage(abc.ABC):
         self, ns: str, kind: _core.FollowKind, job_id: str | None = None
     ) -> AsyncIterator[Any]:
         """While open, the backend feeds :meth:`hub` with ``kind`` notifications of
-        ``ns`` (``job``: those of ``job_id``). Yields the feed position from which they
-        are delivered (``None`` for backends without positions).
+        ``ns`` (``job``: those of ``job_id``; ``control``: at least the ``cancelled``
+        events of :meth:`force_cancel` of ``processing`` jobs, for the workers holding
+        them, through :meth:`~._core.Hub.control`). Yields the feed position from which
+        they are delivered (``None`` for backends without positions).
 
         The default suits backends that deliver everything as it happens (Memory).
         Raises ``StorageError`` when the feed cannot be started.

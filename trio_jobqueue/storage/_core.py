@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,9 +85,15 @@ WORK_KINDS = frozenset(
 )
 """The events after which a blocked claim may find work."""
 
-FollowKind = Literal["work", "events", "job"]
+FollowKind = Literal["work", "events", "job", "control"]
 """What a :meth:`Storage.follow` context makes the hub receive: wake-ups for blocked
-claims, every event (for subscribers), or one job's terminal events (for a watch)."""
+claims, every event (for subscribers), one job's terminal events (for a watch), or the
+force-cancels of running jobs (for workers, :meth:`Hub.control`)."""
+
+ControlListener = Callable[[EventRecord | None], None]
+"""Called (synchronously, never blocking) with each ``cancelled`` event of the
+namespace that the backend's ``control`` feed delivers, or ``None`` when the feed may
+have lost some (the listener then checks its jobs another way: a heartbeat)."""
 
 Position = Any
 """A backend's position in its event feed (ordered; ``None`` where there is none)."""
@@ -251,6 +257,8 @@ class Hub:
     work: Signal = attrs.Factory(Signal)
     subscribers: set[EventSubscription] = attrs.Factory(set)
     watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
+    controls: set[ControlListener] = attrs.Factory(set)
+    """Workers listening for force-cancels (see :data:`ControlListener`)."""
 
     def deliver(
         self, records: Iterable[EventRecord], span: tuple[Position, Position] | None = None
@@ -262,6 +270,8 @@ class Hub:
             return
         self.offer(records, span)
         self.fire(records, span)
+        if self.controls:
+            self.control(records)
         if any(record.kind in WORK_KINDS for record in records):
             self.work.set()
 
@@ -291,6 +301,14 @@ class Hub:
                     if watch.next_pos is not None and span[0] >= watch.next_pos:
                         watch.next_pos = span[1]
 
+    def control(self, records: Iterable[EventRecord]) -> None:
+        """Events for the control listeners (only ``cancelled`` ones reach them; a
+        batch read twice may reach them twice: listeners are idempotent)."""
+        for record in records:
+            if record.kind is EventKind.CANCELLED:
+                for listener in tuple(self.controls):
+                    listener(record)
+
     def wake(self) -> None:
         """Work may be available: every blocked claim of the namespace retries."""
         self.work.set()
@@ -306,6 +324,9 @@ class Hub:
                     watch.fire(None)
         if what in (None, "work"):
             self.work.set()
+        if what in (None, "control"):
+            for listener in tuple(self.controls):
+                listener(None)
 
 
 # -- the operations of the Storage ABC that are built on the above ---------------------------
@@ -370,6 +391,21 @@ async def watch(storage: Storage, ns: str, job_id: str) -> AsyncIterator[JobWatc
             watches.discard(job_watch)
             if not watches:
                 del hub.watches[job_id]
+
+
+@asynccontextmanager
+async def listen_control(
+    storage: Storage, ns: str, listener: ControlListener
+) -> AsyncIterator[None]:
+    """Call ``listener`` with the namespace's force-cancels while open (see
+    :data:`ControlListener`)."""
+    hub = storage.hub(ns)
+    try:
+        async with storage.follow(ns, "control"):
+            hub.controls.add(listener)
+            yield
+    finally:
+        hub.controls.discard(listener)
 
 
 PAUSED_REPOLL = 0.5

@@ -35,6 +35,7 @@ key                         type    contents
                                     until its call can no longer be resent
 ``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
 ``{tag}:done:<job id>``     channel that job's terminal events (its watchers only)
+``{tag}:ctl``               channel force-cancels of running jobs (every worker)
 ==========================  ======  ===============================================
 
 Both channels are sharded (``SPUBLISH``/``SSUBSCRIBE``) when the server has sharded
@@ -172,6 +173,12 @@ class NamespaceKeys:
     def events(self) -> str:
         """The channel of the namespace's events."""
         return self.base + ":ev"
+
+    @property
+    def control(self) -> str:
+        """The channel of force-cancels of running jobs, which every worker of the
+        namespace listens to (see ``lua/force_cancel.lua``)."""
+        return self.base + ":ctl"
 
     @property
     def done_prefix(self) -> str:

@@ -191,6 +191,7 @@ class Rec:
     ready_seq: int | None = None
     delay_seq: int | None = None
     priority: int = 0
+    progress: bytes | None = None
     # -- derived, per process (not journalled) --
     bucket: int = NONE
     """The counter this record is in (:meth:`NsState.recount`)."""
@@ -215,6 +216,7 @@ class Rec:
             worker_id=self.worker_id,
             lease_until=self.lease_until,
             priority=self.priority,
+            progress=self.progress,
         )
 
 
@@ -237,15 +239,19 @@ FIELDS = (
     "ready_seq",
     "delay_seq",
     "priority",
+    "progress",
 )
 """The journalled fields of a record, in the order of an encoded record (and of ``Rec``'s
 constructor)."""
-CODES = ("i", "p", "s", "m", "t", "c", "a", "r", "e", "f", "x", "d", "w", "k", "l", "q", "y", "z")
+CODES = (
+    *("i", "p", "s", "m", "t", "c", "a", "r", "e", "f", "x", "d", "w", "k", "l", "q", "y", "z"),
+    "g",
+)
 """One letter per field, as written in an update (the keys of format 1's records)."""
 _CODE_INDEX = {code: index for index, code in enumerate(CODES)}
 _image = operator.attrgetter(*FIELDS)
-_JOB_ID, _PAYLOAD, _STATE, _RESULT, _ERROR = 0, 1, 2, 7, 8
-_BYTES_FIELDS = (_PAYLOAD, _RESULT, _ERROR)
+_JOB_ID, _PAYLOAD, _STATE, _RESULT, _ERROR, _PROGRESS = 0, 1, 2, 7, 8, 18
+_BYTES_FIELDS = (_PAYLOAD, _RESULT, _ERROR, _PROGRESS)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -316,8 +322,10 @@ _DECODERS: dict[int, Any] = {
     16: _opt_int,
     17: lambda v: _int(v),
 }
-_LEGACY_FIELDS = len(FIELDS) - 1
-"""Records written before priorities had one field less (their priority is 0)."""
+_LEGACY_FIELDS = len(FIELDS) - 2
+"""Records written before priorities had two fields less (their priority is 0)."""
+_RECORD_LENGTHS = (len(FIELDS), len(FIELDS) - 1, _LEGACY_FIELDS)
+"""Records written before progress have one field less (no progress)."""
 
 
 def encode_image(image: Sequence[Any], blobs: BlobWriter) -> list[Any]:
@@ -330,7 +338,7 @@ def encode_rec(rec: Rec, blobs: BlobWriter) -> list[Any]:
 
 
 def decode_rec(raw: Any, blobs: BlobReader) -> Rec:
-    if not isinstance(raw, list) or len(raw) not in (len(FIELDS), _LEGACY_FIELDS):
+    if not isinstance(raw, list) or len(raw) not in _RECORD_LENGTHS:
         raise CorruptRecord("malformed job record")
     return Rec(*[_in(index, value, blobs) for index, value in enumerate(raw)])
 
@@ -1397,6 +1405,31 @@ def set_paused(tx: Tx, paused: bool) -> None:
 
 def is_paused(tx: Tx) -> bool:
     return tx.state.paused
+
+
+# -- running-job control ----------------------------------------------------------------------
+
+
+def force_cancel(tx: Tx, job_id: str) -> CancelStatus:
+    """:func:`cancel`, and a ``processing`` job is removed as well (``cancelling``): its
+    token owns nothing from now on; ``cancelled`` carries the running attempt."""
+    rec = _live(tx, job_id)
+    if rec is None or rec.state is not JobState.PROCESSING:
+        return cancel(tx, job_id)
+    tx.forget(rec)
+    tx.emit(EventRecord(EventKind.CANCELLED, job_id, rec.attempts))
+    return CancelStatus.CANCELLING
+
+
+def set_progress(tx: Tx, job_id: str, token: str, progress: bytes) -> SettleStatus:
+    rec = _owned(tx, job_id, token)
+    if rec is None:
+        return SettleStatus.STALE
+    rec.progress = progress
+    # Like a heartbeat: worth no fsync (a crash that loses it loses a progress report).
+    tx.put(rec, durable=False)
+    tx.emit(EventRecord(EventKind.PROGRESS, job_id, rec.attempts, result=progress))
+    return SettleStatus.OK
 
 
 def fire_schedule(

@@ -1340,6 +1340,19 @@ class FileStorage(Storage):
         value, _ = await self._run(ns, fst.is_paused)
         return value
 
+    # -- running-job control ----------------------------------------------------------------
+
+    async def force_cancel(self, ns: str, job_id: str) -> CancelStatus:
+        value, _ = await self._run(ns, partial(fst.force_cancel, job_id=job_id))
+        return value
+
+    async def set_progress(self, ns: str, job_id: str, token: str, progress: bytes) -> SettleStatus:
+        value, _ = await self._run(
+            ns,
+            partial(fst.set_progress, job_id=job_id, token=token, progress=bytes(progress)),
+        )
+        return value
+
     # -- schedules ------------------------------------------------------------------------
 
     async def fire_schedule(

@@ -200,6 +200,17 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         return self._run(ns, st.is_paused)
 
+    # -- running-job control ----------------------------------------------------------------
+
+    async def force_cancel(self, ns: str, job_id: str) -> CancelStatus:
+        await trio.lowlevel.checkpoint()
+        return self._run(ns, lambda tx: st.force_cancel(tx, job_id))
+
+    async def set_progress(self, ns: str, job_id: str, token: str, progress: bytes) -> SettleStatus:
+        await trio.lowlevel.checkpoint()
+        data = bytes(progress)
+        return self._run(ns, lambda tx: st.set_progress(tx, job_id, token, data))
+
     # -- schedules ------------------------------------------------------------------------
 
     async def fire_schedule(

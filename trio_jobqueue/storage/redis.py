@@ -198,6 +198,20 @@ class _JobFeed:
                     watch.fire(None)
 
 
+@attrs.define(eq=False)
+class _ControlFeed:
+    """The handler of a namespace's ``{tag}:ctl`` channel: force-cancels of running jobs,
+    for the workers' control listeners. After a reconnect they check by heartbeat."""
+
+    hub: Hub
+
+    def on_message(self, data: bytes) -> None:
+        self.hub.control(_decode(data) or ())
+
+    def on_reconnect(self) -> None:
+        self.hub.lost_track("control")
+
+
 @attrs.define(eq=False, init=False)
 class RedisStorage(Storage):
     """Jobs in Redis 7+, shared by any number of processes and machines.
@@ -255,6 +269,7 @@ class RedisStorage(Storage):
     _feeds: dict[str, _EventsFeed] = attrs.field(factory=dict, init=False)
     _keys: dict[str, NamespaceKeys] = attrs.field(factory=dict, init=False)
     _job_feeds: dict[str, _JobFeed] = attrs.field(factory=dict, init=False)
+    _control_feeds: dict[str, _ControlFeed] = attrs.field(factory=dict, init=False)
     """Handlers of the outcome channels, by channel (one per channel, as required)."""
     _claims_done: dict[str, list[str]] = attrs.field(factory=dict, init=False)
     """Per namespace: nonces of claims whose replies arrived (the next claim forgets them)."""
@@ -435,6 +450,12 @@ class RedisStorage(Storage):
             assert self._wakers is not None
             async with self._wakers.waiting(keys.wake, self.hub(ns)):
                 yield None
+        elif kind == "control":
+            control = self._control_feeds.get(ns)
+            if control is None:
+                control = self._control_feeds[ns] = _ControlFeed(self.hub(ns))
+            async with adapter.subscription(keys.control, control, sharded=self._sharded):
+                yield None
         elif kind == "events":
             feed = self._feeds.get(ns)
             if feed is None:
@@ -584,6 +605,7 @@ class RedisStorage(Storage):
             worker,
             lease,
             priority,
+            *more,
         ) = reply
         return JobRecord(
             job_id=job_id,
@@ -600,6 +622,7 @@ class RedisStorage(Storage):
             worker_id=_text(worker),
             lease_until=_opt_float(lease),
             priority=int(priority),
+            progress=bytes(more[0]) if more and more[0] is not None else None,
         )
 
     async def get_payload(self, ns: str, job_id: str) -> bytes | None:
@@ -876,6 +899,24 @@ class RedisStorage(Storage):
 
     async def is_paused(self, ns: str) -> bool:
         return bool(await self.adapter.command("HEXISTS", self.keys(ns).seq, "paused"))
+
+    # -- running-job control ----------------------------------------------------------------
+
+    async def force_cancel(self, ns: str, job_id: str) -> CancelStatus:
+        keys = self.keys(ns)
+        reply = await self._run_cached(
+            "force_cancel", ns, [*keys.standard(), keys.control], [job_id]
+        )
+        return CancelStatus(reply.decode())
+
+    async def set_progress(self, ns: str, job_id: str, token: str, progress: bytes) -> SettleStatus:
+        # Not resent-aware: a resent write after a lost reply stores the same value again.
+        reply = await self.adapter.run_script(
+            "progress",
+            self.keys(ns).settle(),
+            [self._clock_arg, job_id, token, bytes(progress)],
+        )
+        return SettleStatus(reply.decode())
 
     # -- schedules --------------------------------------------------------------------
 
