@@ -411,6 +411,53 @@ class ListsQueuedIgnoringPriority(MemoryStorage):
         return attrs.evolve(page, records=[rec.snapshot() for rec in queued][:limit], cursor=None)
 
 
+# -- planted bugs in running-job control ---------------------------------------------------
+
+
+@attrs.define(eq=False)
+class ForceCancelLeavesTokenLive(MemoryStorage):
+    """Force-cancels a processing job, but a late settlement of the cancelled attempt still
+    lands (the record comes back with it)."""
+
+    _cancelled: dict[tuple[str, str], Any] = attrs.field(factory=dict, init=False)
+
+    async def force_cancel(self, ns: str, job_id: str) -> Any:
+        rec = self._state(ns).jobs.get(job_id)
+        token = None if rec is None else rec.token
+        status = await super().force_cancel(ns, job_id)
+        if status == "cancelling" and rec is not None:
+            self._cancelled[(ns, job_id)] = (rec, token)
+        return status
+
+    async def _resurrect(self, ns: str, job_id: str, token: str) -> None:
+        found = self._cancelled.get((ns, job_id))
+        if found is not None and found[1] == token and job_id not in self._state(ns).jobs:
+            rec, rec.token = found[0], token
+            self._state(ns).insert(rec)
+
+    async def complete(
+        self, ns: str, job_id: str, token: str, result: bytes, *, ttl: float
+    ) -> SettleStatus:
+        await self._resurrect(ns, job_id, token)
+        return await super().complete(ns, job_id, token, result, ttl=ttl)
+
+    async def fail(
+        self, ns: str, job_id: str, token: str, error: bytes, *, ttl: float
+    ) -> SettleStatus:
+        await self._resurrect(ns, job_id, token)
+        return await super().fail(ns, job_id, token, error, ttl=ttl)
+
+
+class ProgressIgnoresToken(MemoryStorage):
+    """Stores progress from any token of a processing job (a stale worker's too)."""
+
+    async def set_progress(self, ns: str, job_id: str, token: str, progress: bytes) -> SettleStatus:
+        rec = self._state(ns).jobs.get(job_id)
+        if rec is not None and rec.state is JobState.PROCESSING and rec.token is not None:
+            token = rec.token
+        return await super().set_progress(ns, job_id, token, progress)
+
+
 BUG_HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
     max_examples=1000,
@@ -448,6 +495,8 @@ PLANTED_BUGS: list[tuple[type[MemoryStorage], str | None]] = [
     (BulkDeletesNewestFirst, None),
     (BatchIgnoresItsOwnDuplicates, r"enqueue_many\(\.\.\.\)\[\d\]"),
     (ListsQueuedIgnoringPriority, r"list_jobs\(.*\) ids"),
+    (ForceCancelLeavesTokenLive, r"after its force_cancel"),
+    (ProgressIgnoresToken, r"set_progress\("),
 ]
 """Each planted bug, and what the message of the check meant to catch it matches (None:
 whichever check comes first)."""

@@ -130,6 +130,8 @@ BLOCKED_CLAIM_WAIT = 3600.0
 BLOCKED_CUSHION = 0.005
 """Seconds every task of the portal's loop must stay blocked before the blocked-claim rule
 enqueues (``trio.testing.wait_all_tasks_blocked``)."""
+PROGRESS_VALUES = (b"0.0", b"0.5", b"1.0", b'{"step":"\xc3\xbc","n":3}', b"{" + b" " * 4094 + b"}")
+"""Progress values as the queue encodes them (JSON; the last one 4 KiB, the limit)."""
 DELIVERY_TIMEOUT = 10.0
 WAKE_TIMEOUT = 2.0
 
@@ -277,6 +279,9 @@ def _event_mismatch(got: EventRecord | None, expected: ModelEvent) -> str | None
                 )
         elif got.result != result:
             return "result differs"
+    elif expected.kind is EventKind.PROGRESS:
+        if got.result != expected.result or got.result_ref:
+            return "the progress value (carried as the result) differs"
     elif got.result is not None or got.result_ref:
         return f"a {got.kind.value} event carries no result"
     if expected.error is STALLED:
@@ -426,6 +431,7 @@ class StorageMachine(RuleBasedStateMachine):
         self._check_error(f"{where}.error", got.error, job.error)
         _expect(f"{where}.worker_id", got.worker_id, job.worker_id)
         _expect(f"{where}.priority", got.priority, job.priority)
+        _expect(f"{where}.progress", got.progress, job.progress)
         self._check_time(f"{where}.created_at", got.created_at, job.created_at)
         self._check_time(f"{where}.finished_at", got.finished_at, job.finished_at)
         self._check_time(f"{where}.expires_at", got.expires_at, job.expires_at)
@@ -1123,6 +1129,49 @@ class StorageMachine(RuleBasedStateMachine):
         for space in self.spaces:
             space.model.advance(seconds)
         self._portal.run(self.storage.advance_clock, seconds)
+
+    # -- running-job control rules ---------------------------------------------------------
+
+    @rule(
+        data=st.data(),
+        op=st.sampled_from(("progress", "progress", "force_cancel")),
+        progress=st.sampled_from(PROGRESS_VALUES),
+    )
+    def running_control(self, data: st.DataObject, op: str, progress: bytes) -> None:
+        """One rule (so that the others keep their share of the steps) for two operations:
+
+        * ``force_cancel`` of a pool id: a processing job goes too, and its token is fenced
+          from then on (the invariant's heartbeat and ``settle_stale`` check it);
+        * ``set_progress`` with an owning or stale token: stored and emitted for the owner,
+          ``stale`` and nothing written for any other token.
+        """
+        pairs = self._owned_pairs() + self._stale_pairs()
+        if op == "force_cancel" or not pairs:
+            # Running jobs are the point: drawn more often than the other ids.
+            running = [job_id for job_id, _ in self._owned_pairs()]
+            job_id = data.draw(st.sampled_from(running * 3 + list(JOB_IDS)), label="job id")
+            owner = dict(self._owned_pairs()).get(job_id)
+            expected = self.model.force_cancel(job_id)
+            got = self._portal.run(self.storage.force_cancel, self.ns, job_id)
+            _expect(self._where(f"force_cancel({job_id!r})"), got, expected)
+            if owner is not None:
+                # The cancelled attempt's late outcome is fenced (its worker may not have
+                # heard of the cancel yet).
+                late = self._portal.run(
+                    self.storage.complete, self.ns, job_id, owner, b"late", ttl=TTLS[0]
+                )
+                self._settled(f"complete({job_id!r}) after its force_cancel", late, ok=False)
+            return
+        job_id, token = data.draw(st.sampled_from(pairs), label="claim")
+        ok = self.model.set_progress(job_id, token, progress)
+        got_status = self._portal.run(self.storage.set_progress, self.ns, job_id, token, progress)
+        self._settled(f"set_progress({job_id!r}, {_show(progress)})", got_status, ok)
+        for job in self.model.processing():
+            # And a stale worker of every running job writes: rejected, nothing changes.
+            got_status = self._portal.run(
+                self.storage.set_progress, self.ns, job.job_id, "forged-token", b"0.25"
+            )
+            self._settled(f"set_progress({job.job_id!r}) with a stale token", got_status, False)
 
     # -- invariants ----------------------------------------------------------------------------
 

@@ -148,6 +148,8 @@ class ModelJob:
     expire_seq: int = 0
     """The operation that set ``expires_at`` (ties of expiry times, see the module
     docstring)."""
+    progress: bytes | None = None
+    """The last progress written by an owning token (kept until the record goes)."""
 
 
 @attrs.define
@@ -168,7 +170,7 @@ class ModelEvent:
     job_id: str
     attempt: int
     result: bytes | None = None
-    """For ``completed``: the result the storage stored."""
+    """For ``completed``: the result the storage stored; for ``progress``: the value."""
     error: ModelError | None = None
     """For ``failing``, ``failed`` and ``stalled``: the stored error (:data:`STALLED` for
     one written by ``reap``)."""
@@ -594,6 +596,27 @@ class StorageModel:
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
+
+    # -- running-job control ---------------------------------------------------------------
+
+    def force_cancel(self, job_id: str) -> CancelStatus:
+        """:meth:`cancel`, and a ``processing`` job is removed too (``cancelling``): its
+        token owns nothing from now on; ``cancelled`` carries the running attempt."""
+        job = self.live(job_id)
+        if job is None or job.state is not JobState.PROCESSING:
+            return self.cancel(job_id)
+        del self.jobs[job_id]
+        self._emit(EventKind.CANCELLED, job)
+        return CancelStatus.CANCELLING
+
+    def set_progress(self, job_id: str, token: str, progress: bytes) -> bool:
+        """Whether the token owned the job (then the value is stored and emitted)."""
+        if not self.owns(job_id, token):
+            return False
+        job = self.jobs[job_id]
+        job.progress = progress
+        self._emit(EventKind.PROGRESS, job, result=progress)
+        return True
 
     # -- schedules -------------------------------------------------------------------------
 
