@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _proc_harness import WorkerPool, wait_for
+from _proc_harness import WorkerPool, run_cli, wait_for
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
@@ -40,15 +40,17 @@ def _cancelled_at(pool: WorkerPool) -> dict[str, float]:
 
 @pytest.mark.slow
 async def test_force_cancel_from_another_process(url: str, tmp_path: Path) -> None:
-    """A worker process runs three jobs; this process sees the victim's progress, then
-    force-cancels it: the handler sees ``Cancelled`` within 1 s, the waiter gets
-    ``JobCancelledError``, the id is free, the other two complete once each."""
+    """A worker process runs four jobs; this process sees the victim's progress (API and
+    CLI ``status``), then force-cancels it: the handler sees ``Cancelled`` within 1 s, the
+    waiter gets ``JobCancelledError``, the id is free; ``cancel --force`` of the CLI
+    cancels another; the other two complete once each."""
     name = f"fc-{uuid.uuid4().hex[:8]}"
     with WorkerPool(tmp_path, url, name, handler="_control_handlers:hold") as pool:
-        pool.start("--concurrency", "3")
+        pool.start("--concurrency", "4")
         async with jq.open_queue(jq.storage_from_url(url), name=name) as q:
             async with q.events() as events:
                 await q.enqueue("victim", {"hold": 60, "progress": {"step": 1, "of": 3}})
+                await q.enqueue("cli-victim", {"hold": 60, "progress": 0.25})
                 for n in range(2):
                     await q.enqueue(f"other-{n}", {"hold": 1.0})
                 started: set[str] = set()
@@ -59,11 +61,14 @@ async def test_force_cancel_from_another_process(url: str, tmp_path: Path) -> No
                             started.add(event.job_id)
                         elif event.kind == "progress" and event.job_id == "victim":
                             progress = event.progress
-                        if len(started) == 3 and progress is not None:
+                        if len(started) == 4 and progress is not None:
                             break
             assert progress == {"step": 1, "of": 3}
             status = await q.get_status("victim")
             assert status is not None and status.progress == {"step": 1, "of": 3}
+            where = ["--storage", url, "--name", name]
+            done = await trio.to_thread.run_sync(lambda: run_cli("status", "cli-victim", *where))
+            assert done.returncode == 0 and "progress:  25%" in done.stdout, done
             outcome: dict[str, Any] = {}
 
             async def wait_victim() -> None:
@@ -82,16 +87,21 @@ async def test_force_cancel_from_another_process(url: str, tmp_path: Path) -> No
             await wait_for(lambda: "victim" in _cancelled_at(pool), 5, "the handler's Cancelled")
             assert _cancelled_at(pool)["victim"] - asked < 1.0
             assert await q.get_status("victim") is None
+            done = await trio.to_thread.run_sync(
+                lambda: run_cli("cancel", "cli-victim", "--force", *where)
+            )
+            assert (done.returncode, done.stdout) == (0, "cancelling\n"), done
+            await wait_for(lambda: "cli-victim" in _cancelled_at(pool), 5, "the 2nd Cancelled")
             with trio.fail_after(30):
                 for n in range(2):
                     value = await q.enqueue_and_wait(f"other-{n}", {}, timeout=30)
                     assert value["pid"] == pool.workers[0].pid
-            assert pool.runs_per_job() == {"victim": 1, "other-0": 1, "other-1": 1}
-            assert set(_cancelled_at(pool)) == {"victim"}
+            assert pool.runs_per_job() == {"victim": 1, "cli-victim": 1, "other-0": 1, "other-1": 1}
+            assert set(_cancelled_at(pool)) == {"victim", "cli-victim"}
 
             async def counted() -> bool:
                 infos = await q.workers()
-                return any(i.counters.get("force_cancelled") == 1 for i in infos)
+                return any(i.counters.get("force_cancelled") == 2 for i in infos)
 
             await wait_for(counted, 10, "the worker's force_cancelled counter")
         assert "force-cancelled" in pool.all_stderr()

@@ -104,13 +104,23 @@ def add_admin_parsers(sub: Any) -> None:
     for command, text in (
         ("status", "show a job's state (exit 1 if unknown)"),
         ("result", "print a completed job's result as JSON (exit 1 if none)"),
-        ("cancel", "cancel a queued or retrying job (exit 1 if not cancelled)"),
+        ("cancel", "cancel a queued or retrying job, --force: a running one too (exit 1 if not)"),
     ):
         p = sub.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("id", metavar="ID", help="the job id")
         add_storage_options(p)
         if command == "status":
             p.add_argument("--json", action="store_true", help="print JSON (default: off)")
+        if command == "cancel":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help=(
+                    "also cancel a running job: it is removed at once and the worker "
+                    "running it (in any process) cancels its handler; prints 'cancelling' "
+                    "(default: off: a running job is reported, not changed)"
+                ),
+            )
 
     text = "jobs per state, live workers, the reaper leader"
     p = sub.add_parser(
@@ -302,6 +312,8 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> ExitCode:
         out.write(f"runs at:   {_when(status.run_at)}\n")
     if status.priority:
         out.write(f"priority:  {status.priority}\n")
+    if status.progress is not None:
+        out.write(f"progress:  {_progress_text(status.progress)}\n")
     if status.finished_at is not None:
         out.write(f"finished:  {_when(status.finished_at)}\n")
     if status.expires_at is not None:
@@ -329,6 +341,8 @@ async def run_show(args: argparse.Namespace, out: TextIO) -> ExitCode:
     out.write(f"payload:   {_dump(payload)}\n")
     out.write(f"attempts:  {status.attempts}/{status.max_attempts}\n")
     out.write(f"priority:  {status.priority}\n")
+    if status.progress is not None:
+        out.write(f"progress:  {_progress_text(status.progress)}\n")
     out.write(f"created:   {_when(status.created_at)}\n")
     for label, when in (
         ("runs at", status.run_at),
@@ -344,6 +358,12 @@ async def run_show(args: argparse.Namespace, out: TextIO) -> ExitCode:
         if status.error.traceback:
             out.write(status.error.traceback.rstrip("\n") + "\n")
     return ExitCode.OK
+
+
+def _progress_text(progress: float | dict[str, Any]) -> str:
+    if isinstance(progress, dict):
+        return _dump(progress)
+    return f"{progress:.0%}" if progress * 100 == round(progress * 100) else f"{progress:.2%}"
 
 
 async def run_result(args: argparse.Namespace, out: TextIO) -> ExitCode:
@@ -365,9 +385,10 @@ async def run_cancel(args: argparse.Namespace, out: TextIO) -> ExitCode:
     job_id = job_id_arg(args.id)
     ns = queue_name(args)
     async with open_queue(make_storage(args), name=ns) as queue:
-        r = await queue.cancel(job_id)
+        r = await queue.cancel(job_id, force=args.force)
     out.write(f"{r.status}\n")
-    return ExitCode.OK if r.status is CancelStatus.CANCELLED else ExitCode.NEGATIVE
+    done = (CancelStatus.CANCELLED, CancelStatus.CANCELLING)
+    return ExitCode.OK if r.status in done else ExitCode.NEGATIVE
 
 
 # -- stats ------------------------------------------------------------------------------

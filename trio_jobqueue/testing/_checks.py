@@ -27,6 +27,7 @@ import trio
 from .._errors import (
     InvalidJobError,
     InvalidTtlError,
+    JobCancelledError,
     JobFailedError,
     SerializationError,
     WaitTimeoutError,
@@ -793,6 +794,121 @@ async def check_list_jobs(make_storage: StorageFactory) -> None:
                 raise AssertionError(f"list_jobs(**{bad!r}) was accepted")
 
 
+# -- running-job control -----------------------------------------------------------------
+
+
+async def check_force_cancel_running_job(make_storage: StorageFactory) -> None:
+    """``cancel(id, force=True)`` from another storage object: ``cancelling``; the handler
+    sees ``Cancelled`` within 1 s, the waiter ``JobCancelledError``, a ``cancelled`` event
+    goes out, the id is free; the other running job completes; the cancelled attempt's
+    late outcome is fenced at the storage."""
+    started: dict[str, trio.Event] = {"victim": trio.Event(), "other": trio.Event()}
+    cancelled = trio.Event()
+    finish_other = trio.Event()
+
+    async def handler(job: Job[Any]) -> str:
+        started[job.id].set()
+        if job.id == "other":
+            await finish_other.wait()
+            return "other done"
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    name = _name()
+    async with open_queue(make_storage(), handler, name=name, concurrency=2) as q:
+        await q.enqueue("victim", None)
+        await q.enqueue("other", None)
+        await started["victim"].wait()
+        await started["other"].wait()
+        async with open_queue(make_storage(), name=name) as admin, admin.events() as events:
+            raised: list[BaseException] = []
+
+            async def wait_victim() -> None:
+                try:
+                    await admin.enqueue_and_wait("victim", None, timeout=WAIT)
+                except JobCancelledError as exc:
+                    raised.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_victim)
+                await trio.sleep(0.1)  # the waiter subscribes
+                asked = trio.current_time()
+                assert (await admin.cancel("victim", force=True)).status == "cancelling"
+                with trio.fail_after(WAIT):
+                    await cancelled.wait()
+                took = trio.current_time() - asked
+                assert took < 1.0, f"the handler was cancelled {took:.3f} s after the cancel"
+            assert raised and isinstance(raised[0], JobCancelledError)
+            with trio.fail_after(WAIT):
+                async for event in events:
+                    if event.kind == EventKind.CANCELLED and event.job_id == "victim":
+                        assert event.attempt == 1
+                        break
+            assert await admin.get_status("victim") is None
+            assert (await admin.cancel("victim", force=True)).status == "not_found"
+            finish_other.set()
+            assert await admin.enqueue_and_wait("other", None, timeout=WAIT) == "other done"
+    storage = make_storage()
+    async with storage:
+        await storage.enqueue(name, "late", b"1", max_attempts=3, result_ttl=100)
+        (claim,) = await storage.claim(name, "w", limit=1, lease=30)
+        assert await storage.force_cancel(name, "late") == CancelStatus.CANCELLING
+        assert await storage.heartbeat(name, [("late", claim.token)], lease=30) == [False]
+        assert await storage.complete(name, "late", claim.token, b'"x"', ttl=100) == "stale"
+        assert await storage.get_status(name, "late") is None
+        assert (
+            await storage.enqueue(name, "late", b"2", max_attempts=3, result_ttl=100)
+        ).status == (EnqueueStatus.QUEUED)
+
+
+async def check_progress(make_storage: StorageFactory) -> None:
+    """A handler's progress is visible from another storage object (status and a
+    ``progress`` event) and kept after completion; a stale token's write is rejected and
+    changes nothing."""
+    reported = trio.Event()
+    finish = trio.Event()
+
+    async def handler(job: Job[Any]) -> str:
+        assert await job.report_progress({"step": 2, "of": 3})
+        reported.set()
+        await finish.wait()
+        return "done"
+
+    name = _name()
+    async with open_queue(make_storage(), name=name) as admin, admin.events() as events:
+        async with open_queue(make_storage(), handler, name=name) as q:
+            await q.enqueue("p", None)
+            with trio.fail_after(WAIT):
+                await reported.wait()
+                async for event in events:
+                    if event.kind == EventKind.PROGRESS:
+                        assert event.job_id == "p" and event.attempt == 1
+                        assert event.progress == {"step": 2, "of": 3}
+                        break
+            status = await admin.get_status("p")
+            assert status is not None and status.progress == {"step": 2, "of": 3}
+            finish.set()
+            assert await admin.enqueue_and_wait("p", None, timeout=WAIT) == "done"
+        status = await admin.get_status("p")
+        assert status is not None and status.progress == {"step": 2, "of": 3}
+    storage = make_storage()
+    async with storage:
+        await storage.enqueue(name, "s", b"1", max_attempts=3, result_ttl=100)
+        (old,) = await storage.claim(name, "old", limit=1, lease=30)
+        assert await storage.set_progress(name, "s", old.token, b"0.5") == "ok"
+        await storage.advance_clock(31)
+        await storage.reap(name)
+        (new,) = await storage.claim(name, "new", limit=1, lease=30)
+        assert await storage.set_progress(name, "s", old.token, b"0.9") == "stale"
+        record = await storage.get_status(name, "s")
+        assert record is not None and record.progress == b"0.5"
+        assert await storage.set_progress(name, "s", new.token, b"0.75") == "ok"
+        record = await storage.get_status(name, "s")
+        assert record is not None and record.progress == b"0.75"
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -825,5 +941,7 @@ API_CHECKS: list[Check] = [
     check_pause_stops_claims,
     check_enqueue_many,
     check_list_jobs,
+    check_force_cancel_running_job,
+    check_progress,
 ]
 """Every API-level check, in a stable order."""
