@@ -142,5 +142,3 @@ class ProgressReporter:
         if self._flushing:
             self._nap.cancel()
             await self._done.wait()
-        else:
-            await trio.lowlevel.checkpoint()

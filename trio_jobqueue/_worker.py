@@ -148,6 +148,8 @@ class _Running:
     revoked: bool = False
     """The job was force-cancelled: the handler is cancelled and its outcome discarded."""
     progress: ProgressReporter | None = None
+    """Made on the handler's first ``report_progress`` (most jobs never report)."""
+    nursery: trio.Nursery | None = None
 
     def release(self) -> None:
         self.released = True
@@ -338,9 +340,7 @@ class Worker:
 
     def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
         running = _Running(claim, trio.CancelScope(), lease_deadline)
-        running.progress = ProgressReporter(
-            functools.partial(self._write_progress, running), nursery
-        )
+        running.nursery = nursery
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
@@ -489,6 +489,17 @@ class Worker:
 
     # -- progress -----------------------------------------------------------------------
 
+    async def _report_progress(self, running: _Running, data: bytes) -> bool:
+        """``Job.report_progress`` of the attempt ``running``."""
+        if running.progress is None:
+            if running.revoked or running.settling or running.nursery is None:
+                await trio.lowlevel.checkpoint()
+                return False
+            running.progress = ProgressReporter(
+                functools.partial(self._write_progress, running), running.nursery
+            )
+        return await running.progress.report(data)
+
     async def _write_progress(self, running: _Running, data: bytes) -> SettleStatus | None:
         claim = running.claim
         try:
@@ -524,7 +535,7 @@ class Worker:
                 running.scope.relative_deadline = self.job_timeout
             if not running.released:  # claimed while stopping: never start the handler
                 with running.scope:
-                    outcome = await self._execute(claim, running.progress)
+                    outcome = await self._execute(claim, running)
             if running.revoked:
                 fatal = self._discard(running, outcome)
                 settled = True
@@ -557,7 +568,7 @@ class Worker:
                 if self._fatal is not None:
                     self._outer.cancel()
 
-    async def _execute(self, claim: Claim, progress: ProgressReporter | None = None) -> _Outcome:
+    async def _execute(self, claim: Claim, running: _Running | None = None) -> _Outcome:
         """Run the handler once; every exception it raises is classified, only pure
         cancellation propagates (see the module docstring)."""
         try:
@@ -571,7 +582,7 @@ class Worker:
             max_attempts=claim.max_attempts,
             created_at=claim.created_at,
             worker_id=self.worker_id,
-            reporter=None if progress is None else progress.report,
+            reporter=None if running is None else functools.partial(self._report_progress, running),
         )
         try:
             return _Outcome(ok=True, value=await self._call(job))
