@@ -13,18 +13,9 @@ import pytest
 import trio
 import trio.testing
 from _proc_harness import WorkerPool, run_cli, wait_for
-from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage import SettleStatus
-
-
-@pytest.fixture(params=["redis", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 def _cancelled_at(pool: WorkerPool) -> dict[str, float]:
@@ -39,11 +30,12 @@ def _cancelled_at(pool: WorkerPool) -> dict[str, float]:
 
 
 @pytest.mark.slow
-async def test_force_cancel_from_another_process(url: str, tmp_path: Path) -> None:
+async def test_force_cancel_from_another_process(cross_process_url: str, tmp_path: Path) -> None:
     """A worker process runs four jobs; this process sees the victim's progress (API and
     CLI ``status``), then force-cancels it: the handler sees ``Cancelled`` within 1 s, the
     waiter gets ``JobCancelledError``, the id is free; ``cancel --force`` of the CLI
     cancels another; the other two complete once each."""
+    url = cross_process_url
     name = f"fc-{uuid.uuid4().hex[:8]}"
     with WorkerPool(tmp_path, url, name, handler="_control_handlers:hold") as pool:
         pool.start("--concurrency", "4")
