@@ -43,12 +43,3 @@ def storage_factory(request: pytest.FixtureRequest) -> StorageFactory:
     """
     factory: StorageFactory = request.getfixturevalue(f"{request.param}_storage_factory")
     return factory
-
-
-@pytest.fixture(params=["redis", "file"])
-def cross_process_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a store that worker processes share: a fresh Redis database, then a
-    fresh directory."""
-    if request.param == "file":
-        return f"file://{tmp_path}/queue"
-    return str(request.getfixturevalue("redis_server").url)

@@ -30,12 +30,11 @@ def _cancelled_at(pool: WorkerPool) -> dict[str, float]:
 
 
 @pytest.mark.slow
-async def test_force_cancel_from_another_process(cross_process_url: str, tmp_path: Path) -> None:
+async def test_force_cancel_from_another_process(url: str, tmp_path: Path) -> None:
     """A worker process runs four jobs; this process sees the victim's progress (API and
     CLI ``status``), then force-cancels it: the handler sees ``Cancelled`` within 1 s, the
     waiter gets ``JobCancelledError``, the id is free; ``cancel --force`` of the CLI
     cancels another; the other two complete once each."""
-    url = cross_process_url
     name = f"fc-{uuid.uuid4().hex[:8]}"
     with WorkerPool(tmp_path, url, name, handler="_control_handlers:hold") as pool:
         pool.start("--concurrency", "4")
