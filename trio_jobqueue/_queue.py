@@ -45,6 +45,7 @@ from ._types import (
 )
 from ._util import open_service_nursery
 from ._validate import (
+    MAX_JOB_ID_LENGTH,
     check_due,
     check_duration,
     check_job_id,
@@ -54,12 +55,15 @@ from ._validate import (
 )
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
 from .storage import EnqueueOutcome, EnqueueSpec, JobRecord, JobWatch, Storage
-from .storage._base import ENQUEUE_MANY_MAX
+from .storage._base import ENQUEUE_MANY_MAX, QUEUED_OUTCOME
 
 __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
 P = TypeVar("P")
 R = TypeVar("R")
+
+_QUEUED = EnqueueResult(EnqueueStatus.QUEUED)
+"""The result of every accepted job of ``enqueue_many`` (one shared frozen value)."""
 
 BULK_BATCH = 1000
 """Jobs per storage call of the bulk operations (``retry_failed``, ``purge``)."""
@@ -168,15 +172,51 @@ class Queue(Generic[P, R]):
                 written (their jobs are accepted; enqueueing the list again is safe: the
                 accepted ones come back as duplicates).
         """
+        prepared = self._prepare_many(jobs)
+        results: list[EnqueueResult] = []
+
+        def done(outcomes: list[EnqueueOutcome]) -> None:
+            if outcomes.count(QUEUED_OUTCOME) == len(outcomes):
+                results.extend([_QUEUED] * len(outcomes))  # the common case, at C speed
+                return
+            start = len(results)
+            for job, outcome in zip(prepared[start : start + len(outcomes)], outcomes, strict=True):
+                results.append(self._result(job.job_id, outcome))
+
+        chunks = [
+            prepared[start : start + ENQUEUE_MANY_MAX]
+            for start in range(0, len(prepared), ENQUEUE_MANY_MAX)
+        ]
+        await self.storage.enqueue_chunks(self.name, chunks, done)
+        return results
+
+    def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueSpec]:
+        """Validate and encode every item of ``enqueue_many`` (before anything is sent).
+        ``(id, payload)`` pairs, the common case, take a short path: the queue's options
+        are checked once, and an ASCII id within the length limit needs no more checks."""
+        attempts = check_max_attempts(self.max_attempts)
+        ttl = check_ttl(self.result_ttl, "result_ttl")
+        encode = self.payload_codec.encode
         prepared: list[EnqueueSpec] = []
+        append = prepared.append
         for position, item in enumerate(jobs):
             try:
+                if type(item) is tuple and len(item) == 2:
+                    job_id, payload = item
+                    if not (
+                        type(job_id) is str
+                        and 0 < len(job_id) <= MAX_JOB_ID_LENGTH
+                        and job_id.isascii()
+                    ):
+                        job_id = check_job_id(job_id)
+                    append(EnqueueSpec(job_id, encode(payload, "payload", job_id), attempts, ttl))
+                    continue
                 if isinstance(item, JobSpec):
                     spec: JobSpec[P] = item
                 else:
                     job_id, payload = item
                     spec = JobSpec(job_id, payload)
-                prepared.append(
+                append(
                     self._prepare(
                         spec.id,
                         spec.payload,
@@ -193,15 +233,7 @@ class Queue(Generic[P, R]):
                 raise InvalidJobError(
                     f"jobs[{position}]: expected a JobSpec or an (id, payload) pair, not {item!r}"
                 ) from exc
-        results: list[EnqueueResult] = []
-        for start in range(0, len(prepared), ENQUEUE_MANY_MAX):
-            chunk = prepared[start : start + ENQUEUE_MANY_MAX]
-            outcomes = await self.storage.enqueue_many(self.name, chunk)
-            results.extend(
-                self._result(job.job_id, outcome)
-                for job, outcome in zip(chunk, outcomes, strict=True)
-            )
-        return results
+        return prepared
 
     def _result(self, job_id: str, outcome: EnqueueOutcome) -> EnqueueResult:
         result = None
