@@ -14,10 +14,12 @@ import trio
 
 from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
 from ._errors import (
+    EnqueueManyError,
     InvalidJobError,
     JobCancelledError,
     JobFailedError,
     JobQueueError,
+    StorageError,
     WaitTimeoutError,
 )
 from ._events import EventChannel, open_event_channel
@@ -168,9 +170,10 @@ class Queue(Generic[P, R]):
         Raises:
             InvalidJobError: an item is invalid (the message names its position);
                 every item is checked first, so nothing at all was written.
-            StorageError: the storage failed; the chunks before the failing one were
-                written (their jobs are accepted; enqueueing the list again is safe: the
-                accepted ones come back as duplicates).
+            EnqueueManyError: (a :class:`StorageError`) the storage failed on one chunk:
+                its ``results`` are those of the chunks written before it; no later
+                chunk was written; enqueueing the list again is safe (the accepted jobs
+                come back as duplicates).
         """
         prepared = self._prepare_many(jobs)
         results: list[EnqueueResult] = []
@@ -187,7 +190,14 @@ class Queue(Generic[P, R]):
             prepared[start : start + ENQUEUE_MANY_MAX]
             for start in range(0, len(prepared), ENQUEUE_MANY_MAX)
         ]
-        await self.storage.enqueue_chunks(self.name, chunks, done)
+        try:
+            await self.storage.enqueue_chunks(self.name, chunks, done)
+        except StorageError as exc:
+            raise EnqueueManyError(
+                f"{exc} (enqueue_many: the first {len(results)} of {len(prepared)} jobs "
+                "were written, none after the failing chunk)",
+                results,
+            ) from exc
         return results
 
     def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueSpec]:

@@ -626,10 +626,15 @@ class RedisStorage(Storage):
     ) -> None:
         """See :meth:`Storage.enqueue_chunks`: one ``enqueue_many.lua`` call per chunk,
         up to :data:`ENQUEUE_PIPELINE` calls in flight, so that encoding the next chunk
-        overlaps Redis running the previous one. Each call checks the call's chain key
-        (chunk k runs only after chunk k - 1), so a chunk that reaches the server out of
-        turn (after a reconnect, or behind a failed one) writes nothing; it is sent again
-        in turn."""
+        overlaps Redis running the previous one.
+
+        Each call checks the call's chain key: chunk k runs only after chunk k - 1, else
+        it writes nothing and answers "wait" (it reached the server out of turn: its
+        predecessor was refused, or is being sent again after ``NOSCRIPT`` or a
+        reconnect). A chunk that waited is sent again once its predecessor is written;
+        when the predecessor failed, it is not sent again. So the chunks written are a
+        prefix, and a refused chunk (maxmemory, a read-only replica) stops the call with
+        no later chunk written."""
         chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
             return
@@ -638,18 +643,26 @@ class RedisStorage(Storage):
         keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
         chain_ms = str(int(keep * 1000))
         replies: list[Any] = [None] * len(chunks)
-        argvs: list[list[ScriptArg]] = [[] for _ in chunks]
+        finished = [trio.Event() for _ in chunks]
 
         async def send(index: int, *, task_status: trio.TaskStatus[None]) -> None:
-            argv = argvs[index] = _chunk_args(
+            argv = _chunk_args(
                 self._clock_arg, f"{call}.{index + 1}", index + 1, chain_ms, chunks[index]
             )
             task_status.started()  # no checkpoint before the call is queued: sent in order
             try:
-                replies[index] = await self.adapter.run_script("enqueue_many", keys, argv)
+                while True:
+                    reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                    if reply != b"wait":
+                        break
+                    await finished[index - 1].wait()
+                    if isinstance(replies[index - 1], StorageError | None):
+                        break  # the predecessor failed: this chunk must not be written
+                replies[index] = None if reply == b"wait" else reply
             except StorageError as exc:
                 replies[index] = exc
             finally:
+                finished[index].set()
                 window.release()
 
         window = trio.Semaphore(ENQUEUE_PIPELINE)
@@ -657,15 +670,10 @@ class RedisStorage(Storage):
             for index in range(len(chunks)):
                 await window.acquire()
                 await nursery.start(send, index)
-        for index, chunk in enumerate(chunks):
-            reply = replies[index]
-            if reply == b"wait":
-                # Sent out of turn: every chunk before it is done now.
-                reply = await self.adapter.run_script("enqueue_many", keys, argvs[index])
-                if reply == b"wait":
-                    raise StorageError(f"enqueue_many chunk {index + 1} lost its turn")
+        for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, StorageError):
                 raise reply
+            assert reply is not None  # only a chunk after a failed one has no reply
             done(_chunk_outcomes(ns, chunk, reply))
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
