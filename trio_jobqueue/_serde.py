@@ -40,10 +40,12 @@ def _one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any] | 
     for a small value), made once; ``None`` without the C accelerator. Without the
     circular-reference bookkeeping (state kept between calls): a cycle fails as a
     ``RecursionError`` instead of a ``ValueError``."""
-    make = getattr(json.encoder, "c_make_encoder", None)
+    make: Callable[..., Callable[[Any, int], Any]] | None = getattr(
+        json.encoder, "c_make_encoder", None
+    )
     if make is None or encoder.indent is not None:
         return None
-    fast: Callable[[Any, int], Any] = make(
+    return make(
         None,
         encoder.default,
         json.encoder.encode_basestring,
@@ -54,7 +56,6 @@ def _one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any] | 
         encoder.skipkeys,
         encoder.allow_nan,
     )
-    return fast
 
 
 class JsonSerializer:
