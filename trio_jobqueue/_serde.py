@@ -58,16 +58,19 @@ def _one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any] | 
     )
 
 
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_FAST_JSON = _one_shot_encoder(_JSON_ENCODER)
+
+
 class JsonSerializer:
     """UTF-8 JSON (the default). ``NaN``/``Infinity`` are rejected, not written."""
 
-    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    _fast = _one_shot_encoder(_encoder)
+    _encoder = _JSON_ENCODER
     _decoder = json.JSONDecoder()
 
     def dumps(self, value: Any) -> bytes:
-        if self._fast is not None:
-            return "".join(self._fast(value, 0)).encode()
+        if _FAST_JSON is not None:
+            return "".join(_FAST_JSON(value, 0)).encode()
         return self._encoder.encode(value).encode()
 
     def loads(self, data: bytes) -> Any:
