@@ -44,8 +44,8 @@ async def test_bulk_records_and_indexes_are_those_of_single_enqueues(
     storage: RedisStorage,
 ) -> None:
     """Every kind of job (defaults, priority, attempts and TTL, scheduled, due at once,
-    a large payload) gets from enqueue_many the record, blob and index entries that
-    enqueue gives it, and the ready order is the same."""
+    payloads of each length class up to a large one) gets from enqueue_many the record,
+    blob and index entries that enqueue gives it, and the ready order is the same."""
     future = time.time() + 3600
     specs = [
         EnqueueSpec("plain", b'{"a":1}', 3, 3600.0),
@@ -55,6 +55,7 @@ async def test_bulk_records_and_indexes_are_those_of_single_enqueues(
         EnqueueSpec("past", b"5", 3, 3600.0, run_at=1.0),
         EnqueueSpec("delayed", b"6", 3, 3600.0, delay=600.0),
         EnqueueSpec("big", b"x" * 20000, 3, 3600.0),
+        *(EnqueueSpec(f"size-{n}", b"y" * n, 3, 3600.0) for n in (0, 31, 32, 255, 256, 16384)),
         EnqueueSpec("id with spaces, : and \u00e9", b"7", 3, 3600.0),
     ]
     for spec in specs:
@@ -63,7 +64,7 @@ async def test_bulk_records_and_indexes_are_those_of_single_enqueues(
     outcomes = await storage.enqueue_many("many", specs)
     assert [o.status for o in outcomes] == ["queued"] * 3 + ["scheduled", "queued"] + [
         "scheduled"
-    ] + ["queued"] * 2
+    ] + ["queued"] * 8
     for spec in specs:
         assert await _record(storage, "many", spec.job_id) == await _record(
             storage, "one", spec.job_id
@@ -81,7 +82,7 @@ async def test_bulk_records_and_indexes_are_those_of_single_enqueues(
         await storage.server_command("ZSCORE", one.scheduled, "later")
     )
     stats = await storage.stats("many")
-    assert (stats.queued, stats.scheduled) == (6, 2), stats
+    assert (stats.queued, stats.scheduled) == (12, 2), stats
 
 
 async def test_answers_are_those_of_enqueues_in_turn_across_chunk_boundaries(

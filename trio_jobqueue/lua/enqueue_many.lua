@@ -52,6 +52,17 @@ local function sliced(cmd, key, values)
   return all, total
 end
 
+-- The head of a MessagePack string of `len` bytes, as cmsgpack writes it (len is at most
+-- BLOB_INLINE_MAX here).
+local function str_head(len)
+  if len < 32 then
+    return string.char(160 + len)
+  elseif len < 256 then
+    return '\217' .. string.char(len)
+  end
+  return '\218' .. string.char(math.floor(len / 256), len % 256)
+end
+
 -- Options string -> max_attempts, ttl, priority, due time (nil for none).
 local function options(text)
   local a, t, p, r, d = string.match(text, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
@@ -154,7 +165,7 @@ for k = 1, n do
         cache[opts] = parts
       end
       writes[#writes + 1] = keys[k]
-      writes[#writes + 1] = parts[1] .. cmsgpack.pack(payload) .. parts[2]
+      writes[#writes + 1] = parts[1] .. str_head(#payload) .. payload .. parts[2]
     end
     held[id] = state
     emit_enqueued(id)
