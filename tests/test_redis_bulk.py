@@ -6,18 +6,22 @@ chunk the server refuses never break "the first occurrence wins" or the prefix r
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
 import pytest
+import trio
+from _tcp_proxy import TcpProxy
 from fixtures_redis import RedisServer, require_redis_server
 
 import trio_jobqueue as jq
 from trio_jobqueue._types import EnqueueStatus, JobState
 from trio_jobqueue.storage import EnqueueOutcome, EnqueueSpec
 from trio_jobqueue.storage._base import ENQUEUE_MANY_MAX
+from trio_jobqueue.storage._redis_common import script
 from trio_jobqueue.storage.redis import RedisStorage, _chunk_args
 
 pytestmark = pytest.mark.redis
@@ -219,3 +223,44 @@ async def test_storage_enqueue_chunks_reports_every_chunk_in_order(storage: Redi
     await storage.enqueue_chunks("c", chunks, seen.append)
     assert [len(s) for s in seen] == [3, 1, 5]
     assert all(o.status is EnqueueStatus.QUEUED for s in seen for o in s)
+
+
+async def test_lost_replies_in_a_pipelined_call_accept_each_job_once(
+    redis_server: RedisServer,
+) -> None:
+    """Through a proxy that loses the replies of enqueue_many chunks (the server ran
+    them, then the link is reset), calls of 3,000 jobs (ids repeating within and across
+    chunks) answer as clean runs would: the first occurrence of each id is queued with
+    its payload, in the call's order, and nothing is written twice."""
+    ids = [f"j-{n}" for n in range(3000)]
+    for n in range(0, 3000, 7):
+        ids[n] = f"j-{n // 3}"  # a repeat of an earlier id, often in an earlier chunk
+    first = {job_id: n for n, job_id in reversed(list(enumerate(ids)))}
+    expected = ["queued" if first[job_id] == n else "duplicate" for n, job_id in enumerate(ids)]
+    sha = script("enqueue_many").sha.encode()
+    async with trio.open_nursery() as nursery:
+        proxy = TcpProxy(redis_server.port)
+        await nursery.start(proxy.serve)
+        storage = RedisStorage(proxy.url, key_prefix=f"bulk-lost-{secrets.token_hex(4)}")
+        async with storage:
+            await storage.server_command("SCRIPT", "LOAD", script("enqueue_many").source)
+            for ns in ("a", "b", "c"):
+                lost = 0
+
+                async def lose_replies() -> None:
+                    nonlocal lost
+                    for _ in range(4):
+                        await proxy.lose_reply_to(sha)
+                        lost += 1
+
+                async with jq.open_queue(storage, name=ns) as q, trio.open_nursery() as faults:
+                    faults.start_soon(lose_replies)
+                    with trio.fail_after(30):
+                        results = await q.enqueue_many((job_id, n) for n, job_id in enumerate(ids))
+                    faults.cancel_scope.cancel()
+                assert lost >= 1
+                assert [r.status for r in results] == expected
+                claims = await storage.claim(ns, "w", limit=5000, lease=60)
+                assert [c.job_id for c in claims] == sorted(first, key=first.__getitem__)
+                assert all(c.payload == str(first[c.job_id]).encode() for c in claims)
+        nursery.cancel_scope.cancel()

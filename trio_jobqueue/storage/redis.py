@@ -651,14 +651,18 @@ class RedisStorage(Storage):
             )
             task_status.started()  # no checkpoint before the call is queued: sent in order
             try:
-                while True:
-                    reply = await self.adapter.run_script("enqueue_many", keys, argv)
-                    if reply != b"wait":
-                        break
+                reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                if reply == b"wait" and index > 0:
                     await finished[index - 1].wait()
                     if isinstance(replies[index - 1], StorageError | None):
-                        break  # the predecessor failed: this chunk must not be written
-                replies[index] = None if reply == b"wait" else reply
+                        return  # the predecessor failed: this chunk must not be written
+                    reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                if reply == b"wait":
+                    raise StorageError(
+                        f"enqueue_many: chunk {index + 1} of {len(chunks)} found its call's "
+                        "chain key gone (expired): the chunks after it were not written"
+                    )
+                replies[index] = reply
             except StorageError as exc:
                 replies[index] = exc
             finally:
