@@ -159,7 +159,8 @@ class Queue(Generic[P, R]):
 
     async def enqueue_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueResult]:
         """Enqueue many jobs in few round trips: one atomic storage step per chunk of
-        250 (one script call on Redis, one transaction on File). ``jobs`` holds
+        250 (one script call on Redis, two in flight; one transaction on File), the
+        chunks written in order. ``jobs`` holds
         ``(id, payload)`` pairs or :class:`JobSpec` values (with per-job ``delay``,
         ``run_at``, ``priority``, ``max_attempts``, ``result_ttl``).
 

