@@ -382,12 +382,12 @@ class Storage(abc.ABC):
         chunks: Sequence[Sequence[EnqueueSpec]],
         done: Callable[[list[EnqueueOutcome]], None],
     ) -> None:
-        """:meth:`enqueue_many` of each chunk in turn, calling ``done`` with each chunk's
-        outcomes in order, as soon as the chunk is written. A backend may overlap the
-        calls (Redis pipelines them) but must keep their order: the chunks written are
-        always a prefix of ``chunks`` (those ``done`` was called for, plus perhaps the
-        one that failed, when its outcome is unknown), never a later chunk without an
-        earlier one. This default calls :meth:`enqueue_many` once per chunk.
+        """:meth:`enqueue_many` of each chunk in turn, calling ``done`` with the outcomes
+        of each chunk written, in order (empty chunks are skipped). A backend may overlap
+        the calls (Redis pipelines them) but must keep their order: the chunks written
+        are always a prefix of ``chunks`` (those ``done`` was called for, plus perhaps
+        the one that failed, when its outcome is unknown), never a later chunk without
+        an earlier one. This default calls :meth:`enqueue_many` once per chunk.
 
         Raises:
             StorageError: as :meth:`enqueue_many`, for the first chunk that failed.
