@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import attrs
 import trio
@@ -105,6 +105,44 @@ async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
     )
 
 
+_Prepared = EnqueueSpec | tuple[str, bytes]
+"""One validated job of ``enqueue_many``: its spec, or ``(id, encoded payload)`` for a job
+with the queue's options."""
+
+
+@attrs.frozen
+class _Chunks(Sequence[list[EnqueueSpec]]):
+    """``enqueue_many``'s jobs in chunks of :data:`ENQUEUE_MANY_MAX`, each chunk's
+    :class:`EnqueueSpec` values made when the storage reads it: on Redis while the
+    previous chunk runs, instead of all of them before the first is sent."""
+
+    jobs: list[_Prepared]
+    max_attempts: int
+    result_ttl: float
+
+    def __len__(self) -> int:
+        return -(-len(self.jobs) // ENQUEUE_MANY_MAX)
+
+    @overload
+    def __getitem__(self, index: int) -> list[EnqueueSpec]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[list[EnqueueSpec]]: ...
+
+    def __getitem__(self, index: int | slice) -> list[EnqueueSpec] | list[list[EnqueueSpec]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        attempts, ttl = self.max_attempts, self.result_ttl
+        return [
+            EnqueueSpec(job[0], job[1], attempts, ttl) if isinstance(job, tuple) else job
+            for job in self.jobs[index * ENQUEUE_MANY_MAX : (index + 1) * ENQUEUE_MANY_MAX]
+        ]
+
+
 @attrs.define(eq=False, kw_only=True)
 class Queue(Generic[P, R]):
     """The handle ``open_queue`` yields and ``serve_worker`` passes to
@@ -176,6 +214,8 @@ class Queue(Generic[P, R]):
                 chunk was written; enqueueing the list again is safe (the accepted jobs
                 come back as duplicates).
         """
+        attempts = check_max_attempts(self.max_attempts)
+        ttl = check_ttl(self.result_ttl, "result_ttl")
         prepared = self._prepare_many(jobs)
         results: list[EnqueueResult] = []
 
@@ -185,12 +225,10 @@ class Queue(Generic[P, R]):
                 return
             start = len(results)
             for job, outcome in zip(prepared[start : start + len(outcomes)], outcomes, strict=True):
-                results.append(self._result(job.job_id, outcome))
+                job_id = job[0] if isinstance(job, tuple) else job.job_id
+                results.append(self._result(job_id, outcome))
 
-        chunks = [
-            prepared[start : start + ENQUEUE_MANY_MAX]
-            for start in range(0, len(prepared), ENQUEUE_MANY_MAX)
-        ]
+        chunks = _Chunks(prepared, attempts, ttl)
         try:
             await self.storage.enqueue_chunks(self.name, chunks, done)
         except StorageError as exc:
@@ -201,14 +239,13 @@ class Queue(Generic[P, R]):
             ) from exc
         return results
 
-    def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueSpec]:
+    def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[_Prepared]:
         """Validate and encode every item of ``enqueue_many`` (before anything is sent).
         ``(id, payload)`` pairs, the common case, take a short path: the queue's options
-        are checked once, and an ASCII id within the length limit needs no more checks."""
-        attempts = check_max_attempts(self.max_attempts)
-        ttl = check_ttl(self.result_ttl, "result_ttl")
+        are checked once, an ASCII id within the length limit needs no more checks, and
+        the pair is kept as ``(id, encoded payload)`` (see :class:`_Chunks`)."""
         encode = self.payload_codec.encode
-        prepared: list[EnqueueSpec] = []
+        prepared: list[_Prepared] = []
         append = prepared.append
         for position, item in enumerate(jobs):
             try:
@@ -220,7 +257,7 @@ class Queue(Generic[P, R]):
                         and job_id.isascii()
                     ):
                         job_id = check_job_id(job_id)
-                    append(EnqueueSpec(job_id, encode(payload, "payload", job_id), attempts, ttl))
+                    append((job_id, encode(payload, "payload", job_id)))
                     continue
                 if isinstance(item, JobSpec):
                     spec: JobSpec[P] = item

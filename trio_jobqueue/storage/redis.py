@@ -171,6 +171,8 @@ def _chunk_args(
 ) -> list[ScriptArg]:
     """ARGV of ``enqueue_many.lua`` for one chunk: the first job's options are the
     chunk's defaults; the jobs with other options are listed with theirs."""
+    if not jobs:
+        return [clock, nonce, index, chain_ms, _options(1, 1.0, 0, None, None), ""]
     first = jobs[0]
     default = (first.max_attempts, first.result_ttl, first.priority, first.run_at, first.delay)
     others: list[str] = []
@@ -635,20 +637,22 @@ class RedisStorage(Storage):
         when the predecessor failed, it is not sent again. So the chunks written are a
         prefix, and a refused chunk (maxmemory, a read-only replica) stops the call with
         no later chunk written."""
-        chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
             return
         call = secrets.token_urlsafe(6)  # 48 bits; each chunk's nonce adds its index
         keys = [*self.keys(ns).standard(), self.keys(ns).reply(call)]
         keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
         chain_ms = str(int(keep * 1000))
-        replies: list[Any] = [None] * len(chunks)
-        finished = [trio.Event() for _ in chunks]
+        count = len(chunks)
+        sent: list[Sequence[EnqueueSpec]] = [()] * count
+        replies: list[Any] = [None] * count
+        finished = [trio.Event() for _ in range(count)]
 
         async def send(index: int, *, task_status: trio.TaskStatus[None]) -> None:
-            argv = _chunk_args(
-                self._clock_arg, f"{call}.{index + 1}", index + 1, chain_ms, chunks[index]
-            )
+            # Read the chunk here, while the previous one runs (it may be built lazily).
+            # An empty chunk is sent too: it only moves the chain key on.
+            chunk = sent[index] = chunks[index]
+            argv = _chunk_args(self._clock_arg, f"{call}.{index + 1}", index + 1, chain_ms, chunk)
             task_status.started()  # no checkpoint before the call is queued: sent in order
             try:
                 reply = await self.adapter.run_script("enqueue_many", keys, argv)
@@ -659,7 +663,7 @@ class RedisStorage(Storage):
                     reply = await self.adapter.run_script("enqueue_many", keys, argv)
                 if reply == b"wait":
                     raise StorageError(
-                        f"enqueue_many: chunk {index + 1} of {len(chunks)} found its call's "
+                        f"enqueue_many: chunk {index + 1} of {count} found its call's "
                         "chain key gone (expired): the chunks after it were not written"
                     )
                 replies[index] = reply
@@ -671,14 +675,15 @@ class RedisStorage(Storage):
 
         window = trio.Semaphore(ENQUEUE_PIPELINE)
         async with trio.open_nursery() as nursery:
-            for index in range(len(chunks)):
+            for index in range(count):
                 await window.acquire()
                 await nursery.start(send, index)
-        for chunk, reply in zip(chunks, replies, strict=True):
+        for chunk, reply in zip(sent, replies, strict=True):
             if isinstance(reply, StorageError):
                 raise reply
             assert reply is not None  # only a chunk after a failed one has no reply
-            done(_chunk_outcomes(ns, chunk, reply))
+            if chunk:
+                done(_chunk_outcomes(ns, chunk, reply))
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         reply = await self._run_cached("cancel", ns, self.keys(ns).standard(), [job_id])
