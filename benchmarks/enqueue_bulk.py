@@ -11,6 +11,7 @@ and encoded), and the machine's load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -20,7 +21,8 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redis_throughput import bench_enqueue, start_server
+from compare import redis_server
+from redis_throughput import bench_enqueue
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage import EnqueueSpec
@@ -52,7 +54,8 @@ async def bench_many(url: str, jobs: int) -> tuple[float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     workdir = tempfile.mkdtemp(prefix="jq-bench-")
-    server, port = start_server(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     try:
         print(f"load before: {os.getloadavg()[0]:.2f}, {args.jobs} jobs per mode")
@@ -67,8 +70,7 @@ async def main(args: argparse.Namespace) -> None:
             )
         print(f"load after: {os.getloadavg()[0]:.2f}")
     finally:
-        server.kill()
-        server.wait()
+        server.close()
 
 
 if __name__ == "__main__":

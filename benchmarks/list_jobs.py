@@ -11,6 +11,7 @@ ratio of the big backlog to the small one (target: at most 1.5x), with the machi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redis_throughput import start_server
+from compare import redis_server
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage.redis import RedisStorage
@@ -79,7 +80,8 @@ async def measure(make: object, jobs: int) -> dict[str, tuple[float, float]]:
 async def main(args: argparse.Namespace) -> None:
     print(f"load before: {os.getloadavg()[0]:.2f}; pages of {PAGE}, medians of {SAMPLES}")
     workdir = tempfile.mkdtemp(prefix="jq-bench-")
-    server, port = start_server(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     makers = {"redis": lambda: RedisStorage(url), "memory": jq.MemoryStorage}
     try:
@@ -99,8 +101,7 @@ async def main(args: argparse.Namespace) -> None:
                     )
         print(f"load after: {os.getloadavg()[0]:.2f}")
     finally:
-        server.kill()
-        server.wait()
+        server.close()
 
 
 if __name__ == "__main__":
