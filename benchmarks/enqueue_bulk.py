@@ -13,6 +13,7 @@ to the 100-in-flight enqueue of the same round, the rate of the storage calls al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -22,7 +23,8 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redis_throughput import bench_enqueue, start_server
+from compare import redis_server
+from redis_throughput import bench_enqueue
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage import EnqueueOutcome, EnqueueSpec
@@ -80,7 +82,8 @@ async def bench_many(url: str, jobs: int) -> tuple[float, float, float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     workdir = tempfile.mkdtemp(prefix="jq-bench-")
-    server, port = start_server(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     best = 0.0
     try:
@@ -104,8 +107,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"{verdict}: enqueue_many best round {best:,.0f}/s, target >= {TARGET:,}/s")
         print(f"load after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
-        server.kill()
-        server.wait()
+        server.close()
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@
 For ``queued`` and ``scheduled`` jobs (half of each), it times pages from the start and
 pages that continue from a cursor in the middle, and prints the median per page and the
 ratio of the big backlog to the small one (target: at most 1.5x), with the machine's load.
+On Redis it also prints the server's own mean time per script call over those pages
+(``INFO commandstats``), which tells the script's work from the client's and the network's;
+both are wall times, so other processes competing for the CPUs inflate them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -21,7 +25,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redis_throughput import start_server
+from compare import redis_server
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage.redis import RedisStorage
@@ -43,9 +47,44 @@ async def fill(queue: jq.Queue, jobs: int) -> None:  # type: ignore[type-arg]
         await queue.enqueue_many(batch)
 
 
-async def page_times(queue: jq.Queue, state: str) -> tuple[float, float]:  # type: ignore[type-arg]
-    """Median seconds of a first page and of a page continuing from the middle."""
-    first, middle = [], []
+async def script_usec(queue: jq.Queue) -> tuple[float, int] | None:  # type: ignore[type-arg]
+    """Redis's own time in script calls so far (``INFO commandstats``: usec, calls); None
+    off Redis."""
+    storage = queue.storage
+    if not isinstance(storage, RedisStorage):
+        return None
+    raw = (await storage.server_command("INFO", "commandstats")).decode()
+    for line in raw.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
+            return float(fields["usec"]), int(fields["calls"])
+    return 0.0, 0
+
+
+async def timed_pages(
+    queue: jq.Queue,  # type: ignore[type-arg]
+    state: str,
+    cursor: str | None,
+) -> tuple[float, float | None]:
+    """Median seconds of SAMPLES pages from ``cursor``, and Redis's mean time per script
+    call over them (None off Redis)."""
+    times = []
+    before = await script_usec(queue)
+    for _ in range(SAMPLES):
+        t = time.perf_counter()
+        page = await queue.list_jobs(state, limit=PAGE, cursor=cursor)
+        times.append(time.perf_counter() - t)
+        assert len(page.jobs) == PAGE
+    after = await script_usec(queue)
+    server = None
+    if before is not None and after is not None and after[1] > before[1]:
+        server = (after[0] - before[0]) / (after[1] - before[1]) / 1e6
+    return statistics.median(times), server
+
+
+async def page_times(queue: jq.Queue, state: str) -> list[tuple[float, float | None]]:  # type: ignore[type-arg]
+    """(median seconds, Redis seconds per call) of a first page and of a page continuing
+    from the middle."""
     # A cursor in the middle: walk there once with big pages (not timed).
     cursor = None
     counts = await queue.counts()
@@ -57,19 +96,10 @@ async def page_times(queue: jq.Queue, state: str) -> tuple[float, float]:  # typ
         cursor = page.cursor
         if cursor is None:
             break
-    for _ in range(SAMPLES):
-        t = time.perf_counter()
-        page = await queue.list_jobs(state, limit=PAGE)
-        first.append(time.perf_counter() - t)
-        assert len(page.jobs) == PAGE
-        t = time.perf_counter()
-        page = await queue.list_jobs(state, limit=PAGE, cursor=cursor)
-        middle.append(time.perf_counter() - t)
-        assert len(page.jobs) == PAGE
-    return statistics.median(first), statistics.median(middle)
+    return [await timed_pages(queue, state, None), await timed_pages(queue, state, cursor)]
 
 
-async def measure(make: object, jobs: int) -> dict[str, tuple[float, float]]:
+async def measure(make: object, jobs: int) -> dict[str, list[tuple[float, float | None]]]:
     storage = make()  # type: ignore[operator]
     async with jq.open_queue(storage, name=f"browse-{time.time_ns()}") as queue:
         await fill(queue, jobs)
@@ -79,7 +109,8 @@ async def measure(make: object, jobs: int) -> dict[str, tuple[float, float]]:
 async def main(args: argparse.Namespace) -> None:
     print(f"load before: {os.getloadavg()[0]:.2f}; pages of {PAGE}, medians of {SAMPLES}")
     workdir = tempfile.mkdtemp(prefix="jq-bench-")
-    server, port = start_server(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     makers = {"redis": lambda: RedisStorage(url), "memory": jq.MemoryStorage}
     try:
@@ -91,16 +122,22 @@ async def main(args: argparse.Namespace) -> None:
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip
             for state in small:
                 for i, where in enumerate(("first page", "from the middle")):
-                    a, b = small[state][i], big[state][i]
+                    (a, a_server), (b, b_server) = small[state][i], big[state][i]
                     verdict = "PASS" if b / a <= 1.5 else "FAIL"
+                    inside = ""
+                    if a_server and b_server:
+                        inside = (
+                            f"  (in Redis: {a_server * 1e3:.2f} / {b_server * 1e3:.2f} ms,"
+                            f" {b_server / a_server:.2f}x)"
+                        )
                     print(
                         f"  {state:9} {where:15} {args.small:>9,}: {a * 1e3:6.2f} ms  "
                         f"{args.big:>9,}: {b * 1e3:6.2f} ms  ratio {b / a:4.2f}x  {verdict}"
+                        + inside
                     )
         print(f"load after: {os.getloadavg()[0]:.2f}")
     finally:
-        server.kill()
-        server.wait()
+        server.close()
 
 
 if __name__ == "__main__":

@@ -28,55 +28,22 @@ for another version).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
+from compare import redis_server
 
 NS = "layout"
 PAYLOAD = b"x" * 100
 SLOWLOG_MAX = 200_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("redis-server did not start")
-        time.sleep(0.05)
 
 
 def parse_info(raw: bytes) -> dict[str, str]:
@@ -247,7 +214,8 @@ async def main(args: argparse.Namespace) -> None:
         f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs"
     )
     workdir = tempfile.mkdtemp(prefix="jq-layout-")
-    server, port = start_redis(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     try:
         async with RedisStorage(f"redis://127.0.0.1:{port}/0", client="trio") as storage:
             by_backlog = {}
@@ -282,8 +250,7 @@ async def main(args: argparse.Namespace) -> None:
                     f" longest {r['longest_ms']:.1f} ms (SLOWLOG), {r['total_s']:.2f} s in all"
                 )
     finally:
-        server.terminate()
-        server.wait()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -19,52 +19,22 @@ Prints (medians over ``--rounds``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
+from compare import redis_server
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage.redis import RedisStorage
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("redis-server did not start")
-        time.sleep(0.05)
 
 
 async def noop(job: jq.Job[Any]) -> None:
@@ -187,7 +157,8 @@ def redis_benchmark(port: int) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     workdir = tempfile.mkdtemp(prefix="jq-bench-redis-")
-    proc, port = start_server(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     try:
         print(f"redis-server {port}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
@@ -210,8 +181,7 @@ async def main(args: argparse.Namespace) -> None:
         print("reference, same server:")
         print(redis_benchmark(port))
     finally:
-        proc.terminate()
-        proc.wait()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -26,11 +26,11 @@ change, where every idle process runs a claim for every enqueue.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from compare import redis_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,38 +48,6 @@ HERE = Path(__file__).resolve().parent
 async def started_at(job: Any) -> float:
     """The workers' handler: the wall-clock time at which it started."""
     return time.time()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("redis-server did not start")
-        time.sleep(0.05)
 
 
 def start_workers(url: str, name: str, count: int, logs: Path) -> list[subprocess.Popen[bytes]]:
@@ -186,7 +155,8 @@ async def bench(k: int, jobs: int, workdir: str) -> dict[str, float]:
     from trio_jobqueue.storage._redis_common import script
     from trio_jobqueue.storage.redis import RedisStorage
 
-    server, port = start_redis(workdir)
+    server = contextlib.ExitStack()
+    port, _ = server.enter_context(redis_server(Path(workdir)))
     url = f"redis://127.0.0.1:{port}/0"
     ns = f"wake-{k}"
     logs = Path(workdir)
@@ -215,8 +185,7 @@ async def bench(k: int, jobs: int, workdir: str) -> dict[str, float]:
                 stop.set()
     finally:
         stop_workers(procs)
-        server.terminate()
-        server.wait()
+        server.close()
     delays.sort()
     return {
         "claims_per_job": counted[0] / jobs,

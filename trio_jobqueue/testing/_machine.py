@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, cast
 
 import attrs
@@ -1341,30 +1342,55 @@ def _check_enqueue_outcome(what: str, got: EnqueueOutcome, expected: ExpectedEnq
             _expect(f"{what}.existing_state", got.existing_state, JobState.COMPLETED)
 
 
+_RULE_MARKER = "hypothesis_stateful_rule"
+"""The attribute under which ``@rule`` keeps a rule on its method (Hypothesis 6)."""
+
+
+def machine_rules() -> frozenset[str]:
+    """The names of the :class:`StorageMachine`'s rules (the operations it draws from)."""
+    return frozenset(
+        name
+        for name, member in inspect.getmembers(StorageMachine)
+        if getattr(member, _RULE_MARKER, None) is not None
+    )
+
+
 def make_storage_machine(
     portal: StoragePortal,
     *,
     delivery_timeout: float = DELIVERY_TIMEOUT,
     wake_timeout: float = WAKE_TIMEOUT,
+    rules: Iterable[str] | None = None,
 ) -> type[StorageMachine]:
     """A :class:`StorageMachine` subclass bound to ``portal``'s opened storage.
 
     Run it with ``hypothesis.stateful.run_state_machine_as_test`` while the portal is open,
     or use :func:`run_storage_machine`, which does both. ``delivery_timeout`` and
     ``wake_timeout`` set :attr:`StorageMachine.delivery_timeout` and
-    :attr:`StorageMachine.wake_timeout`.
+    :attr:`StorageMachine.wake_timeout`. ``rules`` (names from :func:`machine_rules`;
+    default: all of them) focuses the machine on those operations: the others are never
+    drawn, and every step is still checked against the model in full. An unknown name
+    raises ``ValueError``.
     """
+    namespace: dict[str, object] = {
+        "portal": portal,
+        "delivery_timeout": delivery_timeout,
+        "wake_timeout": wake_timeout,
+        "__module__": __name__,
+    }
+    if rules is not None:
+        known = machine_rules()
+        chosen = frozenset(rules)
+        if unknown := sorted(chosen - known):
+            raise ValueError(f"unknown machine rules {unknown}; the rules are {sorted(known)}")
+        if not chosen:
+            raise ValueError("rules=(): the machine needs at least one rule to draw from")
+        # Hypothesis collects the rules from the class's members: the undecorated function
+        # under the same name hides a rule, and other steps can still call it as a method.
+        for name in known - chosen:
+            namespace[name] = getattr(getattr(StorageMachine, name), _RULE_MARKER).function
     name = f"{type(portal.storage).__name__}Machine"
-    return type(
-        name,
-        (StorageMachine,),
-        {
-            "portal": portal,
-            "delivery_timeout": delivery_timeout,
-            "wake_timeout": wake_timeout,
-            "__module__": __name__,
-        },
-    )
+    return type(name, (StorageMachine,), namespace)
 
 
 def run_storage_machine(
@@ -1373,6 +1399,7 @@ def run_storage_machine(
     settings: hypothesis.settings | None = None,
     delivery_timeout: float = DELIVERY_TIMEOUT,
     wake_timeout: float = WAKE_TIMEOUT,
+    rules: Iterable[str] | None = None,
 ) -> None:
     """Check the storage ``make_storage()`` returns against the model; raise on a mismatch.
 
@@ -1384,14 +1411,15 @@ def run_storage_machine(
     ``delivery_timeout`` (seconds; default 10) bounds the wait for each step's events and
     watch firings on backends that deliver them asynchronously; ``wake_timeout`` (default
     2) is how long a blocked claim may take to return a job just enqueued. Both only cost
-    time when something is missing.
+    time when something is missing. ``rules`` focuses the machine on some operations (see
+    :func:`make_storage_machine`).
     """
     # Typed locally: some Hypothesis releases ship this function without annotations.
     run: Callable[..., None] = run_state_machine_as_test
     with open_storage_portal(make_storage) as portal:
         run(
             make_storage_machine(
-                portal, delivery_timeout=delivery_timeout, wake_timeout=wake_timeout
+                portal, delivery_timeout=delivery_timeout, wake_timeout=wake_timeout, rules=rules
             ),
             settings=settings if settings is not None else DEFAULT_SETTINGS,
         )
