@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixtures_cluster import *  # noqa: F403  (redis_cluster, own_cluster, cluster_storage_factory)
 from fixtures_file import *  # noqa: F403  (file_storage_factory)
 from fixtures_redis import *  # noqa: F403  (redis_server, redis_storage_factory)
 from fixtures_redis import ServerPool, redis_backend_params, storage_factory_for

@@ -67,7 +67,7 @@ from ._redis_common import (
 )
 from ._redis_url import CONNECTION_OPTIONS, DEFAULTS, check_seconds, parse_url, split_query
 
-__all__ = ["TrioRedisAdapter"]
+__all__ = ["TrioRedisAdapter", "request_once"]
 
 log = logging.getLogger("trio_jobqueue.redis")
 
@@ -257,6 +257,47 @@ async def _open_stream(target: _Target) -> trio.abc.Stream:
         raise
 
 
+async def request_once(
+    url: str, options: dict[str, Any], commands: Sequence[Sequence[ScriptArg]], timeout: float
+) -> list[Any]:
+    """Send ``commands`` on a connection of their own and return their raw replies
+    (error replies as :class:`RedisReplyError`), the connection then closed: for the
+    cluster client's slot-map queries and ``ASKING`` redirections.
+
+    Raises:
+        Disconnected: no connection, or no full reply within ``timeout`` seconds after
+            connecting.
+        StorageError: the server refused the credentials.
+    """
+    target = _Target.parse(url, options)
+    stream = await _open_stream(target)
+    replies: list[Any] = []
+    try:
+        with trio.move_on_after(timeout):
+            await stream.send_all(b"".join(_pack(c) for c in commands))
+            reader = _reader()
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = await stream.receive_some(_RECEIVE)
+                    if not data:
+                        raise ConnectionResetError("the server closed the connection")
+                    reader.feed(data)  # type: ignore[arg-type]
+                    continue
+                replies.append(reply)
+    except (*_NETWORK_ERRORS, hiredis.ProtocolError) as exc:
+        root = root_os_error(exc)
+        message = f"lost the connection to {target.where}: {describe_os_error(root)}"
+        raise _failure(message, root) from root
+    finally:
+        with trio.CancelScope(shield=True):
+            await _aclose(stream)
+    if len(replies) < len(commands):
+        cause = TimeoutError(f"no reply within {timeout:g} s")
+        raise _failure(f"lost the connection to {target.where}: timed out", cause)
+    return replies
+
+
 async def _aclose(stream: trio.abc.Stream | None) -> None:
     if stream is not None:
         await trio.aclose_forcefully(stream)
@@ -378,11 +419,7 @@ class TrioRedisAdapter(AdapterCommon):
             raise
         except (ValueError, TypeError, OSError) as exc:  # bad URL, options or TLS files
             raise StorageError(f"cannot start the Redis client: {exc}") from exc
-        self._stop = trio.Event()
-        self._stopped = trio.Event()
-        self._last_failure = None
-        self._open = True
-        trio.lowlevel.spawn_system_task(self._serve, name="trio-jobqueue-redis")
+        self._start()
         try:
             with trio.move_on_after(self.retry_timeout) as scope:
                 await self.command("PING")
@@ -392,6 +429,28 @@ class TrioRedisAdapter(AdapterCommon):
             with trio.CancelScope(shield=True):
                 await self.close()
             raise
+
+    def start(self) -> None:
+        """Start the service task without waiting for the server (a cluster node: its
+        requests fail over to the slot map when it does not answer).
+
+        Raises:
+            StorageError: the URL or an option is invalid.
+        """
+        try:
+            self._target = _Target.parse(self.url, self.options)
+        except StorageError:
+            raise
+        except (ValueError, TypeError, OSError) as exc:
+            raise StorageError(f"cannot start the Redis client: {exc}") from exc
+        self._start()
+
+    def _start(self) -> None:
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._last_failure = None
+        self._open = True
+        trio.lowlevel.spawn_system_task(self._serve, name="trio-jobqueue-redis")
 
     def _open_timed_out(self) -> StorageError:
         assert self._target is not None
@@ -625,7 +684,7 @@ class TrioRedisAdapter(AdapterCommon):
 
     # -- blocking commands and services ---------------------------------------------
 
-    async def open_blocking(self) -> _BlockingConnection:
+    async def open_blocking(self, key: str | None = None) -> _BlockingConnection:
         """See :meth:`AdapterCommon.open_blocking`."""
         if not self._open or self._target is None:
             raise StorageError("the Redis storage is not open")

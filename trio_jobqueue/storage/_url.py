@@ -97,7 +97,8 @@ def storage_from_url(url: str) -> Storage:
     """Build an (unopened) storage from a URL.
 
     * ``memory://``: a :class:`~trio_jobqueue.MemoryStorage` (takes no parameters);
-    * ``redis://``, ``rediss://`` (TLS), ``unix://``: a :class:`~trio_jobqueue.RedisStorage`
+    * ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://h1:p1,h2:p2``
+      (Redis Cluster; ``rediss+cluster://`` with TLS): a :class:`~trio_jobqueue.RedisStorage`
       given the whole URL, query included (its own parser reads the parameters it knows,
       such as ``key_prefix``, and refuses the others);
     * ``file:///absolute/path[?param=value&...]``: a :class:`~trio_jobqueue.FileStorage`;
@@ -115,7 +116,7 @@ def storage_from_url(url: str) -> Storage:
         raise ValueError(f"storage URL must be a str, not {type(url).__name__}")
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from . import __getattr__ as lazy
 
         redis_storage = lazy("RedisStorage")
@@ -142,5 +143,5 @@ def storage_from_url(url: str) -> Storage:
         return storage
     raise ValueError(
         f"unknown storage URL {_shown(url)!r}: expected memory://, redis://, rediss://, "
-        "unix:// or file:///path"
+        "unix://, redis+cluster://, rediss+cluster:// or file:///path"
     )

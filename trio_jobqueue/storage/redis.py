@@ -50,6 +50,7 @@ from ._base import (
 )
 from ._common import STALLED_ERROR
 from ._core import FollowKind, Hub
+from ._redis_cluster import ClusterAdapter
 from ._redis_common import Disconnected, ScriptArg
 from ._redis_trio import TrioRedisAdapter
 
@@ -262,7 +263,10 @@ class RedisStorage(Storage):
     script_timeout: float
     client: str
     options: dict[str, Any]
-    _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
+    cluster: bool
+    _adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter | None = attrs.field(
+        default=None, init=False
+    )
     _wakers: Wakers | None = attrs.field(default=None, init=False)
     _sharded: bool = attrs.field(default=True, init=False)
     """Whether the server has sharded pub/sub (``SPUBLISH``); else classic channels."""
@@ -288,6 +292,7 @@ class RedisStorage(Storage):
         claim_repoll: float | None = None,
         script_timeout: float | None = None,
         client: Literal["trio", "asyncio"] | None = None,
+        cluster: bool | None = None,
         **options: Any,
     ) -> None:
         from . import _redis_url
@@ -304,6 +309,7 @@ class RedisStorage(Storage):
             "claim_repoll": claim_repoll,
             "script_timeout": script_timeout,
             "client": client,
+            "cluster": cluster,
         }
         settings.update((name, value) for name, value in explicit.items() if value is not None)
         chosen = settings.get("client") or os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"
@@ -326,6 +332,18 @@ class RedisStorage(Storage):
                     f' (client="asyncio" passes options to redis-py); accepted:'
                     f" {', '.join(sorted(supported))}"
                 )
+        cluster_mode = bool(parsed.cluster or settings.get("cluster", False))
+        if cluster_mode:
+            if chosen != "trio":
+                raise ValueError(
+                    'Redis Cluster needs the trio client (client="trio"); the asyncio'
+                    " client (redis-py through trio-asyncio) is for single servers"
+                )
+            if parsed.scheme == "unix":
+                raise ValueError("Redis Cluster needs host:port nodes, not a unix:// socket")
+            db = connection.get("db", parsed.db)
+            if db:
+                raise ValueError(f"a Redis Cluster has database 0 only, not {db!r}")
         self.__attrs_init__(
             url=url,
             key_prefix=prefix,
@@ -335,6 +353,7 @@ class RedisStorage(Storage):
             claim_repoll=seconds("claim_repoll"),
             script_timeout=seconds("script_timeout"),
             client=chosen,
+            cluster=cluster_mode,
             options=connection,
         )
 
@@ -343,7 +362,7 @@ class RedisStorage(Storage):
 
         return (
             f"RedisStorage({redact(self.url)!r}, key_prefix={self.key_prefix!r},"
-            f" client={self.client!r})"
+            f" client={self.client!r}{', cluster=True' if self.cluster else ''})"
         )
 
     # -- lifetime ---------------------------------------------------------------------
@@ -362,8 +381,10 @@ class RedisStorage(Storage):
             "command_timeout": self.command_timeout,
             "health_check_interval": self.health_check_interval,
         }
-        adapter: TrioRedisAdapter | RedisAdapter
-        if self.client == "asyncio":
+        adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter
+        if self.cluster:
+            adapter = self._cluster_adapter(timeouts)
+        elif self.client == "asyncio":
             # Imported on demand: it pulls in asyncio and trio-asyncio.
             from ._redis_adapter import RedisAdapter
 
@@ -380,8 +401,23 @@ class RedisStorage(Storage):
         self._adapter = adapter
         self._wakers = Wakers(adapter, wait=self.health_check_interval)
 
+    def _cluster_adapter(self, timeouts: dict[str, float]) -> ClusterAdapter:
+        from ._redis_url import parse_url
+
+        parsed = parse_url(self.url)
+        options = {k: v for k, v in self.options.items() if k != "db"}
+        if parsed.username is not None:
+            options.setdefault("username", parsed.username)
+        if parsed.password is not None:
+            options.setdefault("password", parsed.password)
+        seeds = parsed.seeds or ((parsed.host, parsed.port),)
+        tls = parsed.scheme.startswith("rediss")
+        return ClusterAdapter(seeds, self.retry_timeout, options, tls=tls, **timeouts)
+
     @staticmethod
-    async def _has_sharded_pubsub(adapter: TrioRedisAdapter | RedisAdapter) -> bool:
+    async def _has_sharded_pubsub(
+        adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter,
+    ) -> bool:
         """Whether the server takes ``SPUBLISH`` (Redis 7; a server or proxy without it,
         or an ACL that forbids it, gets classic ``PUBLISH``/``SUBSCRIBE``)."""
         try:
@@ -400,7 +436,7 @@ class RedisStorage(Storage):
             await adapter.close()
 
     @property
-    def adapter(self) -> TrioRedisAdapter | RedisAdapter:
+    def adapter(self) -> TrioRedisAdapter | RedisAdapter | ClusterAdapter:
         """The open client (raises :class:`StorageError` when the storage is closed)."""
         if self._adapter is None:
             raise StorageError("RedisStorage is not open: use `async with storage:`")
