@@ -180,3 +180,31 @@ async def test_master_failover_mid_drain_loses_nothing(own_cluster: ClusterNodes
     print(f"{how}: lost={lost} duplicated={duplicated}")
     assert lost == 0
     assert duplicated <= 8 * 4  # at most the jobs in flight (4 workers x 8 per claim)
+
+
+@pytest.mark.slow
+async def test_waiters_and_event_feeds_follow_a_failover(own_cluster: ClusterNodes) -> None:
+    """After a failover of a queue's master, an event feed opened before it still gets
+    the queue's events and enqueue_and_wait still returns (sharded channels move)."""
+    storage = RedisStorage(own_cluster.url, key_prefix="follow", retry_timeout=20.0)
+    slot = key_slot(storage.keys("emails").wake)
+    master = own_cluster.master_of_slot(slot)
+    replica = own_cluster.replica_of(master)
+
+    async def handler(job: jq.Job[int]) -> int:
+        return job.payload + 1
+
+    async with (
+        storage,
+        jq.open_queue(storage, handler, name="emails") as queue,
+        queue.events() as events,
+    ):
+        assert await queue.enqueue_and_wait("before", 1, timeout=10) == 2
+        await trio.to_thread.run_sync(node_command, replica.port, "CLUSTER", "FAILOVER")
+        with trio.fail_after(20):
+            while (await trio.to_thread.run_sync(own_cluster.owner, slot)) != replica:  # noqa: ASYNC110 - the cluster's state, not ours
+                await trio.sleep(0.05)
+            assert await queue.enqueue_and_wait("after", 2, timeout=15) == 3
+            async for event in events:
+                if event.job_id == "after" and event.kind == "completed":
+                    break

@@ -76,6 +76,10 @@ def _crc16_table() -> list[int]:
 _CRC16 = _crc16_table()
 
 
+_TAG_SLOTS: dict[bytes, int] = {}
+"""Slots of the hash tags seen (a process uses few: one per queue)."""
+
+
 def key_slot(key: str | bytes) -> int:
     """The cluster slot of ``key``: CRC16 (XMODEM) of its hash tag (the text between the
     first ``{`` and the next ``}``, when not empty), else of the whole key, mod 16384."""
@@ -84,11 +88,21 @@ def key_slot(key: str | bytes) -> int:
     if start >= 0:
         end = data.find(b"}", start + 1)
         if end > start + 1:
-            data = data[start + 1 : end]
+            tag = data[start + 1 : end]
+            slot = _TAG_SLOTS.get(tag)
+            if slot is None:
+                slot = _crc16(tag) % SLOTS
+                if len(_TAG_SLOTS) < 4096:
+                    _TAG_SLOTS[tag] = slot
+            return slot
+    return _crc16(data) % SLOTS
+
+
+def _crc16(data: bytes) -> int:
     crc = 0
     for byte in data:
         crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
-    return crc % SLOTS
+    return crc
 
 
 def _text(value: Any) -> str:
@@ -124,6 +138,9 @@ class _Held:
     address: str | None = None
     confirmed: trio.Event = attrs.Factory(trio.Event)
     released: trio.Event = attrs.Factory(trio.Event)
+    """Set when the last user left."""
+    reused: trio.Event = attrs.Factory(trio.Event)
+    """Set when a user came back after the last one left."""
     scope: trio.CancelScope | None = None
 
 
@@ -457,6 +474,8 @@ class ClusterAdapter(AdapterCommon):
             self.start_service(self._hold, held)
         if held.users == 0:
             held.released = trio.Event()
+            held.reused.set()
+            held.reused = trio.Event()
         held.users += 1
         try:
             with trio.move_on_after(self.retry_timeout) as scope:
@@ -468,6 +487,17 @@ class ClusterAdapter(AdapterCommon):
             held.users -= 1
             if held.users == 0:
                 held.released.set()
+
+    @staticmethod
+    async def _until_unused(held: _Held) -> None:
+        """Until ``held`` has had no user for ``linger`` seconds (consecutive waits on
+        one channel reuse its holder)."""
+        while True:
+            await held.released.wait()
+            with trio.move_on_after(held.linger):
+                await held.reused.wait()
+            if held.users == 0:
+                return
 
     async def _hold(self, held: _Held) -> None:
         """Keep ``held`` subscribed on its slot's master while it has users."""
@@ -489,7 +519,7 @@ class ClusterAdapter(AdapterCommon):
                                 # Published on the old owner meanwhile: unknown.
                                 held.handler.on_reconnect()
                             held.confirmed.set()
-                            await held.released.wait()
+                            await self._until_unused(held)
                     held.scope = None
                     if scope.cancelled_caught:
                         moved = True
