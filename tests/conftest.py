@@ -10,6 +10,7 @@ from fixtures_cluster import *  # noqa: F403  (redis_cluster, own_cluster, clust
 from fixtures_file import *  # noqa: F403  (file_storage_factory)
 from fixtures_redis import *  # noqa: F403  (redis_server, redis_storage_factory)
 from fixtures_redis import ServerPool, redis_backend_params, storage_factory_for
+from fixtures_sentinel import *  # noqa: F403  (own_sentinels)
 
 from trio_jobqueue.storage import MemoryStorage, Storage
 

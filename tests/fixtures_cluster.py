@@ -17,7 +17,8 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import pytest
@@ -29,6 +30,7 @@ __all__ = [
     "node_command",
     "own_cluster",
     "redis_cluster",
+    "running",
 ]
 
 NODE_TIMEOUT_MS = 1000
@@ -212,26 +214,37 @@ class ClusterNodes:
             node.cleanup()
 
 
+class _Group(Protocol):
+    def start(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+G = TypeVar("G", bound=_Group)
+
+
+@contextmanager
+def running(group: G, start: Callable[[], None] | None = None) -> Iterator[G]:
+    """``group`` started (by ``start``, else ``group.start``), cleaned up afterwards."""
+    try:
+        (start or group.start)()
+        yield group
+    finally:
+        group.cleanup()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterNodes]:
     """One local 3-master/3-replica cluster for the session (tests must not kill nodes)."""
-    cluster = ClusterNodes()
-    try:
-        cluster.start()
+    with running(ClusterNodes()) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[ClusterNodes]:
     """A fresh local cluster that the test may fail over or kill nodes of."""
-    cluster = ClusterNodes()
-    try:
-        cluster.start()
+    with running(ClusterNodes()) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 @pytest.fixture

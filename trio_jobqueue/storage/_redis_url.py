@@ -7,6 +7,8 @@ Accepted forms (``docs/redis.md``, "Connecting")::
     unix://[[user]:password@]/path/to/socket[?db=N&option=value&...]
     redis+cluster://[[user]:password@]host1[:port],host2[:port],...[/0][?option=value&...]
     rediss+cluster://...                          (Redis Cluster over TLS)
+    redis+sentinel://[[user]:password@]s1[:port],s2[:port]/service[/db][?...]
+    rediss+sentinel://...                         (TLS to the sentinels and the master)
 
 User and password are percent-decoded. The query string carries storage options
 (:data:`STORAGE_OPTIONS`) and connection options (:data:`CONNECTION_OPTIONS`); anything
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
 
 DEFAULTS: Mapping[str, Any] = {
     "key_prefix": "jq",
@@ -165,6 +168,13 @@ class RedisURL:
     """The ``(host, port)`` of every node named (a cluster URL may name several)."""
     cluster: bool = False
     """A ``redis+cluster://`` or ``rediss+cluster://`` URL."""
+    service: str | None = None
+    """The master's name of a ``redis+sentinel://`` URL."""
+
+    @property
+    def sentinel(self) -> bool:
+        """A ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
+        return self.service is not None
 
     @property
     def address(self) -> str:
@@ -188,10 +198,13 @@ def parse_url(url: str) -> RedisURL:
     scheme = parts.scheme.lower()
     if scheme in ("redis+cluster", "rediss+cluster"):
         return _parse_cluster_url(url, parts)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _parse_sentinel_url(url, parts)
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
             f"unsupported Redis URL scheme {parts.scheme!r} in {redact(url)!r}:"
-            " expected redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+            " expected redis://, rediss://, unix://, redis+cluster://, rediss+cluster://,"
+            " redis+sentinel:// or rediss+sentinel://"
         )
     query = _query(parts.query)
     username = urllib.parse.unquote(parts.username) if parts.username else None
@@ -234,6 +247,49 @@ def _parse_cluster_url(url: str, parts: urllib.parse.SplitResult) -> RedisURL:
         ValueError: no host, a bad port, or a database other than 0 (a cluster has
             only database 0).
     """
+    username, password, seeds = _nodes(url, parts, DEFAULT_PORT, "Redis Cluster")
+    path = parts.path.strip("/")
+    if path and _db("database number", path) != 0:
+        raise ValueError(f"a Redis Cluster has database 0 only, not {path}: {redact(url)!r}")
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    host, port = seeds[0]
+    return RedisURL(
+        parts.scheme.lower(), host, port, None, 0, username, password, _query(parts.query),
+        base, tuple(seeds), cluster=True,
+    )  # fmt: skip
+
+
+def _parse_sentinel_url(url: str, parts: urllib.parse.SplitResult) -> RedisURL:
+    """``redis+sentinel://[[user]:password@]s1[:p1],s2[:p2]/service[/db][?...]``: the
+    sentinels (port 26379 by default) name the master of ``service``; user and password
+    are the master's.
+
+    Raises:
+        ValueError: no sentinel, a bad port, no service name or a bad database.
+    """
+    username, password, seeds = _nodes(url, parts, DEFAULT_SENTINEL_PORT, "Redis Sentinel")
+    service, _, db_text = urllib.parse.unquote(parts.path).strip("/").partition("/")
+    if not service:
+        raise ValueError(
+            f"a Redis Sentinel URL needs the master's name (/mymaster): {redact(url)!r}"
+        )
+    db = _db("database number", db_text) if db_text else None
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    host, port = seeds[0]
+    return RedisURL(
+        parts.scheme.lower(), host, port, None, db, username, password, _query(parts.query),
+        base, tuple(seeds), service=service,
+    )  # fmt: skip
+
+
+def _nodes(
+    url: str, parts: urllib.parse.SplitResult, default_port: int, what: str
+) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """The user, password and ``(host, port)`` list of a multi-host URL.
+
+    Raises:
+        ValueError: no host, or a bad port.
+    """
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
@@ -251,23 +307,15 @@ def _parse_cluster_url(url: str, parts: urllib.parse.SplitResult) -> RedisURL:
         else:
             host, _, port_text = item.partition(":")
         try:
-            port = int(port_text) if port_text else DEFAULT_PORT
+            port = int(port_text) if port_text else default_port
         except ValueError:
             port = -1
         if not host or not 0 < port < 65536:
-            raise ValueError(f"invalid node {item!r} in the Redis Cluster URL {redact(url)!r}")
+            raise ValueError(f"invalid node {item!r} in the {what} URL {redact(url)!r}")
         seeds.append((host, port))
     if not seeds:
-        raise ValueError(f"a Redis Cluster URL needs at least one host:port: {redact(url)!r}")
-    path = parts.path.strip("/")
-    if path and _db("database number", path) != 0:
-        raise ValueError(f"a Redis Cluster has database 0 only, not {path}: {redact(url)!r}")
-    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    host, port = seeds[0]
-    return RedisURL(
-        parts.scheme.lower(), host, port, None, 0, username, password, _query(parts.query),
-        base, tuple(seeds), cluster=True,
-    )  # fmt: skip
+        raise ValueError(f"a {what} URL needs at least one host:port: {redact(url)!r}")
+    return username, password, seeds
 
 
 def split_query(query: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -52,7 +52,7 @@ from ._common import STALLED_ERROR
 from ._core import FollowKind, Hub
 from ._redis_cluster import ClusterAdapter
 from ._redis_common import Disconnected, ScriptArg
-from ._redis_trio import TrioRedisAdapter
+from ._redis_trio import SentinelResolver, TrioRedisAdapter
 
 if TYPE_CHECKING:
     from ._redis_adapter import RedisAdapter
@@ -333,6 +333,13 @@ class RedisStorage(Storage):
                     f" {', '.join(sorted(supported))}"
                 )
         cluster_mode = bool(parsed.cluster or settings.get("cluster", False))
+        if parsed.sentinel and chosen != "trio":
+            raise ValueError(
+                'Redis Sentinel needs the trio client (client="trio"); the asyncio'
+                " client (redis-py through trio-asyncio) is for single servers"
+            )
+        if parsed.sentinel and cluster_mode:
+            raise ValueError("a redis+sentinel:// URL cannot be a cluster too")
         if cluster_mode:
             if chosen != "trio":
                 raise ValueError(
@@ -390,7 +397,14 @@ class RedisStorage(Storage):
 
             adapter = RedisAdapter(url, self.retry_timeout, self.options, **timeouts)
         else:
-            adapter = TrioRedisAdapter(url, self.retry_timeout, self.options, **timeouts)
+            adapter = TrioRedisAdapter(
+                url,
+                self.retry_timeout,
+                self.options,
+                command_timeout=self.command_timeout,
+                health_check_interval=self.health_check_interval,
+                sentinel=self._sentinel_resolver(),
+            )
         await adapter.open()
         try:
             self._sharded = await self._has_sharded_pubsub(adapter)
@@ -400,6 +414,18 @@ class RedisStorage(Storage):
             raise
         self._adapter = adapter
         self._wakers = Wakers(adapter, wait=self.health_check_interval)
+
+    def _sentinel_resolver(self) -> SentinelResolver | None:
+        from ._redis_url import parse_url
+
+        parsed = parse_url(self.url)
+        if not parsed.sentinel:
+            return None
+        assert parsed.service is not None
+        tls = {k: v for k, v in self.options.items() if k.startswith("ssl_")}
+        return SentinelResolver(
+            list(parsed.seeds), parsed.service, tls, tls=parsed.scheme.startswith("rediss")
+        )
 
     def _cluster_adapter(self, timeouts: dict[str, float]) -> ClusterAdapter:
         from ._redis_url import parse_url
