@@ -11,9 +11,11 @@ import hypothesis
 import pytest
 import trio
 from fixtures_cluster import ClusterNodes, node_command
+from fixtures_redis import RedisServer
 from test_redis_faults import NS, run_with_fault
 
 import trio_jobqueue as jq
+from trio_jobqueue import StorageError
 from trio_jobqueue.storage import Storage, storage_from_url
 from trio_jobqueue.storage._redis_cluster import ClusterAdapter, key_slot
 from trio_jobqueue.storage.redis import RedisStorage
@@ -208,3 +210,11 @@ async def test_waiters_and_event_feeds_follow_a_failover(own_cluster: ClusterNod
             async for event in events:
                 if event.job_id == "after" and event.kind == "completed":
                     break
+
+
+async def test_a_seed_that_is_not_a_cluster_node_is_refused(redis_server: RedisServer) -> None:
+    """A cluster URL naming a plain Redis fails to open with an error that says so."""
+    storage = RedisStorage(f"redis+cluster://127.0.0.1:{redis_server.port}", retry_timeout=1.0)
+    with pytest.raises(StorageError, match="Cluster node"):
+        async with storage:
+            pass

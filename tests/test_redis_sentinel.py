@@ -13,6 +13,7 @@ from fixtures_sentinel import SERVICE, SentinelSet
 from test_redis_faults import run_with_fault
 
 import trio_jobqueue as jq
+from trio_jobqueue import StorageError
 from trio_jobqueue.storage import Storage, storage_from_url
 from trio_jobqueue.storage.redis import RedisStorage
 from trio_jobqueue.testing._checks import API_CHECKS, Check
@@ -90,3 +91,12 @@ async def test_waiters_continue_after_a_sentinel_failover(
         await trio.to_thread.run_sync(own_sentinels.wait_master, replica_port)
         with trio.fail_after(30):
             assert await queue.enqueue_and_wait("after", 2, timeout=20) == 3
+
+
+async def test_an_unknown_master_name_fails_to_open(redis_sentinels: SentinelSet) -> None:
+    """A master name the sentinels do not monitor fails the open within retry_timeout,
+    and the message names it."""
+    url = redis_sentinels.url.replace("/mymaster/", "/nosuchmaster/")
+    with trio.fail_after(10), pytest.raises(StorageError, match="nosuchmaster"):
+        async with RedisStorage(url, retry_timeout=0.5):
+            pass
