@@ -9,9 +9,10 @@ Starts a private ``redis-server`` (no persistence) and a local 3-master/3-replic
   after the other against a worker (concurrency 10) in the same process: p50/p95
   latency, and the client process's CPU per request (caller and worker together);
 * **drain**: ``--jobs`` no-op jobs enqueued over 8 queue names (spread over the three
-  shards on the cluster), then drained by 8 in-process queues (concurrency 10 each):
-  jobs/s, and Redis CPU per job (``INFO cpu`` user + sys deltas of every master, summed,
-  and per shard).
+  shards on the cluster), then drained by ``--processes`` worker processes (2), each
+  serving the 8 names (concurrency 10 each): jobs/s from "go" to the last completion,
+  and Redis CPU per job (``INFO cpu`` user + sys deltas of every master, summed, and per
+  shard).
 
 The client process is the same for both, so the ratios show what the cluster path costs
 the client; the per-shard CPU is the figure that carries to machines with more cores.
@@ -53,9 +54,7 @@ async def handler(job: jq.Job[int]) -> int:
 
 
 async def request_response(url: str, n: int) -> tuple[list[float], float]:
-    storage = jq.storage_from_url(
-        f"{url}{'&' if '?' in url else '?'}key_prefix=rr{uuid.uuid4().hex[:6]}"
-    )
+    storage = jq.storage_from_url(with_prefix(url, f"rr{uuid.uuid4().hex[:6]}"))
     latencies = []
     async with storage, jq.open_queue(storage, handler, name="rr", concurrency=10) as queue:
         await queue.enqueue_and_wait("warm-up", 0, timeout=10)
@@ -68,42 +67,73 @@ async def request_response(url: str, n: int) -> tuple[list[float], float]:
     return latencies, client_cpu
 
 
-async def drain(url: str, n: int, ports: list[int]) -> tuple[float, list[float]]:
-    prefix = f"dr{uuid.uuid4().hex[:6]}"
-    storage = jq.storage_from_url(f"{url}{'&' if '?' in url else '?'}key_prefix={prefix}")
+async def serve(url: str) -> None:
+    """A worker process: after "go" on stdin, 8 queues (concurrency 10 each) until killed."""
+    await trio.to_thread.run_sync(sys.stdin.readline)
+    storage = jq.storage_from_url(url)
+    async with storage, trio.open_nursery() as nursery:
+        for name in NAMES:
+
+            async def consume(name: str = name) -> None:
+                async with jq.open_queue(storage, handler, name=name, concurrency=10):
+                    await trio.sleep_forever()
+
+            nursery.start_soon(consume)
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}key_prefix={prefix}"
+
+
+async def drain(url: str, n: int, ports: list[int], processes: int) -> tuple[float, list[float]]:
+    """Enqueue ``n`` jobs over the 8 names, then drain them with ``processes`` worker
+    processes: jobs/s from "go" to the last completion, Redis CPU per job per node."""
+    url = with_prefix(url, f"dr{uuid.uuid4().hex[:6]}")
+    per_name = n // len(NAMES)
+    total = per_name * len(NAMES)
+    storage = jq.storage_from_url(url)
     async with storage:
         async with trio.open_nursery() as nursery:
             for name in NAMES:
 
                 async def produce(name: str = name) -> None:
                     async with jq.open_queue(storage, name=name) as producer:
-                        for i in range(n // len(NAMES)):
+                        for i in range(per_name):
                             await producer.enqueue(f"{name}-{i}", i)
 
                 nursery.start_soon(produce)
-        before = [cpu(port) for port in ports]
-        done = trio.Event()
-        left = [n // len(NAMES) * len(NAMES)]
-
-        async def counting(job: jq.Job[int]) -> int:
-            left[0] -= 1
-            if left[0] == 0:
-                done.set()
-            return job.payload
-
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for name in NAMES:
-
-                async def consume(name: str = name) -> None:
-                    async with jq.open_queue(storage, counting, name=name, concurrency=10):
-                        await done.wait()
-
-                nursery.start_soon(consume)
-        elapsed = time.perf_counter() - start
-        after = [cpu(port) for port in ports]
-    per_shard = [(a - b) / n * 1e6 for a, b in zip(after, before, strict=True)]
-    return n / elapsed, per_shard
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        workers = [
+            subprocess.Popen(  # noqa: ASYNC220 - two spawns before the measured part
+                [sys.executable, __file__, "--serve", url],
+                stdin=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(processes)
+        ]
+        try:
+            await trio.sleep(2.0)  # imports done; the workers wait for "go"
+            before = [cpu(port) for port in ports]
+            start = time.perf_counter()
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write(b"go\n")
+                worker.stdin.flush()
+            while True:
+                done = 0
+                for name in NAMES:
+                    done += (await storage.stats(name)).completed
+                if done >= total:
+                    break
+                await trio.sleep(0.02)
+            elapsed = time.perf_counter() - start
+            after = [cpu(port) for port in ports]
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+    per_shard = [(a - b) / total * 1e6 for a, b in zip(after, before, strict=True)]
+    return total / elapsed, per_shard
 
 
 def main() -> None:
@@ -111,7 +141,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4000)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2, help="worker processes of the drain")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        trio.run(serve, args.serve)
+        return
     print("load before:", os.getloadavg())
     single = RedisServer(require_redis_server())
     single.start()
@@ -126,7 +161,7 @@ def main() -> None:
                 order.reverse()
             for label, url, ports in order:
                 lat, client_cpu = trio.run(request_response, url, args.requests)
-                rate, per_shard = trio.run(drain, url, args.jobs, ports)
+                rate, per_shard = trio.run(drain, url, args.jobs, ports, args.processes)
                 got = results[label]
                 got.setdefault("p50_us", []).append(statistics.median(lat) * 1e6)
                 got.setdefault("p95_us", []).append(statistics.quantiles(lat, n=20)[18] * 1e6)
