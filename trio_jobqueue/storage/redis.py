@@ -224,7 +224,10 @@ class RedisStorage(Storage):
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
-            ``rediss://`` for TLS or ``unix:///path?db=N``; defaults to ``$REDIS_URL``,
+            ``rediss://`` for TLS or ``unix:///path?db=N``;
+            ``redis+cluster://h1:p1,h2:p2`` for Redis Cluster (any node named seeds the
+            slot map); ``redis+sentinel://s1:26379,s2:26379/mymaster/0`` for the master
+            that Redis Sentinel names (``rediss+`` for TLS); defaults to ``$REDIS_URL``,
             else ``redis://localhost:6379/0``.
         key_prefix: first part of every key's hash tag (``{prefix:queue}``); ``"jq"``.
         retry_timeout: how long (seconds) an operation retries connection errors, with
@@ -242,7 +245,10 @@ class RedisStorage(Storage):
         script_timeout: bound on one shielded claim script call (10 s).
         client: ``"trio"`` (default): the trio-native client; ``"asyncio"``: redis-py's
             asyncio client through trio-asyncio. ``$TRIO_JOBQUEUE_REDIS_CLIENT``
-            overrides the default. See ``docs/redis.md`` ("Client").
+            overrides the default. See ``docs/redis.md`` ("Client"). Cluster and
+            Sentinel URLs need the trio client.
+        cluster: Redis Cluster mode for a ``redis://`` URL naming one seed node (implied
+            by ``redis+cluster://``).
         **options: connection options (e.g. ``ssl_ca_certs``): the ``ssl_*`` ones,
             ``username``, ``password``, ``db`` and ``socket_connect_timeout`` (5 s) for
             the trio client; anything ``redis.asyncio.Redis.from_url`` takes for
@@ -250,8 +256,9 @@ class RedisStorage(Storage):
 
     Raises:
         ValueError: a malformed URL, an unknown URL parameter (the message names it and
-            lists the accepted ones), an invalid value (named), or an option the trio
-            client does not support.
+            lists the accepted ones), an invalid value (named), an option the trio
+            client does not support, or a cluster or sentinel URL with
+            ``client="asyncio"``.
     """
 
     url: str
