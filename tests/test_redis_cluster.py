@@ -218,3 +218,14 @@ async def test_a_seed_that_is_not_a_cluster_node_is_refused(redis_server: RedisS
     with pytest.raises(StorageError, match="Cluster node"):
         async with storage:
             pass
+
+
+def test_the_client_default_applies_to_single_servers_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$TRIO_JOBQUEUE_REDIS_CLIENT=asyncio leaves cluster and sentinel URLs on the trio
+    client; single servers follow it."""
+    monkeypatch.setenv("TRIO_JOBQUEUE_REDIS_CLIENT", "asyncio")
+    assert RedisStorage("redis+cluster://h1:7000").client == "trio"
+    assert RedisStorage("redis+sentinel://s1/mymaster").client == "trio"
+    assert RedisStorage("redis://h1:7000").client == "asyncio"

@@ -319,7 +319,11 @@ class RedisStorage(Storage):
             "cluster": cluster,
         }
         settings.update((name, value) for name, value in explicit.items() if value is not None)
-        chosen = settings.get("client") or os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"
+        # $TRIO_JOBQUEUE_REDIS_CLIENT is a default for single servers: Cluster and Sentinel
+        # run on the trio client only.
+        single = not (parsed.cluster or parsed.sentinel or settings.get("cluster"))
+        default = os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") if single else None
+        chosen = settings.get("client") or default or "trio"
         if chosen not in ("trio", "asyncio"):
             raise ValueError(f'client must be "trio" or "asyncio", not {chosen!r}')
         prefix = settings.get("key_prefix", _redis_url.DEFAULTS["key_prefix"])
@@ -340,19 +344,15 @@ class RedisStorage(Storage):
                     f" {', '.join(sorted(supported))}"
                 )
         cluster_mode = bool(parsed.cluster or settings.get("cluster", False))
-        if parsed.sentinel and chosen != "trio":
-            raise ValueError(
-                'Redis Sentinel needs the trio client (client="trio"); the asyncio'
-                " client (redis-py through trio-asyncio) is for single servers"
-            )
         if parsed.sentinel and cluster_mode:
             raise ValueError("a redis+sentinel:// URL cannot be a cluster too")
+        mode = "Sentinel" if parsed.sentinel else "Cluster" if cluster_mode else None
+        if mode is not None and chosen != "trio":
+            raise ValueError(
+                f'Redis {mode} needs the trio client (client="trio"); the asyncio'
+                " client (redis-py through trio-asyncio) is for single servers"
+            )
         if cluster_mode:
-            if chosen != "trio":
-                raise ValueError(
-                    'Redis Cluster needs the trio client (client="trio"); the asyncio'
-                    " client (redis-py through trio-asyncio) is for single servers"
-                )
             if parsed.scheme == "unix":
                 raise ValueError("Redis Cluster needs host:port nodes, not a unix:// socket")
             db = connection.get("db", parsed.db)
