@@ -5,8 +5,9 @@ share it; each uses its own ``key_prefix``); ``own_cluster`` is a fresh one per 
 fault tests that fail a master over or kill it. Nodes run ``redis-server
 --cluster-enabled yes`` (no persistence; ``cluster-node-timeout`` 1 s, so a killed
 master is replaced within about 2 s), and ``redis-cli --cluster create ...
---cluster-replicas 1 --cluster-yes`` joins them. Without ``redis-server`` or
-``redis-cli`` the cluster tests skip locally and fail in CI.
+--cluster-replicas 1 --cluster-yes`` joins them (the session's cluster has a node
+timeout of 10 s instead, so that a loaded machine never fails one of its masters over).
+Without ``redis-server`` or ``redis-cli`` the cluster tests skip locally and fail in CI.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class ClusterNodes:
     """Six ``redis-server`` nodes joined as 3 masters with one replica each."""
 
     nodes: list[RedisServer] = attrs.Factory(list)
+    node_timeout_ms: int = NODE_TIMEOUT_MS
+    """``cluster-node-timeout``: a master silent that long is failed over."""
 
     @property
     def url(self) -> str:
@@ -104,7 +107,7 @@ class ClusterNodes:
                 port=cluster_port(),
                 extra=(
                     "--cluster-enabled", "yes",
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
                     "--cluster-config-file", "nodes.conf",
                     # Replicas sync at once (the default waits 5 s for more replicas).
                     "--repl-diskless-sync-delay", "0",
@@ -235,8 +238,9 @@ def running(group: G, start: Callable[[], None] | None = None) -> Iterator[G]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterNodes]:
-    """One local 3-master/3-replica cluster for the session (tests must not kill nodes)."""
-    with running(ClusterNodes()) as cluster:
+    """One local 3-master/3-replica cluster for the session (tests must not kill nodes;
+    a node timeout of 10 s, so that a loaded machine never fails a master over)."""
+    with running(ClusterNodes(node_timeout_ms=10_000)) as cluster:
         yield cluster
 
 

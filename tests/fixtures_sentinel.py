@@ -30,6 +30,8 @@ class SentinelSet:
     master: RedisServer | None = None
     replica: RedisServer | None = None
     sentinels: list[RedisServer] = attrs.Factory(list)
+    down_after_ms: int = 1000
+    """``down-after-milliseconds``: a master silent that long is failed over."""
 
     @property
     def url(self) -> str:
@@ -57,7 +59,7 @@ class SentinelSet:
                 "bind 127.0.0.1\n"
                 f"dir {sentinel.workdir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
             )
             # A sentinel is redis-server --sentinel with a config file it may rewrite.
@@ -126,7 +128,7 @@ class SentinelSet:
 @pytest.fixture(scope="module")
 def redis_sentinels() -> Iterator[SentinelSet]:
     """One master + replica + 3 sentinels for a test module (tests must not kill nodes)."""
-    group = SentinelSet()
+    group = SentinelSet(down_after_ms=10_000)  # never failed over on a loaded machine
     with running(group, lambda: group.start(for_failover=False)):
         yield group
 
