@@ -18,7 +18,7 @@ import attrs
 import pytest
 import trio
 from _tcp_proxy import Link, TcpProxy
-from fixtures_redis import RedisServer, free_port, require_redis_server
+from fixtures_redis import RedisServer, free_port
 
 import trio_jobqueue as jq
 from trio_jobqueue import StorageError
@@ -43,9 +43,10 @@ async def proxy(redis_server: RedisServer, nursery: trio.Nursery) -> TcpProxy:
 
 
 @pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A private redis-server the test may SIGSTOP (always resumed afterwards)."""
-    server = RedisServer(require_redis_server())
+def own_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A private server (this test's engine) the test may SIGSTOP (always resumed
+    afterwards)."""
+    server = RedisServer(redis_binary)
     server.start()
     yield server
     if server.process is not None:

@@ -25,9 +25,10 @@ NS = "faults"
 
 
 @pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A private redis-server with AOF (fsync always) that the test may kill."""
-    server = RedisServer(require_redis_server(), appendonly=True)
+def own_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A private server (this test's engine) with AOF (fsync always) that the test may
+    kill."""
+    server = RedisServer(redis_binary, appendonly=True)
     server.start()
     yield server
     server.cleanup()

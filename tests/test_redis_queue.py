@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 from _proc_harness import WorkerPool
-from fixtures_redis import RedisServer, require_redis_server
+from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
 from trio_jobqueue.storage.redis import RedisStorage
@@ -21,8 +21,9 @@ WORKER_ARGS = ("--concurrency", "8", "--visibility-timeout", "5", "--log-level",
 
 
 @pytest.fixture
-def aof_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis_server(), appendonly=True)
+def aof_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A private server (this test's engine) with AOF that the test may restart."""
+    server = RedisServer(redis_binary, appendonly=True)
     server.start()
     yield server
     server.cleanup()

@@ -32,6 +32,11 @@ from trio_jobqueue.storage._state import state_order
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
 
 SETTINGS = THOROUGH_SETTINGS if os.environ.get("TRIO_JOBQUEUE_THOROUGH") else DEFAULT_SETTINGS
+if os.environ.get("TRIO_JOBQUEUE_MACHINE_EXAMPLES"):
+    # Fewer (or more) examples, e.g. for the extra server engines' pass in CI.
+    SETTINGS = hypothesis.settings(
+        SETTINGS, max_examples=int(os.environ["TRIO_JOBQUEUE_MACHINE_EXAMPLES"])
+    )
 
 
 def test_storage_matches_model(storage_factory: Callable[[], Storage]) -> None:

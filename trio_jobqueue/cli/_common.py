@@ -89,7 +89,8 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=None,
         help=(
-            "memory://, redis://host[:port][/db], rediss://..., unix://... or "
+            "memory://, redis://host[:port][/db], rediss://..., unix://..., "
+            "redis+cluster://h1:p1,h2:p2, redis+sentinel://s1,s2/mymaster or "
             "file:///abs/path; storage options go in the query, e.g. "
             f"file:///var/q?fsync=0 (default: ${URL_ENV})"
         ),

@@ -594,7 +594,7 @@ class RedisAdapter(AdapterCommon):
 
     # -- blocking commands and services ---------------------------------------------
 
-    async def open_blocking(self) -> _BlockingConnection:
+    async def open_blocking(self, key: str | None = None) -> _BlockingConnection:
         """See :meth:`AdapterCommon.open_blocking`: a redis-py client with a single
         connection of its own, connected before it is returned."""
         if self._loop is None or self._closing or self._client_args is None:

@@ -67,7 +67,7 @@ class RedisReplyError(Exception):
 
 _AUTH_CODES = frozenset({"WRONGPASS", "NOAUTH", "NOPERM"})
 """Error codes of refused credentials or permissions (never retried)."""
-_BUSY_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"})
+_BUSY_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
 """Error codes of a server that did not run the command but will soon (retried)."""
 _REFUSED_WRITE_CODES = frozenset({"OOM", "READONLY", "MISCONF", "NOREPLICAS"})
 """Error codes of a server that refuses writes (an operator's problem: not retried here)."""
@@ -512,8 +512,9 @@ class AdapterCommon:
             return await attempt(False)
         return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
 
-    async def open_blocking(self) -> BlockingConnection:
-        """A new dedicated connection for blocking commands (see :class:`BlockingConnection`).
+    async def open_blocking(self, key: str | None = None) -> BlockingConnection:
+        """A new dedicated connection for blocking commands (see :class:`BlockingConnection`)
+        on ``key`` (a cluster client connects to the node that owns its slot).
 
         Raises:
             Disconnected: it could not be made.

@@ -67,7 +67,7 @@ from ._redis_common import (
 )
 from ._redis_url import CONNECTION_OPTIONS, DEFAULTS, check_seconds, parse_url, split_query
 
-__all__ = ["TrioRedisAdapter"]
+__all__ = ["SentinelResolver", "TrioRedisAdapter", "request_once"]
 
 log = logging.getLogger("trio_jobqueue.redis")
 
@@ -159,7 +159,7 @@ class _Target:
                 kwargs.get("socket_connect_timeout", DEFAULTS["socket_connect_timeout"]),
             ),
         )
-        if parsed.scheme == "rediss":
+        if parsed.scheme in ("rediss", "rediss+sentinel"):
             target.ssl_context = _ssl_context(kwargs)
         return target
 
@@ -257,6 +257,47 @@ async def _open_stream(target: _Target) -> trio.abc.Stream:
         raise
 
 
+async def request_once(
+    url: str, options: dict[str, Any], commands: Sequence[Sequence[ScriptArg]], timeout: float
+) -> list[Any]:
+    """Send ``commands`` on a connection of their own and return their raw replies
+    (error replies as :class:`RedisReplyError`), the connection then closed: for the
+    cluster client's slot-map queries and ``ASKING`` redirections.
+
+    Raises:
+        Disconnected: no connection, or no full reply within ``timeout`` seconds after
+            connecting.
+        StorageError: the server refused the credentials.
+    """
+    target = _Target.parse(url, options)
+    stream = await _open_stream(target)
+    replies: list[Any] = []
+    try:
+        with trio.move_on_after(timeout):
+            await stream.send_all(b"".join(_pack(c) for c in commands))
+            reader = _reader()
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = await stream.receive_some(_RECEIVE)
+                    if not data:
+                        raise ConnectionResetError("the server closed the connection")
+                    reader.feed(data)  # type: ignore[arg-type]
+                    continue
+                replies.append(reply)
+    except (*_NETWORK_ERRORS, hiredis.ProtocolError) as exc:
+        root = root_os_error(exc)
+        message = f"lost the connection to {target.where}: {describe_os_error(root)}"
+        raise _failure(message, root) from root
+    finally:
+        with trio.CancelScope(shield=True):
+            await _aclose(stream)
+    if len(replies) < len(commands):
+        cause = TimeoutError(f"no reply within {timeout:g} s")
+        raise _failure(f"lost the connection to {target.where}: timed out", cause)
+    return replies
+
+
 async def _aclose(stream: trio.abc.Stream | None) -> None:
     if stream is not None:
         await trio.aclose_forcefully(stream)
@@ -318,6 +359,47 @@ class _BlockingConnection:
 
 
 @attrs.define(eq=False)
+class SentinelResolver:
+    """The master of ``service`` as Redis Sentinel names it (``SENTINEL
+    GET-MASTER-ADDR-BY-NAME``), asked of the sentinels in turn (the last one that
+    answered first)."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    options: dict[str, Any] = attrs.Factory(dict)
+    """Connection options for the sentinels (TLS settings)."""
+    tls: bool = False
+    lookups: int = 0
+    """Addresses asked for so far (statistics)."""
+
+    async def master(self, timeout: float) -> tuple[str, int]:
+        """Raises:
+        Disconnected: no sentinel answered with an address within ``timeout`` seconds
+            each (the message says what each one did).
+        """
+        self.lookups += 1
+        failures: list[str] = []
+        for index, (host, port) in enumerate(list(self.sentinels)):
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            url = f"{'rediss' if self.tls else 'redis'}://{address}"
+            command = ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            try:
+                (reply,) = await request_once(url, self.options, [command], timeout)
+            except Disconnected as exc:
+                failures.append(str(exc))
+                continue
+            if isinstance(reply, list) and len(reply) == 2:
+                if index:
+                    self.sentinels.insert(0, self.sentinels.pop(index))
+                found = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+                return found, int(reply[1])
+            failures.append(f"sentinel {address} does not know {self.service!r}: {reply!r}")
+        raise Disconnected(
+            f"no sentinel named the master of {self.service!r}: {'; '.join(failures)}"
+        )
+
+
+@attrs.define(eq=False)
 class TrioRedisAdapter(AdapterCommon):
     """A trio-native Redis client with the interface of ``RedisAdapter``.
 
@@ -355,6 +437,10 @@ class TrioRedisAdapter(AdapterCommon):
     """Channels in use or lingering; the pub/sub task subscribes to exactly these."""
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     """The service nursery (while open)."""
+    sentinel: SentinelResolver | None = attrs.field(default=None, kw_only=True)
+    """Where to ask for the master's address before each connection (sentinel mode)."""
+    _session: trio.CancelScope | None = attrs.field(default=None, init=False)
+    """The current command connection's session (cancelled to drop it)."""
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -378,11 +464,7 @@ class TrioRedisAdapter(AdapterCommon):
             raise
         except (ValueError, TypeError, OSError) as exc:  # bad URL, options or TLS files
             raise StorageError(f"cannot start the Redis client: {exc}") from exc
-        self._stop = trio.Event()
-        self._stopped = trio.Event()
-        self._last_failure = None
-        self._open = True
-        trio.lowlevel.spawn_system_task(self._serve, name="trio-jobqueue-redis")
+        self._start()
         try:
             with trio.move_on_after(self.retry_timeout) as scope:
                 await self.command("PING")
@@ -392,6 +474,28 @@ class TrioRedisAdapter(AdapterCommon):
             with trio.CancelScope(shield=True):
                 await self.close()
             raise
+
+    def start(self) -> None:
+        """Start the service task without waiting for the server (a cluster node: its
+        requests fail over to the slot map when it does not answer).
+
+        Raises:
+            StorageError: the URL or an option is invalid.
+        """
+        try:
+            self._target = _Target.parse(self.url, self.options)
+        except StorageError:
+            raise
+        except (ValueError, TypeError, OSError) as exc:
+            raise StorageError(f"cannot start the Redis client: {exc}") from exc
+        self._start()
+
+    def _start(self) -> None:
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._last_failure = None
+        self._open = True
+        trio.lowlevel.spawn_system_task(self._serve, name="trio-jobqueue-redis")
 
     def _open_timed_out(self) -> StorageError:
         assert self._target is not None
@@ -443,7 +547,7 @@ class TrioRedisAdapter(AdapterCommon):
             while not self._pending:
                 await self._wait_writer()
             try:
-                stream = await _open_stream(self._target)
+                stream = await self._connect()
             except StorageError as exc:
                 if isinstance(exc, Disconnected):
                     self._last_failure = exc
@@ -453,11 +557,13 @@ class TrioRedisAdapter(AdapterCommon):
             self._connected_at = self._last_recv = trio.current_time()
             try:
                 async with trio.open_nursery() as nursery:
+                    self._session = nursery.cancel_scope
                     nursery.start_soon(self._write, stream, nursery.cancel_scope)
                     nursery.start_soon(self._read, stream, nursery.cancel_scope)
                     nursery.start_soon(self._watch, nursery.cancel_scope)
             finally:
                 self._connected_at = None
+                self._session = None
                 with trio.CancelScope(shield=True):
                     await _aclose(stream)
             # Sent calls may or may not have run: their callers decide (retry logic).
@@ -599,9 +705,26 @@ class TrioRedisAdapter(AdapterCommon):
 
     def _error(self, reply: RedisReplyError) -> StorageError:
         assert self._target is not None
-        error = _translate(reply, self._target.where)
+        if self.sentinel is not None and reply.code == "READONLY":
+            # The master we know was demoted: drop the connection (the next one asks the
+            # sentinels again) and retry.
+            error: StorageError = Disconnected(f"{self._target.where} is a replica now: {reply}")
+            if self._session is not None:
+                self._broke(self._session, "the server is a replica now", reply)
+        else:
+            error = _translate(reply, self._target.where)
         error.__cause__ = reply
         return error
+
+    async def _connect(self) -> trio.abc.Stream:
+        """A new connection to the server (in sentinel mode, to the master the sentinels
+        name now)."""
+        assert self._target is not None
+        if self.sentinel is not None:
+            self._target.host, self._target.port = await self.sentinel.master(
+                self._target.connect_timeout
+            )
+        return await _open_stream(self._target)
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         reply = await self._call(_pack(args))
@@ -625,11 +748,11 @@ class TrioRedisAdapter(AdapterCommon):
 
     # -- blocking commands and services ---------------------------------------------
 
-    async def open_blocking(self) -> _BlockingConnection:
+    async def open_blocking(self, key: str | None = None) -> _BlockingConnection:
         """See :meth:`AdapterCommon.open_blocking`."""
         if not self._open or self._target is None:
             raise StorageError("the Redis storage is not open")
-        stream = await _open_stream(self._target)
+        stream = await self._connect()
         return _BlockingConnection(stream, self.command_timeout, self._target.where)
 
     def start_service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -646,7 +769,7 @@ class TrioRedisAdapter(AdapterCommon):
         delay = 0.05
         while True:
             try:
-                stream = await _open_stream(self._target)
+                stream = await self._connect()
             except StorageError as exc:
                 log.debug("pub/sub connection failed; retrying: %s", exc)
             else:

@@ -5,6 +5,10 @@ Accepted forms (``docs/redis.md``, "Connecting")::
     redis://[[user]:password@]host[:port][/db][?option=value&...]
     rediss://...                                  (TLS)
     unix://[[user]:password@]/path/to/socket[?db=N&option=value&...]
+    redis+cluster://[[user]:password@]host1[:port],host2[:port],...[/0][?option=value&...]
+    rediss+cluster://...                          (Redis Cluster over TLS)
+    redis+sentinel://[[user]:password@]s1[:port],s2[:port]/service[/db][?...]
+    rediss+sentinel://...                         (TLS to the sentinels and the master)
 
 User and password are percent-decoded. The query string carries storage options
 (:data:`STORAGE_OPTIONS`) and connection options (:data:`CONNECTION_OPTIONS`); anything
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
 
 DEFAULTS: Mapping[str, Any] = {
     "key_prefix": "jq",
@@ -119,6 +124,7 @@ STORAGE_OPTIONS: Mapping[str, Callable[[str, str], Any]] = {
     "claim_repoll": check_seconds,
     "script_timeout": check_seconds,
     "client": _client,
+    "cluster": _flag,
 }
 """Options of :class:`~trio_jobqueue.storage.redis.RedisStorage` itself, with their
 parsers (URL text -> value)."""
@@ -158,6 +164,17 @@ class RedisURL:
     """The query parameters, not validated yet (see :func:`split_query`)."""
     base: str
     """The URL without its query string."""
+    seeds: tuple[tuple[str, int], ...] = ()
+    """The ``(host, port)`` of every node named (a cluster URL may name several)."""
+    cluster: bool = False
+    """A ``redis+cluster://`` or ``rediss+cluster://`` URL."""
+    service: str | None = None
+    """The master's name of a ``redis+sentinel://`` URL."""
+
+    @property
+    def sentinel(self) -> bool:
+        """A ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
+        return self.service is not None
 
     @property
     def address(self) -> str:
@@ -179,16 +196,17 @@ def parse_url(url: str) -> RedisURL:
         raise ValueError(f"a Redis URL must be a str, not {type(url).__name__}")
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return _parse_cluster_url(url, parts)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _parse_sentinel_url(url, parts)
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
             f"unsupported Redis URL scheme {parts.scheme!r} in {redact(url)!r}:"
-            " expected redis://, rediss:// or unix://"
+            " expected redis://, rediss://, unix://, redis+cluster://, rediss+cluster://,"
+            " redis+sentinel:// or rediss+sentinel://"
         )
-    query: dict[str, str] = {}
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if name in query:
-            raise ValueError(f"option {name!r} is given twice in the Redis URL")
-        query[name] = value
+    query = _query(parts.query)
     username = urllib.parse.unquote(parts.username) if parts.username else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
@@ -210,6 +228,94 @@ def parse_url(url: str) -> RedisURL:
     return RedisURL(
         scheme, parts.hostname or "localhost", port, None, db, username, password, query, base
     )
+
+
+def _query(text: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        if name in query:
+            raise ValueError(f"option {name!r} is given twice in the Redis URL")
+        query[name] = value
+    return query
+
+
+def _parse_cluster_url(url: str, parts: urllib.parse.SplitResult) -> RedisURL:
+    """``redis+cluster://[[user]:password@]h1[:p1],h2[:p2]...[/0][?...]``: every node
+    named is a seed (any one that answers gives the slot map).
+
+    Raises:
+        ValueError: no host, a bad port, or a database other than 0 (a cluster has
+            only database 0).
+    """
+    username, password, seeds = _nodes(url, parts, DEFAULT_PORT, "Redis Cluster")
+    path = parts.path.strip("/")
+    if path and _db("database number", path) != 0:
+        raise ValueError(f"a Redis Cluster has database 0 only, not {path}: {redact(url)!r}")
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    host, port = seeds[0]
+    return RedisURL(
+        parts.scheme.lower(), host, port, None, 0, username, password, _query(parts.query),
+        base, tuple(seeds), cluster=True,
+    )  # fmt: skip
+
+
+def _parse_sentinel_url(url: str, parts: urllib.parse.SplitResult) -> RedisURL:
+    """``redis+sentinel://[[user]:password@]s1[:p1],s2[:p2]/service[/db][?...]``: the
+    sentinels (port 26379 by default) name the master of ``service``; user and password
+    are the master's.
+
+    Raises:
+        ValueError: no sentinel, a bad port, no service name or a bad database.
+    """
+    username, password, seeds = _nodes(url, parts, DEFAULT_SENTINEL_PORT, "Redis Sentinel")
+    service, _, db_text = urllib.parse.unquote(parts.path).strip("/").partition("/")
+    if not service:
+        raise ValueError(
+            f"a Redis Sentinel URL needs the master's name (/mymaster): {redact(url)!r}"
+        )
+    db = _db("database number", db_text) if db_text else None
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    host, port = seeds[0]
+    return RedisURL(
+        parts.scheme.lower(), host, port, None, db, username, password, _query(parts.query),
+        base, tuple(seeds), service=service,
+    )  # fmt: skip
+
+
+def _nodes(
+    url: str, parts: urllib.parse.SplitResult, default_port: int, what: str
+) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """The user, password and ``(host, port)`` list of a multi-host URL.
+
+    Raises:
+        ValueError: no host, or a bad port.
+    """
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        else:
+            host, _, port_text = item.partition(":")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            port = -1
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"invalid node {item!r} in the {what} URL {redact(url)!r}")
+        seeds.append((host, port))
+    if not seeds:
+        raise ValueError(f"a {what} URL needs at least one host:port: {redact(url)!r}")
+    return username, password, seeds
 
 
 def split_query(query: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:

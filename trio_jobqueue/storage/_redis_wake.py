@@ -45,6 +45,7 @@ from ._core import Hub
 
 if TYPE_CHECKING:
     from ._redis_adapter import RedisAdapter
+    from ._redis_cluster import ClusterAdapter
     from ._redis_common import BlockingConnection
     from ._redis_trio import TrioRedisAdapter
 
@@ -75,7 +76,7 @@ class _Listener:
 class Wakers:
     """The wake-up listeners of one storage object, one per namespace key."""
 
-    adapter: TrioRedisAdapter | RedisAdapter
+    adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter
     wait: float
     """Seconds one ``BLPOP`` blocks."""
     tokens: int = 0
@@ -122,7 +123,7 @@ class Wakers:
                         await listener.changed.wait()
                 try:
                     if connection is None:
-                        connection = await self.adapter.open_blocking()
+                        connection = await self.adapter.open_blocking(listener.key)
                         self.connections += 1
                     token = await connection.pop(listener.key, self.wait)
                 except StorageError as exc:

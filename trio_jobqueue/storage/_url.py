@@ -93,11 +93,26 @@ def _options(
     return options
 
 
+_REDIS_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    }
+)
+
+
 def storage_from_url(url: str) -> Storage:
     """Build an (unopened) storage from a URL.
 
     * ``memory://``: a :class:`~trio_jobqueue.MemoryStorage` (takes no parameters);
-    * ``redis://``, ``rediss://`` (TLS), ``unix://``: a :class:`~trio_jobqueue.RedisStorage`
+    * ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://h1:p1,h2:p2``
+      (Redis Cluster; ``rediss+cluster://`` with TLS), ``redis+sentinel://s1,s2/mymaster``
+      (Redis Sentinel): a :class:`~trio_jobqueue.RedisStorage`
       given the whole URL, query included (its own parser reads the parameters it knows,
       such as ``key_prefix``, and refuses the others);
     * ``file:///absolute/path[?param=value&...]``: a :class:`~trio_jobqueue.FileStorage`;
@@ -115,7 +130,7 @@ def storage_from_url(url: str) -> Storage:
         raise ValueError(f"storage URL must be a str, not {type(url).__name__}")
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in _REDIS_SCHEMES:
         from . import __getattr__ as lazy
 
         redis_storage = lazy("RedisStorage")
@@ -142,5 +157,5 @@ def storage_from_url(url: str) -> Storage:
         return storage
     raise ValueError(
         f"unknown storage URL {_shown(url)!r}: expected memory://, redis://, rediss://, "
-        "unix:// or file:///path"
+        "unix://, redis+cluster://, redis+sentinel:// (rediss+ for TLS) or file:///path"
     )

@@ -51,8 +51,9 @@ from ._base import (
 )
 from ._common import STALLED_ERROR
 from ._core import FollowKind, Hub
+from ._redis_cluster import ClusterAdapter
 from ._redis_common import Disconnected, ScriptArg
-from ._redis_trio import TrioRedisAdapter
+from ._redis_trio import SentinelResolver, TrioRedisAdapter
 
 if TYPE_CHECKING:
     from ._redis_adapter import RedisAdapter
@@ -291,7 +292,10 @@ class RedisStorage(Storage):
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
-            ``rediss://`` for TLS or ``unix:///path?db=N``; defaults to ``$REDIS_URL``,
+            ``rediss://`` for TLS or ``unix:///path?db=N``;
+            ``redis+cluster://h1:p1,h2:p2`` for Redis Cluster (any node named seeds the
+            slot map); ``redis+sentinel://s1:26379,s2:26379/mymaster/0`` for the master
+            that Redis Sentinel names (``rediss+`` for TLS); defaults to ``$REDIS_URL``,
             else ``redis://localhost:6379/0``.
         key_prefix: first part of every key's hash tag (``{prefix:queue}``); ``"jq"``.
         retry_timeout: how long (seconds) an operation retries connection errors, with
@@ -309,7 +313,10 @@ class RedisStorage(Storage):
         script_timeout: bound on one shielded claim script call (10 s).
         client: ``"trio"`` (default): the trio-native client; ``"asyncio"``: redis-py's
             asyncio client through trio-asyncio. ``$TRIO_JOBQUEUE_REDIS_CLIENT``
-            overrides the default. See ``docs/redis.md`` ("Client").
+            overrides the default. See ``docs/redis.md`` ("Client"). Cluster and
+            Sentinel URLs need the trio client.
+        cluster: Redis Cluster mode for a ``redis://`` URL naming one seed node (implied
+            by ``redis+cluster://``).
         **options: connection options (e.g. ``ssl_ca_certs``): the ``ssl_*`` ones,
             ``username``, ``password``, ``db`` and ``socket_connect_timeout`` (5 s) for
             the trio client; anything ``redis.asyncio.Redis.from_url`` takes for
@@ -317,8 +324,9 @@ class RedisStorage(Storage):
 
     Raises:
         ValueError: a malformed URL, an unknown URL parameter (the message names it and
-            lists the accepted ones), an invalid value (named), or an option the trio
-            client does not support.
+            lists the accepted ones), an invalid value (named), an option the trio
+            client does not support, or a cluster or sentinel URL with
+            ``client="asyncio"``.
     """
 
     url: str
@@ -330,7 +338,10 @@ class RedisStorage(Storage):
     script_timeout: float
     client: str
     options: dict[str, Any]
-    _adapter: TrioRedisAdapter | RedisAdapter | None = attrs.field(default=None, init=False)
+    cluster: bool
+    _adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter | None = attrs.field(
+        default=None, init=False
+    )
     _wakers: Wakers | None = attrs.field(default=None, init=False)
     _sharded: bool = attrs.field(default=True, init=False)
     """Whether the server has sharded pub/sub (``SPUBLISH``); else classic channels."""
@@ -356,6 +367,7 @@ class RedisStorage(Storage):
         claim_repoll: float | None = None,
         script_timeout: float | None = None,
         client: Literal["trio", "asyncio"] | None = None,
+        cluster: bool | None = None,
         **options: Any,
     ) -> None:
         from . import _redis_url
@@ -372,9 +384,14 @@ class RedisStorage(Storage):
             "claim_repoll": claim_repoll,
             "script_timeout": script_timeout,
             "client": client,
+            "cluster": cluster,
         }
         settings.update((name, value) for name, value in explicit.items() if value is not None)
-        chosen = settings.get("client") or os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") or "trio"
+        # $TRIO_JOBQUEUE_REDIS_CLIENT is a default for single servers: Cluster and Sentinel
+        # run on the trio client only.
+        single = not (parsed.cluster or parsed.sentinel or settings.get("cluster"))
+        default = os.environ.get("TRIO_JOBQUEUE_REDIS_CLIENT") if single else None
+        chosen = settings.get("client") or default or "trio"
         if chosen not in ("trio", "asyncio"):
             raise ValueError(f'client must be "trio" or "asyncio", not {chosen!r}')
         prefix = settings.get("key_prefix", _redis_url.DEFAULTS["key_prefix"])
@@ -394,6 +411,21 @@ class RedisStorage(Storage):
                     f' (client="asyncio" passes options to redis-py); accepted:'
                     f" {', '.join(sorted(supported))}"
                 )
+        cluster_mode = bool(parsed.cluster or settings.get("cluster", False))
+        if parsed.sentinel and cluster_mode:
+            raise ValueError("a redis+sentinel:// URL cannot be a cluster too")
+        mode = "Sentinel" if parsed.sentinel else "Cluster" if cluster_mode else None
+        if mode is not None and chosen != "trio":
+            raise ValueError(
+                f'Redis {mode} needs the trio client (client="trio"); the asyncio'
+                " client (redis-py through trio-asyncio) is for single servers"
+            )
+        if cluster_mode:
+            if parsed.scheme == "unix":
+                raise ValueError("Redis Cluster needs host:port nodes, not a unix:// socket")
+            db = connection.get("db", parsed.db)
+            if db:
+                raise ValueError(f"a Redis Cluster has database 0 only, not {db!r}")
         self.__attrs_init__(
             url=url,
             key_prefix=prefix,
@@ -403,6 +435,7 @@ class RedisStorage(Storage):
             claim_repoll=seconds("claim_repoll"),
             script_timeout=seconds("script_timeout"),
             client=chosen,
+            cluster=cluster_mode,
             options=connection,
         )
 
@@ -411,7 +444,7 @@ class RedisStorage(Storage):
 
         return (
             f"RedisStorage({redact(self.url)!r}, key_prefix={self.key_prefix!r},"
-            f" client={self.client!r})"
+            f" client={self.client!r}{', cluster=True' if self.cluster else ''})"
         )
 
     # -- lifetime ---------------------------------------------------------------------
@@ -430,14 +463,23 @@ class RedisStorage(Storage):
             "command_timeout": self.command_timeout,
             "health_check_interval": self.health_check_interval,
         }
-        adapter: TrioRedisAdapter | RedisAdapter
-        if self.client == "asyncio":
+        adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter
+        if self.cluster:
+            adapter = self._cluster_adapter(timeouts)
+        elif self.client == "asyncio":
             # Imported on demand: it pulls in asyncio and trio-asyncio.
             from ._redis_adapter import RedisAdapter
 
             adapter = RedisAdapter(url, self.retry_timeout, self.options, **timeouts)
         else:
-            adapter = TrioRedisAdapter(url, self.retry_timeout, self.options, **timeouts)
+            adapter = TrioRedisAdapter(
+                url,
+                self.retry_timeout,
+                self.options,
+                command_timeout=self.command_timeout,
+                health_check_interval=self.health_check_interval,
+                sentinel=self._sentinel_resolver(),
+            )
         await adapter.open()
         try:
             self._sharded = await self._has_sharded_pubsub(adapter)
@@ -448,8 +490,35 @@ class RedisStorage(Storage):
         self._adapter = adapter
         self._wakers = Wakers(adapter, wait=self.health_check_interval)
 
+    def _sentinel_resolver(self) -> SentinelResolver | None:
+        from ._redis_url import parse_url
+
+        parsed = parse_url(self.url)
+        if not parsed.sentinel:
+            return None
+        assert parsed.service is not None
+        tls = {k: v for k, v in self.options.items() if k.startswith("ssl_")}
+        return SentinelResolver(
+            list(parsed.seeds), parsed.service, tls, tls=parsed.scheme.startswith("rediss")
+        )
+
+    def _cluster_adapter(self, timeouts: dict[str, float]) -> ClusterAdapter:
+        from ._redis_url import parse_url
+
+        parsed = parse_url(self.url)
+        options = {k: v for k, v in self.options.items() if k != "db"}
+        if parsed.username is not None:
+            options.setdefault("username", parsed.username)
+        if parsed.password is not None:
+            options.setdefault("password", parsed.password)
+        seeds = parsed.seeds or ((parsed.host, parsed.port),)
+        tls = parsed.scheme.startswith("rediss")
+        return ClusterAdapter(seeds, self.retry_timeout, options, tls=tls, **timeouts)
+
     @staticmethod
-    async def _has_sharded_pubsub(adapter: TrioRedisAdapter | RedisAdapter) -> bool:
+    async def _has_sharded_pubsub(
+        adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter,
+    ) -> bool:
         """Whether the server takes ``SPUBLISH`` (Redis 7; a server or proxy without it,
         or an ACL that forbids it, gets classic ``PUBLISH``/``SUBSCRIBE``)."""
         try:
@@ -468,7 +537,7 @@ class RedisStorage(Storage):
             await adapter.close()
 
     @property
-    def adapter(self) -> TrioRedisAdapter | RedisAdapter:
+    def adapter(self) -> TrioRedisAdapter | RedisAdapter | ClusterAdapter:
         """The open client (raises :class:`StorageError` when the storage is closed)."""
         if self._adapter is None:
             raise StorageError("RedisStorage is not open: use `async with storage:`")
