@@ -36,6 +36,7 @@ EXPECTED = {
     "MAX_PROGRESS_BYTES",
     "MemoryStorage",
     "Misfire",
+    "NotReplicatedError",
     "PayloadDecodeError",
     "Queue",
     "QueueStatistics",
@@ -147,12 +148,14 @@ def test_errors_hierarchy() -> None:
         jq.JobCancelledError,
         jq.JobTimeoutError,
         jq.PayloadDecodeError,
+        jq.NotReplicatedError,
     ):
         assert issubclass(cls, jq.JobQueueError)
     assert issubclass(jq.WaitTimeoutError, TimeoutError)
     assert issubclass(jq.InvalidJobError, ValueError)
     assert issubclass(jq.InvalidTtlError, ValueError)
     assert issubclass(jq.PayloadDecodeError, jq.SerializationError)
+    assert issubclass(jq.NotReplicatedError, jq.StorageError)
     assert jq.JobState.QUEUED == "queued" and jq.EnqueueStatus.DUPLICATE == "duplicate"
     assert {k.value for k in jq.EventKind} == {
         "enqueued",

@@ -10,6 +10,7 @@ from ._errors import JobCancelledError as JobCancelledError
 from ._errors import JobFailedError as JobFailedError
 from ._errors import JobQueueError as JobQueueError
 from ._errors import JobTimeoutError as JobTimeoutError
+from ._errors import NotReplicatedError as NotReplicatedError
 from ._errors import PayloadDecodeError as PayloadDecodeError
 from ._errors import SerializationError as SerializationError
 from ._errors import StorageError as StorageError

@@ -15,6 +15,7 @@ __all__ = [
     "JobFailedError",
     "JobQueueError",
     "JobTimeoutError",
+    "NotReplicatedError",
     "PayloadDecodeError",
     "SerializationError",
     "StorageError",
@@ -71,6 +72,22 @@ class EnqueueManyError(StorageError):
     def __init__(self, message: str, results: list[EnqueueResult]) -> None:
         super().__init__(message)
         self.results = results
+
+
+class NotReplicatedError(StorageError):
+    """A durable enqueue (``RedisStorage(durable_enqueue=N)``) was written on the master,
+    but fewer than ``N`` replicas confirmed it within ``durable_timeout``.
+
+    The job is there and will run; it may or may not survive a failover that happens
+    before a replica has it. Enqueueing the same id again is safe (the first enqueue
+    wins: the repeat comes back as a duplicate) and waits for the replicas again.
+    ``wanted`` and ``confirmed`` are the replica counts asked for and reached.
+    """
+
+    def __init__(self, message: str, *, wanted: int, confirmed: int) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.confirmed = confirmed
 
 
 class JobFailedError(JobQueueError):

@@ -19,6 +19,7 @@ from ._errors import (
     JobCancelledError,
     JobFailedError,
     JobQueueError,
+    NotReplicatedError,
     StorageError,
     WaitTimeoutError,
 )
@@ -213,6 +214,9 @@ class Queue(Generic[P, R]):
                 its ``results`` are those of the chunks written before it; no later
                 chunk was written; enqueueing the list again is safe (the accepted jobs
                 come back as duplicates).
+            NotReplicatedError: (``RedisStorage(durable_enqueue=N)``) every job was
+                written, but not every chunk was confirmed by ``N`` replicas in time;
+                enqueueing the list again is safe and waits for them again.
         """
         attempts = check_max_attempts(self.max_attempts)
         ttl = check_ttl(self.result_ttl, "result_ttl")
@@ -231,6 +235,8 @@ class Queue(Generic[P, R]):
         chunks = _Chunks(prepared, attempts, ttl)
         try:
             await self.storage.enqueue_chunks(self.name, chunks, done)
+        except NotReplicatedError:
+            raise  # every job was written: only the replicas' confirmation is missing
         except StorageError as exc:
             raise EnqueueManyError(
                 f"{exc} (enqueue_many: the first {len(results)} of {len(prepared)} jobs "

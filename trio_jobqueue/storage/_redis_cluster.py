@@ -389,9 +389,10 @@ class ClusterAdapter(AdapterCommon):
         self,
         key: str | bytes,
         call: Callable[[TrioRedisAdapter], Awaitable[Any]],
-        asking: Sequence[ScriptArg],
+        ask: Callable[[str], Awaitable[Any]],
     ) -> Any:
-        """``call`` on the master of ``key``'s slot, following redirections."""
+        """``call`` on the master of ``key``'s slot, following redirections (``ASK``:
+        ``ask(address)`` once)."""
         for _ in range(_MAX_REDIRECTS):
             address = self._owner(key)
             try:
@@ -405,33 +406,75 @@ class ClusterAdapter(AdapterCommon):
                     raise
                 self.redirects += 1
                 if found[0] == "ASK":
-                    return await self._ask(found[2], asking)
+                    return await ask(found[2])
                 self.learn(found)
         raise Disconnected(f"the slot of {_text(key)!r} moved {_MAX_REDIRECTS} times in a row")
 
-    async def _ask(self, address: str, args: Sequence[ScriptArg]) -> Any:
-        """Send ``args`` once to ``address`` after ``ASKING`` (a slot being migrated)."""
-        asking, reply = await request_once(
-            self._url(address), self.options, [("ASKING",), args], self.command_timeout
+    async def _ask(self, address: str, *commands: Sequence[ScriptArg]) -> list[Any]:
+        """Send ``commands`` once to ``address`` after ``ASKING`` (a slot being migrated);
+        their replies."""
+        asking, *replies = await request_once(
+            self._url(address), self.options, [("ASKING",), *commands], self.command_timeout
         )
-        for answer in (asking, reply):
+        for answer in (asking, *replies):
             if isinstance(answer, RedisReplyError):
                 error = _translate(answer, f"Redis at {address}")
                 raise error from answer
+        return replies
+
+    async def _ask_one(self, address: str, args: Sequence[ScriptArg]) -> Any:
+        (reply,) = await self._ask(address, args)
         return reply
+
+    async def _ask_waited(
+        self, address: str, args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        reply, acked = await self._ask(address, args, wait)
+        return reply, int(acked)
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         # The first argument after the command's name is its key (every command the
         # storage sends); a command without one goes to any master.
         key = args[1] if len(args) > 1 else ""
         routing = key if isinstance(key, str | bytes) else str(key)
-        return await self._routed(routing, lambda node: node._command_once(args), args)
+        return await self._routed(
+            routing, lambda node: node._command_once(args), lambda a: self._ask_one(a, args)
+        )
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         if not keys:
             raise StorageError(f"script {name!r} declares no key: it cannot be routed")
         asking = ("EVAL", script(name).source, len(keys), *keys, *args)
-        return await self._routed(keys[0], lambda node: node._evalsha(name, keys, args), asking)
+        return await self._routed(
+            keys[0],
+            lambda node: node._evalsha(name, keys, args),
+            lambda a: self._ask_one(a, asking),
+        )
+
+    async def _evalsha_waited(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        if not keys:
+            raise StorageError(f"script {name!r} declares no key: it cannot be routed")
+        asking = ("EVAL", script(name).source, len(keys), *keys, *args)
+        result: tuple[Any, int] = await self._routed(
+            keys[0],
+            lambda node: node._evalsha_waited(name, keys, args, wait),
+            lambda a: self._ask_waited(a, asking, wait),
+        )
+        return result
+
+    async def _command_waited(
+        self, args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        key = args[1] if len(args) > 1 else ""
+        routing = key if isinstance(key, str | bytes) else str(key)
+        result: tuple[Any, int] = await self._routed(
+            routing,
+            lambda node: node._command_waited(args, wait),
+            lambda a: self._ask_waited(a, args, wait),
+        )
+        return result
 
     async def open_blocking(self, key: str | None = None) -> BlockingConnection:
         """See :meth:`AdapterCommon.open_blocking` (on the master of ``key``'s slot)."""

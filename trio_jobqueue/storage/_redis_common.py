@@ -461,6 +461,11 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
             retrying = True
 
 
+def _wait_command(replicas: int, timeout: float) -> tuple[ScriptArg, ...]:
+    """``WAIT``: 0 ms would mean "forever" to Redis, so at least 1 ms."""
+    return ("WAIT", int(replicas), max(1, round(timeout * 1000)))
+
+
 class AdapterCommon:
     """What both Redis clients do the same way on top of their own transport: commands and
     scripts with retries, and reference-counted channel subscriptions with their
@@ -477,6 +482,50 @@ class AdapterCommon:
 
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         raise NotImplementedError
+
+    async def _evalsha_waited(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        raise StorageError("this Redis client cannot confirm writes with WAIT")
+
+    async def _command_waited(
+        self, args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        raise StorageError("this Redis client cannot confirm writes with WAIT")
+
+    async def run_script_waited(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *,
+        replicas: int,
+        timeout: float,
+    ) -> tuple[Any, int]:
+        """Run ``lua/<name>.lua`` followed, on the same connection (the master of the
+        keys' slot), by ``WAIT replicas <timeout ms>``; return the script's reply and the
+        number of replicas that acknowledged every write of that connection so far.
+
+        Raises:
+            StorageError: from the driver error (after retries for connection errors).
+        """
+        wait = _wait_command(replicas, timeout)
+
+        async def attempt(retrying: bool) -> tuple[Any, int]:
+            return await self._evalsha_waited(name, keys, args, wait)
+
+        return await with_retry(attempt, self.retry_timeout)
+
+    async def command_waited(
+        self, *args: ScriptArg, replicas: int, timeout: float
+    ) -> tuple[Any, int]:
+        """Like :meth:`run_script_waited` for one command (routed by its first key)."""
+        wait = _wait_command(replicas, timeout)
+
+        async def attempt(retrying: bool) -> tuple[Any, int]:
+            return await self._command_waited(args, wait)
+
+        return await with_retry(attempt, self.retry_timeout)
 
     async def command(self, *args: ScriptArg, retry_for: float | None = None) -> Any:
         """Run one Redis command (retrying connection errors)."""

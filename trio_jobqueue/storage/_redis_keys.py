@@ -33,6 +33,8 @@ key                         type    contents
                                     claim resent after a lost reply gets them back
 ``{tag}:rc:<nonce>``        string  reply of one cancel/reap/purge/lock release, kept
                                     until its call can no longer be resent
+``{tag}:sync``              string  a marker of durable enqueue (1 s TTL), written
+                                    when the call itself wrote nothing
 ``{tag}:ev``                channel every event of the namespace (see ``lua/_lib``)
 ``{tag}:done:<job id>``     channel that job's terminal events (its watchers only)
 ``{tag}:ctl``               channel force-cancels of running jobs (every worker)
@@ -138,6 +140,12 @@ class NamespaceKeys:
     def wake(self) -> str:
         """Wake-up tokens, one per job made claimable: what blocked claimers ``BLPOP``."""
         return self.base + ":wake"
+
+    @property
+    def sync(self) -> str:
+        """A short-lived marker a durable enqueue writes when its own call wrote nothing
+        (a duplicate, a resent call), so that ``WAIT`` covers the job found."""
+        return self.base + ":sync"
 
     @property
     def cursors(self) -> str:

@@ -319,6 +319,22 @@ class _Slot:
             trio.lowlevel.reschedule(task, result)
 
 
+class _KeptSlot(_Slot):
+    """The first of a pair of requests (:meth:`TrioRedisAdapter._call_then_wait`): its
+    reply is kept for the caller, who waits on the second one."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, data: bytes, task: trio.lowlevel.Task) -> None:
+        super().__init__(data, task)
+        self.result: outcome.Outcome[Any] | None = None
+
+    def resolve(self, result: outcome.Outcome[Any]) -> None:
+        if self.task is not None:
+            self.task = None
+            self.result = result
+
+
 class _BlockingConnection:
     """A connection of its own for one blocking command at a time (see
     :class:`~._redis_common.BlockingConnection`)."""
@@ -700,6 +716,51 @@ class TrioRedisAdapter(AdapterCommon):
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _call_then_wait(self, data: bytes, wait: Sequence[ScriptArg]) -> tuple[Any, Any]:
+        """Send ``data`` and ``WAIT`` right behind it: both slots join the pending list
+        without a checkpoint in between, so the writer sends them in one batch on one
+        connection, and ``WAIT`` counts that write. Returns both raw replies."""
+        if not self._open:
+            raise StorageError("the Redis storage is not open")
+        task = trio.lowlevel.current_task()
+        first = _KeptSlot(data, task)
+        self._pending.append(first)
+        if len(self._pending) == 1:
+            self._wake_writer.set()
+        slot = _Slot(_pack(wait), task)
+        self._pending.append(slot)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            first.task = slot.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        acked = await trio.lowlevel.wait_task_rescheduled(abort)
+        # Replies resolve in order: the first one is in by now.
+        assert first.result is not None
+        return first.result.unwrap(), acked
+
+    def _replied(self, reply: Any) -> Any:
+        if isinstance(reply, RedisReplyError):
+            raise self._error(reply)
+        return reply
+
+    async def _evalsha_waited(
+        self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        spec = script(name)
+        packed = _pack(("EVALSHA", spec.sha, len(keys), *keys, *args))
+        reply, acked = await self._call_then_wait(packed, wait)
+        if isinstance(reply, RedisReplyError) and reply.code == "NOSCRIPT":
+            await self._command_once(("SCRIPT", "LOAD", spec.source))
+            reply, acked = await self._call_then_wait(packed, wait)
+        return self._replied(reply), int(self._replied(acked))
+
+    async def _command_waited(
+        self, args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
+    ) -> tuple[Any, int]:
+        reply, acked = await self._call_then_wait(_pack(args), wait)
+        return self._replied(reply), int(self._replied(acked))
 
     # -- commands -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULTS",
     "STORAGE_OPTIONS",
     "RedisURL",
+    "check_replicas",
     "check_seconds",
     "parse_url",
     "redact",
@@ -49,6 +50,8 @@ DEFAULTS: Mapping[str, Any] = {
     "claim_repoll": 5.0,
     "script_timeout": 10.0,
     "socket_connect_timeout": 5.0,
+    "durable_enqueue": 0,
+    "durable_timeout": 0.5,
 }
 """Defaults of the options that have one (documented in ``docs/redis.md``)."""
 
@@ -68,6 +71,22 @@ def check_seconds(name: str, value: object) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"invalid {name} {value!r}: expected a finite number of seconds > 0")
     return seconds
+
+
+def check_replicas(name: str, value: object) -> int:
+    """``value`` as a number of replicas (an int >= 0, or its decimal text).
+
+    Raises:
+        ValueError: it is not one (the message names the option and the value).
+    """
+    count = -1
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        count = int(value)
+    if count < 0:
+        raise ValueError(f"invalid {name} {value!r}: expected a number of replicas >= 0")
+    return count
 
 
 def _text(name: str, value: str) -> str:
@@ -125,6 +144,8 @@ STORAGE_OPTIONS: Mapping[str, Callable[[str, str], Any]] = {
     "script_timeout": check_seconds,
     "client": _client,
     "cluster": _flag,
+    "durable_enqueue": check_replicas,
+    "durable_timeout": check_seconds,
 }
 """Options of :class:`~trio_jobqueue.storage.redis.RedisStorage` itself, with their
 parsers (URL text -> value)."""

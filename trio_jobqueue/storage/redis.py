@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import trio
 
-from .._errors import StorageError
+from .._errors import NotReplicatedError, StorageError
 from .._types import (
     CancelStatus,
     DeleteStatus,
@@ -317,6 +317,16 @@ class RedisStorage(Storage):
             Sentinel URLs need the trio client.
         cluster: Redis Cluster mode for a ``redis://`` URL naming one seed node (implied
             by ``redis+cluster://``).
+        durable_enqueue: replicas that must confirm every write creating jobs
+            (``enqueue``, each chunk of ``enqueue_many``, the enqueue of
+            ``enqueue_and_wait``, a schedule's fire) before the call returns: ``WAIT
+            <durable_enqueue> <durable_timeout>`` on the connection that wrote. ``0``
+            (default): off, no cost. Fewer confirmations in time raise
+            :class:`~trio_jobqueue.NotReplicatedError` (the job is written). Needs the
+            trio client. See ``docs/redis.md`` ("Durable enqueue").
+        durable_timeout: how long (seconds) a durable enqueue waits for its replicas
+            (0.5 s); less than ``command_timeout``. Other requests of the storage's
+            connection wait behind it meanwhile.
         **options: connection options (e.g. ``ssl_ca_certs``): the ``ssl_*`` ones,
             ``username``, ``password``, ``db`` and ``socket_connect_timeout`` (5 s) for
             the trio client; anything ``redis.asyncio.Redis.from_url`` takes for
@@ -325,8 +335,9 @@ class RedisStorage(Storage):
     Raises:
         ValueError: a malformed URL, an unknown URL parameter (the message names it and
             lists the accepted ones), an invalid value (named), an option the trio
-            client does not support, or a cluster or sentinel URL with
-            ``client="asyncio"``.
+            client does not support, a cluster or sentinel URL or ``durable_enqueue``
+            with ``client="asyncio"``, or a ``durable_timeout`` not below
+            ``command_timeout``.
     """
 
     url: str
@@ -339,6 +350,8 @@ class RedisStorage(Storage):
     client: str
     options: dict[str, Any]
     cluster: bool
+    durable_enqueue: int
+    durable_timeout: float
     _adapter: TrioRedisAdapter | RedisAdapter | ClusterAdapter | None = attrs.field(
         default=None, init=False
     )
@@ -368,6 +381,8 @@ class RedisStorage(Storage):
         script_timeout: float | None = None,
         client: Literal["trio", "asyncio"] | None = None,
         cluster: bool | None = None,
+        durable_enqueue: int | None = None,
+        durable_timeout: float | None = None,
         **options: Any,
     ) -> None:
         from . import _redis_url
@@ -385,6 +400,8 @@ class RedisStorage(Storage):
             "script_timeout": script_timeout,
             "client": client,
             "cluster": cluster,
+            "durable_enqueue": durable_enqueue,
+            "durable_timeout": durable_timeout,
         }
         settings.update((name, value) for name, value in explicit.items() if value is not None)
         # $TRIO_JOBQUEUE_REDIS_CLIENT is a default for single servers: Cluster and Sentinel
@@ -420,6 +437,18 @@ class RedisStorage(Storage):
                 f'Redis {mode} needs the trio client (client="trio"); the asyncio'
                 " client (redis-py through trio-asyncio) is for single servers"
             )
+        replicas = _redis_url.check_replicas("durable_enqueue", settings.get("durable_enqueue", 0))
+        durable_timeout = seconds("durable_timeout")
+        if replicas and chosen != "trio":
+            raise ValueError(
+                'durable_enqueue needs the trio client (client="trio"): WAIT must follow'
+                " the write on its connection"
+            )
+        if replicas and durable_timeout >= seconds("command_timeout"):
+            raise ValueError(
+                f"invalid durable_timeout {durable_timeout!r}: it must be less than"
+                f" command_timeout ({seconds('command_timeout')!r} s)"
+            )
         if cluster_mode:
             if parsed.scheme == "unix":
                 raise ValueError("Redis Cluster needs host:port nodes, not a unix:// socket")
@@ -436,6 +465,8 @@ class RedisStorage(Storage):
             script_timeout=seconds("script_timeout"),
             client=chosen,
             cluster=cluster_mode,
+            durable_enqueue=replicas,
+            durable_timeout=durable_timeout,
             options=connection,
         )
 
@@ -444,7 +475,8 @@ class RedisStorage(Storage):
 
         return (
             f"RedisStorage({redact(self.url)!r}, key_prefix={self.key_prefix!r},"
-            f" client={self.client!r}{', cluster=True' if self.cluster else ''})"
+            f" client={self.client!r}{', cluster=True' if self.cluster else ''}"
+            f"{f', durable_enqueue={self.durable_enqueue}' if self.durable_enqueue else ''})"
         )
 
     # -- lifetime ---------------------------------------------------------------------
@@ -645,6 +677,51 @@ class RedisStorage(Storage):
             lambda retrying: [*argv, "1" if retrying else "0", cache_ms],
         )
 
+    # -- durable enqueue --------------------------------------------------------------
+
+    async def _create_jobs(
+        self,
+        name: str,
+        ns: str,
+        keys: Sequence[str],
+        argv: Sequence[ScriptArg],
+        wrote: Callable[[Any], bool | None],
+    ) -> tuple[Any, int | None]:
+        """Run a script that may create jobs; with ``durable_enqueue``, followed on its
+        connection by ``WAIT``. Returns the reply and the replicas that confirmed
+        (``None``: not durable, or ``wrote(reply)`` is ``None``: no job concerned).
+
+        When the call itself wrote nothing (``wrote(reply)`` false: a duplicate, or a
+        call resent after a lost reply that finds its first run's job), ``WAIT`` would
+        only count this connection's earlier writes: a marker is written first, so the
+        confirmation covers everything the master holds, the job found included."""
+        adapter = self.adapter
+        if not self.durable_enqueue:
+            return await adapter.run_script(name, keys, argv), None
+        wanted, timeout = self.durable_enqueue, self.durable_timeout
+        reply, acked = await adapter.run_script_waited(
+            name, keys, argv, replicas=wanted, timeout=timeout
+        )
+        written = wrote(reply)
+        if written is None:
+            return reply, None
+        if not written:
+            _, acked = await adapter.command_waited(
+                "SET", self.keys(ns).sync, "1", "PX", 1000, replicas=wanted, timeout=timeout
+            )
+        return reply, acked
+
+    def _not_replicated(self, what: str, confirmed: int) -> NotReplicatedError:
+        wanted = self.durable_enqueue
+        return NotReplicatedError(
+            f"{what} written on the master, but {confirmed} of {wanted} replica(s) confirmed"
+            f" it within durable_timeout={self.durable_timeout:g} s: it may or may not"
+            " survive a failover; enqueueing the same id again is safe (the first enqueue"
+            " wins) and waits for the replicas again",
+            wanted=wanted,
+            confirmed=confirmed,
+        )
+
     # -- producer transitions ---------------------------------------------------------
 
     async def enqueue(
@@ -660,10 +737,12 @@ class RedisStorage(Storage):
         delay: float | None = None,
     ) -> EnqueueOutcome:
         nonce = secrets.token_urlsafe(6)  # 48 bits, kept in the job record
-        reply = await self._run(
+        reply, confirmed = await self._create_jobs(
             "enqueue",
             ns,
+            self.keys(ns).standard(),
             [
+                self._clock_arg,
                 job_id,
                 bytes(payload),
                 int(max_attempts),
@@ -673,7 +752,10 @@ class RedisStorage(Storage):
                 "" if run_at is None else repr(float(run_at)),
                 "" if delay is None else repr(float(delay)),
             ],
+            lambda reply: reply[0] in (b"queued", b"scheduled"),
         )
+        if confirmed is not None and confirmed < self.durable_enqueue:
+            raise self._not_replicated(f"job {job_id!r}", confirmed)
         status = EnqueueStatus(reply[0].decode())
         if status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
             return EnqueueOutcome(status)
@@ -715,6 +797,11 @@ class RedisStorage(Storage):
         count = len(chunks)
         sent: list[Sequence[EnqueueSpec]] = [()] * count
         replies: list[Any] = [None] * count
+        unconfirmed: list[tuple[int, int]] = []  # (jobs, replicas that confirmed)
+
+        def wrote(reply: Any) -> bool | None:
+            return None if reply == b"wait" else True  # a chunk moves the chain key on
+
         finished = [trio.Event() for _ in range(count)]
 
         async def send(index: int, *, task_status: trio.TaskStatus[None]) -> None:
@@ -724,18 +811,22 @@ class RedisStorage(Storage):
             argv = _chunk_args(self._clock_arg, f"{call}.{index + 1}", index + 1, chain_ms, chunk)
             task_status.started()  # no checkpoint before the call is queued: sent in order
             try:
-                reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                reply, confirmed = await self._create_jobs("enqueue_many", ns, keys, argv, wrote)
                 if reply == b"wait" and index > 0:
                     await finished[index - 1].wait()
                     if isinstance(replies[index - 1], StorageError | None):
                         return  # the predecessor failed: this chunk must not be written
-                    reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                    reply, confirmed = await self._create_jobs(
+                        "enqueue_many", ns, keys, argv, wrote
+                    )
                 if reply == b"wait":
                     raise StorageError(
                         f"enqueue_many: chunk {index + 1} of {count} found its call's "
                         "chain key gone (expired): the chunks after it were not written"
                     )
                 replies[index] = reply
+                if confirmed is not None and confirmed < self.durable_enqueue and chunk:
+                    unconfirmed.append((len(chunk), confirmed))
             except StorageError as exc:
                 replies[index] = exc
             finally:
@@ -753,6 +844,12 @@ class RedisStorage(Storage):
             assert reply is not None  # only a chunk after a failed one has no reply
             if chunk:
                 done(_chunk_outcomes(ns, chunk, reply))
+        if unconfirmed:
+            jobs = sum(n for n, _ in unconfirmed)
+            raise self._not_replicated(
+                f"every job of enqueue_many was written; {jobs} of them were",
+                min(c for _, c in unconfirmed),
+            )
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         reply = await self._run_cached("cancel", ns, self.keys(ns).standard(), [job_id])
@@ -1112,8 +1209,9 @@ class RedisStorage(Storage):
         fence: Fence,
     ) -> FireStatus:
         keys = self.keys(ns)
-        reply = await self.adapter.run_script(
+        reply, confirmed = await self._create_jobs(
             "fire_schedule",
+            ns,
             [*keys.standard(), keys.lock(fence.lock), keys.cursors],
             [
                 self._clock_arg,
@@ -1128,7 +1226,11 @@ class RedisStorage(Storage):
                 str(int(fence.epoch)),
                 secrets.token_urlsafe(6),
             ],
+            # Only a fire that enqueued made a job to confirm (it moved the cursor too).
+            lambda reply: True if reply == b"enqueued" else None,
         )
+        if confirmed is not None and confirmed < self.durable_enqueue:
+            raise self._not_replicated(f"the job {job_id!r} of schedule {schedule_id!r}", confirmed)
         return FireStatus(reply.decode())
 
     async def schedule_cursors(self, ns: str) -> dict[str, float]:
