@@ -3,6 +3,7 @@ forms, the contract suite, and a killed master in the middle of a drain."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ from test_redis_faults import run_with_fault
 import trio_jobqueue as jq
 from trio_jobqueue import StorageError
 from trio_jobqueue.storage import Storage, storage_from_url
+from trio_jobqueue.storage._base import ENQUEUE_MANY_MAX
+from trio_jobqueue.storage._redis_trio import TrioRedisAdapter
 from trio_jobqueue.storage.redis import RedisStorage
 from trio_jobqueue.testing._checks import API_CHECKS, Check
 
@@ -95,3 +98,77 @@ async def test_an_unknown_master_name_fails_to_open(redis_sentinels: SentinelSet
     with trio.fail_after(10), pytest.raises(StorageError, match="nosuchmaster"):
         async with RedisStorage(url, retry_timeout=0.5):
             pass
+
+
+def _wait_replica_synced(group: SentinelSet, timeout: float = 30.0) -> None:
+    """Until the replica's link to the master is up (the module's group does not wait)."""
+    assert group.replica is not None
+    deadline = time.monotonic() + timeout
+    while "master_link_status:up" not in node_command(group.replica.port, "INFO", "replication"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replica did not sync with the master")
+        time.sleep(0.05)
+
+
+async def test_durable_enqueue_is_on_the_replica_when_it_returns(
+    redis_sentinels: SentinelSet,
+) -> None:
+    """With durable_enqueue=1, enqueue, enqueue_many (several chunks) and enqueue_and_wait
+    return only once the replica has the jobs: each is on the replica right away."""
+    await trio.to_thread.run_sync(_wait_replica_synced, redis_sentinels)
+    assert redis_sentinels.replica is not None
+    replica = redis_sentinels.replica.port
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    storage = RedisStorage(
+        redis_sentinels.url, key_prefix=prefix, durable_enqueue=1, durable_timeout=2.0
+    )
+
+    def on_replica(job_id: str) -> bool:
+        key = storage.keys("q").job(job_id)
+        return node_command(replica, "EXISTS", key).strip() == "1"
+
+    async def handler(job: jq.Job[int]) -> int:
+        return job.payload * 2
+
+    with trio.fail_after(30):
+        async with storage:
+            async with jq.open_queue(storage, name="q") as producer:
+                result = await producer.enqueue("one", 1)
+                assert result.status == "queued"
+                assert await trio.to_thread.run_sync(on_replica, "one")
+                assert (await producer.enqueue("one", 1)).status == "duplicate"
+                jobs = [(f"m{i}", i) for i in range(ENQUEUE_MANY_MAX + 5)]
+                results = await producer.enqueue_many(jobs)
+                assert {r.status for r in results} == {"queued"}
+                assert await trio.to_thread.run_sync(on_replica, f"m{ENQUEUE_MANY_MAX + 4}")
+            async with jq.open_queue(storage, handler, name="w") as queue:
+                assert await queue.enqueue_and_wait("rr", 21, timeout=10) == 42
+
+
+async def test_connections_follow_switch_master_before_any_command_fails(
+    own_sentinels: SentinelSet,
+) -> None:
+    """After SENTINEL FAILOVER, the storage's connections move to the promoted replica
+    on the sentinels' +switch-master, before any command got READONLY from the old
+    master; the next enqueue goes to the new master."""
+    assert own_sentinels.master is not None and own_sentinels.replica is not None
+    old, new = own_sentinels.master.port, own_sentinels.replica.port
+    storage = RedisStorage(own_sentinels.url, key_prefix="switch", retry_timeout=20.0)
+    async with storage, jq.open_queue(storage, name="q") as queue:
+        adapter = storage.adapter
+        assert isinstance(adapter, TrioRedisAdapter)
+        await queue.enqueue("before", 1)
+        assert adapter.master_address == f"127.0.0.1:{old}"
+        switched = adapter.next_switch
+        port = own_sentinels.sentinels[0].port
+        await trio.to_thread.run_sync(node_command, port, "SENTINEL", "FAILOVER", SERVICE)
+        with trio.fail_after(15):
+            await switched.wait()
+        assert adapter.switches == 1
+        assert adapter.readonly_drops == 0
+        assert adapter.sentinel is not None and adapter.sentinel.known == ("127.0.0.1", new)
+        await queue.enqueue("after", 2)
+        assert adapter.master_address == f"127.0.0.1:{new}"
+        assert adapter.readonly_drops == 0
+        status = await queue.get_status("before")
+        assert status is not None and status.state == jq.JobState.QUEUED

@@ -387,6 +387,13 @@ class SentinelResolver:
     tls: bool = False
     lookups: int = 0
     """Addresses asked for so far (statistics)."""
+    known: tuple[str, int] | None = None
+    """The master's address as last named (by a lookup or a ``+switch-master``)."""
+
+    def url(self, host: str, port: int) -> str:
+        """The URL of the sentinel at ``host:port``."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{'rediss' if self.tls else 'redis'}://{address}"
 
     async def master(self, timeout: float) -> tuple[str, int]:
         """Raises:
@@ -396,8 +403,8 @@ class SentinelResolver:
         self.lookups += 1
         failures: list[str] = []
         for index, (host, port) in enumerate(list(self.sentinels)):
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            url = f"{'rediss' if self.tls else 'redis'}://{address}"
+            url = self.url(host, port)
+            address = url.partition("://")[2]
             command = ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
             try:
                 (reply,) = await request_once(url, self.options, [command], timeout)
@@ -408,7 +415,8 @@ class SentinelResolver:
                 if index:
                     self.sentinels.insert(0, self.sentinels.pop(index))
                 found = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                return found, int(reply[1])
+                self.known = (found, int(reply[1]))
+                return self.known
             failures.append(f"sentinel {address} does not know {self.service!r}: {reply!r}")
         raise Disconnected(
             f"no sentinel named the master of {self.service!r}: {'; '.join(failures)}"
@@ -457,6 +465,24 @@ class TrioRedisAdapter(AdapterCommon):
     """Where to ask for the master's address before each connection (sentinel mode)."""
     _session: trio.CancelScope | None = attrs.field(default=None, init=False)
     """The current command connection's session (cancelled to drop it)."""
+    _session_address: str | None = attrs.field(default=None, init=False)
+    """The server of the current command connection (``host:port``)."""
+    _pubsub_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _pubsub_address: str | None = attrs.field(default=None, init=False)
+    _pubsub_moved: bool = attrs.field(default=False, init=False)
+    switches: int = attrs.field(default=0, init=False)
+    """Sentinel mode: connections dropped because the sentinels announced a new master
+    (``+switch-master``) before any request failed on the old one (statistics)."""
+    next_switch: trio.Event = attrs.field(factory=trio.Event, init=False)
+    """Set at the next such move (then replaced by a fresh event)."""
+    readonly_drops: int = attrs.field(default=0, init=False)
+    """Sentinel mode: connections dropped because a request got ``READONLY`` (the master
+    was demoted before the switch was announced to us) (statistics)."""
+
+    @property
+    def master_address(self) -> str | None:
+        """The server the command connection is connected to now (``host:port``)."""
+        return self._session_address
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -536,6 +562,8 @@ class TrioRedisAdapter(AdapterCommon):
                 self._nursery = nursery
                 nursery.start_soon(self._command_connection)
                 nursery.start_soon(self._read_pubsub)
+                if self.sentinel is not None:
+                    nursery.start_soon(self._follow_switches)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
         except Exception:
@@ -563,7 +591,7 @@ class TrioRedisAdapter(AdapterCommon):
             while not self._pending:
                 await self._wait_writer()
             try:
-                stream = await self._connect()
+                stream, address = await self._connect_at()
             except StorageError as exc:
                 if isinstance(exc, Disconnected):
                     self._last_failure = exc
@@ -574,12 +602,14 @@ class TrioRedisAdapter(AdapterCommon):
             try:
                 async with trio.open_nursery() as nursery:
                     self._session = nursery.cancel_scope
+                    self._session_address = address
                     nursery.start_soon(self._write, stream, nursery.cancel_scope)
                     nursery.start_soon(self._read, stream, nursery.cancel_scope)
                     nursery.start_soon(self._watch, nursery.cancel_scope)
             finally:
                 self._connected_at = None
                 self._session = None
+                self._session_address = None
                 with trio.CancelScope(shield=True):
                     await _aclose(stream)
             # Sent calls may or may not have run: their callers decide (retry logic).
@@ -771,6 +801,7 @@ class TrioRedisAdapter(AdapterCommon):
             # sentinels again) and retry.
             error: StorageError = Disconnected(f"{self._target.where} is a replica now: {reply}")
             if self._session is not None:
+                self.readonly_drops += 1
                 self._broke(self._session, "the server is a replica now", reply)
         else:
             error = _translate(reply, self._target.where)
@@ -780,12 +811,18 @@ class TrioRedisAdapter(AdapterCommon):
     async def _connect(self) -> trio.abc.Stream:
         """A new connection to the server (in sentinel mode, to the master the sentinels
         name now)."""
+        stream, _ = await self._connect_at()
+        return stream
+
+    async def _connect_at(self) -> tuple[trio.abc.Stream, str]:
+        """:meth:`_connect`, and the address connected to."""
         assert self._target is not None
+        target = self._target
         if self.sentinel is not None:
-            self._target.host, self._target.port = await self.sentinel.master(
-                self._target.connect_timeout
-            )
-        return await _open_stream(self._target)
+            host, port = await self.sentinel.master(target.connect_timeout)
+            target.host, target.port = host, port  # for messages
+            target = attrs.evolve(target, host=host, port=port)
+        return await _open_stream(target), target.address
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         reply = await self._call(_pack(args))
@@ -830,18 +867,24 @@ class TrioRedisAdapter(AdapterCommon):
         delay = 0.05
         while True:
             try:
-                stream = await self._connect()
+                stream, address = await self._connect_at()
             except StorageError as exc:
                 log.debug("pub/sub connection failed; retrying: %s", exc)
             else:
                 try:
-                    await self._pubsub_session(stream)
+                    with trio.CancelScope() as self._pubsub_scope:
+                        self._pubsub_address = address
+                        await self._pubsub_session(stream)
                 except Exception as exc:  # noqa: BLE001 - any failure: reconnect
                     log.debug("pub/sub connection lost; reconnecting: %r", exc)
                 finally:
+                    self._pubsub_scope = self._pubsub_address = None
                     with trio.CancelScope(shield=True):
                         await _aclose(stream)
                 delay = 0.05
+                if self._pubsub_moved:
+                    self._pubsub_moved = False
+                    continue  # the master changed: to the new one at once
             await trio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -904,3 +947,96 @@ class TrioRedisAdapter(AdapterCommon):
             return  # PONG
         kind = msg[0].decode() if isinstance(msg[0], bytes) else str(msg[0])
         self._subs.dispatch(kind, msg[1], msg[2])
+
+    # -- sentinel mode: following +switch-master --------------------------------------
+
+    async def _follow_switches(self) -> None:
+        """Hold a subscription to ``+switch-master`` on one sentinel (the next one when it
+        dies), so that a failover moves the connections to the new master as soon as a
+        sentinel announces it, before a request fails on the old one."""
+        assert self.sentinel is not None
+        delay = 0.05
+        while True:
+            for host, port in list(self.sentinel.sentinels):
+                try:
+                    await self._switch_session(host, port)
+                except (StorageError, *_NETWORK_ERRORS, hiredis.ProtocolError, TimeoutError) as exc:
+                    log.debug(
+                        "sentinel %s:%s: +switch-master subscription lost: %r", host, port, exc
+                    )
+                else:
+                    delay = 0.05
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def _switch_session(self, host: str, port: int) -> None:
+        """One subscription to ``+switch-master`` on the sentinel at ``host:port``, until
+        the connection breaks or stays silent (``PING`` after ``health_check_interval``,
+        an answer due within ``command_timeout``)."""
+        assert self.sentinel is not None
+        target = _Target.parse(self.sentinel.url(host, port), self.sentinel.options)
+        stream = await _open_stream(target)
+        try:
+            await stream.send_all(_pack(("SUBSCRIBE", "+switch-master")))
+            reader = _reader()
+            answer_due = True  # the subscription's confirmation
+            while True:
+                wait = self.command_timeout if answer_due else self.health_check_interval
+                with trio.move_on_after(wait) as quiet:
+                    data = await stream.receive_some(_RECEIVE)
+                if quiet.cancelled_caught:
+                    if answer_due:
+                        raise TimeoutError(f"sentinel {target.address} silent for {wait:g} s")
+                    await stream.send_all(_pack(("PING",)))
+                    answer_due = True
+                    continue
+                if not data:
+                    raise ConnectionResetError("the sentinel closed the connection")
+                answer_due = False
+                reader.feed(data)  # type: ignore[arg-type]
+                msg = reader.gets()
+                while msg is not False:
+                    if isinstance(msg, RedisReplyError):
+                        raise _translate(msg, f"sentinel {target.address}") from msg
+                    if isinstance(msg, list) and msg and msg[0] == b"subscribe":
+                        # Switches announced while no subscription was held are missed:
+                        # ask once now.
+                        found = await self.sentinel.master(target.connect_timeout)
+                        self._follow_master(found)
+                    elif isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                        self._on_switch(bytes(msg[2]))
+                    msg = reader.gets()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aclose(stream)
+
+    def _on_switch(self, data: bytes) -> None:
+        """``+switch-master``: ``<name> <old ip> <old port> <new ip> <new port>``."""
+        assert self.sentinel is not None
+        fields = data.decode("utf-8", "replace").split()
+        if len(fields) != 5 or fields[0] != self.sentinel.service or not fields[4].isdigit():
+            return
+        self._follow_master((fields[3], int(fields[4])))
+
+    def _follow_master(self, master: tuple[str, int]) -> None:
+        """Drop the connections that are not to ``master`` (they reconnect to the master
+        the sentinels name: this one)."""
+        assert self.sentinel is not None and self._target is not None
+        self.sentinel.known = master
+        host, port = master
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        moved = False
+        if self._session is not None and self._session_address not in (None, address):
+            cause = ConnectionResetError(f"the sentinels named a new master, {address}")
+            self._broke(self._session, str(cause), cause)
+            moved = True
+        if self._pubsub_scope is not None and self._pubsub_address not in (None, address):
+            self._pubsub_moved = True
+            self._pubsub_scope.cancel()
+            moved = True
+        if moved:
+            self.switches += 1
+            event, self.next_switch = self.next_switch, trio.Event()
+            event.set()
+            log.info("Redis Sentinel: following the new master of %r at %s",
+                     self.sentinel.service, address)  # fmt: skip
