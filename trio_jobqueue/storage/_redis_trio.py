@@ -335,6 +335,30 @@ class _KeptSlot(_Slot):
             self.result = result
 
 
+class _WaitSlot(_Slot):
+    """A ``WAIT`` not sent yet: durable writes queued meanwhile go in front of it and
+    share its reply (it counts every earlier write of the connection), so concurrent
+    durable enqueues wait for the replicas once per batch, not once each."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self, wait: bytes, task: trio.lowlevel.Task) -> None:
+        super().__init__(wait, task)
+        self.waiters: list[trio.lowlevel.Task] = [task]
+
+    def resolve(self, result: outcome.Outcome[Any]) -> None:
+        self.task = None
+        waiters, self.waiters = self.waiters, []
+        for task in waiters:
+            # An outcome is unwrapped once: one per waiter.
+            if isinstance(result, outcome.Error):
+                error = result.error
+                copy = _copy(error) if isinstance(error, StorageError) else error
+                trio.lowlevel.reschedule(task, outcome.Error(copy))
+            elif isinstance(result, outcome.Value):
+                trio.lowlevel.reschedule(task, outcome.Value(result.value))
+
+
 class _BlockingConnection:
     """A connection of its own for one blocking command at a time (see
     :class:`~._redis_common.BlockingConnection`)."""
@@ -748,25 +772,38 @@ class TrioRedisAdapter(AdapterCommon):
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _call_then_wait(self, data: bytes, wait: Sequence[ScriptArg]) -> tuple[Any, Any]:
-        """Send ``data`` and ``WAIT`` right behind it: both slots join the pending list
-        without a checkpoint in between, so the writer sends them in one batch on one
-        connection, and ``WAIT`` counts that write. Returns both raw replies."""
+        """Send ``data`` with a ``WAIT`` behind it on one connection and return both raw
+        replies. Both join the pending list without a checkpoint in between, so the
+        writer sends them in one batch on one connection, and ``WAIT`` counts the write.
+        When a ``WAIT`` with the same arguments is still pending (not sent), ``data``
+        goes in front of it and shares its reply instead."""
         if not self._open:
             raise StorageError("the Redis storage is not open")
         task = trio.lowlevel.current_task()
         first = _KeptSlot(data, task)
-        self._pending.append(first)
-        if len(self._pending) == 1:
-            self._wake_writer.set()
-        slot = _Slot(_pack(wait), task)
-        self._pending.append(slot)
+        packed_wait = _pack(wait)
+        pending = self._pending
+        last = pending[-1] if pending else None
+        if isinstance(last, _WaitSlot) and last.data == packed_wait:
+            pending.insert(len(pending) - 1, first)
+            last.waiters.append(task)
+            slot = last
+        else:
+            pending.append(first)
+            if len(pending) == 1:
+                self._wake_writer.set()
+            slot = _WaitSlot(packed_wait, task)
+            pending.append(slot)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            first.task = slot.task = None
+            # The write's reply is discarded; the shared WAIT still goes (harmless).
+            first.task = None
+            if task in slot.waiters:
+                slot.waiters.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         acked = await trio.lowlevel.wait_task_rescheduled(abort)
-        # Replies resolve in order: the first one is in by now.
+        # Replies resolve in order: the write's is in by now.
         assert first.result is not None
         return first.result.unwrap(), acked
 
