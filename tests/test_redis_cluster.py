@@ -85,6 +85,23 @@ async def test_every_queue_works_through_any_seed(redis_cluster: ClusterNodes) -
             assert len(adapter._nodes) == 3  # one client per master, none for replicas
 
 
+async def test_durable_enqueue_on_every_shard(redis_cluster: ClusterNodes) -> None:
+    """durable_enqueue=1 on the cluster: enqueues and a bulk enqueue to queues on every
+    shard return once the shard's replica confirmed them."""
+    prefix = f"durable-{uuid.uuid4().hex[:8]}"
+    names = _names_on_every_shard(redis_cluster, prefix)
+    storage = RedisStorage(
+        redis_cluster.url, key_prefix=prefix, durable_enqueue=1, durable_timeout=2.0
+    )
+    with trio.fail_after(30):
+        async with storage:
+            for name in names:
+                async with jq.open_queue(storage, name=name) as queue:
+                    assert (await queue.enqueue("one", 1)).status == "queued"
+                    results = await queue.enqueue_many([("a", 1), ("b", 2)])
+                    assert [r.status for r in results] == ["queued", "queued"]
+
+
 async def test_moved_reply_is_followed(redis_cluster: ClusterNodes) -> None:
     """A stale slot map costs one MOVED redirection, after which requests go direct."""
     storage = RedisStorage(redis_cluster.url, key_prefix=f"moved-{uuid.uuid4().hex[:8]}")
