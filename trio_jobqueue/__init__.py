@@ -3,6 +3,7 @@
 This module only re-exports; the public surface is pinned by ``tests/test_public_api.py``.
 """
 
+from ._errors import EnqueueManyError as EnqueueManyError
 from ._errors import InvalidJobError as InvalidJobError
 from ._errors import InvalidTtlError as InvalidTtlError
 from ._errors import JobCancelledError as JobCancelledError

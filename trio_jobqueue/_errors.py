@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._types import JobError
+    from ._types import EnqueueResult, JobError
 
 __all__ = [
+    "EnqueueManyError",
     "InvalidJobError",
     "InvalidTtlError",
     "JobCancelledError",
@@ -54,6 +55,23 @@ class PayloadDecodeError(SerializationError):
 
 class StorageError(JobQueueError):
     """The storage backend failed; raised ``from`` the driver's own exception."""
+
+
+class EnqueueManyError(StorageError):
+    """``Queue.enqueue_many`` failed part way: the storage failed on one chunk.
+
+    The jobs written are always a prefix of the list, in whole chunks: ``results`` holds
+    the results of the chunks written before the failing one (``len(results)`` jobs, in
+    order). When the server refused the chunk, nothing from it on was written. When the
+    connection was lost for good, the failing chunk, and chunks in flight behind it, may
+    or may not have been written (still a prefix). Enqueueing the list again is safe:
+    the jobs already accepted come back as duplicates. Raised ``from`` the chunk's
+    :class:`StorageError`.
+    """
+
+    def __init__(self, message: str, results: list[EnqueueResult]) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 class JobFailedError(JobQueueError):

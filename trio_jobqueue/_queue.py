@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import attrs
 import trio
 
 from ._config import DEFAULT_SHUTDOWN_GRACE, QueueConfig
 from ._errors import (
+    EnqueueManyError,
     InvalidJobError,
     JobCancelledError,
     JobFailedError,
     JobQueueError,
+    StorageError,
     WaitTimeoutError,
 )
 from ._events import EventChannel, open_event_channel
@@ -45,6 +47,7 @@ from ._types import (
 )
 from ._util import open_service_nursery
 from ._validate import (
+    MAX_JOB_ID_LENGTH,
     check_due,
     check_duration,
     check_job_id,
@@ -54,12 +57,15 @@ from ._validate import (
 )
 from ._worker import AfterExecution, Handler, Worker, WorkerStatistics
 from .storage import EnqueueOutcome, EnqueueSpec, JobRecord, JobWatch, Storage
-from .storage._base import ENQUEUE_MANY_MAX
+from .storage._base import ENQUEUE_MANY_MAX, QUEUED_OUTCOME
 
 __all__ = ["Queue", "QueueStatistics", "open_queue", "serve_worker"]
 
 P = TypeVar("P")
 R = TypeVar("R")
+
+_QUEUED = EnqueueResult(EnqueueStatus.QUEUED)
+"""The result of every accepted job of ``enqueue_many`` (one shared frozen value)."""
 
 BULK_BATCH = 1000
 """Jobs per storage call of the bulk operations (``retry_failed``, ``purge``)."""
@@ -97,6 +103,44 @@ async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
         run_at=job.run_at,
         delay=job.delay,
     )
+
+
+_Prepared = EnqueueSpec | tuple[str, bytes]
+"""One validated job of ``enqueue_many``: its spec, or ``(id, encoded payload)`` for a job
+with the queue's options."""
+
+
+@attrs.frozen
+class _Chunks(Sequence[list[EnqueueSpec]]):
+    """``enqueue_many``'s jobs in chunks of :data:`ENQUEUE_MANY_MAX`, each chunk's
+    :class:`EnqueueSpec` values made when the storage reads it: on Redis while the
+    previous chunk runs, instead of all of them before the first is sent."""
+
+    jobs: list[_Prepared]
+    max_attempts: int
+    result_ttl: float
+
+    def __len__(self) -> int:
+        return -(-len(self.jobs) // ENQUEUE_MANY_MAX)
+
+    @overload
+    def __getitem__(self, index: int) -> list[EnqueueSpec]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[list[EnqueueSpec]]: ...
+
+    def __getitem__(self, index: int | slice) -> list[EnqueueSpec] | list[list[EnqueueSpec]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        attempts, ttl = self.max_attempts, self.result_ttl
+        return [
+            EnqueueSpec(job[0], job[1], attempts, ttl) if isinstance(job, tuple) else job
+            for job in self.jobs[index * ENQUEUE_MANY_MAX : (index + 1) * ENQUEUE_MANY_MAX]
+        ]
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -153,7 +197,8 @@ class Queue(Generic[P, R]):
 
     async def enqueue_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[EnqueueResult]:
         """Enqueue many jobs in few round trips: one atomic storage step per chunk of
-        250 (one script call on Redis, one transaction on File). ``jobs`` holds
+        250 (one script call on Redis, two in flight; one transaction on File), the
+        chunks written in order. ``jobs`` holds
         ``(id, payload)`` pairs or :class:`JobSpec` values (with per-job ``delay``,
         ``run_at``, ``priority``, ``max_attempts``, ``result_ttl``).
 
@@ -164,19 +209,62 @@ class Queue(Generic[P, R]):
         Raises:
             InvalidJobError: an item is invalid (the message names its position);
                 every item is checked first, so nothing at all was written.
-            StorageError: the storage failed; the chunks before the failing one were
-                written (their jobs are accepted; enqueueing the list again is safe: the
-                accepted ones come back as duplicates).
+            EnqueueManyError: (a :class:`StorageError`) the storage failed on one chunk:
+                the error's ``results`` are those of the chunks written before it; the
+                jobs written are a prefix of whole chunks (see the class); enqueueing
+                the list again is safe (the accepted jobs come back as duplicates).
         """
-        prepared: list[EnqueueSpec] = []
+        attempts = check_max_attempts(self.max_attempts)
+        ttl = check_ttl(self.result_ttl, "result_ttl")
+        prepared = self._prepare_many(jobs)
+        results: list[EnqueueResult] = []
+
+        def done(outcomes: list[EnqueueOutcome]) -> None:
+            if outcomes.count(QUEUED_OUTCOME) == len(outcomes):
+                results.extend([_QUEUED] * len(outcomes))  # the common case, at C speed
+                return
+            start = len(results)
+            for job, outcome in zip(prepared[start : start + len(outcomes)], outcomes, strict=True):
+                job_id = job[0] if isinstance(job, tuple) else job.job_id
+                results.append(self._result(job_id, outcome))
+
+        chunks = _Chunks(prepared, attempts, ttl)
+        try:
+            await self.storage.enqueue_chunks(self.name, chunks, done)
+        except StorageError as exc:
+            raise EnqueueManyError(
+                f"{exc} (enqueue_many: the first {len(results)} of {len(prepared)} jobs "
+                "were written; calling it again with the same jobs is safe)",
+                results,
+            ) from exc
+        return results
+
+    def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[_Prepared]:
+        """Validate and encode every item of ``enqueue_many`` (before anything is sent).
+        ``(id, payload)`` pairs, the common case, take a short path: the queue's options
+        are checked once, an ASCII id within the length limit needs no more checks, and
+        the pair is kept as ``(id, encoded payload)`` (see :class:`_Chunks`)."""
+        encode = self.payload_codec.encode
+        prepared: list[_Prepared] = []
+        append = prepared.append
         for position, item in enumerate(jobs):
             try:
+                if type(item) is tuple and len(item) == 2:
+                    job_id, payload = item
+                    if not (
+                        type(job_id) is str
+                        and 0 < len(job_id) <= MAX_JOB_ID_LENGTH
+                        and job_id.isascii()
+                    ):
+                        job_id = check_job_id(job_id)
+                    append((job_id, encode(payload, "payload", job_id)))
+                    continue
                 if isinstance(item, JobSpec):
                     spec: JobSpec[P] = item
                 else:
                     job_id, payload = item
                     spec = JobSpec(job_id, payload)
-                prepared.append(
+                append(
                     self._prepare(
                         spec.id,
                         spec.payload,
@@ -193,15 +281,7 @@ class Queue(Generic[P, R]):
                 raise InvalidJobError(
                     f"jobs[{position}]: expected a JobSpec or an (id, payload) pair, not {item!r}"
                 ) from exc
-        results: list[EnqueueResult] = []
-        for start in range(0, len(prepared), ENQUEUE_MANY_MAX):
-            chunk = prepared[start : start + ENQUEUE_MANY_MAX]
-            outcomes = await self.storage.enqueue_many(self.name, chunk)
-            results.extend(
-                self._result(job.job_id, outcome)
-                for job, outcome in zip(chunk, outcomes, strict=True)
-            )
-        return results
+        return prepared
 
     def _result(self, job_id: str, outcome: EnqueueOutcome) -> EnqueueResult:
         result = None

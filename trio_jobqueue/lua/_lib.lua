@@ -122,14 +122,8 @@ local BLOB_INLINE_MAX = 16384
 local BLOB_FIELD = {[PAY] = 'p', [RES] = 'r', [ERR] = 'e'}
 local CORRUPT = {}  -- what read_job returns for bytes that are not a job record
 
-local function read_job(key)
-  local raw = redis.pcall('GET', key)
-  if raw == false then
-    return nil
-  end
-  if type(raw) ~= 'string' then
-    return CORRUPT  -- WRONGTYPE: foreign data under the job's key
-  end
+-- The record in the bytes `raw` of a job key (CORRUPT when they are not one).
+local function decode_job(raw)
   local ok, j = pcall(cmsgpack.unpack, raw)
   if not ok or type(j) ~= 'table' or not STATE[j[ST]] or type(j[ATT]) ~= 'number'
       or type(j[MAX]) ~= 'number' or type(j[CRE]) ~= 'string'
@@ -140,6 +134,17 @@ local function read_job(key)
     j[PRIO] = 0
   end
   return j
+end
+
+local function read_job(key)
+  local raw = redis.pcall('GET', key)
+  if raw == false then
+    return nil
+  end
+  if type(raw) ~= 'string' then
+    return CORRUPT  -- WRONGTYPE: foreign data under the job's key
+  end
+  return decode_job(raw)
 end
 
 local function write_job(key, j)
@@ -244,6 +249,21 @@ local function emit(kind, id, attempt, result, err)
   end
 end
 
+-- emit('enqueued', id, 0) at a fraction of its cost (the bulk enqueue's hot path): the
+-- record's head is made once per id length, and head and id are joined by flush only.
+local ENQUEUED_HEAD = {}
+local function emit_enqueued(id)
+  local n = #id
+  local head = ENQUEUED_HEAD[n]
+  if not head then
+    head = 'enqueued 0 ' .. n .. ' -1 -1\n'
+    ENQUEUED_HEAD[n] = head
+  end
+  local last = #EVENTS
+  EVENTS[last + 1] = head
+  EVENTS[last + 2] = id
+end
+
 local function flush()
   if #EVENTS > 0 then
     publish(KEYS[5], table.concat(EVENTS))
@@ -289,8 +309,9 @@ end
 
 -- The record of a live job (CORRUPT for foreign bytes), or nil. An expired record is
 -- forgotten on sight.
-local function live(key, id)
-  local j = read_job(key)
+-- `j` (a record of job `id`, CORRUPT or nil), or nil when it is expired: an expired
+-- record is forgotten on sight.
+local function unexpired(id, j)
   if j and j ~= CORRUPT and j[EXP] and j[EXP] <= NOW then
     del_job(id)
     redis.call('ZREM', KEYS[3], id)
@@ -298,6 +319,10 @@ local function live(key, id)
     return nil
   end
   return j
+end
+
+local function live(key, id)
+  return unexpired(id, read_job(key))
 end
 
 -- processing -> completed ('c') / failed ('x'): clear the lease, set the expiry, index
@@ -433,26 +458,33 @@ end
 -- holds it. `nonce` identifies the call: a resent call (after a lost reply) finds its own
 -- nonce in the record and reports the same status again. Returns the reply of
 -- enqueue.lua.
-local function enqueue_one(id, payload, max_attempts, ttl, nonce, priority, run_at)
-  local key = KEYS[1] .. id
-  local j = live(key, id)
+-- The reply of enqueue.lua for job `id` whose id the live record `j` (or CORRUPT)
+-- holds: accepted again when `j` carries the call's `nonce` (a resent call), else
+-- completed with its cached result, or duplicate.
+local function held_reply(id, j, nonce)
   if j == CORRUPT then
     return {'duplicate', 'corrupt'}
   end
+  if j[NONCE] == nonce then
+    if j[ST] == 's' then
+      return {'scheduled'}
+    end
+    return {'queued'}
+  end
+  if j[ST] == 'c' then
+    local result = get_blob(j, id, RES)
+    if result then
+      return {'completed', 'completed', result}
+    end
+  end
+  return {'duplicate', STATE[j[ST]]}
+end
+
+local function enqueue_one(id, payload, max_attempts, ttl, nonce, priority, run_at)
+  local key = KEYS[1] .. id
+  local j = live(key, id)
   if j then
-    if j[NONCE] == nonce then
-      if j[ST] == 's' then
-        return {'scheduled'}
-      end
-      return {'queued'}
-    end
-    if j[ST] == 'c' then
-      local result = get_blob(j, id, RES)
-      if result then
-        return {'completed', 'completed', result}
-      end
-    end
-    return {'duplicate', STATE[j[ST]]}
+    return held_reply(id, j, nonce)
   end
   return {add_job(id, payload, max_attempts, ttl, nonce, priority, run_at)}
 end

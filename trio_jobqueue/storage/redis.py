@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +31,7 @@ from .._types import (
     UpdateTtlStatus,
 )
 from ._base import (
+    QUEUED_OUTCOME,
     Claim,
     ClaimBatch,
     EnqueueOutcome,
@@ -147,6 +148,73 @@ def _corrupt_record(ns: str, job_id: str) -> Iterator[None]:
         yield
     except (ValueError, TypeError, AttributeError) as exc:
         raise StorageError(f"corrupt record for job {job_id!r} in queue {ns!r}") from exc
+
+
+ENQUEUE_PIPELINE = 2
+"""``enqueue_many.lua`` calls one ``enqueue_chunks`` keeps in flight."""
+
+_SCHEDULED = EnqueueOutcome(EnqueueStatus.SCHEDULED)
+
+
+def _options(
+    max_attempts: int, ttl: float, priority: int, run_at: float | None, delay: float | None
+) -> str:
+    """The options of one job of ``enqueue_many.lua``."""
+    return (
+        f"{int(max_attempts)} {float(ttl)!r} {int(priority)} "
+        f"{'-' if run_at is None else repr(float(run_at))} "
+        f"{'-' if delay is None else repr(float(delay))}"
+    )  # fmt: skip
+
+
+def _chunk_args(
+    clock: str, nonce: str, index: int, chain_ms: str, jobs: Sequence[EnqueueSpec]
+) -> list[ScriptArg]:
+    """ARGV of ``enqueue_many.lua`` for one chunk: the first job's options are the
+    chunk's defaults; the jobs with other options are listed with theirs."""
+    if not jobs:
+        return [clock, nonce, index, chain_ms, _options(1, 1.0, 0, None, None), ""]
+    first = jobs[0]
+    default = (first.max_attempts, first.result_ttl, first.priority, first.run_at, first.delay)
+    others: list[str] = []
+    args: list[ScriptArg] = [clock, nonce, index, chain_ms, _options(*default), ""]
+    append = args.append
+    for position, job in enumerate(jobs, 1):
+        options = (job.max_attempts, job.result_ttl, job.priority, job.run_at, job.delay)
+        if options != default:
+            others.append(f"{position} {_options(*options)};")
+        payload = job.payload
+        append(job.job_id)
+        append(payload if type(payload) is bytes else bytes(payload))
+    args[5] = "".join(others)
+    return args
+
+
+def _chunk_outcomes(ns: str, jobs: Sequence[EnqueueSpec], reply: Any) -> list[EnqueueOutcome]:
+    """The outcomes of ``enqueue_many.lua``'s reply ``{codes, extras...}``."""
+    codes: bytes = reply[0]
+    if len(codes) != len(jobs):
+        raise StorageError(f"enqueue_many: {len(codes)} answers for {len(jobs)} jobs")
+    if codes.count(b"q") == len(codes):
+        return [QUEUED_OUTCOME] * len(codes)
+    outcomes: list[EnqueueOutcome] = []
+    extra = 1
+    for job, code in zip(jobs, codes, strict=True):
+        if code == 113:  # q
+            outcomes.append(QUEUED_OUTCOME)
+        elif code == 115:  # s
+            outcomes.append(_SCHEDULED)
+        elif code == 99:  # c
+            outcomes.append(
+                EnqueueOutcome(EnqueueStatus.COMPLETED, JobState.COMPLETED, bytes(reply[extra]))
+            )
+            extra += 1
+        else:
+            with _corrupt_record(ns, job.job_id):
+                state = JobState(reply[extra].decode())
+            outcomes.append(EnqueueOutcome(EnqueueStatus.DUPLICATE, state))
+            extra += 1
+    return outcomes
 
 
 def _opt_float(raw: bytes | None) -> float | None:
@@ -617,33 +685,74 @@ class RedisStorage(Storage):
 
     async def enqueue_many(self, ns: str, jobs: Sequence[EnqueueSpec]) -> list[EnqueueOutcome]:
         """See :meth:`Storage.enqueue_many`: one script call."""
-        if not jobs:
-            return []
-        args: list[ScriptArg] = [secrets.token_urlsafe(6)]
-        for job in jobs:
-            args += [
-                job.job_id,
-                bytes(job.payload),
-                int(job.max_attempts),
-                repr(float(job.result_ttl)),
-                int(job.priority),
-                "" if job.run_at is None else repr(float(job.run_at)),
-                "" if job.delay is None else repr(float(job.delay)),
-            ]
-        reply = await self._run("enqueue_many", ns, args)
-        outcomes: list[EnqueueOutcome] = []
-        for job, i in zip(jobs, range(0, len(reply), 3), strict=True):
-            status = EnqueueStatus(reply[i].decode())
-            if status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
-                outcomes.append(EnqueueOutcome(status))
-                continue
-            with _corrupt_record(ns, job.job_id):
-                state = JobState(reply[i + 1].decode())
-            if status is EnqueueStatus.COMPLETED:
-                outcomes.append(EnqueueOutcome(status, state, bytes(reply[i + 2])))
-            else:
-                outcomes.append(EnqueueOutcome(status, state))
-        return outcomes
+        chunks: list[list[EnqueueOutcome]] = []
+        await self.enqueue_chunks(ns, [jobs], chunks.append)
+        return chunks[0] if chunks else []
+
+    async def enqueue_chunks(
+        self,
+        ns: str,
+        chunks: Sequence[Sequence[EnqueueSpec]],
+        done: Callable[[list[EnqueueOutcome]], None],
+    ) -> None:
+        """See :meth:`Storage.enqueue_chunks`: one ``enqueue_many.lua`` call per chunk,
+        up to :data:`ENQUEUE_PIPELINE` calls in flight, so that encoding the next chunk
+        overlaps Redis running the previous one.
+
+        Each call checks the call's chain key: chunk k runs only after chunk k - 1, else
+        it writes nothing and answers "wait" (it reached the server out of turn: its
+        predecessor was refused, or is being sent again after ``NOSCRIPT`` or a
+        reconnect). A chunk that waited is sent again once its predecessor is written;
+        when the predecessor failed, it is not sent again. So the chunks written are a
+        prefix, and a refused chunk (maxmemory, a read-only replica) stops the call with
+        no later chunk written."""
+        if not chunks:
+            return
+        call = secrets.token_urlsafe(6)  # 48 bits; each chunk's nonce adds its index
+        keys = [*self.keys(ns).standard(), self.keys(ns).reply(call)]
+        keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
+        chain_ms = str(int(keep * 1000))
+        count = len(chunks)
+        sent: list[Sequence[EnqueueSpec]] = [()] * count
+        replies: list[Any] = [None] * count
+        finished = [trio.Event() for _ in range(count)]
+
+        async def send(index: int, *, task_status: trio.TaskStatus[None]) -> None:
+            # Read the chunk here, while the previous one runs (it may be built lazily).
+            # An empty chunk is sent too: it only moves the chain key on.
+            chunk = sent[index] = chunks[index]
+            argv = _chunk_args(self._clock_arg, f"{call}.{index + 1}", index + 1, chain_ms, chunk)
+            task_status.started()  # no checkpoint before the call is queued: sent in order
+            try:
+                reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                if reply == b"wait" and index > 0:
+                    await finished[index - 1].wait()
+                    if isinstance(replies[index - 1], StorageError | None):
+                        return  # the predecessor failed: this chunk must not be written
+                    reply = await self.adapter.run_script("enqueue_many", keys, argv)
+                if reply == b"wait":
+                    raise StorageError(
+                        f"enqueue_many: chunk {index + 1} of {count} found its call's "
+                        "chain key gone (expired): the chunks after it were not written"
+                    )
+                replies[index] = reply
+            except StorageError as exc:
+                replies[index] = exc
+            finally:
+                finished[index].set()
+                window.release()
+
+        window = trio.Semaphore(ENQUEUE_PIPELINE)
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                await window.acquire()
+                await nursery.start(send, index)
+        for chunk, reply in zip(sent, replies, strict=True):
+            if isinstance(reply, StorageError):
+                raise reply
+            assert reply is not None  # only a chunk after a failed one has no reply
+            if chunk:
+                done(_chunk_outcomes(ns, chunk, reply))
 
     async def cancel(self, ns: str, job_id: str) -> CancelStatus:
         reply = await self._run_cached("cancel", ns, self.keys(ns).standard(), [job_id])
