@@ -63,8 +63,9 @@ class EnqueueManyError(StorageError):
 
     The jobs written are always a prefix of the list, in whole chunks: ``results`` holds
     the results of the chunks written before the failing one (``len(results)`` jobs, in
-    order); no chunk after it was written; the failing chunk itself was written whole or
-    not at all (unknown when the connection was lost). Enqueueing the list again is safe:
+    order). When the server refused the chunk, nothing from it on was written. When the
+    connection was lost for good, the failing chunk, and chunks in flight behind it, may
+    or may not have been written (still a prefix). Enqueueing the list again is safe:
     the jobs already accepted come back as duplicates. Raised ``from`` the chunk's
     :class:`StorageError`.
     """

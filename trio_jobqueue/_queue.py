@@ -211,9 +211,9 @@ class Queue(Generic[P, R]):
             InvalidJobError: an item is invalid (the message names its position);
                 every item is checked first, so nothing at all was written.
             EnqueueManyError: (a :class:`StorageError`) the storage failed on one chunk:
-                its ``results`` are those of the chunks written before it; no later
-                chunk was written; enqueueing the list again is safe (the accepted jobs
-                come back as duplicates).
+                the error's ``results`` are those of the chunks written before it; the
+                jobs written are a prefix of whole chunks (see the class); enqueueing
+                the list again is safe (the accepted jobs come back as duplicates).
             NotReplicatedError: (``RedisStorage(durable_enqueue=N)``) every job was
                 written, but not every chunk was confirmed by ``N`` replicas in time;
                 enqueueing the list again is safe and waits for them again.
@@ -240,7 +240,7 @@ class Queue(Generic[P, R]):
         except StorageError as exc:
             raise EnqueueManyError(
                 f"{exc} (enqueue_many: the first {len(results)} of {len(prepared)} jobs "
-                "were written, none after the failing chunk)",
+                "were written; calling it again with the same jobs is safe)",
                 results,
             ) from exc
         return results

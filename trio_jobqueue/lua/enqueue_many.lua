@@ -150,11 +150,11 @@ for k = 1, n do
     codes[k] = state
     local payload = ARGV[base + 1]
     if #payload > BLOB_INLINE_MAX then
-      local j = {state, 0, max_attempts, created, ttl, nonce, false, false, false, false,
-        false, false, false, false, priority}
-      set_blob(j, id, PAY, payload)
+      local record = {state, 0, max_attempts, created, ttl, nonce, false, false, false,
+        false, false, false, false, false, priority}
+      set_blob(record, id, PAY, payload)  -- the payload goes to the blob hash
       writes[#writes + 1] = keys[k]
-      writes[#writes + 1] = cmsgpack.pack(j)
+      writes[#writes + 1] = cmsgpack.pack(record)
     else
       -- cmsgpack.pack of the record (see add_job) without building it: the parts before
       -- and after the payload are the same for every job with these options.
