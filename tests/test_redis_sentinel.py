@@ -150,7 +150,8 @@ async def test_connections_follow_switch_master_before_any_command_fails(
 ) -> None:
     """After SENTINEL FAILOVER, the storage's connections move to the promoted replica
     on the sentinels' +switch-master, before any command got READONLY from the old
-    master; the next enqueue goes to the new master."""
+    master; the next enqueue goes to the new master. The sentinel asked first is killed
+    beforehand: the subscription moves to another one."""
     assert own_sentinels.master is not None and own_sentinels.replica is not None
     old, new = own_sentinels.master.port, own_sentinels.replica.port
     storage = RedisStorage(own_sentinels.url, key_prefix="switch", retry_timeout=20.0)
@@ -160,7 +161,8 @@ async def test_connections_follow_switch_master_before_any_command_fails(
         await queue.enqueue("before", 1)
         assert adapter.master_address == f"127.0.0.1:{old}"
         switched = adapter.next_switch
-        port = own_sentinels.sentinels[0].port
+        own_sentinels.sentinels[0].kill()
+        port = own_sentinels.sentinels[1].port
         await trio.to_thread.run_sync(node_command, port, "SENTINEL", "FAILOVER", SERVICE)
         with trio.fail_after(15):
             await switched.wait()

@@ -494,6 +494,8 @@ class TrioRedisAdapter(AdapterCommon):
     _pubsub_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _pubsub_address: str | None = attrs.field(default=None, init=False)
     _pubsub_moved: bool = attrs.field(default=False, init=False)
+    _switch_subscribed: bool = attrs.field(default=False, init=False)
+    """Whether the current ``+switch-master`` subscription was confirmed."""
     switches: int = attrs.field(default=0, init=False)
     """Sentinel mode: connections dropped because the sentinels announced a new master
     (``+switch-master``) before any request failed on the old one (statistics)."""
@@ -995,14 +997,15 @@ class TrioRedisAdapter(AdapterCommon):
         delay = 0.05
         while True:
             for host, port in list(self.sentinel.sentinels):
+                self._switch_subscribed = False
                 try:
                     await self._switch_session(host, port)
-                except (StorageError, *_NETWORK_ERRORS, hiredis.ProtocolError, TimeoutError) as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure: the next sentinel
                     log.debug(
                         "sentinel %s:%s: +switch-master subscription lost: %r", host, port, exc
                     )
-                else:
-                    delay = 0.05
+                if self._switch_subscribed:
+                    delay = 0.05  # it worked for a while: the next round starts quickly
             await trio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -1036,6 +1039,7 @@ class TrioRedisAdapter(AdapterCommon):
                     if isinstance(msg, RedisReplyError):
                         raise _translate(msg, f"sentinel {target.address}") from msg
                     if isinstance(msg, list) and msg and msg[0] == b"subscribe":
+                        self._switch_subscribed = True
                         # Switches announced while no subscription was held are missed:
                         # ask once now.
                         found = await self.sentinel.master(target.connect_timeout)
