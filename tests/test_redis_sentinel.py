@@ -3,6 +3,7 @@ forms, the contract suite, and a killed master in the middle of a drain."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -143,6 +144,30 @@ async def test_durable_enqueue_is_on_the_replica_when_it_returns(
                 assert await trio.to_thread.run_sync(on_replica, f"m{ENQUEUE_MANY_MAX + 4}")
             async with jq.open_queue(storage, handler, name="w") as queue:
                 assert await queue.enqueue_and_wait("rr", 21, timeout=10) == 42
+
+
+async def test_a_stalled_replica_fails_durable_enqueue_until_it_catches_up(
+    redis_sentinels: SentinelSet,
+) -> None:
+    """With the replica stopped (SIGSTOP), a durable enqueue raises NotReplicatedError
+    after durable_timeout with the job written; once the replica runs again, enqueueing
+    the same id answers duplicate with no error (the replica confirmed it)."""
+    await trio.to_thread.run_sync(_wait_replica_synced, redis_sentinels)
+    assert redis_sentinels.replica is not None and redis_sentinels.replica.process is not None
+    replica = redis_sentinels.replica.process
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    storage = RedisStorage(
+        redis_sentinels.url, key_prefix=prefix, durable_enqueue=1, durable_timeout=0.2
+    )
+    with trio.fail_after(30):
+        async with storage, jq.open_queue(storage, name="q") as queue:
+            replica.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(jq.NotReplicatedError, match="0 of 1 replica"):
+                    await queue.enqueue("late", 1)
+            finally:
+                replica.send_signal(signal.SIGCONT)
+            assert (await queue.enqueue("late", 1)).status == "duplicate"
 
 
 async def test_connections_follow_switch_master_before_any_command_fails(
