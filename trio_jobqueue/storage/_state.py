@@ -781,6 +781,9 @@ class Tx:
     durable: bool = False
     """False while the only changes need no fsync: forgetting expired records, extending
     leases and lock expiries (see docs/file.md)."""
+    wake: bool = False
+    """Blocked claims must look again: a job became claimable, or one was scheduled
+    before every other delayed job (sooner than any blocked claim plans to look)."""
 
     def see(self, rec: Rec) -> Rec:
         """Note ``rec`` as read, before any change (every read helper calls this)."""
@@ -961,9 +964,13 @@ def _push_ready(tx: Tx, rec: Rec, *, head: bool = False) -> None:
     rec.delay_seq = None
     rec.due_at = None
     tx.put(rec)
+    tx.wake = True
 
 
 def _push_delayed(tx: Tx, rec: Rec, due: float) -> None:
+    head = _next_due(tx.state)
+    if head is None or due < head:
+        tx.wake = True  # the new next due time: blocked claims sleep until a later one
     tx.state.tail_seq += 1
     rec.delay_seq = tx.state.tail_seq
     rec.ready_seq = None
@@ -971,17 +978,25 @@ def _push_delayed(tx: Tx, rec: Rec, due: float) -> None:
     tx.put(rec)
 
 
+def _next_due(st: NsState) -> float | None:
+    """The due time of the next delayed record, dropping stale heap entries on the way."""
+    delayed = st.delayed
+    while delayed:
+        due, _, seq, job_id = delayed[0]
+        rec = st.jobs.get(job_id)
+        if rec is not None and rec.delay_seq == seq and rec.due_at == due:
+            return due
+        heapq.heappop(delayed)
+    return None
+
+
 def _promote_due(tx: Tx) -> float | None:
     st = tx.state
-    while st.delayed:
-        due, _, seq, job_id = st.delayed[0]
-        rec = st.jobs.get(job_id)
-        if rec is None or rec.delay_seq != seq or rec.due_at != due:
-            heapq.heappop(st.delayed)
-            continue
+    while (due := _next_due(st)) is not None:
         if due > tx.now:
             return due
-        heapq.heappop(st.delayed)
+        _, _, _, job_id = heapq.heappop(st.delayed)
+        rec = st.jobs[job_id]
         tx.see(rec)
         if rec.state is JobState.SCHEDULED:
             rec.state = JobState.QUEUED
@@ -1159,6 +1174,8 @@ def claim(tx: Tx, worker_id: str, limit: int, lease: float) -> tuple[list[Claim]
             )
         )
         tx.emit(EventRecord(EventKind.STARTED, rec.job_id, rec.attempts))
+    if len(claims) < limit:
+        tx.wake = False  # it took every ready job, promoted ones included: none left
     return claims, next_due
 
 

@@ -57,6 +57,10 @@ class MemoryStorage(Storage):
             self._epoch_offset = time.time() - trio.current_time()
         return trio.current_time() + self._epoch_offset + self._clock_offset
 
+    @property
+    def keeps_idle_wakeups(self) -> bool:
+        return True  # the hub's signal is the only wake-up there is
+
     def _state(self, ns: str) -> st.NsState:
         state = self._spaces.get(ns)
         if state is None:
@@ -68,8 +72,8 @@ class MemoryStorage(Storage):
         """Apply one transition atomically (no checkpoint inside) and deliver its events."""
         tx = st.Tx(state=self._state(ns), now=self.now())
         result = transition(tx)
-        if tx.events:
-            self.hub(ns).deliver(tx.events)
+        if tx.events or tx.wake:
+            self.hub(ns).deliver(tx.events, work=tx.wake)
         return result
 
     # -- producer transitions -------------------------------------------------------------
