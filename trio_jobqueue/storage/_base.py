@@ -422,6 +422,15 @@ class Storage(abc.ABC):
         (released, attempt not consumed) before it raises ``Cancelled``.
         """
 
+    async def claim_after_wait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        """:meth:`claim_nowait`, called by a blocking claim right after it waited (its
+        checkpoint): a backend whose claim is one synchronous step may skip the
+        checkpoint of its own, so that a due job starts one scheduling round sooner.
+        Same contract otherwise."""
+        return await self.claim_nowait(ns, worker_id, limit=limit, lease=lease)
+
     @abc.abstractmethod
     async def heartbeat(
         self, ns: str, claims: Sequence[tuple[str, str]], *, lease: float

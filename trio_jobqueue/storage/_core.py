@@ -359,6 +359,7 @@ async def blocking_claim(
     hub = storage.hub(ns)
     hints = storage.keeps_idle_wakeups
     async with storage.follow(ns, "work"):
+        claim = storage.claim_nowait
         idle, hub.idle = hub.idle, None
         if idle is not None and not idle[0].is_set():
             # The previous claim took every ready job and told when the next one is due;
@@ -367,9 +368,10 @@ async def blocking_claim(
             until = min(idle[1], deadline, trio.current_time() + storage.repoll_interval)
             with trio.move_on_at(until):
                 await idle[0].wait()
+            claim = storage.claim_after_wait
         while True:
             ticket = hub.work.ticket()  # before the transition: no lost wake-up
-            batch = await storage.claim_nowait(ns, worker_id, limit=limit, lease=lease)
+            batch = await claim(ns, worker_id, limit=limit, lease=lease)
             now = trio.current_time()
             remaining = deadline - now
             if batch.claims:
@@ -386,6 +388,7 @@ async def blocking_claim(
                 sleep_for = min(sleep_for, max(batch.next_due_in, 0.0))
             with trio.move_on_after(sleep_for):
                 await ticket.wait()
+            claim = storage.claim_after_wait
 
 
 @asynccontextmanager

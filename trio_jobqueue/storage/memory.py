@@ -126,6 +126,14 @@ class MemoryStorage(Storage):
         self, ns: str, worker_id: str, *, limit: int, lease: float
     ) -> ClaimBatch:
         await trio.lowlevel.checkpoint()
+        return self._claim(ns, worker_id, limit, lease)
+
+    async def claim_after_wait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        return self._claim(ns, worker_id, limit, lease)  # the caller's wait was the checkpoint
+
+    def _claim(self, ns: str, worker_id: str, limit: int, lease: float) -> ClaimBatch:
         now = self.now()
         claims, next_due = self._run(ns, lambda tx: st.claim(tx, worker_id, limit, lease))
         return ClaimBatch(
