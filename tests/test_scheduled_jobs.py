@@ -199,16 +199,21 @@ def test_cli_enqueue_with_delay_at_and_priority(url: str) -> None:
 
 
 def _count_claims(monkeypatch: pytest.MonkeyPatch, storage: Storage) -> list[int]:
-    """Count the storage's ``claim_nowait`` calls (``calls[0]``)."""
+    """Count the storage's claim transitions (``calls[0]``): ``claim_nowait`` calls, and
+    ``claim_after_wait`` calls where the backend has its own."""
     calls = [0]
     cls = type(storage)
-    inner = cls.claim_nowait
+    names = ["claim_nowait"]
+    if cls.claim_after_wait is not Storage.claim_after_wait:
+        names.append("claim_after_wait")
+    for name in names:
+        inner = getattr(cls, name)
 
-    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return await inner(self, *args, **kwargs)
+        async def counted(self: Any, *args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return await _inner(self, *args, **kwargs)
 
-    monkeypatch.setattr(cls, "claim_nowait", counted)
+        monkeypatch.setattr(cls, name, counted)
     return calls
 
 
