@@ -304,3 +304,22 @@ async def test_redis_pushes_a_wake_up_only_for_a_job_due_before_every_delayed_on
             await storage.server_command("DEL", wake)
             assert await storage.retry(ns, job_id, claim.token, b"e", delay=delay) == "ok"
             assert await tokens() == pushed  # retried-soon is due before "sooner"
+
+
+async def test_a_claim_after_the_storage_clock_moved_does_not_sleep_on_the_old_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the storage's clock is moved forward (``advance_clock``), the next blocking
+    claim takes a job that became due at once, instead of sleeping until the due time
+    the previous claim returned."""
+    storage = MemoryStorage()
+    async with storage:
+        for job_id, delay in (("first", 100), ("second", 200)):
+            await storage.enqueue("ns", job_id, b"", max_attempts=1, result_ttl=60, delay=delay)
+        claims = await storage.claim("ns", "w", limit=5, lease=30, wait=1000)
+        assert [claim.job_id for claim in claims] == ["first"]
+        await storage.advance_clock(150)
+        before = trio.current_time()
+        claims = await storage.claim("ns", "w", limit=5, lease=30, wait=1000)
+        assert [claim.job_id for claim in claims] == ["second"]
+        assert trio.current_time() == before

@@ -338,6 +338,11 @@ class Storage(abc.ABC):
         cannot be mocked.
         """
         self._clock_offset += seconds
+        for hub in self._hubs.values():
+            # Due times came closer: blocked claims (and the next claim, which would
+            # sleep until a due time on the old clock) look again.
+            hub.idle = None
+            hub.wake()
 
     # -- producer transitions ---------------------------------------------------------
 
