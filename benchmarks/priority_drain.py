@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 PRIORITY_RANGE = (-1000, 1000)
 TARGET = 0.90
 """Random priorities keep at least this share of the all-zero drain rate."""
@@ -87,7 +88,12 @@ def package_of(env: dict[str, str]) -> str:
     """Where ``trio_jobqueue`` is imported from under ``env`` (checked, not assumed)."""
     probe = "import trio_jobqueue, os; print(os.path.dirname(trio_jobqueue.__file__))"
     return subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=HERE,  # as the variants run (the current directory would come first)
     ).stdout.strip()
 
 
@@ -105,8 +111,8 @@ def run_variant(
     launcher = compare.Launcher(sysdef, settings, rnd)
     launcher.env["JQ_BENCH_PRIORITIES"] = mode
     launcher.env["JQ_BENCH_SEED"] = str(rnd + 1)
-    if code is not None:
-        launcher.env["PYTHONPATH"] = os.pathsep.join([str(code), launcher.env["PYTHONPATH"]])
+    # This checkout's package unless another is given (never the installed one).
+    launcher.env["PYTHONPATH"] = os.pathsep.join([str(code or REPO), launcher.env["PYTHONPATH"]])
     n = settings.jobs
     queue_name = f"{name}-{rnd}"
     client = launcher.start("client")
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = dict(os.environ, PYTHONPATH=str(HERE))
     for name, (mode, code) in names.items():
-        probe = dict(env, PYTHONPATH=os.pathsep.join([str(code), str(HERE)])) if code else env
+        probe = dict(env, PYTHONPATH=os.pathsep.join([str(code or REPO), str(HERE)]))
         print(f"  {name}: priorities {mode}, trio_jobqueue from {package_of(probe)}")
     print(load_line("before"), flush=True)
     with scratch_dir("jq-priority-") as workdir, compare.redis_server(workdir) as (port, redis_pid):

@@ -262,3 +262,30 @@ async def test_file_replay_across_objects_matches(tmp_path: Path) -> None:
                 views.append((records, await o.stats("ns")))
             assert views[0] == views[1] == views[2]
             assert sum(as_tuple(views[0][1])) > 0
+
+
+def test_records_loaded_in_any_order_are_claimed_by_priority_then_position() -> None:
+    """A namespace rebuilt from records in no particular order (a snapshot) hands its
+    ready jobs out by priority, then position (released ones first), as one built by
+    transitions does."""
+    rng = random.Random(7)
+    expected = [(priority, seq) for priority in (5, 0, -3) for seq in (-4, -1, 2, 3, 8, 9)]
+    recs = [
+        st.Rec(
+            job_id=f"p{priority}s{seq}",
+            payload=b"",
+            state=JobState.QUEUED,
+            max_attempts=1,
+            result_ttl=60.0,
+            created_at=0.0,
+            ready_seq=seq,
+            priority=priority,
+        )
+        for priority, seq in expected
+    ]
+    rng.shuffle(recs)
+    state = st.NsState()
+    for rec in recs:
+        state.insert(rec)
+    claims, _ = st.claim(st.Tx(state=state, now=1.0), "w", len(recs), 30.0)
+    assert [claim.job_id for claim in claims] == [f"p{p}s{s}" for p, s in expected]

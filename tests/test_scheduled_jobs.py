@@ -1,7 +1,8 @@
 """Scheduled jobs and priorities beyond the conformance kit: a scheduled job starts right
 after its time (never before) whether the worker idles in this process or in another one,
 under trio's MockClock exactly at its time, records written before priorities still load,
-and the CLI takes --delay, --at and --priority."""
+the CLI takes --delay, --at and --priority, and a blocked claim is woken only when a job
+becomes claimable sooner than it planned to look (counted in claims and tokens)."""
 
 from __future__ import annotations
 
@@ -192,3 +193,133 @@ def test_cli_enqueue_with_delay_at_and_priority(url: str) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (bad, done.stderr)
     assert run_cli("status", "bad", *common).returncode == 1  # nothing was written
+
+
+# -- wake-ups: a blocked claim is woken only when it would find work sooner ------------------
+
+
+def _count_claims(monkeypatch: pytest.MonkeyPatch, storage: Storage) -> list[int]:
+    """Count the storage's claim transitions (``calls[0]``): ``claim_nowait`` calls, and
+    ``claim_after_wait`` calls where the backend has its own."""
+    calls = [0]
+    cls = type(storage)
+    names = ["claim_nowait"]
+    if cls.claim_after_wait is not Storage.claim_after_wait:
+        names.append("claim_after_wait")
+    for name in names:
+        inner = getattr(cls, name)
+
+        async def counted(self: Any, *args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return await _inner(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+async def test_a_job_scheduled_after_the_next_due_time_does_not_wake_a_blocked_claim(
+    mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim blocked until the next due time is not woken by jobs scheduled later than
+    that (it would find nothing), and is woken by one scheduled sooner."""
+    storage = MemoryStorage()
+    calls = _count_claims(monkeypatch, storage)
+    got: list[str] = []
+
+    async def enqueue(job_id: str, delay: float) -> None:
+        await storage.enqueue("ns", job_id, b"", max_attempts=1, result_ttl=60, delay=delay)
+
+    async def claimer() -> None:
+        claims = await storage.claim("ns", "w", limit=1, lease=30, wait=1000)
+        got.extend(claim.job_id for claim in claims)
+
+    async with storage, trio.open_nursery() as nursery:
+        await enqueue("first", 100)
+        nursery.start_soon(claimer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls[0] == 1  # found nothing, sleeps until "first" is due
+        for n in range(10):
+            await enqueue(f"later-{n}", 200 + n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls[0] == 1
+        await enqueue("sooner", 50)
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls[0] == 2  # woken: it now sleeps until "sooner" is due
+        mock_clock.jump(50)
+    assert got == ["sooner"] and calls[0] == 3
+
+
+async def test_consecutive_claims_of_scheduled_jobs_ask_once_per_job(
+    storage_factory: Callable[[], Storage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that took every ready job tells the next claim when the next job is due:
+    claiming five jobs scheduled one after the other takes one call per job (plus the
+    first, which finds nothing), not two."""
+    storage = storage_factory()
+    if isinstance(storage, jq.FileStorage):
+        pytest.skip("File: its journal reader only feeds wake-ups while a claim waits")
+    calls = _count_claims(monkeypatch, storage)
+    ns = f"hint-{uuid.uuid4().hex[:8]}"
+    clock = storage.now if isinstance(storage, MemoryStorage) else time.time
+    async with storage:
+        now = clock()
+        for n in range(5):
+            await storage.enqueue(
+                ns, f"j{n}", b"", max_attempts=1, result_ttl=60, run_at=now + 0.2 + 0.1 * n
+            )
+        for n in range(5):
+            claims = await storage.claim(ns, "w", limit=10, lease=30, wait=30)
+            assert [claim.job_id for claim in claims] == [f"j{n}"]
+    # Redis: a sleep may end a hair before the server's due time (one more call).
+    assert calls[0] <= (6 if isinstance(storage, MemoryStorage) else 8), calls[0]
+
+
+async def test_redis_pushes_a_wake_up_only_for_a_job_due_before_every_delayed_one(
+    redis_storage_factory: Callable[[], jq.RedisStorage],
+) -> None:
+    """On Redis, a scheduled enqueue or a delayed retry pushes a wake-up token only when
+    it is due before every other delayed job (the one time a blocked claim would wake
+    too late); later ones push none."""
+    storage = redis_storage_factory()
+    ns = f"tokens-{uuid.uuid4().hex[:8]}"
+    wake = storage.keys(ns).wake
+
+    async def tokens() -> int:
+        return int(await storage.server_command("LLEN", wake))
+
+    async def enqueue(job_id: str, **when: float) -> None:
+        await storage.enqueue(ns, job_id, b"", max_attempts=3, result_ttl=60, **when)
+
+    async with storage:
+        await enqueue("first", delay=600)
+        assert await tokens() == 1  # the first delayed job
+        for n in range(5):
+            await enqueue(f"later-{n}", delay=900 + n)
+        assert await tokens() == 1
+        await enqueue("sooner", delay=300)
+        assert await tokens() == 2
+        for job_id, delay, pushed in (("retried-late", 1200, 0), ("retried-soon", 60, 1)):
+            await enqueue(job_id)
+            (claim,) = (await storage.claim_nowait(ns, "w", limit=1, lease=30)).claims
+            await storage.server_command("DEL", wake)
+            assert await storage.retry(ns, job_id, claim.token, b"e", delay=delay) == "ok"
+            assert await tokens() == pushed  # retried-soon is due before "sooner"
+
+
+async def test_a_claim_after_the_storage_clock_moved_does_not_sleep_on_the_old_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the storage's clock is moved forward (``advance_clock``), the next blocking
+    claim takes a job that became due at once, instead of sleeping until the due time
+    the previous claim returned."""
+    storage = MemoryStorage()
+    async with storage:
+        for job_id, delay in (("first", 100), ("second", 200)):
+            await storage.enqueue("ns", job_id, b"", max_attempts=1, result_ttl=60, delay=delay)
+        claims = await storage.claim("ns", "w", limit=5, lease=30, wait=1000)
+        assert [claim.job_id for claim in claims] == ["first"]
+        await storage.advance_clock(150)
+        before = trio.current_time()
+        claims = await storage.claim("ns", "w", limit=5, lease=30, wait=1000)
+        assert [claim.job_id for claim in claims] == ["second"]
+        assert trio.current_time() == before

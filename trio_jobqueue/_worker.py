@@ -66,6 +66,33 @@ handlers run in threads, which cannot be interrupted)."""
 _FATAL = (KeyboardInterrupt, SystemExit)
 
 
+class _Slots:
+    """The worker's free handler slots, taken by the claim loop in one step however many
+    are free (a semaphore would take one call per slot: at concurrency 100 a claim that
+    brings one scheduled job would cost 100 acquisitions and 99 releases)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def wait(self) -> None:
+        """Until at least one slot is free; not a checkpoint when one is (the claim
+        loop checkpoints right after)."""
+        while not self.free:
+            await self._lot.park()
+
+    def take(self, most: int) -> int:
+        """Take every free slot, at most ``most`` (at least one is free)."""
+        taken = min(self.free, most)
+        self.free -= taken
+        return taken
+
+    def give(self, count: int = 1) -> None:
+        if count:
+            self.free += count
+            self._lot.unpark_all()
+
+
 @attrs.frozen
 class _Outcome:
     """What one run of a handler came to."""
@@ -172,7 +199,7 @@ class Worker:
     stats: WorkerStatistics = attrs.field(factory=WorkerStatistics)
 
     _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
-    _slots: trio.Semaphore = attrs.field(init=False)
+    _slots: _Slots = attrs.field(init=False)
     _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
@@ -189,7 +216,7 @@ class Worker:
     force-cancel)."""
 
     def __attrs_post_init__(self) -> None:
-        self._slots = trio.Semaphore(self.concurrency)
+        self._slots = _Slots(self.concurrency)
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
         self._idle.set()
@@ -304,17 +331,11 @@ class Worker:
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
         failures = 0
         while True:
-            await self._slots.acquire()
+            await self._slots.wait()
             # Let jobs that are finishing right now free their slots, so that one claim
             # round trip fetches a batch instead of one job per freed slot.
             await trio.lowlevel.checkpoint()
-            taken = 1
-            while taken < MAX_CLAIM_BATCH:
-                try:
-                    self._slots.acquire_nowait()
-                except trio.WouldBlock:
-                    break
-                taken += 1
+            taken = self._slots.take(MAX_CLAIM_BATCH)
             claimed_at = trio.current_time()
             try:
                 claims = await self.storage.claim(
@@ -325,16 +346,14 @@ class Worker:
                     wait=CLAIM_WAIT,
                 )
             except StorageError as exc:
-                for _ in range(taken):
-                    self._slots.release()
+                self._slots.give(taken)
                 failures += 1
                 delay = min(0.05 * 2**failures, 2.0)
                 log.warning("claim failed (%s); retrying in %.2f s", exc, delay)
                 await trio.sleep(delay)
                 continue
             failures = 0
-            for _ in range(taken - len(claims)):
-                self._slots.release()
+            self._slots.give(taken - len(claims))
             for claim in claims:
                 self._start(nursery, claim, claimed_at + self.visibility_timeout)
 
@@ -560,7 +579,7 @@ class Worker:
                     await self._settle(running, None, started_wall, 0.0)
             del self._running[claim.token]
             self.stats.in_flight = len(self._running)
-            self._slots.release()
+            self._slots.give()
             if fatal is not None:
                 self._stop_for(fatal)
             if not self._running:

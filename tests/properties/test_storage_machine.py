@@ -28,7 +28,7 @@ from trio_jobqueue.storage import (
 )
 from trio_jobqueue.storage._base import MAX_PRIORITY
 from trio_jobqueue.storage._core import WORK_KINDS, Hub
-from trio_jobqueue.storage._state import state_order
+from trio_jobqueue.storage._state import Lane, state_order
 from trio_jobqueue.testing import DEFAULT_SETTINGS, THOROUGH_SETTINGS, run_storage_machine
 
 SETTINGS = THOROUGH_SETTINGS if os.environ.get("TRIO_JOBQUEUE_THOROUGH") else DEFAULT_SETTINGS
@@ -128,12 +128,13 @@ class WatchesMissFailed(_PlantedHub):
 
 
 class _HubNotWakingOnEnqueue(Hub):
-    def deliver(self, records: Iterable[EventRecord], span: Span = None) -> None:
+    def deliver(
+        self, records: Iterable[EventRecord], span: Span = None, *, work: bool | None = None
+    ) -> None:
         records = list(records)
-        self.offer(records, span)
-        self.fire(records, span)
-        if any(r.kind in WORK_KINDS - {EventKind.ENQUEUED} for r in records):
-            self.work.set()
+        if {r.kind for r in records} & WORK_KINDS == {EventKind.ENQUEUED}:
+            work = False
+        super().deliver(records, span, work=work)
 
 
 class EnqueueWakesNoClaim(_PlantedHub):
@@ -227,7 +228,11 @@ class ReleaseJumpsPriorities(MemoryStorage):
         if status is SettleStatus.OK:
             state = self._state(ns)
             rec = state.jobs[job_id]
-            heapq.heappush(state.ready, (-(MAX_PRIORITY + 1), rec.ready_seq or 0, job_id))
+            jump = MAX_PRIORITY + 1
+            if jump not in state.lanes:
+                state.lanes[jump] = Lane()
+                heapq.heappush(state.priorities, -jump)
+            state.lanes[jump].push(rec.ready_seq or 0, job_id)
         return status
 
 

@@ -305,6 +305,18 @@ local function push_head(id, priority)
   pending_wakes = pending_wakes + 1
 end
 
+-- A job due at `due` (later than NOW) into `delayed`. It wakes one blocked claimer only
+-- when it is due before every other delayed job: a blocked claimer sleeps until the next
+-- due time its claim returned (or less), so it finds any job due later without a
+-- wake-up, and a wake-up would only cost it a claim that finds nothing.
+local function push_delayed(id, due)
+  local head = redis.call('ZRANGE', KEYS[11], 0, 0, 'WITHSCORES')
+  redis.call('ZADD', KEYS[11], fmt(due), id)
+  if not head[2] or due < tonumber(head[2]) then
+    pending_wakes = pending_wakes + 1
+  end
+end
+
 -- Transitions shared by several scripts -----------------------------------------------
 
 -- The record of a live job (CORRUPT for foreign bytes), or nil. An expired record is
@@ -345,7 +357,7 @@ local function to_failing(key, id, j, err, delay, token)
   write_job(key, j)
   redis.call('ZREM', KEYS[2], id)
   if delay > 0 then
-    redis.call('ZADD', KEYS[11], fmt(NOW + delay), id)
+    push_delayed(id, NOW + delay)
   else
     push_tail(id, j[PRIO])
   end
@@ -442,11 +454,8 @@ local function add_job(id, payload, max_attempts, ttl, nonce, priority, run_at)
   set_blob(j, id, PAY, payload)
   write_job(key, j)
   if status == 'scheduled' then
-    redis.call('ZADD', KEYS[11], fmt(run_at), id)
+    push_delayed(id, run_at)
     redis.call('ZADD', KEYS[13], fmt(run_at), id)
-    -- Wake one blocked claimer, so that it learns the new due time (next_due) and
-    -- sleeps until then instead of until its own timeout.
-    pending_wakes = pending_wakes + 1
   else
     push_tail(id, priority)
   end

@@ -17,8 +17,9 @@
 -- Bounded: at most PROMOTE_BATCH promotions and limit + SKIP_MAX entries looked at,
 -- whatever the backlog.
 -- Paused (field "paused" of seq): claims nothing and returns {now, "paused"}.
--- Returns: {now, next_due or "", then per claim: id, payload, attempt, max_attempts,
---          created, token, lease_until, result_ttl}
+-- Returns: {now, next_due or "" (given whenever fewer than `limit` were claimed), then
+--          per claim: id, payload, attempt, max_attempts, created, token, lease_until,
+--          result_ttl}
 local PROMOTE_BATCH = 500
 local SKIP_MAX = 500
 for i = 15, #KEYS do
@@ -42,7 +43,9 @@ if ARGV[6] == '1' then
   local record = redis.call('GET', KEYS[14])
   if record then
     -- The first call ran and its reply was lost: hand back what it claimed (and still
-    -- holds), with the same tokens and attempts.
+    -- holds), with the same tokens and attempts. Others may be ready: "next due now"
+    -- (the claimer asks again rather than sleep).
+    out[2] = fmt(NOW)
     for n, id in ipairs(cmsgpack.unpack(record)) do
       local token = ARGV[5] .. ':' .. n
       local j = read_job(KEYS[1] .. id)
@@ -104,7 +107,9 @@ elseif promoted > 0 then
   -- Promoted jobs are left for other claimers: wake as many (no event woke them).
   pending_wakes = math.min(promoted, redis.call('ZCARD', KEYS[8]))
 end
-if #claimed == 0 then
+if #claimed < limit then
+  -- Every ready job is taken: the next due time tells the claimer how long it may
+  -- sleep (also after a claim that took some, so that it need not ask again).
   next_due = next_due or redis.call('ZRANGE', KEYS[11], 0, 0, 'WITHSCORES')
   if next_due[2] then
     out[2] = next_due[2]

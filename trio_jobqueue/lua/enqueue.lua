@@ -8,7 +8,8 @@
 -- Touches: {tag}:j:<id> (GET; SET), {tag}:b:<id> (HSET of a large payload),
 --          seq (HINCRBY t), queue (ZADD) or, for a run_at after now, delayed and
 --          scheduled (ZADD), completed/failed and their records (purge of expired
---          entries, at most 100 each), wake (RPUSH a token), publishes "enqueued".
+--          entries, at most 100 each), wake (RPUSH a token; for a scheduled job only
+--          when it is due before every other delayed one), publishes "enqueued".
 -- Returns: {"queued"} | {"scheduled"} | {"duplicate", state}
 --          | {"completed", "completed", result}
 purge(100)

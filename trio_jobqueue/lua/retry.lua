@@ -4,8 +4,9 @@
 -- ARGV: 1 clock offset, 2 job id, 3 token, 4 error (bytes), 5 delay seconds,
 --       6 "1" when this is a retry after a lost reply
 -- Touches: {tag}:j:<id> (GET, SET), {tag}:b:<id> (a large error), leases (ZREM),
---          queue (ZADD at the tail) and wake (a token) for delay 0, else delayed (ZADD),
---          seq (HINCRBY t), publishes "failing".
+--          queue (ZADD at the tail) and wake (a token) for delay 0, else delayed (ZADD;
+--          a token when due before every other delayed job), seq (HINCRBY t),
+--          publishes "failing".
 -- Returns: "ok" | "stale"
 local id = ARGV[2]
 local j, key, reply = settle_begin(id, ARGV[3], ARGV[6])

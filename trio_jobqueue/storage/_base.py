@@ -175,8 +175,8 @@ class ClaimBatch:
 
     claims: list[Claim]
     next_due_in: float | None = None
-    """When nothing was claimed: seconds until the next delayed job becomes claimable
-    (``None`` if there is none)."""
+    """When fewer than ``limit`` jobs were claimed (every ready job was taken): seconds
+    until the next delayed job becomes claimable (``None`` if there is none)."""
     paused: bool = False
     """The namespace is paused (:meth:`Storage.set_paused`): nothing was claimed."""
 
@@ -341,6 +341,11 @@ class Storage(abc.ABC):
         cannot be mocked.
         """
         self._clock_offset += seconds
+        for hub in self._hubs.values():
+            # Due times came closer: blocked claims (and the next claim, which would
+            # sleep until a due time on the old clock) look again.
+            hub.idle = None
+            hub.wake()
 
     # -- producer transitions ---------------------------------------------------------
 
@@ -439,10 +444,20 @@ class Storage(abc.ABC):
         Each becomes ``processing`` with ``attempts += 1``, a fresh token and a lease
         until ``now + lease``, and emits ``started``. A paused namespace hands out
         nothing (``paused=True``). Due delayed jobs are promoted first.
-        When nothing is claimed, ``next_due_in`` says when the next delayed job is due.
+        When fewer than ``limit`` are claimed, ``next_due_in`` says when the next
+        delayed job is due.
         ``limit >= 1``. A call cancelled after the storage took jobs must give them back
         (released, attempt not consumed) before it raises ``Cancelled``.
         """
+
+    async def claim_after_wait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        """:meth:`claim_nowait`, called by a blocking claim right after it waited (its
+        checkpoint): a backend whose claim is one synchronous step may skip the
+        checkpoint of its own, so that a due job starts one scheduling round sooner.
+        Same contract otherwise."""
+        return await self.claim_nowait(ns, worker_id, limit=limit, lease=lease)
 
     @abc.abstractmethod
     async def heartbeat(
@@ -668,6 +683,15 @@ class Storage(abc.ABC):
         safety net for backends whose wake-ups may be lost; infinite where they cannot
         be)."""
         return math.inf
+
+    @property
+    def keeps_idle_wakeups(self) -> bool:
+        """Whether a wake-up sent while no claim is blocked still ends the wait of a
+        ticket taken earlier (the wake-up waits for the next blocked claim). Then a
+        claim that took every ready job lets the next blocking claim of the namespace
+        sleep until the next due time it returned, without asking first (see
+        :func:`._core.blocking_claim`). False unless the backend says so."""
+        return False
 
     def hub(self, ns: str) -> _core.Hub:
         """The namespace's local fan-out, which the backend feeds (see :mod:`._core`)."""

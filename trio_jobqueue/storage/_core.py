@@ -259,20 +259,34 @@ class Hub:
     watches: dict[str, set[JobWatch]] = attrs.Factory(dict)
     controls: set[ControlListener] = attrs.Factory(set)
     """Workers listening for force-cancels (see :data:`ControlListener`)."""
+    idle: tuple[trio.Event, float] | None = None
+    """Left by a claim that took every ready job (:func:`blocking_claim`): the ticket it
+    took before it ran and the trio time when the next delayed job is due (``inf``:
+    none). Until that ticket is set, nothing is claimable before that time."""
 
     def deliver(
-        self, records: Iterable[EventRecord], span: tuple[Position, Position] | None = None
+        self,
+        records: Iterable[EventRecord],
+        span: tuple[Position, Position] | None = None,
+        *,
+        work: bool | None = None,
     ) -> None:
         """Events that happened (at feed position ``span``): to subscribers, to the
-        watches of their jobs, and to blocked claims if work may have appeared."""
+        watches of their jobs, and to blocked claims if work may have appeared.
+
+        ``work`` says whether the blocked claims must look again; ``None``: guess it from
+        the kinds of the events (any of :data:`WORK_KINDS`). A backend that knows better
+        (Memory: a job scheduled after the next due time wakes no one, see
+        :func:`blocking_claim`) passes it."""
         records = list(records)
-        if not records:
-            return
-        self.offer(records, span)
-        self.fire(records, span)
-        if self.controls:
-            self.control(records)
-        if any(record.kind in WORK_KINDS for record in records):
+        if records:
+            self.offer(records, span)
+            self.fire(records, span)
+            if self.controls:
+                self.control(records)
+        if work is None:
+            work = any(record.kind in WORK_KINDS for record in records)
+        if work:
             self.work.set()
 
     def offer(
@@ -343,12 +357,29 @@ async def blocking_claim(
         return (await storage.claim_nowait(ns, worker_id, limit=limit, lease=lease)).claims
     deadline = trio.current_time() + wait
     hub = storage.hub(ns)
+    hints = storage.keeps_idle_wakeups
     async with storage.follow(ns, "work"):
+        claim = storage.claim_nowait
+        idle, hub.idle = hub.idle, None
+        if idle is not None and not idle[0].is_set():
+            # The previous claim took every ready job and told when the next one is due;
+            # any job made claimable sooner has set its ticket since: sleep until then
+            # instead of asking again (one claim per wake-up instead of two).
+            until = min(idle[1], deadline, trio.current_time() + storage.repoll_interval)
+            with trio.move_on_at(until):
+                await idle[0].wait()
+            claim = storage.claim_after_wait
         while True:
             ticket = hub.work.ticket()  # before the transition: no lost wake-up
-            batch = await storage.claim_nowait(ns, worker_id, limit=limit, lease=lease)
-            remaining = deadline - trio.current_time()
-            if batch.claims or remaining <= 0:
+            batch = await claim(ns, worker_id, limit=limit, lease=lease)
+            now = trio.current_time()
+            remaining = deadline - now
+            if batch.claims:
+                if hints and len(batch.claims) < limit and not batch.paused:
+                    due = batch.next_due_in
+                    hub.idle = (ticket, math.inf if due is None else now + max(due, 0.0))
+                return batch.claims
+            if remaining <= 0:
                 return batch.claims
             sleep_for = min(remaining, storage.repoll_interval)
             if batch.paused:
@@ -357,6 +388,7 @@ async def blocking_claim(
                 sleep_for = min(sleep_for, max(batch.next_due_in, 0.0))
             with trio.move_on_after(sleep_for):
                 await ticket.wait()
+            claim = storage.claim_after_wait
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ import json
 import math
 import operator
 import secrets
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -488,6 +489,36 @@ def entry_events(raw: Any, area: memoryview | None = None) -> list[EventRecord]:
 # -- the namespace ---------------------------------------------------------------------------
 
 
+class Lane:
+    """The ready entries ``(position, id)`` of one priority, in claim order: a deque
+    while they arrive in order (tail insertions at growing positions, head insertions
+    at shrinking ones: every transition), so that a claim takes one in O(1); an entry
+    that arrives between the two ends (a snapshot loads records in no particular
+    order) waits in a small heap instead. Stale entries are skipped by the reader."""
+
+    __slots__ = ("fifo", "stray")
+
+    def __init__(self) -> None:
+        self.fifo: deque[tuple[int, str]] = deque()
+        self.stray: list[tuple[int, str]] = []
+
+    def push(self, seq: int, job_id: str) -> None:
+        fifo = self.fifo
+        if not fifo or seq > fifo[-1][0]:
+            fifo.append((seq, job_id))
+        elif seq < fifo[0][0]:
+            fifo.appendleft((seq, job_id))
+        else:
+            heapq.heappush(self.stray, (seq, job_id))
+
+    def pop(self) -> tuple[int, str] | None:
+        """The first entry (``None``: empty)."""
+        fifo, stray = self.fifo, self.stray
+        if stray and (not fifo or stray[0][0] < fifo[0][0]):
+            return heapq.heappop(stray)
+        return fifo.popleft() if fifo else None
+
+
 @attrs.define(eq=False)
 class NsState:
     """All records of one namespace plus lazily-deleted indexes (as in MemoryStorage) and
@@ -501,8 +532,10 @@ class NsState:
     """Last sequence number given to a tail insertion (grows)."""
     head_seq: int = 0
     """Last sequence number given to a head insertion (shrinks, always below any tail)."""
-    ready: list[tuple[int, int, str]] = attrs.Factory(list)
-    """(-priority, position, id): the highest priority first, then by position."""
+    lanes: dict[int, Lane] = attrs.Factory(dict)
+    """Per priority, its ready entries in claim order (see :class:`Lane`)."""
+    priorities: list[int] = attrs.Factory(list)
+    """A heap of ``-priority`` for the priorities in :attr:`lanes`: the highest first."""
     delayed: list[tuple[float, bytes, int, str]] = attrs.Factory(list)
     leases: list[tuple[float, bytes, str, str]] = attrs.Factory(list)
     expiries: list[tuple[float, bytes, str]] = attrs.Factory(list)
@@ -525,7 +558,11 @@ class NsState:
     def index(self, rec: Rec) -> None:
         """Push ``rec``'s current positions into the indexes (stale ones are skipped later)."""
         if rec.ready_seq is not None:
-            heapq.heappush(self.ready, (-rec.priority, rec.ready_seq, rec.job_id))
+            lane = self.lanes.get(rec.priority)
+            if lane is None:
+                lane = self.lanes[rec.priority] = Lane()
+                heapq.heappush(self.priorities, -rec.priority)
+            lane.push(rec.ready_seq, rec.job_id)
         if rec.delay_seq is not None and rec.due_at is not None:
             key = _key(rec.job_id)
             heapq.heappush(self.delayed, (rec.due_at, key, rec.delay_seq, rec.job_id))
@@ -781,6 +818,9 @@ class Tx:
     durable: bool = False
     """False while the only changes need no fsync: forgetting expired records, extending
     leases and lock expiries (see docs/file.md)."""
+    wake: bool = False
+    """Blocked claims must look again: a job became claimable, or one was scheduled
+    before every other delayed job (sooner than any blocked claim plans to look)."""
 
     def see(self, rec: Rec) -> Rec:
         """Note ``rec`` as read, before any change (every read helper calls this)."""
@@ -961,9 +1001,13 @@ def _push_ready(tx: Tx, rec: Rec, *, head: bool = False) -> None:
     rec.delay_seq = None
     rec.due_at = None
     tx.put(rec)
+    tx.wake = True
 
 
 def _push_delayed(tx: Tx, rec: Rec, due: float) -> None:
+    head = _next_due(tx.state)
+    if head is None or due < head:
+        tx.wake = True  # the new next due time: blocked claims sleep until a later one
     tx.state.tail_seq += 1
     rec.delay_seq = tx.state.tail_seq
     rec.ready_seq = None
@@ -971,17 +1015,25 @@ def _push_delayed(tx: Tx, rec: Rec, due: float) -> None:
     tx.put(rec)
 
 
+def _next_due(st: NsState) -> float | None:
+    """The due time of the next delayed record, dropping stale heap entries on the way."""
+    delayed = st.delayed
+    while delayed:
+        due, _, seq, job_id = delayed[0]
+        rec = st.jobs.get(job_id)
+        if rec is not None and rec.delay_seq == seq and rec.due_at == due:
+            return due
+        heapq.heappop(delayed)
+    return None
+
+
 def _promote_due(tx: Tx) -> float | None:
     st = tx.state
-    while st.delayed:
-        due, _, seq, job_id = st.delayed[0]
-        rec = st.jobs.get(job_id)
-        if rec is None or rec.delay_seq != seq or rec.due_at != due:
-            heapq.heappop(st.delayed)
-            continue
+    while (due := _next_due(st)) is not None:
         if due > tx.now:
             return due
-        heapq.heappop(st.delayed)
+        _, _, _, job_id = heapq.heappop(st.delayed)
+        rec = st.jobs[job_id]
         tx.see(rec)
         if rec.state is JobState.SCHEDULED:
             rec.state = JobState.QUEUED
@@ -991,8 +1043,15 @@ def _promote_due(tx: Tx) -> float | None:
 
 def _pop_ready(tx: Tx) -> Rec | None:
     st = tx.state
-    while st.ready:
-        _, seq, job_id = heapq.heappop(st.ready)
+    lanes, priorities = st.lanes, st.priorities
+    while priorities:
+        priority = -priorities[0]
+        entry = lanes[priority].pop()
+        if entry is None:
+            heapq.heappop(priorities)
+            del lanes[priority]
+            continue
+        seq, job_id = entry
         rec = _live(tx, job_id)
         if rec is not None and rec.ready_seq == seq:
             rec.ready_seq = None
@@ -1159,6 +1218,8 @@ def claim(tx: Tx, worker_id: str, limit: int, lease: float) -> tuple[list[Claim]
             )
         )
         tx.emit(EventRecord(EventKind.STARTED, rec.job_id, rec.attempts))
+    if len(claims) < limit:
+        tx.wake = False  # it took every ready job, promoted ones included: none left
     return claims, next_due
 
 

@@ -57,6 +57,10 @@ class MemoryStorage(Storage):
             self._epoch_offset = time.time() - trio.current_time()
         return trio.current_time() + self._epoch_offset + self._clock_offset
 
+    @property
+    def keeps_idle_wakeups(self) -> bool:
+        return True  # the hub's signal is the only wake-up there is
+
     def _state(self, ns: str) -> st.NsState:
         state = self._spaces.get(ns)
         if state is None:
@@ -68,8 +72,8 @@ class MemoryStorage(Storage):
         """Apply one transition atomically (no checkpoint inside) and deliver its events."""
         tx = st.Tx(state=self._state(ns), now=self.now())
         result = transition(tx)
-        if tx.events:
-            self.hub(ns).deliver(tx.events)
+        if tx.events or tx.wake:
+            self.hub(ns).deliver(tx.events, work=tx.wake)
         return result
 
     # -- producer transitions -------------------------------------------------------------
@@ -122,6 +126,14 @@ class MemoryStorage(Storage):
         self, ns: str, worker_id: str, *, limit: int, lease: float
     ) -> ClaimBatch:
         await trio.lowlevel.checkpoint()
+        return self._claim(ns, worker_id, limit, lease)
+
+    async def claim_after_wait(
+        self, ns: str, worker_id: str, *, limit: int, lease: float
+    ) -> ClaimBatch:
+        return self._claim(ns, worker_id, limit, lease)  # the caller's wait was the checkpoint
+
+    def _claim(self, ns: str, worker_id: str, limit: int, lease: float) -> ClaimBatch:
         now = self.now()
         claims, next_due = self._run(ns, lambda tx: st.claim(tx, worker_id, limit, lease))
         return ClaimBatch(

@@ -588,6 +588,10 @@ class RedisStorage(Storage):
         return self.claim_repoll
 
     @property
+    def keeps_idle_wakeups(self) -> bool:
+        return True  # a token waits in the wake-up list for the next BLPOP
+
+    @property
     def _clock_arg(self) -> str:
         """``ARGV[1]`` of every script: the clock offset, and the pub/sub flavour."""
         offset = repr(self._clock_offset)
