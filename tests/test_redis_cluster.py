@@ -220,13 +220,36 @@ async def test_waiters_and_event_feeds_follow_a_failover(own_cluster: ClusterNod
     ):
         assert await queue.enqueue_and_wait("before", 1, timeout=10) == 2
         await trio.to_thread.run_sync(node_command, replica.port, "CLUSTER", "FAILOVER")
-        with trio.fail_after(20):
+        started = trio.current_time()
+        # Liveness bounds, generous for a loaded machine; the phases' times are printed.
+        with trio.fail_after(30):
             while (await trio.to_thread.run_sync(own_cluster.owner, slot)) != replica:  # noqa: ASYNC110 - the cluster's state, not ours
                 await trio.sleep(0.05)
-            assert await queue.enqueue_and_wait("after", 2, timeout=15) == 3
-            async for event in events:
-                if event.job_id == "after" and event.kind == "completed":
+        promoted = trio.current_time()
+        with trio.fail_after(30):
+            assert await queue.enqueue_and_wait("after", 2, timeout=25) == 3
+        answered = trio.current_time()
+        # The feed follows the channel to the new master: the events published once it
+        # has moved arrive (those published while it moved may be a `missed` marker), so
+        # probe jobs go in until one's completion comes through the feed.
+        probes = 0
+        with trio.fail_after(30):
+            while True:
+                probes += 1
+                await queue.enqueue_and_wait(f"probe-{probes}", probes, timeout=25)
+                with trio.move_on_after(1):
+                    async for event in events:
+                        if event.kind == "completed" and event.job_id.startswith("probe-"):
+                            break
+                    else:
+                        raise AssertionError("the event feed ended")
                     break
+        print(
+            f"failover: replica promoted {promoted - started:.2f} s after CLUSTER FAILOVER,"
+            f" enqueue_and_wait answered {answered - promoted:.2f} s later, the feed"
+            f" delivered a probe's completion {trio.current_time() - answered:.2f} s after"
+            f" that ({probes} probe(s))"
+        )
 
 
 async def test_a_seed_that_is_not_a_cluster_node_is_refused(redis_server: RedisServer) -> None:

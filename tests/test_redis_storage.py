@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 import trio
-from fixtures_redis import RedisServer, free_port, require_redis_server
+from fixtures_redis import RedisServer, free_port, missing_tool, require_redis_server
 
 from trio_jobqueue import StorageError
 from trio_jobqueue._types import CancelStatus, EnqueueStatus, EventKind, JobState, UpdateTtlStatus
@@ -519,7 +519,7 @@ def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 (needs the openssl CLI)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("the openssl command is not installed")
+        missing_tool("the openssl command is not installed")
     ca_key, ca, key, csr, cert = (
         directory / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
     )
