@@ -3,9 +3,13 @@
 
     python benchmarks/list_jobs.py [--big 1000000] [--backends redis,memory]
 
-For ``queued`` and ``scheduled`` jobs (half of each), it times pages from the start and
-pages that continue from a cursor in the middle, and prints the median per page and the
-ratio of the big backlog to the small one (target: at most 1.5x), with the machine's load.
+Two queues on one storage, one with 1,000 jobs and one with 1,000,000 (half queued, half
+scheduled). For ``queued`` and ``scheduled`` jobs it times pages from the start and pages
+that continue from a cursor in the middle, the two queues in turn (five rounds of ten
+pages each, so that whatever else the machine does weighs on both alike; measured minutes
+apart, single runs differed by up to 2x on a machine that looked idle), and prints the
+median per page and the ratio of the big backlog to the small one (target: at most 1.5x),
+with the machine's load.
 On Redis it also prints the server's own mean time per script call over those pages
 (``INFO commandstats``), which tells the script's work from the client's and the network's;
 both are wall times, so other processes competing for the CPUs inflate them.
@@ -31,7 +35,8 @@ import trio_jobqueue as jq
 from trio_jobqueue.storage.redis import RedisStorage
 
 PAGE = 100
-SAMPLES = 30
+SAMPLES = 10
+ROUNDS = 5
 
 
 async def fill(queue: jq.Queue, jobs: int) -> None:  # type: ignore[type-arg]
@@ -82,10 +87,8 @@ async def timed_pages(
     return statistics.median(times), server
 
 
-async def page_times(queue: jq.Queue, state: str) -> list[tuple[float, float | None]]:  # type: ignore[type-arg]
-    """(median seconds, Redis seconds per call) of a first page and of a page continuing
-    from the middle."""
-    # A cursor in the middle: walk there once with big pages (not timed).
+async def middle_cursor(queue: jq.Queue, state: str) -> str | None:  # type: ignore[type-arg]
+    """A cursor in the middle of ``state``'s jobs: walked to once with big pages."""
     cursor = None
     counts = await queue.counts()
     half = (counts["scheduled" if state == "scheduled" else "queued"]) // 2
@@ -96,18 +99,55 @@ async def page_times(queue: jq.Queue, state: str) -> list[tuple[float, float | N
         cursor = page.cursor
         if cursor is None:
             break
-    return [await timed_pages(queue, state, None), await timed_pages(queue, state, cursor)]
+    return cursor
 
 
-async def measure(make: object, jobs: int) -> dict[str, list[tuple[float, float | None]]]:
+Timing = tuple[float, float | None]
+
+
+async def measure(make: object, small: int, big: int) -> dict[tuple[str, str], list[Timing]]:
+    """Two queues on one storage, ``small`` and ``big`` jobs; then, ROUNDS times, for each
+    state and page position, SAMPLES pages of the small queue and SAMPLES of the big one
+    in turn, so that whatever else the machine does weighs on both alike. Returns, per
+    (state, position), the small and the big queue's (median seconds over all rounds'
+    pages, Redis's mean seconds per script call)."""
     storage = make()  # type: ignore[operator]
-    async with jq.open_queue(storage, name=f"browse-{time.time_ns()}") as queue:
-        await fill(queue, jobs)
-        return {state: await page_times(queue, state) for state in ("queued", "scheduled")}
+    async with (
+        jq.open_queue(storage, name=f"browse-small-{time.time_ns()}") as q_small,
+        jq.open_queue(storage, name=f"browse-big-{time.time_ns()}") as q_big,
+    ):
+        await fill(q_small, small)
+        await fill(q_big, big)
+        queues = (q_small, q_big)
+        plans = []
+        for state in ("queued", "scheduled"):
+            middles = [await middle_cursor(queue, state) for queue in queues]
+            plans.append(((state, "first page"), [None, None]))
+            plans.append(((state, "from the middle"), middles))
+        rounds: dict[tuple[str, str], list[list[Timing]]] = {key: [[], []] for key, _ in plans}
+        for _ in range(ROUNDS):
+            for key, cursors in plans:
+                for i, queue in enumerate(queues):
+                    rounds[key][i].append(await timed_pages(queue, key[0], cursors[i]))
+        out = {}
+        for key, per_queue in rounds.items():
+            out[key] = []
+            for timings in per_queue:
+                servers = [server for _, server in timings if server is not None]
+                out[key].append(
+                    (
+                        statistics.median(t for t, _ in timings),
+                        statistics.fmean(servers) if servers else None,
+                    )
+                )
+        return out
 
 
 async def main(args: argparse.Namespace) -> None:
-    print(f"load before: {os.getloadavg()[0]:.2f}; pages of {PAGE}, medians of {SAMPLES}")
+    print(
+        f"load before: {os.getloadavg()[0]:.2f}; pages of {PAGE}, {ROUNDS} rounds of"
+        f" {SAMPLES} pages per queue, the two queues in turn"
+    )
     workdir = tempfile.mkdtemp(prefix="jq-bench-")
     server = contextlib.ExitStack()
     port, _ = server.enter_context(redis_server(Path(workdir)))
@@ -115,26 +155,22 @@ async def main(args: argparse.Namespace) -> None:
     makers = {"redis": lambda: RedisStorage(url), "memory": jq.MemoryStorage}
     try:
         for backend in args.backends.split(","):
-            small = await measure(makers[backend], args.small)
             started = time.perf_counter()
-            big = await measure(makers[backend], args.big)
-            print(f"{backend}: filled and measured {args.big:,} jobs in "
+            results = await measure(makers[backend], args.small, args.big)
+            print(f"{backend}: filled and measured {args.small:,} + {args.big:,} jobs in "
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip
-            for state in small:
-                for i, where in enumerate(("first page", "from the middle")):
-                    (a, a_server), (b, b_server) = small[state][i], big[state][i]
-                    verdict = "PASS" if b / a <= 1.5 else "FAIL"
-                    inside = ""
-                    if a_server and b_server:
-                        inside = (
-                            f"  (in Redis: {a_server * 1e3:.2f} / {b_server * 1e3:.2f} ms,"
-                            f" {b_server / a_server:.2f}x)"
-                        )
-                    print(
-                        f"  {state:9} {where:15} {args.small:>9,}: {a * 1e3:6.2f} ms  "
-                        f"{args.big:>9,}: {b * 1e3:6.2f} ms  ratio {b / a:4.2f}x  {verdict}"
-                        + inside
+            for (state, where), ((a, a_server), (b, b_server)) in results.items():
+                verdict = "PASS" if b / a <= 1.5 else "FAIL"
+                inside = ""
+                if a_server and b_server:
+                    inside = (
+                        f"  (in Redis: {a_server * 1e3:.2f} / {b_server * 1e3:.2f} ms,"
+                        f" {b_server / a_server:.2f}x)"
                     )
+                print(
+                    f"  {state:9} {where:15} {args.small:>9,}: {a * 1e3:6.2f} ms  "
+                    f"{args.big:>9,}: {b * 1e3:6.2f} ms  ratio {b / a:4.2f}x  {verdict}" + inside
+                )
         print(f"load after: {os.getloadavg()[0]:.2f}")
     finally:
         server.close()

@@ -508,11 +508,13 @@ end
 
 -- The reply of status.lua for the live, decodable record `j` of job `id` (also one
 -- item of list_jobs.lua): {state, created, attempts, max, ttl, result, error, finished,
--- expires, due, worker, lease, priority, progress}.
-local function job_status(id, j)
+-- expires, due, worker, lease, priority, progress}. `known_due`: the due time of a
+-- scheduled or failing job when the caller has it already (a score of `delayed` or
+-- `scheduled`, the same string), saving a lookup in `delayed` per job.
+local function job_status(id, j, known_due)
   local due, lease = false, false
   if j[ST] == 'f' or j[ST] == 's' then
-    due = redis.call('ZSCORE', KEYS[11], id)
+    due = known_due or redis.call('ZSCORE', KEYS[11], id)
   elseif j[ST] == 'p' then
     lease = redis.call('ZSCORE', KEYS[2], id)
   end

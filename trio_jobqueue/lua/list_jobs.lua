@@ -35,6 +35,7 @@ local out = {''}
 local found, looked = 0, 0
 while phase <= #sources do
   local index = sources[phase]
+  local by_due = index == KEYS[13] or index == KEYS[11]
   local start = 0
   if member then
     local rank
@@ -74,7 +75,9 @@ while phase <= #sources do
       local j = read_job(KEYS[1] .. id)
       if j and j ~= CORRUPT and j[ST] == code then
         out[#out + 1] = id
-        out[#out + 1] = job_status(id, j)
+        -- In `scheduled` and `delayed` the score is the job's due time (as in `delayed`,
+        -- which job_status would read again).
+        out[#out + 1] = job_status(id, j, by_due and s or nil)
         found = found + 1
       end
       if found == limit or looked == limit + SCAN_MAX then
