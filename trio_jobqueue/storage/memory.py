@@ -70,10 +70,13 @@ class MemoryStorage(Storage):
     @trio.lowlevel.enable_ki_protection
     def _run(self, ns: str, transition: Callable[[st.Tx], T]) -> T:
         """Apply one transition atomically (no checkpoint inside) and deliver its events."""
+        hub = self.hub(ns)
         tx = st.Tx(state=self._state(ns), now=self.now())
+        if not hub.subscribers:
+            tx.unheard, tx.watched = True, hub.watches
         result = transition(tx)
         if tx.events or tx.wake:
-            self.hub(ns).deliver(tx.events, work=tx.wake)
+            hub.deliver(tx.events, work=tx.wake)
         return result
 
     # -- producer transitions -------------------------------------------------------------
