@@ -24,18 +24,22 @@ async def noop(job: jq.Job[Any]) -> None:
 
 
 async def bare_trio(n: int, concurrency: int) -> float:
-    """Spawn n no-op tasks, at most ``concurrency`` at once: the task-per-job ceiling."""
-    slots = trio.Semaphore(concurrency)
+    """Spawn n no-op tasks, at most ``concurrency`` at once: the task-per-job ceiling.
 
-    async def one() -> None:
+    The spawner takes a token of a ``CapacityLimiter(concurrency)`` before each
+    ``start_soon`` and the task gives it back, as a worker's slots do."""
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(token: object) -> None:
         await trio.lowlevel.checkpoint()
-        slots.release()
+        limiter.release_on_behalf_of(token)
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(n):
-            await slots.acquire()
-            nursery.start_soon(one)
+            token = object()
+            await limiter.acquire_on_behalf_of(token)
+            nursery.start_soon(one, token)
     return n / (time.perf_counter() - start)
 
 
