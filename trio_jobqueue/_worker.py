@@ -211,8 +211,9 @@ class _Completer:
         self.calls = 0
         """Storage calls made (statistics)."""
 
-    async def complete(self, item: Completion) -> SettleStatus:
-        """Store ``item``; its status.
+    async def complete(self, item: Completion, *, alone: bool = False) -> SettleStatus:
+        """Store ``item``; its status. ``alone``: no other job could join it now (the
+        worker holds no other), so it is sent without waiting one scheduling round.
 
         Raises:
             StorageError: the call that carried it failed.
@@ -225,6 +226,8 @@ class _Completer:
                 return await self._send(entry)  # handed over: this task sends the batch
             return self._result(entry)
         self._busy = True
+        if alone:
+            return await self._send(entry)
         try:
             # Outcomes ready in this same scheduling round (jobs of one claim) join this
             # call.
@@ -903,7 +906,9 @@ class Worker:
             status = await self._storage_call(
                 running,
                 "complete",
-                lambda: self._completer.complete(Completion(job_id, token, data, ctx.ttl)),
+                lambda: self._completer.complete(
+                    Completion(job_id, token, data, ctx.ttl), alone=len(self._running) == 1
+                ),
             )
             self._count(status, "completed", running)
             return
