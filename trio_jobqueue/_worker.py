@@ -182,65 +182,87 @@ class _Capacity:
             self.average_run += (ran - self.average_run) / 16
 
 
+COMPLETE_CALLS = 4
+"""Most ``complete_many`` calls a worker has in flight at once: outcomes that become
+ready while all of them are under way wait and go together in the next one."""
+
+
 @attrs.define(eq=False)
 class _Pending:
-    """One completion waiting for :class:`_Completer`."""
+    """One completion handed to :class:`_Completer`."""
 
     item: Completion
-    wake: trio.Event = attrs.Factory(trio.Event)
-    """Set when the outcome is in, or when this entry's task is to send the next batch."""
+    done: bool = False
     status: SettleStatus | None = None
     error: StorageError | None = None
+    turn: bool = False
+    """A call turn was passed to it: its task sends what queued up."""
+    wake: trio.Event = attrs.Factory(trio.Event)
 
 
 class _Completer:
-    """Completions that become ready while another is being stored go together, in one
+    """Outcomes that are ready together go to the storage in one
     :meth:`Storage.complete_many` call (each still fenced by its own token).
 
-    No timer and no task of its own: a completion made while none is in flight is sent at
-    once (no added latency); those made meanwhile queue up, and when the call in flight
-    returns, the first of them sends them all. A failed call fails each of its
-    completions with the call's :class:`StorageError` (the worker retries each one).
+    No timer and no task of its own: a completion made while fewer than
+    :data:`COMPLETE_CALLS` calls are in flight is sent at once (after one scheduling round,
+    in which the other jobs of the same claim finish too, unless it is alone); those made
+    while all are under way queue up, and the first of them sends them together as soon
+    as a call returns. A failed call fails each of its completions with the call's
+    :class:`StorageError` (the worker retries each one).
     """
 
     def __init__(self, storage: Storage, ns: str) -> None:
         self._storage = storage
         self._ns = ns
         self._queued: list[_Pending] = []
-        self._busy = False
-        self.calls = 0
-        """Storage calls made (statistics)."""
+        self._calls = 0
+        """Call turns held (calls in flight or about to be sent)."""
 
     async def complete(self, item: Completion, *, alone: bool = False) -> SettleStatus:
         """Store ``item``; its status. ``alone``: no other job could join it now (the
-        worker holds no other), so it is sent without waiting one scheduling round.
+        worker holds no other), so it is sent without waiting a scheduling round.
 
         Raises:
             StorageError: the call that carried it failed.
         """
         entry = _Pending(item)
         self._queued.append(entry)
-        if self._busy:
-            await entry.wake.wait()
-            if entry.status is None and entry.error is None:
-                return await self._send(entry)  # handed over: this task sends the batch
-            return self._result(entry)
-        self._busy = True
-        if alone:
-            return await self._send(entry)
         try:
-            # Outcomes ready in this same scheduling round (jobs of one claim) join this
-            # call.
-            await trio.lowlevel.checkpoint()
+            if self._calls < COMPLETE_CALLS:
+                self._calls += 1
+                await self._lead(gather=not alone)
+            while not entry.done:
+                await entry.wake.wait()
+                entry.wake = trio.Event()
+                if entry.turn:
+                    entry.turn = False
+                    await self._lead(gather=False)
         except BaseException:
-            self._queued.remove(entry)
-            self._hand_over([], entry)
+            # Only a bug or a cancellation: never leave a turn or an entry behind.
+            if entry in self._queued:
+                self._queued.remove(entry)
+            if entry.turn:
+                entry.turn = False
+                self._pass_turn()
             raise
-        return await self._send(entry)
+        if entry.error is not None:
+            raise entry.error
+        assert entry.status is not None
+        return entry.status
 
-    async def _send(self, own: _Pending) -> SettleStatus:
-        batch, self._queued = self._queued, []
-        self.calls += 1
+    async def _lead(self, *, gather: bool) -> None:
+        """With a call turn held: send everything queued; then pass the turn on."""
+        try:
+            if gather:
+                await trio.lowlevel.checkpoint()
+            batch, self._queued = self._queued, []
+            if batch:
+                await self._store(batch)
+        finally:
+            self._pass_turn()
+
+    async def _store(self, batch: list[_Pending]) -> None:
         try:
             statuses = await self._storage.complete_many(self._ns, [e.item for e in batch])
             if len(statuses) != len(batch):
@@ -251,33 +273,26 @@ class _Completer:
             for e in batch:
                 e.error = exc
         except BaseException as exc:
-            # Not a storage failure (a bug, or a cancellation): the others retry.
+            # Not a storage failure (a bug, or a cancellation): every job retries.
             for e in batch:
-                if e is not own:
-                    e.error = StorageError(f"storing the batch failed: {exc!r}")
-            self._hand_over(batch, own)
+                e.error = StorageError(f"storing the outcomes failed: {exc!r}")
+                e.done = True
+                e.wake.set()
             raise
         else:
             for e, status in zip(batch, statuses, strict=True):
                 e.status = status
-        self._hand_over(batch, own)
-        return self._result(own)
-
-    def _hand_over(self, batch: list[_Pending], own: _Pending) -> None:
         for e in batch:
-            if e is not own:
-                e.wake.set()
-        if self._queued:
-            self._queued[0].wake.set()  # its task sends what queued up meanwhile
-        else:
-            self._busy = False
+            e.done = True
+            e.wake.set()
 
-    @staticmethod
-    def _result(entry: _Pending) -> SettleStatus:
-        if entry.error is not None:
-            raise entry.error
-        assert entry.status is not None
-        return entry.status
+    def _pass_turn(self) -> None:
+        for e in self._queued:
+            if not e.turn:
+                e.turn = True  # the oldest waiting completion sends what queued up
+                e.wake.set()
+                return
+        self._calls -= 1
 
 
 @attrs.frozen
