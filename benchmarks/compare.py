@@ -17,6 +17,11 @@ workloads on that server:
   process: latency from before the enqueue call to the result in hand (p50/p95/p99) and
   requests/s.
 
+Before each round it measures the machine: the round trip of a ``PING`` to that Redis
+from a raw socket (the cost of one hop, without any client library) and the rate of a
+bare trio spawn loop (``CapacityLimiter(100)``); the report prints their medians, so that
+runs on different machines can be compared.
+
 Prints medians over the rounds, same-round ratios of trio-jobqueue against every other
 system, and the issue-6 targets. trio-jobqueue's Memory backend (single process: CPU is the
 whole process's during the drain) and File backend (fsync on) run the same workloads as
@@ -117,6 +122,65 @@ def redis_command(port: int, *args: str, timeout: float = 10.0) -> bytes:
                     break
                 reply += chunk
         return reply
+
+
+def ping_latency(port: int, count: int = 2000) -> float:
+    """Median round trip (microseconds) of ``PING`` to the server from a plain blocking
+    socket: the machine's per-hop cost of one Redis request, with no client library."""
+    times = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            began = time.perf_counter()
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    raise ConnectionError("redis closed the connection")
+                reply += chunk
+            times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e6
+
+
+def bare_trio_loop(tasks: int = 20000) -> float:
+    """Tasks/s of a bare trio spawn loop: at most 100 tasks at once (a
+    ``CapacityLimiter(100)``), the spawner taking a token before each ``start_soon``,
+    each task a checkpoint and the token's release (the same interpreter as the
+    project's systems)."""
+    import trio
+
+    async def run() -> float:
+        limiter = trio.CapacityLimiter(100)
+
+        async def task(token: object) -> None:
+            await trio.lowlevel.checkpoint()
+            limiter.release_on_behalf_of(token)
+
+        began = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                nursery.start_soon(task, token)
+        return tasks / (time.perf_counter() - began)
+
+    return trio.run(run)
+
+
+def machine_line(rounds: list[dict[str, dict[str, float]]]) -> str:
+    """The machine figures of every round (medians), so that runs on different machines
+    can be compared."""
+    ping = [r["machine"]["ping_us"] for r in rounds if "machine" in r]
+    loop = [r["machine"]["trio_loop"] for r in rounds if "machine" in r]
+    if not ping:
+        return "machine: not measured"
+    return (
+        f"machine: Redis PING round trip (one hop, raw socket) p50 "
+        f"{statistics.median(ping):.0f} us; bare trio spawn loop (CapacityLimiter(100)) "
+        f"{statistics.median(loop):,.0f} tasks/s (medians of {len(ping)} round(s), "
+        "measured before each round)"
+    )
 
 
 def command_stats(port: int) -> dict[str, int]:
@@ -783,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.report.read_text())
         names = [s for s in SYSTEMS if any(s in r for r in saved["rounds"])]
         print(f"{saved['started']}, commit {saved['commit']}, {saved['jobs']:,} jobs")
+        print(machine_line(saved["rounds"]))
         print(render(saved["rounds"], names))
         print(targets(saved["rounds"], names))
         print()
@@ -827,7 +892,9 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
                 log(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}; load {os.getloadavg()}")
-                round_results: dict[str, dict[str, float]] = {}
+                round_results: dict[str, dict[str, float]] = {
+                    "machine": {"ping_us": ping_latency(port), "trio_loop": bare_trio_loop()}
+                }
                 for name in order:
                     if SYSTEMS[name].runtime == "project":
                         fingerprints.append(code_fingerprint())
@@ -885,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(others) if others else 0:.0f}% of the machine): compare "
             "same-round ratios, and re-run when it is quiet"
         )
+    print(machine_line(results))
     print()
     print(render(results, systems))
     print(targets(results, systems))

@@ -30,6 +30,7 @@ import inspect
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ from ._retry import RetryPolicy
 from ._serde import TypedCodec, describe_exception, encode_error, error_from_exception
 from ._types import ExecutionContext, Job, JobError
 from ._validate import check_ttl
-from .storage import Claim, EventRecord, SettleStatus, Storage, WorkerRecord
+from .storage import Claim, Completion, EventRecord, SettleStatus, Storage, WorkerRecord
 from .storage._core import listen_control
 
 log = logging.getLogger("trio_jobqueue")
@@ -66,31 +67,232 @@ handlers run in threads, which cannot be interrupted)."""
 _FATAL = (KeyboardInterrupt, SystemExit)
 
 
-class _Slots:
-    """The worker's free handler slots, taken by the claim loop in one step however many
-    are free (a semaphore would take one call per slot: at concurrency 100 a claim that
-    brings one scheduled job would cost 100 acquisitions and 99 releases)."""
+PREFETCH_MAX = 16
+"""Most jobs a worker claims ahead of its free handler slots (and never more than its
+concurrency), so that the next jobs are at hand when running ones finish."""
+PREFETCH_RUN = 0.05
+"""Jobs are claimed ahead only while the recent ones ran shorter than this on average
+(seconds): a job claimed ahead then waits about one such run, and long jobs are never
+held back from idle workers."""
 
-    def __init__(self, free: int) -> None:
-        self.free = free
-        self._lot = trio.lowlevel.ParkingLot()
+
+class _Capacity:
+    """How many jobs the worker holds and runs.
+
+    *Held* jobs were claimed and are not settled yet; *running* ones have a handler
+    slot (``concurrency`` of them). While recent jobs were short the worker holds up to
+    ``margin`` more jobs than it has slots (claimed ahead, each waiting for a slot, its
+    lease renewed by the heartbeat like any held job); otherwise it holds at most one
+    per slot. A handler slot is given back when the handler returns, before the outcome
+    is stored, so a waiting job starts while the previous outcome is on its way.
+
+    The claim loop takes the whole claimable amount in one step (a semaphore would take
+    one call per slot), and while jobs wait for slots it waits until a batch is
+    claimable rather than claim one job per freed slot.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.margin = min(concurrency, PREFETCH_MAX)
+        self.held = 0
+        self.slots = concurrency
+        """Free handler slots."""
+        self.average_run = math.inf
+        """Moving average of recent handler run times (seconds); unknown at first."""
+        self._queue: deque[_Running] = deque()
+        """Held jobs waiting for a handler slot, in claim order."""
+        self._claim_lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def waiting(self) -> int:
+        """Held jobs waiting for a handler slot."""
+        return len(self._queue)
+
+    def claimable(self) -> int:
+        """How many jobs the claim loop may claim now (0: wait)."""
+        margin = self.margin if self.average_run < PREFETCH_RUN else 0
+        free = self.concurrency + margin - self.held
+        if free <= 0 or (self._queue and free < max(1, margin // 2)):
+            return 0
+        return free
 
     async def wait(self) -> None:
-        """Until at least one slot is free; not a checkpoint when one is (the claim
+        """Until :meth:`claimable` is positive; not a checkpoint when it is (the claim
         loop checkpoints right after)."""
-        while not self.free:
-            await self._lot.park()
+        while not self.claimable():
+            await self._claim_lot.park()
 
     def take(self, most: int) -> int:
-        """Take every free slot, at most ``most`` (at least one is free)."""
-        taken = min(self.free, most)
-        self.free -= taken
+        """Hold every claimable job, at most ``most`` (perhaps none)."""
+        taken = min(self.claimable(), most)
+        self.held += taken
         return taken
 
     def give(self, count: int = 1) -> None:
+        """``count`` held jobs were settled (or never claimed)."""
         if count:
-            self.free += count
-            self._lot.unpark_all()
+            self.held -= count
+            self._claim_lot.unpark_all()
+
+    def enlist(self, running: _Running) -> None:
+        """A claimed job queues for a handler slot; slots go out in claim order (tasks
+        started together run in no particular order)."""
+        self._queue.append(running)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self.slots and self._queue:
+            running = self._queue.popleft()
+            self.slots -= 1
+            running.granted = True
+            if running.slot_ready is not None:
+                running.slot_ready.set()
+        if not self._queue:
+            self._claim_lot.unpark_all()
+
+    async def start(self, running: _Running) -> None:
+        """Until ``running`` has its handler slot; not a checkpoint when it has. On
+        cancellation it gives up its place (or the slot it just got)."""
+        if not running.granted:
+            running.slot_ready = trio.Event()
+            try:
+                await running.slot_ready.wait()
+            except BaseException:
+                self.withdraw(running)
+                raise
+        running.granted = False  # the slot is in use: finish() gives it back
+
+    def withdraw(self, running: _Running) -> None:
+        """``running`` will not start (released or revoked first)."""
+        if running.granted:
+            running.granted = False
+            self.slots += 1
+            self._grant()
+        elif running in self._queue:
+            self._queue.remove(running)
+            self._claim_lot.unpark_all()
+
+    def finish(self, ran: float) -> None:
+        """Give back a handler slot taken by :meth:`start`; the handler ran ``ran`` s."""
+        self.slots += 1
+        self._grant()
+        if self.average_run == math.inf:
+            self.average_run = ran
+        else:
+            self.average_run += (ran - self.average_run) / 16
+
+
+COMPLETE_CALLS = 4
+"""Most ``complete_many`` calls a worker has in flight at once: outcomes that become
+ready while all of them are under way wait and go together in the next one."""
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One completion handed to :class:`_Completer`."""
+
+    item: Completion
+    done: bool = False
+    status: SettleStatus | None = None
+    error: StorageError | None = None
+    turn: bool = False
+    """A call turn was passed to it: its task sends what queued up."""
+    wake: trio.Event = attrs.Factory(trio.Event)
+
+
+class _Completer:
+    """Outcomes that are ready together go to the storage in one
+    :meth:`Storage.complete_many` call (each still fenced by its own token).
+
+    No timer and no task of its own: a completion made while fewer than
+    :data:`COMPLETE_CALLS` calls are in flight is sent at once (after one scheduling round,
+    in which the other jobs of the same claim finish too, unless it is alone); those made
+    while all are under way queue up, and the first of them sends them together as soon
+    as a call returns. A failed call fails each of its completions with the call's
+    :class:`StorageError` (the worker retries each one).
+    """
+
+    def __init__(self, storage: Storage, ns: str) -> None:
+        self._storage = storage
+        self._ns = ns
+        self._queued: list[_Pending] = []
+        self._calls = 0
+        """Call turns held (calls in flight or about to be sent)."""
+
+    async def complete(self, item: Completion, *, alone: bool = False) -> SettleStatus:
+        """Store ``item``; its status. ``alone``: no other job could join it now (the
+        worker holds no other), so it is sent without waiting a scheduling round.
+
+        Raises:
+            StorageError: the call that carried it failed.
+        """
+        entry = _Pending(item)
+        self._queued.append(entry)
+        try:
+            if self._calls < COMPLETE_CALLS:
+                self._calls += 1
+                await self._lead(gather=not alone)
+            while not entry.done:
+                await entry.wake.wait()
+                entry.wake = trio.Event()
+                if entry.turn:
+                    entry.turn = False
+                    await self._lead(gather=False)
+        except BaseException:
+            # Only a bug or a cancellation: never leave a turn or an entry behind.
+            if entry in self._queued:
+                self._queued.remove(entry)
+            if entry.turn:
+                entry.turn = False
+                self._pass_turn()
+            raise
+        if entry.error is not None:
+            raise entry.error
+        assert entry.status is not None
+        return entry.status
+
+    async def _lead(self, *, gather: bool) -> None:
+        """With a call turn held: send everything queued; then pass the turn on."""
+        try:
+            if gather:
+                await trio.lowlevel.checkpoint()
+            batch, self._queued = self._queued, []
+            if batch:
+                await self._store(batch)
+        finally:
+            self._pass_turn()
+
+    async def _store(self, batch: list[_Pending]) -> None:
+        try:
+            statuses = await self._storage.complete_many(self._ns, [e.item for e in batch])
+            if len(statuses) != len(batch):
+                raise StorageError(
+                    f"complete_many returned {len(statuses)} statuses for {len(batch)} jobs"
+                )
+        except StorageError as exc:
+            for e in batch:
+                e.error = exc
+        except BaseException as exc:
+            # Not a storage failure (a bug, or a cancellation): every job retries.
+            for e in batch:
+                e.error = StorageError(f"storing the outcomes failed: {exc!r}")
+                e.done = True
+                e.wake.set()
+            raise
+        else:
+            for e, status in zip(batch, statuses, strict=True):
+                e.status = status
+        for e in batch:
+            e.done = True
+            e.wake.set()
+
+    def _pass_turn(self) -> None:
+        for e in self._queued:
+            if not e.turn:
+                e.turn = True  # the oldest waiting completion sends what queued up
+                e.wake.set()
+                return
+        self._calls -= 1
 
 
 @attrs.frozen
@@ -174,6 +376,12 @@ class _Running:
     """The outcome is being stored: a heartbeat that finds the job gone is not a loss."""
     revoked: bool = False
     """The job was force-cancelled: the handler is cancelled and its outcome discarded."""
+    started: bool = False
+    """The handler got its slot (a job claimed ahead waits for one)."""
+    granted: bool = False
+    """A handler slot was given to this job and it has not taken it yet."""
+    slot_ready: trio.Event | None = None
+    """Set when the slot is granted (made when the job has to wait)."""
     progress: ProgressReporter | None = None
     """Made on the handler's first ``report_progress`` (most jobs never report)."""
     nursery: trio.Nursery | None = None
@@ -199,7 +407,8 @@ class Worker:
     stats: WorkerStatistics = attrs.field(factory=WorkerStatistics)
 
     _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
-    _slots: _Slots = attrs.field(init=False)
+    _capacity: _Capacity = attrs.field(init=False)
+    _completer: _Completer = attrs.field(init=False)
     _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
@@ -216,7 +425,8 @@ class Worker:
     force-cancel)."""
 
     def __attrs_post_init__(self) -> None:
-        self._slots = _Slots(self.concurrency)
+        self._capacity = _Capacity(self.concurrency)
+        self._completer = _Completer(self.storage, self.ns)
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
         self._idle.set()
@@ -288,6 +498,9 @@ class Worker:
         the rest. Returns when every job is settled and the worker's tasks are gone."""
         self._stopping = True
         self._claim_scope.cancel()
+        for running in list(self._running.values()):
+            if not running.started:
+                running.release()  # claimed ahead, never started: back to the queue now
         if self._phase == "running":
             self._phase = "stopping"
             await self._presence.announce()
@@ -331,11 +544,13 @@ class Worker:
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
         failures = 0
         while True:
-            await self._slots.wait()
+            await self._capacity.wait()
             # Let jobs that are finishing right now free their slots, so that one claim
             # round trip fetches a batch instead of one job per freed slot.
             await trio.lowlevel.checkpoint()
-            taken = self._slots.take(MAX_CLAIM_BATCH)
+            taken = self._capacity.take(MAX_CLAIM_BATCH)
+            if not taken:
+                continue  # e.g. recent jobs ran long: no claiming ahead any more
             claimed_at = trio.current_time()
             try:
                 claims = await self.storage.claim(
@@ -346,14 +561,14 @@ class Worker:
                     wait=CLAIM_WAIT,
                 )
             except StorageError as exc:
-                self._slots.give(taken)
+                self._capacity.give(taken)
                 failures += 1
                 delay = min(0.05 * 2**failures, 2.0)
                 log.warning("claim failed (%s); retrying in %.2f s", exc, delay)
                 await trio.sleep(delay)
                 continue
             failures = 0
-            self._slots.give(taken - len(claims))
+            self._capacity.give(taken - len(claims))
             for claim in claims:
                 self._start(nursery, claim, claimed_at + self.visibility_timeout)
 
@@ -364,6 +579,8 @@ class Worker:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
             running.release()
+        else:
+            self._capacity.enlist(running)
         self._running[claim.token] = running
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -550,11 +767,23 @@ class Worker:
         started = trio.current_time()
         try:
             outcome: _Outcome | None = None
-            if self.job_timeout is not None:
-                running.scope.relative_deadline = self.job_timeout
-            if not running.released:  # claimed while stopping: never start the handler
+            if running.released:  # released before it started: never run the handler
+                self._capacity.withdraw(running)
+            else:
                 with running.scope:
-                    outcome = await self._execute(claim, running)
+                    # Cancelled here (released or revoked) before it started: no slot.
+                    await self._capacity.start(running)
+                    started_wall = time.time()
+                    started = trio.current_time()
+                    try:
+                        # Released or revoked while it waited for its slot: never run.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        running.started = True
+                        if self.job_timeout is not None:
+                            running.scope.deadline = started + self.job_timeout
+                        outcome = await self._execute(claim, running)
+                    finally:
+                        self._capacity.finish(trio.current_time() - started)
             if running.revoked:
                 fatal = self._discard(running, outcome)
                 settled = True
@@ -579,7 +808,7 @@ class Worker:
                     await self._settle(running, None, started_wall, 0.0)
             del self._running[claim.token]
             self.stats.in_flight = len(self._running)
-            self._slots.give()
+            self._capacity.give()
             if fatal is not None:
                 self._stop_for(fatal)
             if not self._running:
@@ -692,7 +921,9 @@ class Worker:
             status = await self._storage_call(
                 running,
                 "complete",
-                lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl),
+                lambda: self._completer.complete(
+                    Completion(job_id, token, data, ctx.ttl), alone=len(self._running) == 1
+                ),
             )
             self._count(status, "completed", running)
             return

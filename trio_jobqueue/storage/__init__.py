@@ -15,6 +15,9 @@ from ._base import (
     ClaimBatch as ClaimBatch,
 )
 from ._base import (
+    Completion as Completion,
+)
+from ._base import (
     EnqueueOutcome as EnqueueOutcome,
 )
 from ._base import (

@@ -133,6 +133,19 @@ class Claim:
 
 
 @attrs.frozen
+class Completion:
+    """One item of :meth:`Storage.complete_many` (the arguments of
+    :meth:`Storage.complete`)."""
+
+    job_id: str
+    token: str
+    """The claim's fencing token."""
+    result: bytes
+    ttl: float
+    """Seconds the result (and the dedup entry) is kept."""
+
+
+@attrs.frozen
 class JobRecord:
     """A snapshot of one stored job."""
 
@@ -477,6 +490,17 @@ class Storage(abc.ABC):
         Fenced: does nothing and returns ``stale`` unless ``token`` owns the job.
         Emits ``completed`` and wakes watchers of the job.
         """
+
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        """:meth:`complete` for each of ``items``, in order; returns each one's status.
+
+        Each completion is fenced by its own token, exactly as :meth:`complete`: a stale
+        one changes nothing and reports ``stale`` while the others go through. A
+        backend may do them all in one atomic step (one round trip); the default calls
+        :meth:`complete` once per item. Used by workers to store the outcomes that are
+        ready together.
+        """
+        return [await self.complete(ns, c.job_id, c.token, c.result, ttl=c.ttl) for c in items]
 
     @abc.abstractmethod
     async def fail(

@@ -225,6 +225,9 @@ class _Channel:
     idle_since: float = 0.0
     confirmed: trio.Event = attrs.Factory(trio.Event)
     generation: int = 0
+    in_idle: bool = False
+    """Whether the idle heap holds an entry for it (at most one: a channel used and left
+    at every request costs one wake-up of the pub/sub task per linger, not one each)."""
 
 
 _tiebreak = itertools.count()
@@ -288,11 +291,16 @@ class Subscriptions:
             chan.users -= 1
             if chan.users == 0:
                 chan.idle_since = trio.current_time()
-                heapq.heappush(self._idle, (chan.idle_since + chan.linger, next(_tiebreak), chan))
-                if chan.linger > 0:
-                    self._poke()
-                # Else (per-job channels): no write of its own; the unsubscription goes
-                # out with the next (un)subscription, or at the next idle probe.
+                if not chan.in_idle:
+                    # (Else its entry is due earlier: plan() pushes it again then.)
+                    chan.in_idle = True
+                    heapq.heappush(
+                        self._idle, (chan.idle_since + chan.linger, next(_tiebreak), chan)
+                    )
+                    if chan.linger > 0:
+                        self._poke()
+                    # Else (per-job channels): no write of its own; the unsubscription
+                    # goes out with the next (un)subscription, or at the next idle probe.
 
     def plan(
         self, subscribed: dict[str, _Channel], *, fresh: bool
@@ -305,15 +313,18 @@ class Subscriptions:
         idle = self._idle
         while idle and idle[0][0] <= now:
             chan = heapq.heappop(idle)[2]
-            if (
-                chan.users == 0
-                and self.channels.get(chan.name) is chan
-                and chan.idle_since + chan.linger <= now
-            ):
-                del self.channels[chan.name]
-                if subscribed.get(chan.name) is chan:
-                    del subscribed[chan.name]
-                    drop.append(chan)
+            chan.in_idle = False
+            if chan.users != 0 or self.channels.get(chan.name) is not chan:
+                continue  # in use again (its next release queues it), or replaced
+            if chan.idle_since + chan.linger > now:
+                # Used and left again since it was queued: its linger ends later.
+                chan.in_idle = True
+                heapq.heappush(idle, (chan.idle_since + chan.linger, next(_tiebreak), chan))
+                continue
+            del self.channels[chan.name]
+            if subscribed.get(chan.name) is chan:
+                del subscribed[chan.name]
+                drop.append(chan)
         if fresh:
             self._pending.clear()
             self._new.clear()

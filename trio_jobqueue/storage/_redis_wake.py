@@ -145,6 +145,11 @@ class Wakers:
                 self.tokens += 1
                 if listener.waiting:
                     listener.hub.wake()
+                    # Let the woken claims send their claim before this task sends the
+                    # next BLPOP (it would delay them by a system call); when they got
+                    # jobs they stop waiting and no BLPOP is sent at all.
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
                 else:
                     await self._pass_on(listener)
         except Exception:

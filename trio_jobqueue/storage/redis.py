@@ -34,6 +34,7 @@ from ._base import (
     QUEUED_OUTCOME,
     Claim,
     ClaimBatch,
+    Completion,
     EnqueueOutcome,
     EnqueueSpec,
     EventRecord,
@@ -66,8 +67,10 @@ log = logging.getLogger("trio_jobqueue.redis")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 _PURGE_BATCH = 1000
-_SETTLE_KEYS_ONLY = frozenset({"complete", "fail"})
+_SETTLE_KEYS_ONLY = frozenset({"complete", "complete_many", "fail"})
 """Scripts that take only the first seven standard keys (``NamespaceKeys.settle``)."""
+COMPLETE_BATCH = 100
+"""Completions one ``complete_many`` script call stores at most."""
 REAP_BATCH = 250
 """Expired leases one reap script call handles at most (a few ms of Redis time)."""
 _REPLY_CACHE_MARGIN = 5.0
@@ -1061,6 +1064,20 @@ class RedisStorage(Storage):
             idempotent_flag=True,
         )
         return SettleStatus(reply.decode())
+
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        """See :meth:`Storage.complete_many`: one script call per :data:`COMPLETE_BATCH`
+        items (each call atomic, every job fenced by its own token)."""
+        statuses: list[SettleStatus] = []
+        for start in range(0, len(items), COMPLETE_BATCH):
+            args: list[ScriptArg] = []
+            for c in items[start : start + COMPLETE_BATCH]:
+                args += [c.job_id, c.token, bytes(c.result), repr(float(c.ttl))]
+            reply = await self._run("complete_many", ns, args, idempotent_flag=True)
+            statuses += [SettleStatus(r.decode()) for r in reply]
+        if not items:
+            await trio.lowlevel.checkpoint()
+        return statuses
 
     async def fail(
         self, ns: str, job_id: str, token: str, error: bytes, *, ttl: float

@@ -47,6 +47,7 @@ from .._serde import decode_error
 from .._types import CancelStatus, EnqueueStatus, EventKind, JobState
 from ..storage import (
     Claim,
+    Completion,
     EnqueueOutcome,
     EnqueueSpec,
     EventRecord,
@@ -754,6 +755,29 @@ class StorageMachine(RuleBasedStateMachine):
         ok = self.model.complete(job_id, token, result, ttl=ttl)
         got = self._portal.run(self.storage.complete, self.ns, job_id, token, result, ttl=ttl)
         self._settled(f"complete({job_id!r}, ttl={ttl})", got, ok)
+
+    @precondition(_has_owned_or_stale)
+    @rule(data=st.data(), ttl=st.sampled_from(TTLS))
+    def complete_many(self, data: st.DataObject, ttl: float) -> None:
+        """Owners and stale tokens complete together in one call: each item is fenced on
+        its own (the owners' jobs complete, the stale ones change nothing), in order."""
+        candidates = self._owned_pairs() + self._stale_pairs()
+        pairs = data.draw(
+            st.lists(st.sampled_from(candidates), min_size=1, max_size=4), label="claims"
+        )
+        results = data.draw(st.lists(_BYTES, min_size=len(pairs), max_size=len(pairs)))
+        items = [
+            Completion(job_id, token, result, ttl)
+            for (job_id, token), result in zip(pairs, results, strict=True)
+        ]
+        expected = [
+            SettleStatus.OK
+            if self.model.complete(c.job_id, c.token, c.result, ttl=ttl)
+            else SettleStatus.STALE
+            for c in items
+        ]
+        got = self._portal.run(self.storage.complete_many, self.ns, items)
+        _expect(self._where(f"complete_many({pairs!r}, ttl={ttl}) statuses"), got, expected)
 
     @precondition(_has_owned)
     @rule(data=st.data(), error=_BYTES, ttl=st.sampled_from(TTLS))
