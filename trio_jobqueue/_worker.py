@@ -91,9 +91,10 @@ class _Capacity:
     claimable rather than claim one job per freed slot.
     """
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, *, ahead: bool = True) -> None:
         self.concurrency = concurrency
-        self.margin = min(concurrency, PREFETCH_MAX)
+        self.margin = min(concurrency, PREFETCH_MAX) if ahead else 0
+        """Jobs claimed ahead at most (0: the storage's claims cost no round trip)."""
         self.held = 0
         self.slots = concurrency
         """Free handler slots."""
@@ -150,10 +151,12 @@ class _Capacity:
         if not self._queue:
             self._claim_lot.unpark_all()
 
-    async def start(self, running: _Running) -> None:
+    async def start(self, running: _Running) -> bool:
         """Until ``running`` has its handler slot; not a checkpoint when it has. On
-        cancellation it gives up its place (or the slot it just got)."""
-        if not running.granted:
+        cancellation it gives up its place (or the slot it just got). Returns whether
+        it had to wait."""
+        waited = not running.granted
+        if waited:
             running.slot_ready = trio.Event()
             try:
                 await running.slot_ready.wait()
@@ -161,6 +164,7 @@ class _Capacity:
                 self.withdraw(running)
                 raise
         running.granted = False  # the slot is in use: finish() gives it back
+        return waited
 
     def withdraw(self, running: _Running) -> None:
         """``running`` will not start (released or revoked first)."""
@@ -409,6 +413,7 @@ class Worker:
     _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
     _capacity: _Capacity = attrs.field(init=False)
     _completer: _Completer = attrs.field(init=False)
+    _batch_completions: bool = attrs.field(init=False)
     _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
@@ -425,8 +430,9 @@ class Worker:
     force-cancel)."""
 
     def __attrs_post_init__(self) -> None:
-        self._capacity = _Capacity(self.concurrency)
+        self._capacity = _Capacity(self.concurrency, ahead=self.storage.batches_calls)
         self._completer = _Completer(self.storage, self.ns)
+        self._batch_completions = self.storage.batches_calls
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
         self._idle.set()
@@ -772,12 +778,13 @@ class Worker:
             else:
                 with running.scope:
                     # Cancelled here (released or revoked) before it started: no slot.
-                    await self._capacity.start(running)
+                    waited = await self._capacity.start(running)
                     started_wall = time.time()
                     started = trio.current_time()
                     try:
-                        # Released or revoked while it waited for its slot: never run.
-                        await trio.lowlevel.checkpoint_if_cancelled()
+                        if waited:
+                            # Released or revoked while it waited for its slot: never run.
+                            await trio.lowlevel.checkpoint_if_cancelled()
                         running.started = True
                         if self.job_timeout is not None:
                             running.scope.deadline = started + self.job_timeout
@@ -921,9 +928,13 @@ class Worker:
             status = await self._storage_call(
                 running,
                 "complete",
-                lambda: self._completer.complete(
-                    Completion(job_id, token, data, ctx.ttl), alone=len(self._running) == 1
-                ),
+                (
+                    lambda: self._completer.complete(
+                        Completion(job_id, token, data, ctx.ttl), alone=len(self._running) == 1
+                    )
+                )
+                if self._batch_completions
+                else lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl),
             )
             self._count(status, "completed", running)
             return

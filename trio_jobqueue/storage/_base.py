@@ -709,6 +709,16 @@ class Storage(abc.ABC):
         return math.inf
 
     @property
+    def batches_calls(self) -> bool:
+        """Whether a call costs a round trip that batching saves (Redis). Workers then
+        claim a few jobs ahead of their free slots and store the completions that are
+        ready together in one :meth:`complete_many` call; on an in-process storage
+        (Memory, or File, whose concurrent calls already share one transaction) both
+        would only add work, so they claim for their free slots and complete each job
+        with :meth:`complete`. False unless the backend says so."""
+        return False
+
+    @property
     def keeps_idle_wakeups(self) -> bool:
         """Whether a wake-up sent while no claim is blocked still ends the wait of a
         ticket taken earlier (the wake-up waits for the next blocked claim). Then a

@@ -59,6 +59,7 @@ from . import _file_io as fio
 from . import _state as fst
 from ._base import (
     ClaimBatch,
+    Completion,
     EnqueueOutcome,
     EnqueueSpec,
     EventRecord,
@@ -1277,6 +1278,11 @@ class FileStorage(Storage):
         value, _ = await self._run(
             ns, partial(fst.complete, job_id=job_id, token=token, result=bytes(result), ttl=ttl)
         )
+        return value
+
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        batch = [attrs.evolve(c, result=bytes(c.result)) for c in items]
+        value, _ = await self._run(ns, partial(fst.complete_many, items=batch))
         return value
 
     async def fail(

@@ -19,6 +19,7 @@ from .._types import CancelStatus, DeleteStatus, JobState, RetryStatus, UpdateTt
 from . import _state as st
 from ._base import (
     ClaimBatch,
+    Completion,
     EnqueueOutcome,
     EnqueueSpec,
     Fence,
@@ -155,6 +156,11 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         data = bytes(result)
         return self._run(ns, lambda tx: st.complete(tx, job_id, token, data, ttl))
+
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        await trio.lowlevel.checkpoint()
+        batch = [attrs.evolve(c, result=bytes(c.result)) for c in items]
+        return self._run(ns, lambda tx: st.complete_many(tx, batch))
 
     async def fail(
         self, ns: str, job_id: str, token: str, error: bytes, *, ttl: float

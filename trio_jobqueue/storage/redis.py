@@ -595,6 +595,10 @@ class RedisStorage(Storage):
         return True  # a token waits in the wake-up list for the next BLPOP
 
     @property
+    def batches_calls(self) -> bool:
+        return True  # every call is a round trip
+
+    @property
     def _clock_arg(self) -> str:
         """``ARGV[1]`` of every script: the clock offset, and the pub/sub flavour."""
         offset = repr(self._clock_offset)
