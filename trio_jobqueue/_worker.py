@@ -72,8 +72,12 @@ PREFETCH_MAX = 16
 concurrency), so that the next jobs are at hand when running ones finish."""
 PREFETCH_RUN = 0.05
 """Jobs are claimed ahead only while the recent ones ran shorter than this on average
-(seconds): a job claimed ahead then waits about one such run, and long jobs are never
-held back from idle workers."""
+(seconds): a job claimed ahead then waits about one such run."""
+PREFETCH_WAIT = 2 * PREFETCH_RUN
+"""A job claimed ahead that found no free handler slot within this many seconds (the
+running jobs turned out long) goes back to the head of the queue, for an idle worker,
+and the worker stops claiming ahead for a while (1 s, doubling while it recurs, at most
+60 s)."""
 
 
 class _Capacity:
@@ -100,6 +104,9 @@ class _Capacity:
         """Free handler slots."""
         self.average_run = math.inf
         """Moving average of recent handler run times (seconds); unknown at first."""
+        self._ahead_after = -math.inf
+        """No claiming ahead before this time (a job claimed ahead had to go back)."""
+        self._pause = 1.0
         self._queue: deque[_Running] = deque()
         """Held jobs waiting for a handler slot, in claim order."""
         self._claim_lot = trio.lowlevel.ParkingLot()
@@ -111,7 +118,9 @@ class _Capacity:
 
     def claimable(self) -> int:
         """How many jobs the claim loop may claim now (0: wait)."""
-        margin = self.margin if self.average_run < PREFETCH_RUN else 0
+        margin = 0
+        if self.average_run < PREFETCH_RUN and trio.current_time() >= self._ahead_after:
+            margin = self.margin
         free = self.concurrency + margin - self.held
         if free <= 0 or (self._queue and free < max(1, margin // 2)):
             return 0
@@ -152,19 +161,29 @@ class _Capacity:
             self._claim_lot.unpark_all()
 
     async def start(self, running: _Running) -> bool:
-        """Until ``running`` has its handler slot; not a checkpoint when it has. On
-        cancellation it gives up its place (or the slot it just got). Returns whether
-        it had to wait."""
-        waited = not running.granted
-        if waited:
+        """Until ``running`` has its handler slot (``True``; not a checkpoint when it has
+        one at once), or ``False`` when none came within :data:`PREFETCH_WAIT`: then the
+        job is to go back to the queue. On cancellation it gives up its place (or the
+        slot it just got)."""
+        if not running.granted:
             running.slot_ready = trio.Event()
+            got = False
             try:
-                await running.slot_ready.wait()
-            except BaseException:
-                self.withdraw(running)
-                raise
+                with trio.move_on_after(PREFETCH_WAIT):
+                    await running.slot_ready.wait()
+                got = running.granted
+            finally:
+                if not got:
+                    self.withdraw(running)
+            if not got:
+                now = trio.current_time()
+                if now >= self._ahead_after:
+                    self._ahead_after = now + self._pause
+                    self._pause = min(self._pause * 2, 60.0)
+                return False
+            self._pause = 1.0  # claiming ahead paid off
         running.granted = False  # the slot is in use: finish() gives it back
-        return waited
+        return True
 
     def withdraw(self, running: _Running) -> None:
         """``running`` will not start (released or revoked first)."""
@@ -232,6 +251,7 @@ class _Completer:
         """
         entry = _Pending(item)
         self._queued.append(entry)
+        finished = False
         try:
             if self._calls < COMPLETE_CALLS:
                 self._calls += 1
@@ -242,14 +262,15 @@ class _Completer:
                 if entry.turn:
                     entry.turn = False
                     await self._lead(gather=False)
-        except BaseException:
-            # Only a bug or a cancellation: never leave a turn or an entry behind.
-            if entry in self._queued:
-                self._queued.remove(entry)
-            if entry.turn:
-                entry.turn = False
-                self._pass_turn()
-            raise
+            finished = True
+        finally:
+            if not finished:
+                # Only a bug or a cancellation: never leave a turn or an entry behind.
+                if entry in self._queued:
+                    self._queued.remove(entry)
+                if entry.turn:
+                    entry.turn = False
+                    self._pass_turn()
         if entry.error is not None:
             raise entry.error
         assert entry.status is not None
@@ -267,28 +288,27 @@ class _Completer:
             self._pass_turn()
 
     async def _store(self, batch: list[_Pending]) -> None:
+        # Not a storage failure (a bug, or a cancellation) leaves this error: every job
+        # of the batch retries.
+        error: StorageError | None = StorageError("storing the outcomes was interrupted")
+        statuses: list[SettleStatus] = []
         try:
             statuses = await self._storage.complete_many(self._ns, [e.item for e in batch])
             if len(statuses) != len(batch):
                 raise StorageError(
                     f"complete_many returned {len(statuses)} statuses for {len(batch)} jobs"
                 )
+            error = None
         except StorageError as exc:
-            for e in batch:
-                e.error = exc
-        except BaseException as exc:
-            # Not a storage failure (a bug, or a cancellation): every job retries.
-            for e in batch:
-                e.error = StorageError(f"storing the outcomes failed: {exc!r}")
+            error = exc
+        finally:
+            for i, e in enumerate(batch):
+                if error is None:
+                    e.status = statuses[i]
+                else:
+                    e.error = error
                 e.done = True
                 e.wake.set()
-            raise
-        else:
-            for e, status in zip(batch, statuses, strict=True):
-                e.status = status
-        for e in batch:
-            e.done = True
-            e.wake.set()
 
     def _pass_turn(self) -> None:
         for e in self._queued:
@@ -778,19 +798,22 @@ class Worker:
             else:
                 with running.scope:
                     # Cancelled here (released or revoked) before it started: no slot.
-                    waited = await self._capacity.start(running)
-                    started_wall = time.time()
-                    started = trio.current_time()
-                    try:
-                        if waited:
+                    if not await self._capacity.start(running):
+                        # Claimed ahead, and the running jobs turned out long: back to
+                        # the queue (attempt not consumed) for a worker that is idle.
+                        running.release()
+                    else:
+                        started_wall = time.time()
+                        started = trio.current_time()
+                        try:
                             # Released or revoked while it waited for its slot: never run.
                             await trio.lowlevel.checkpoint_if_cancelled()
-                        running.started = True
-                        if self.job_timeout is not None:
-                            running.scope.deadline = started + self.job_timeout
-                        outcome = await self._execute(claim, running)
-                    finally:
-                        self._capacity.finish(trio.current_time() - started)
+                            running.started = True
+                            if self.job_timeout is not None:
+                                running.scope.deadline = started + self.job_timeout
+                            outcome = await self._execute(claim, running)
+                        finally:
+                            self._capacity.finish(trio.current_time() - started)
             if running.revoked:
                 fatal = self._discard(running, outcome)
                 settled = True
