@@ -7,7 +7,7 @@ import datetime
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import attrs
 import trio
@@ -137,10 +137,6 @@ def _framed(prepared: list[_Prepared], carrier: bytes) -> list[_Prepared]:
             framed.append(attrs.evolve(job, payload=frame_trace(carrier, job.payload)))
     return framed
 
-
-if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .tracing import Tracing
 
 _Prepared = EnqueueSpec | tuple[str, bytes]
 """One validated job of ``enqueue_many``: its spec, or ``(id, encoded payload)`` for a job
@@ -735,8 +731,8 @@ async def serve_worker(
     reaper: bool = True,
     lock_ttl: float = 30.0,
     schedules: Iterable[Schedule] = (),
-    metrics: Metrics | bool | None = None,
-    tracing: Tracing | bool | None = None,
+    metrics: MetricsHook | bool | None = None,
+    tracing: TracingHook | bool | None = None,
     task_status: trio.TaskStatus[Queue[Any, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a worker for the queue ``name`` in the caller's nursery until cancelled::
@@ -884,8 +880,8 @@ async def open_queue(
     reaper: bool | None = None,
     lock_ttl: float = 30.0,
     schedules: Iterable[Schedule] = (),
-    metrics: Metrics | bool | None = None,
-    tracing: Tracing | bool | None = None,
+    metrics: MetricsHook | bool | None = None,
+    tracing: TracingHook | bool | None = None,
 ) -> AsyncIterator[Queue[Any, Any]]:
     """Open a queue on ``storage``; with a ``handler``, run a worker while the block runs.
 
@@ -899,6 +895,11 @@ async def open_queue(
     With ``schedules`` (:class:`CronSchedule`/:class:`IntervalSchedule` values), the queue
     also runs a leader-elected scheduler that enqueues each tick exactly once however many
     queues run them (``docs/scheduling.md``); it stops first on exit.
+
+    ``metrics`` (a :class:`trio_jobqueue.metrics.Metrics`, or ``True`` for the default
+    registry's) counts the queue's outcomes in Prometheus metrics; ``tracing`` (a
+    :class:`trio_jobqueue.tracing.Tracing`, or ``True`` for the global tracer provider)
+    makes OpenTelemetry spans of its enqueues and handler runs (``docs/metrics.md``).
 
     Raises:
         ValueError, TypeError: an option is invalid (nothing is opened), e.g.

@@ -326,15 +326,12 @@ async def serve_metrics(
     address) to be scraped from elsewhere.
 
     Raises:
-        OSError: the address cannot be bound (raised by ``nursery.start``).
+        OSError: the address cannot be bound (before ``task_status.started``).
     """
     handler = functools.partial(_handle, REGISTRY if registry is None else registry)
-    async with trio.open_nursery() as nursery:
-        listeners: list[trio.SocketListener] = await nursery.start(
-            functools.partial(trio.serve_tcp, handler, port, host=host)
-        )
-        task_status.started(listeners[0].socket.getsockname()[1])
-    raise AssertionError("unreachable: serve_tcp returned")  # pragma: no cover
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
 
 
 _REASONS = {
