@@ -15,8 +15,9 @@ queue you want measured; each metric has a ``queue`` label::
 :func:`render` gives the exposition for an HTTP framework of your own. Every metric is
 listed in ``docs/metrics.md``.
 
-What a job costs: the counters and histograms are updated when a job is claimed and when
-it is settled (a few microseconds, measured in ``docs/performance.md``); the gauges are
+What a job costs: the counters and histograms are plain numbers, updated when a job is
+claimed and when it is settled (about a microsecond, see ``docs/performance.md``), turned
+into metric families when the registry is collected; the gauges are
 read when the registry is collected (jobs in flight, reaper leadership) or by one
 periodic task per queue (queue depth, every ``depth_interval`` seconds: one
 ``Queue.counts()`` call, whatever the number of jobs).
@@ -24,7 +25,7 @@ periodic task per queue (queue depth, every ``depth_interval`` seconds: one
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import functools
 import gzip
 import logging
@@ -38,8 +39,12 @@ import trio
 
 try:
     import prometheus_client
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -87,29 +92,36 @@ MAX_REQUEST = 16384
 
 
 @attrs.define(eq=False)
-class _Series:
-    """One queue's label children (looked up once, not per job)."""
+class _Counts:
+    """One queue's counters and histograms, as plain numbers: a job adds to them without
+    a lock or a label lookup (a ``prometheus_client`` counter and two histograms took
+    about 8 µs per job); :meth:`Metrics.collect` turns them into metric families."""
 
-    counters: dict[str, Any]
-    duration: Any
-    wait: Any
+    outcomes: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    duration: list[int] = attrs.field(factory=list)
+    """Observations per bucket (not cumulative), in the order of the bounds."""
+    duration_sum: float = 0.0
+    wait: list[int] = attrs.field(factory=list)
+    wait_sum: float = 0.0
 
 
-class Metrics:
-    """The metrics of the queues given it (``open_queue(..., metrics=...)``).
+class Metrics(Collector):
+    """The metrics of the queues given it (``open_queue(..., metrics=...)``): a
+    ``prometheus_client`` collector.
 
     Args:
-        registry: where the metrics are registered (``prometheus_client.REGISTRY`` by
-            default; ``None`` registers them nowhere: collect them with
-            :meth:`collect`).
+        registry: where to register (``prometheus_client.REGISTRY`` by default; ``None``
+            registers nowhere: register it yourself, or call :meth:`collect`).
         prefix: the metric names' prefix.
-        duration_buckets: buckets (seconds) of the handler duration histogram.
-        wait_buckets: buckets (seconds) of the queue wait histogram.
+        duration_buckets: upper bounds (seconds) of the handler duration histogram's
+            buckets (``+Inf`` is added when missing).
+        wait_buckets: upper bounds (seconds) of the queue wait histogram's buckets.
         depth_interval: seconds between two reads of each queue's depth per state.
 
     Raises:
         ValueError: ``registry`` already has metrics of these names (make one
-            ``Metrics`` per registry and share it between queues).
+            ``Metrics`` per registry and share it between queues), or bad buckets or
+            interval.
     """
 
     def __init__(
@@ -123,81 +135,43 @@ class Metrics:
     ) -> None:
         if not (isinstance(depth_interval, int | float) and depth_interval > 0):
             raise ValueError(f"depth_interval must be a number > 0, not {depth_interval!r}")
-        self.registry = registry
         self.prefix = prefix
         self.depth_interval = float(depth_interval)
-        self._own = CollectorRegistry(auto_describe=True)
-        """Holds every metric; registered in ``registry`` as one collector."""
-        self._counters = {
-            outcome: Counter(
-                f"{prefix}_jobs_{outcome}",
-                _COUNTER_HELP[outcome],
-                ["queue"],
-                registry=self._own,
-            )
-            for outcome in OUTCOMES
-        }
-        self._duration = Histogram(
-            f"{prefix}_handler_duration_seconds",
-            "Run time of handlers that returned or raised (completed, retried, failed).",
-            ["queue"],
-            buckets=tuple(duration_buckets),
-            registry=self._own,
-        )
-        self._wait = Histogram(
-            f"{prefix}_queue_wait_seconds",
-            "Time from enqueue (created_at) to the first claim of a job.",
-            ["queue"],
-            buckets=tuple(wait_buckets),
-            registry=self._own,
-        )
-        self._depth = Gauge(
-            f"{prefix}_queue_jobs",
-            "Jobs in the storage per state (read every depth_interval seconds).",
-            ["queue", "state"],
-            registry=self._own,
-        )
-        self._live = _LiveCollector(self)
-        self._own.register(self._live)
-        self._series: dict[str, _Series] = {}
+        self._duration_bounds = _bounds(duration_buckets, "duration_buckets")
+        self._wait_bounds = _bounds(wait_buckets, "wait_buckets")
+        self._counts: dict[str, _Counts] = {}
+        self._depth: dict[str, dict[str, int]] = {}
         self._queues: dict[int, Queue[Any, Any]] = {}
         if registry is not None:
             registry.register(self)
 
-    # -- the registry's view --------------------------------------------------------------
+    # -- the hooks a queue calls (the worker's hot path) ----------------------------------
 
-    def collect(self) -> Iterable[prometheus_client.Metric]:
-        """Every metric (the ``prometheus_client`` collector protocol)."""
-        return self._own.collect()
-
-    def describe(self) -> Iterable[prometheus_client.Metric]:
-        """The metrics' names for the registry's duplicate check (no values)."""
-        return list(self._own.collect())
-
-    # -- the hooks a queue calls ----------------------------------------------------------
-
-    def _bind(self, ns: str) -> _Series:
-        series = self._series.get(ns)
-        if series is None:
-            series = self._series[ns] = _Series(
-                counters={o: c.labels(queue=ns) for o, c in self._counters.items()},
-                duration=self._duration.labels(queue=ns),
-                wait=self._wait.labels(queue=ns),
+    def _bind(self, ns: str) -> _Counts:
+        counts = self._counts.get(ns)
+        if counts is None:
+            counts = self._counts[ns] = _Counts(
+                duration=[0] * len(self._duration_bounds), wait=[0] * len(self._wait_bounds)
             )
-        return series
+        return counts
 
     def job_claimed(self, ns: str, claim: Claim, claimed_at: float) -> None:
         """A worker of ``ns`` claimed ``claim`` at ``claimed_at`` (storage clock)."""
         if claim.attempt == 1:
-            series = self._series.get(ns) or self._bind(ns)
-            series.wait.observe(max(claimed_at - claim.created_at, 0.0))
+            counts = self._counts.get(ns) or self._bind(ns)
+            wait = claimed_at - claim.created_at
+            if wait < 0.0:  # clocks of two hosts (File on a shared volume)
+                wait = 0.0
+            counts.wait[bisect.bisect_left(self._wait_bounds, wait)] += 1
+            counts.wait_sum += wait
 
     def job_settled(self, ns: str, claim: Claim, outcome: str, duration: float) -> None:
         """A worker of ``ns`` settled ``claim`` with ``outcome`` after ``duration`` s."""
-        series = self._series.get(ns) or self._bind(ns)
-        series.counters[outcome].inc()
+        counts = self._counts.get(ns) or self._bind(ns)
+        counts.outcomes[outcome] += 1
         if outcome in _RAN:
-            series.duration.observe(duration)
+            counts.duration[bisect.bisect_left(self._duration_bounds, duration)] += 1
+            counts.duration_sum += duration
 
     async def serve(
         self,
@@ -219,9 +193,7 @@ class Metrics:
         finally:
             del self._queues[key]
             if not any(q.name == queue.name for q in self._queues.values()):
-                for state in STATES:
-                    with contextlib.suppress(KeyError):
-                        self._depth.remove(queue.name, state)
+                self._depth.pop(queue.name, None)
 
     async def update_depth(self, queue: Queue[Any, Any]) -> None:
         """Read ``queue``'s counts per state now (the periodic task calls this)."""
@@ -230,8 +202,99 @@ class Metrics:
         except JobQueueError as exc:
             log.warning("metrics: cannot read the depth of queue %r (%s)", queue.name, exc)
             return
-        for state, count in counts.items():
-            self._depth.labels(queue=queue.name, state=state).set(count)
+        if any(q.name == queue.name for q in self._queues.values()):
+            self._depth[queue.name] = counts
+
+    # -- the registry's view --------------------------------------------------------------
+
+    def describe(self) -> Iterable[prometheus_client.Metric]:
+        """The metrics' names, without values (the registry's duplicate check)."""
+        return list(self._families(describe=True))
+
+    def collect(self) -> Iterable[prometheus_client.Metric]:
+        """Every metric with its current values."""
+        return list(self._families(describe=False))
+
+    def _families(self, *, describe: bool) -> Iterator[prometheus_client.Metric]:
+        # May run in another thread (prometheus_client's own HTTP server): copy first.
+        counts = {} if describe else dict(self._counts)
+        queues = [] if describe else list(self._queues.values())
+        depth = {} if describe else dict(self._depth)
+        prefix = self.prefix
+        for outcome in OUTCOMES:
+            family = CounterMetricFamily(
+                f"{prefix}_jobs_{outcome}", _COUNTER_HELP[outcome], labels=["queue"]
+            )
+            for ns, c in sorted(counts.items()):
+                family.add_metric([ns], c.outcomes[outcome])
+            yield family
+        for name, help_text, bounds, which in (
+            (
+                "handler_duration_seconds",
+                "Run time of handlers that returned or raised (completed, retried, failed).",
+                self._duration_bounds,
+                "duration",
+            ),
+            (
+                "queue_wait_seconds",
+                "Time from enqueue (created_at) to the first claim of a job.",
+                self._wait_bounds,
+                "wait",
+            ),
+        ):
+            histogram = HistogramMetricFamily(f"{prefix}_{name}", help_text, labels=["queue"])
+            for ns, c in sorted(counts.items()):
+                cumulative, buckets = 0, []
+                for bound, n in zip(bounds, list(getattr(c, which)), strict=True):
+                    cumulative += n
+                    buckets.append((_bound_label(bound), cumulative))
+                histogram.add_metric([ns], buckets, getattr(c, f"{which}_sum"))
+            yield histogram
+        in_flight: dict[str, int] = {}
+        leader: dict[str, int] = {}
+        for queue in queues:
+            if queue.worker is not None:
+                in_flight[queue.name] = in_flight.get(queue.name, 0) + queue.worker.stats.in_flight
+            if queue.reaper is not None:
+                leading = int(bool(queue.reaper.is_leader))
+                leader[queue.name] = max(leader.get(queue.name, 0), leading)
+        flight = GaugeMetricFamily(
+            f"{prefix}_jobs_in_flight",
+            "Jobs this process's workers are running now.",
+            labels=["queue"],
+        )
+        for ns, n in sorted(in_flight.items()):
+            flight.add_metric([ns], n)
+        yield flight
+        jobs = GaugeMetricFamily(
+            f"{prefix}_queue_jobs",
+            "Jobs in the storage per state (read every depth_interval seconds).",
+            labels=["queue", "state"],
+        )
+        for ns, per_state in sorted(depth.items()):
+            for state, n in per_state.items():
+                jobs.add_metric([ns, state], n)
+        yield jobs
+        leads = GaugeMetricFamily(
+            f"{prefix}_reaper_leader",
+            "1 when this process's reaper of the queue holds the leader lock, else 0.",
+            labels=["queue"],
+        )
+        for ns, n in sorted(leader.items()):
+            leads.add_metric([ns], n)
+        yield leads
+
+
+def _bound_label(bound: float) -> str:
+    """A bucket's ``le`` label as ``prometheus_client`` writes it."""
+    return "+Inf" if bound == math.inf else repr(bound)
+
+
+def _bounds(buckets: Sequence[float], what: str) -> tuple[float, ...]:
+    bounds = tuple(sorted(float(b) for b in buckets))
+    if not bounds or any(math.isnan(b) for b in bounds) or len(set(bounds)) != len(bounds):
+        raise ValueError(f"{what} must be distinct numbers, not {buckets!r}")
+    return bounds if bounds[-1] == math.inf else (*bounds, math.inf)
 
 
 _COUNTER_HELP = {
@@ -241,49 +304,6 @@ _COUNTER_HELP = {
     "released": "Jobs returned to the queue unfinished by a shutdown (attempt not consumed).",
     "fenced": "Outcomes the storage refused because the lease had been taken over.",
 }
-
-
-class _LiveCollector(Collector):
-    """The gauges read from the queues' own state when the registry is collected."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> Iterable[prometheus_client.Metric]:
-        return list(self._families({}))
-
-    def collect(self) -> Iterable[prometheus_client.Metric]:
-        # May run in another thread (prometheus_client's own HTTP server): copy first.
-        queues = list(self._metrics._queues.values())
-        in_flight: dict[str, int] = {}
-        leader: dict[str, int] = {}
-        for queue in queues:
-            worker = queue.worker
-            if worker is not None:
-                in_flight[queue.name] = in_flight.get(queue.name, 0) + worker.stats.in_flight
-            if queue.reaper is not None:
-                leads = int(bool(queue.reaper.is_leader))
-                leader[queue.name] = max(leader.get(queue.name, 0), leads)
-        return list(self._families({"in_flight": in_flight, "leader": leader}))
-
-    def _families(self, values: dict[str, dict[str, int]]) -> Iterator[prometheus_client.Metric]:
-        prefix = self._metrics.prefix
-        flight = GaugeMetricFamily(
-            f"{prefix}_jobs_in_flight",
-            "Jobs this process's workers are running now.",
-            labels=["queue"],
-        )
-        for name, count in sorted(values.get("in_flight", {}).items()):
-            flight.add_metric([name], count)
-        yield flight
-        leads = GaugeMetricFamily(
-            f"{prefix}_reaper_leader",
-            "1 when this process's reaper of the queue holds the leader lock, else 0.",
-            labels=["queue"],
-        )
-        for name, lead in sorted(values.get("leader", {}).items()):
-            leads.add_metric([name], lead)
-        yield leads
 
 
 @functools.cache
