@@ -2,6 +2,7 @@
 
     python benchmarks/instrument_cost.py [--jobs 20000] [--concurrency 100] [--rounds 5]
                                          [--baseline /path/to/other/checkout]
+    python benchmarks/instrument_cost.py --redis [--jobs 100000] [--rounds 5] [--baseline ...]
 
 Each round drains ``--jobs`` pre-enqueued no-op jobs (concurrency 100, no reaper) and
 enqueues ``--jobs`` jobs one call at a time, once per variant, in an order rotated by
@@ -17,6 +18,11 @@ Times are the process's CPU time (``time.process_time``: the Memory backend and 
 no-op handlers are pure CPU in one thread, and CPU time is far less disturbed than the
 wall clock by other processes on a shared machine). Ratios are taken within a round
 (variant / plain, CPU time per job), then the median over the rounds.
+
+With ``--redis``, each round instead times ``Queue.enqueue_many`` of ``--jobs`` jobs on a
+private redis-server (wall clock: the server does most of the work), for ``plain``,
+``otel-off`` and ``otel-on``, and with ``--baseline`` ``plain`` from the other checkout
+(a child process on the same server).
 
 With ``--baseline``, each round also drains and enqueues in two child processes, one
 importing ``trio_jobqueue`` from this checkout and one from the other (e.g. the commit
@@ -104,11 +110,62 @@ def hooks_alone(calls: int = 200_000) -> float:
     return (time.process_time() - start) / calls * 1e6
 
 
-def child(tree: str, n: int, concurrency: int) -> tuple[float, float]:
-    """``plain`` in a process importing ``trio_jobqueue`` from ``tree``."""
+async def bulk(variant: str, n: int, url: str) -> float:
+    """µs per job of one ``enqueue_many`` of ``n`` jobs on Redis (wall clock)."""
+    from trio_jobqueue.storage.redis import RedisStorage
+
+    jobs = [(f"job-{i}", {"i": i}) for i in range(n)]
+    name = f"bulk-{variant}-{time.time_ns()}"
+    async with (
+        RedisStorage(url) as storage,
+        jq.open_queue(storage, name=name, **options(variant)) as queue,
+    ):
+        start = time.perf_counter()
+        await queue.enqueue_many(jobs)
+        elapsed = time.perf_counter() - start
+        await queue.purge("queued")
+    return elapsed / n * 1e6
+
+
+def redis_rounds(args: argparse.Namespace) -> None:
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare import redis_server
+
+    here = str(Path(jq.__file__).resolve().parent.parent)
+    variants = ("plain", "otel-off", "otel-on")
+    ratios: dict[str, list[float]] = {v: [] for v in (*variants[1:], "baseline")}
+    with tempfile.TemporaryDirectory() as workdir, redis_server(Path(workdir)) as (port, _):
+        url = f"redis://127.0.0.1:{port}/0"
+        for r in range(args.rounds):
+            order = variants[r % 3 :] + variants[: r % 3]
+            got = {v: trio.run(bulk, v, args.jobs, url) for v in order}
+            line = "  ".join(f"{v} {got[v]:.2f}" for v in variants)
+            for v in variants[1:]:
+                ratios[v].append(got[v] / got["plain"])
+            if args.baseline:
+                trees = [here, args.baseline] if r % 2 == 0 else [args.baseline, here]
+                runs = {t: child(t, args.jobs, 0, url) for t in trees}
+                ratios["baseline"].append(runs[here][0] / runs[args.baseline][0])
+                line += f"  | plain this/baseline {ratios['baseline'][-1]:.3f}"
+            print(f"round {r + 1} (µs per job of enqueue_many): {line}", flush=True)
+    print("medians of the ratios within a round:")
+    for v, values in ratios.items():
+        if values:
+            print(f"  {v:9s} x{statistics.median(values):.3f}")
+
+
+def child(tree: str, n: int, concurrency: int, url: str = "") -> tuple[float, float]:
+    """``plain`` in a process importing ``trio_jobqueue`` from ``tree`` (``url``: the
+    Redis ``enqueue_many`` instead of the Memory drain)."""
     env = dict(os.environ, PYTHONPATH=tree)
+    command = [sys.executable, __file__, "--child", "--jobs", str(n)]
+    command += ["--concurrency", str(concurrency)]
+    if url:
+        command += ["--child-redis", url]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "--jobs", str(n), "--concurrency", str(concurrency)],
+        command,
         env=env,
         capture_output=True,
         text=True,
@@ -125,10 +182,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", default=None, help="another checkout to compare with")
+    parser.add_argument("--redis", action="store_true", help="enqueue_many on Redis")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-redis", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(trio.run(measure, "plain", args.jobs, args.concurrency)))
+        if args.child_redis:
+            print(json.dumps([trio.run(bulk, "plain", args.jobs, args.child_redis), 0.0]))
+        else:
+            print(json.dumps(trio.run(measure, "plain", args.jobs, args.concurrency)))
+        return
+    if args.redis:
+        print(f"uptime: {os.popen('uptime').read().strip()}")
+        redis_rounds(args)
+        print(f"uptime: {os.popen('uptime').read().strip()}")
         return
     print(f"uptime: {os.popen('uptime').read().strip()}")
     print(f"trio_jobqueue from {jq.__file__}; jobs={args.jobs} concurrency={args.concurrency}")

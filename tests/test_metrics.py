@@ -235,3 +235,24 @@ async def test_worker_cli_serves_metrics(redis_server: Any, tmp_path: Path) -> N
         proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+async def test_a_failing_metrics_hook_never_stops_a_job(caplog: pytest.LogCaptureFixture) -> None:
+    """A metrics object whose hooks raise is logged; the jobs complete all the same."""
+
+    class Broken(Metrics):
+        def job_claimed(self, ns: str, claim: Any, claimed_at: float) -> None:
+            raise RuntimeError("claimed hook")
+
+        def job_settled(self, ns: str, claim: Any, outcome: str, duration: float) -> None:
+            raise RuntimeError("settled hook")
+
+    async def handler(job: jq.Job[int]) -> int:
+        return job.payload * 2
+
+    async with jq.open_queue(jq.MemoryStorage(), handler, metrics=Broken(None)) as queue:
+        assert await queue.enqueue_and_wait("one", 21, timeout=20) == 42
+        assert queue.statistics().completed == 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "the metrics hook failed (job 'one')"
+    ] * 2
