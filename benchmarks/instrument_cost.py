@@ -5,29 +5,30 @@
     python benchmarks/instrument_cost.py --redis [--jobs 100000] [--rounds 5] [--baseline ...]
 
 Each round drains ``--jobs`` pre-enqueued no-op jobs (concurrency 100, no reaper) and
-enqueues ``--jobs`` jobs one call at a time, once per variant, in an order rotated by
-one variant per round:
+enqueues ``--jobs`` jobs one call at a time, once per variant, each in a fresh process
+(so that no run inherits another's heap and garbage collections), in an order rotated
+by one variant per round:
 
 * ``plain``: no ``metrics``, no ``tracing`` (the cost of the hooks when unused);
 * ``metrics``: ``Metrics`` on a registry of its own;
 * ``otel-off``: ``Tracing`` on the API's no-op provider (the extra installed, no SDK);
 * ``otel-on``: ``Tracing`` on an SDK ``TracerProvider`` that records every span (no
-  exporter: the cost of making the spans, not of shipping them).
+  exporter: the cost of making the spans, not of shipping them);
+* ``baseline`` (with ``--baseline``): ``plain`` importing ``trio_jobqueue`` from another
+  checkout (e.g. the commit before the hooks): what the unused hooks cost.
+
+Every process imports ``prometheus_client`` and the OpenTelemetry SDK and runs a
+1,000-job warm-up before it measures, whatever its variant, so that the ratios compare
+the hooks and the spans rather than the imports' effect on the garbage collector.
 
 Times are the process's CPU time (``time.process_time``: the Memory backend and the
 no-op handlers are pure CPU in one thread, and CPU time is far less disturbed than the
 wall clock by other processes on a shared machine). Ratios are taken within a round
 (variant / plain, CPU time per job), then the median over the rounds.
 
-With ``--redis``, each round instead times ``Queue.enqueue_many`` of ``--jobs`` jobs on a
-private redis-server (wall clock: the server does most of the work), for ``plain``,
-``otel-off`` and ``otel-on``, and with ``--baseline`` ``plain`` from the other checkout
-(a child process on the same server).
-
-With ``--baseline``, each round also drains and enqueues in two child processes, one
-importing ``trio_jobqueue`` from this checkout and one from the other (e.g. the commit
-before the hooks), alternating which goes first: their ratio is what the unused hooks
-cost.
+With ``--redis``, each round instead times one ``Queue.enqueue_many`` of ``--jobs`` jobs
+on a private redis-server (wall clock, and the client's CPU time) for ``plain``,
+``otel-off``, ``otel-on`` and ``baseline``.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def hooks_alone(calls: int = 200_000) -> float:
     return (time.process_time() - start) / calls * 1e6
 
 
-async def bulk(variant: str, n: int, url: str) -> float:
-    """µs per job of one ``enqueue_many`` of ``n`` jobs on Redis (wall clock)."""
+async def bulk(variant: str, n: int, url: str) -> tuple[float, float]:
+    """(wall µs, client CPU µs) per job of one ``enqueue_many`` of ``n`` jobs on Redis."""
     from trio_jobqueue.storage.redis import RedisStorage
 
     jobs = [(f"job-{i}", {"i": i}) for i in range(n)]
@@ -120,11 +121,67 @@ async def bulk(variant: str, n: int, url: str) -> float:
         RedisStorage(url) as storage,
         jq.open_queue(storage, name=name, **options(variant)) as queue,
     ):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await queue.enqueue_many(jobs)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         await queue.purge("queued")
-    return elapsed / n * 1e6
+    return elapsed / n * 1e6, cpu / n * 1e6
+
+
+def child(tree: str, variant: str, args: argparse.Namespace, url: str = "") -> tuple[float, float]:
+    """One measurement of ``variant`` in a fresh process importing ``trio_jobqueue`` from
+    ``tree`` (``url``: the Redis ``enqueue_many`` instead of the Memory runs). A process
+    each, so that no run inherits another's heap (and garbage collections)."""
+    command = [sys.executable, __file__, "--child", variant, "--jobs", str(args.jobs)]
+    command += ["--concurrency", str(args.concurrency)]
+    if url:
+        command += ["--child-redis", url]
+    out = subprocess.run(
+        command,
+        env=dict(os.environ, PYTHONPATH=tree),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    first, second = json.loads(out.stdout)
+    return first, second
+
+
+def rounds(args: argparse.Namespace, variants: tuple[str, ...], url: str = "") -> None:
+    """Every variant once per round, in an order rotated by one per round; prints each
+    round and the medians of the ratios to ``plain`` within a round."""
+    here = str(Path(jq.__file__).resolve().parent.parent)
+    if args.baseline:
+        variants = (*variants, "baseline")
+    ratios: dict[str, list[tuple[float, float]]] = {v: [] for v in variants[1:]}
+    absolute: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        got = {
+            v: child(args.baseline if v == "baseline" else here, "plain" if v == "baseline" else v,
+                     args, url)
+            for v in order
+        }  # fmt: skip
+        for v in variants:
+            absolute[v].append(got[v])
+        for v in variants[1:]:
+            ratios[v].append(
+                tuple(a / b if b else 0.0 for a, b in zip(got[v], got["plain"], strict=True))
+            )
+        print(
+            f"round {r + 1}: "
+            + "  ".join(f"{v} {got[v][0]:.2f}/{got[v][1]:.2f}" for v in variants),
+            flush=True,
+        )
+    print("medians, µs per job, and ratio to plain within a round:")
+    for v in variants:
+        a = [statistics.median(x[k] for x in absolute[v]) for k in (0, 1)]
+        line = f"  {v:9s} {a[0]:8.2f} / {a[1]:8.2f}"
+        if v != "plain":
+            q = [statistics.median(x[k] for x in ratios[v]) for k in (0, 1)]
+            line += f"   x{q[0]:.3f} / x{q[1]:.3f}"
+        print(line)
 
 
 def redis_rounds(args: argparse.Namespace) -> None:
@@ -133,47 +190,9 @@ def redis_rounds(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from compare import redis_server
 
-    here = str(Path(jq.__file__).resolve().parent.parent)
-    variants = ("plain", "otel-off", "otel-on")
-    ratios: dict[str, list[float]] = {v: [] for v in (*variants[1:], "baseline")}
     with tempfile.TemporaryDirectory() as workdir, redis_server(Path(workdir)) as (port, _):
-        url = f"redis://127.0.0.1:{port}/0"
-        for r in range(args.rounds):
-            order = variants[r % 3 :] + variants[: r % 3]
-            got = {v: trio.run(bulk, v, args.jobs, url) for v in order}
-            line = "  ".join(f"{v} {got[v]:.2f}" for v in variants)
-            for v in variants[1:]:
-                ratios[v].append(got[v] / got["plain"])
-            if args.baseline:
-                trees = [here, args.baseline] if r % 2 == 0 else [args.baseline, here]
-                runs = {t: child(t, args.jobs, 0, url) for t in trees}
-                ratios["baseline"].append(runs[here][0] / runs[args.baseline][0])
-                line += f"  | plain this/baseline {ratios['baseline'][-1]:.3f}"
-            print(f"round {r + 1} (µs per job of enqueue_many): {line}", flush=True)
-    print("medians of the ratios within a round:")
-    for v, values in ratios.items():
-        if values:
-            print(f"  {v:9s} x{statistics.median(values):.3f}")
-
-
-def child(tree: str, n: int, concurrency: int, url: str = "") -> tuple[float, float]:
-    """``plain`` in a process importing ``trio_jobqueue`` from ``tree`` (``url``: the
-    Redis ``enqueue_many`` instead of the Memory drain)."""
-    env = dict(os.environ, PYTHONPATH=tree)
-    command = [sys.executable, __file__, "--child", "--jobs", str(n)]
-    command += ["--concurrency", str(concurrency)]
-    if url:
-        command += ["--child-redis", url]
-    out = subprocess.run(
-        command,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd="/",
-    )
-    enqueue, drain = json.loads(out.stdout)
-    return enqueue, drain
+        print(f"enqueue_many of {args.jobs} jobs (µs per job, wall / client CPU):")
+        rounds(args, ("plain", "otel-off", "otel-on"), f"redis://127.0.0.1:{port}/0")
 
 
 def main() -> None:
@@ -183,56 +202,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", default=None, help="another checkout to compare with")
     parser.add_argument("--redis", action="store_true", help="enqueue_many on Redis")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-redis", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        # Every variant imports both libraries and runs a small warm-up first, so that the
+        # ratios compare the hooks and spans, not the imports' effect on the garbage
+        # collector or first-call costs.
+        import opentelemetry.sdk.trace  # noqa: F401
+        import prometheus_client  # noqa: F401
+
         if args.child_redis:
-            print(json.dumps([trio.run(bulk, "plain", args.jobs, args.child_redis), 0.0]))
+            trio.run(bulk, args.child, 1000, args.child_redis)
+            print(json.dumps(trio.run(bulk, args.child, args.jobs, args.child_redis)))
         else:
-            print(json.dumps(trio.run(measure, "plain", args.jobs, args.concurrency)))
-        return
-    if args.redis:
-        print(f"uptime: {os.popen('uptime').read().strip()}")
-        redis_rounds(args)
-        print(f"uptime: {os.popen('uptime').read().strip()}")
+            trio.run(measure, args.child, 1000, args.concurrency)
+            print(json.dumps(trio.run(measure, args.child, args.jobs, args.concurrency)))
         return
     print(f"uptime: {os.popen('uptime').read().strip()}")
-    print(f"trio_jobqueue from {jq.__file__}; jobs={args.jobs} concurrency={args.concurrency}")
-    ratios: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS[1:]}
-    absolute: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-    base_ratios: list[tuple[float, float]] = []
-    here = str(Path(jq.__file__).resolve().parent.parent)
-    for r in range(args.rounds):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-        got = {v: trio.run(measure, v, args.jobs, args.concurrency) for v in order}
-        for v in VARIANTS:
-            absolute[v].append(got[v])
-        for v in VARIANTS[1:]:
-            ratios[v].append((got[v][0] / got["plain"][0], got[v][1] / got["plain"][1]))
-        line = "  ".join(f"{v} {got[v][0]:.1f}/{got[v][1]:.1f}" for v in VARIANTS)
-        if args.baseline:
-            trees = [here, args.baseline] if r % 2 == 0 else [args.baseline, here]
-            runs = {tree: child(tree, args.jobs, args.concurrency) for tree in trees}
-            mine, other = runs[here], runs[args.baseline]
-            base_ratios.append((mine[0] / other[0], mine[1] / other[1]))
-            line += f"  | this/baseline {base_ratios[-1][0]:.3f}/{base_ratios[-1][1]:.3f}"
-        print(f"round {r + 1} (µs per enqueue/drained job): {line}")
-    print("medians, µs per job (enqueue / drain) and ratio to plain in the same round:")
-    for v in VARIANTS:
-        enq = statistics.median(a[0] for a in absolute[v])
-        drain = statistics.median(a[1] for a in absolute[v])
-        if v == "plain":
-            print(f"  {v:9s} {enq:7.2f} / {drain:7.2f}")
-            continue
-        re = statistics.median(x[0] for x in ratios[v])
-        rd = statistics.median(x[1] for x in ratios[v])
-        print(f"  {v:9s} {enq:7.2f} / {drain:7.2f}   x{re:.3f} / x{rd:.3f}")
-    if base_ratios:
-        re = statistics.median(x[0] for x in base_ratios)
-        rd = statistics.median(x[1] for x in base_ratios)
-        print(f"  plain, this checkout / {args.baseline}: x{re:.3f} / x{rd:.3f}")
-    print(f"  the metrics hooks alone: {hooks_alone():.2f} µs per job")
+    print(f"trio_jobqueue from {jq.__file__}; jobs={args.jobs}; baseline={args.baseline}")
+    if args.redis:
+        redis_rounds(args)
+    else:
+        print(f"Memory, concurrency {args.concurrency} (µs per job, enqueue / drain, CPU):")
+        rounds(args, VARIANTS)
+        print(f"  the metrics hooks alone: {hooks_alone():.2f} µs per job")
     print(f"uptime: {os.popen('uptime').read().strip()}")
 
 
