@@ -37,7 +37,7 @@ import attrs
 import trio
 
 from ._errors import JobTimeoutError, PayloadDecodeError, SerializationError, StorageError
-from ._instrument import MetricsHook, TracingHook, split_trace
+from ._instrument import TRACE_MARK, MetricsHook, TracingHook, split_trace
 from ._presence import Presence, host_and_pid
 from ._progress import ProgressReporter
 from ._retry import RetryPolicy
@@ -602,7 +602,9 @@ class Worker:
     async def _execute(self, claim: Claim, running: _Running | None = None) -> _Outcome:
         """Run the handler once; every exception it raises is classified, only pure
         cancellation propagates (see the module docstring)."""
-        carrier, data = split_trace(claim.payload)
+        carrier, data = None, claim.payload
+        if data.startswith(TRACE_MARK):  # a traced enqueue's frame (see _instrument)
+            carrier, data = split_trace(data)
         try:
             payload = self.payload_codec.decode(data, "payload", claim.job_id)
         except SerializationError as exc:
