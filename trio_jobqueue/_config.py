@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from ._instrument import MetricsHook, TracingHook, as_metrics, as_tracing
 from ._retry import DEFAULT_RETRY_POLICY, RetryPolicy, as_retry_policy
 from ._schedule import Schedule, check_schedules
 from ._serde import JsonSerializer, Serializer
@@ -197,6 +198,12 @@ class QueueConfig:
     lock_ttl: float = attrs.field(default=30.0, validator=_ttl)
     schedules: tuple[Schedule, ...] = attrs.field(default=(), converter=_schedules)
     """Schedules for the embedded scheduler (none: no scheduler runs)."""
+    metrics: MetricsHook | None = attrs.field(default=None, converter=as_metrics)
+    """Prometheus metrics of the queue (``trio_jobqueue.metrics``; ``True``: the default
+    registry's)."""
+    tracing: TracingHook | None = attrs.field(default=None, converter=as_tracing)
+    """OpenTelemetry spans of enqueues and handler runs (``trio_jobqueue.tracing``;
+    ``True``: the global tracer provider's)."""
 
     @job_timeout.validator
     def _check_job_timeout(self, attribute: attrs.Attribute[float | None], value: object) -> None:

@@ -24,6 +24,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._events import EventChannel, open_event_channel
+from ._instrument import MetricsHook, TracingHook, frame_trace, split_trace
 from ._leader import run_service
 from ._progress import decode_progress
 from ._reaper import REAPER_LOCK, Reaper, reaper_service
@@ -94,6 +95,8 @@ class QueueStatistics:
 
 
 async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
+    if queue.tracing is not None:
+        return await _traced_enqueue(queue, queue.tracing, job)
     return await queue.storage.enqueue(
         queue.name,
         job.job_id,
@@ -104,6 +107,35 @@ async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
         run_at=job.run_at,
         delay=job.delay,
     )
+
+
+async def _traced_enqueue(
+    queue: Queue[Any, Any], tracing: TracingHook, job: EnqueueSpec
+) -> EnqueueOutcome:
+    with tracing.enqueue_span(queue.name, (job.job_id,), "enqueue") as carrier:
+        if carrier is not None:
+            job = attrs.evolve(job, payload=frame_trace(carrier, job.payload))
+        return await queue.storage.enqueue(
+            queue.name,
+            job.job_id,
+            job.payload,
+            max_attempts=job.max_attempts,
+            result_ttl=job.result_ttl,
+            priority=job.priority,
+            run_at=job.run_at,
+            delay=job.delay,
+        )
+
+
+def _framed(prepared: list[_Prepared], carrier: bytes) -> list[_Prepared]:
+    """``enqueue_many``'s jobs with the trace frame in front of every payload."""
+    framed: list[_Prepared] = []
+    for job in prepared:
+        if isinstance(job, tuple):
+            framed.append((job[0], frame_trace(carrier, job[1])))
+        else:
+            framed.append(attrs.evolve(job, payload=frame_trace(carrier, job.payload)))
+    return framed
 
 
 _Prepared = EnqueueSpec | tuple[str, bytes]
@@ -161,6 +193,10 @@ class Queue(Generic[P, R]):
     reaper: Reaper | None = None
     scheduler: Scheduler | None = None
     """The embedded scheduler, when the queue runs schedules."""
+    metrics: MetricsHook | None = None
+    """The ``metrics`` option (``trio_jobqueue.metrics``), if given."""
+    tracing: TracingHook | None = None
+    """The ``tracing`` option (``trio_jobqueue.tracing``), if given."""
 
     # -- producing -------------------------------------------------------------------
 
@@ -232,7 +268,26 @@ class Queue(Generic[P, R]):
                 job_id = job[0] if isinstance(job, tuple) else job.job_id
                 results.append(self._result(job_id, outcome))
 
-        chunks = _Chunks(prepared, attempts, ttl)
+        if self.tracing is not None:
+            with self.tracing.enqueue_span(
+                self.name, [job[0] if isinstance(job, tuple) else job.job_id for job in prepared],
+                "enqueue_many",
+            ) as carrier:  # fmt: skip
+                chunks = _Chunks(
+                    prepared if carrier is None else _framed(prepared, carrier), attempts, ttl
+                )
+                await self._enqueue_chunks(chunks, prepared, results, done)
+            return results
+        await self._enqueue_chunks(_Chunks(prepared, attempts, ttl), prepared, results, done)
+        return results
+
+    async def _enqueue_chunks(
+        self,
+        chunks: _Chunks,
+        prepared: list[_Prepared],
+        results: list[EnqueueResult],
+        done: Callable[[list[EnqueueOutcome]], None],
+    ) -> None:
         try:
             await self.storage.enqueue_chunks(self.name, chunks, done)
         except NotReplicatedError:
@@ -243,7 +298,6 @@ class Queue(Generic[P, R]):
                 "were written; calling it again with the same jobs is safe)",
                 results,
             ) from exc
-        return results
 
     def _prepare_many(self, jobs: Iterable[JobSpec[P] | tuple[str, P]]) -> list[_Prepared]:
         """Validate and encode every item of ``enqueue_many`` (before anything is sent).
@@ -559,7 +613,7 @@ class Queue(Generic[P, R]):
         data = await self.storage.get_payload(self.name, job_id)
         if data is None:
             return None
-        value: P = self.payload_codec.decode(data, "payload", job_id)
+        value: P = self.payload_codec.decode(split_trace(data)[1], "payload", job_id)
         return value
 
     async def get_result(self, id: str) -> R | None:
@@ -652,6 +706,8 @@ def _new_queue(storage: Storage, config: QueueConfig) -> Queue[Any, Any]:
         result_ttl=float(config.result_ttl),
         payload_codec=TypedCodec(config.serializer, config.payload_type),
         result_codec=TypedCodec(config.serializer, config.result_type),
+        metrics=config.metrics,
+        tracing=config.tracing,
     )
 
 
@@ -675,6 +731,8 @@ async def serve_worker(
     reaper: bool = True,
     lock_ttl: float = 30.0,
     schedules: Iterable[Schedule] = (),
+    metrics: MetricsHook | bool | None = None,
+    tracing: TracingHook | bool | None = None,
     task_status: trio.TaskStatus[Queue[Any, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a worker for the queue ``name`` in the caller's nursery until cancelled::
@@ -725,6 +783,8 @@ async def serve_worker(
         reaper=reaper,
         lock_ttl=lock_ttl,
         schedules=schedules,
+        metrics=metrics,
+        tracing=tracing,
     )
     await worker_service(storage, config, task_status=task_status)
 
@@ -752,6 +812,8 @@ async def worker_service(
         after_execution=config.after_execution,
         payload_codec=queue.payload_codec,
         result_codec=queue.result_codec,
+        metrics=config.metrics,
+        tracing=config.tracing,
     )
     reaper = queue.reaper = (
         Reaper.from_config(storage, config.reaper_config(), registers=False)
@@ -768,6 +830,8 @@ async def worker_service(
                 await nursery.start(reaper.run)
             if scheduler is not None:
                 await nursery.start(scheduler.run)
+            if config.metrics is not None:
+                await nursery.start(config.metrics.serve, queue)
         try:
             task_status.started(queue)
             # Until cancelled, or until a handler's KeyboardInterrupt/SystemExit ends
@@ -816,6 +880,8 @@ async def open_queue(
     reaper: bool | None = None,
     lock_ttl: float = 30.0,
     schedules: Iterable[Schedule] = (),
+    metrics: MetricsHook | bool | None = None,
+    tracing: TracingHook | bool | None = None,
 ) -> AsyncIterator[Queue[Any, Any]]:
     """Open a queue on ``storage``; with a ``handler``, run a worker while the block runs.
 
@@ -829,6 +895,11 @@ async def open_queue(
     With ``schedules`` (:class:`CronSchedule`/:class:`IntervalSchedule` values), the queue
     also runs a leader-elected scheduler that enqueues each tick exactly once however many
     queues run them (``docs/scheduling.md``); it stops first on exit.
+
+    ``metrics`` (a :class:`trio_jobqueue.metrics.Metrics`, or ``True`` for the default
+    registry's) counts the queue's outcomes in Prometheus metrics; ``tracing`` (a
+    :class:`trio_jobqueue.tracing.Tracing`, or ``True`` for the global tracer provider)
+    makes OpenTelemetry spans of its enqueues and handler runs (``docs/metrics.md``).
 
     Raises:
         ValueError, TypeError: an option is invalid (nothing is opened), e.g.
@@ -854,6 +925,8 @@ async def open_queue(
         reaper=reaper,
         lock_ttl=lock_ttl,
         schedules=schedules,
+        metrics=metrics,
+        tracing=tracing,
     )
     scheduler = (
         None if config.handler is not None else _embedded_scheduler(storage, config, registers=True)
@@ -868,6 +941,8 @@ async def open_queue(
             if scheduler is not None:
                 queue.scheduler = scheduler
                 await nursery.start(run_service, storage, scheduler)
+            if config.metrics is not None:
+                await nursery.start(config.metrics.serve, queue)
         try:
             yield queue
         finally:

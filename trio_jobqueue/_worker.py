@@ -38,6 +38,7 @@ import attrs
 import trio
 
 from ._errors import JobTimeoutError, PayloadDecodeError, SerializationError, StorageError
+from ._instrument import TRACE_MARK, MetricsHook, TracingHook, split_trace
 from ._presence import Presence, host_and_pid
 from ._progress import ProgressReporter
 from ._retry import RetryPolicy
@@ -429,6 +430,10 @@ class Worker:
     payload_codec: TypedCodec
     result_codec: TypedCodec
     stats: WorkerStatistics = attrs.field(factory=WorkerStatistics)
+    metrics: MetricsHook | None = None
+    """Told of every settled attempt (``trio_jobqueue.metrics``)."""
+    tracing: TracingHook | None = None
+    """Wraps every handler run in a span (``trio_jobqueue.tracing``)."""
 
     _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
     _capacity: _Capacity = attrs.field(init=False)
@@ -612,6 +617,13 @@ class Worker:
             self._idle = trio.Event()
         self.stats.claimed += 1
         self.stats.in_flight = len(self._running)
+        if self.metrics is not None:
+            try:
+                self.metrics.job_claimed(
+                    self.ns, claim, claim.lease_until - self.visibility_timeout
+                )
+            except Exception:
+                log.exception("the metrics hook failed (job %r)", claim.job_id)
         nursery.start_soon(self._run_job, running, name="trio_jobqueue job")
 
     # -- heartbeats -------------------------------------------------------------------
@@ -849,8 +861,11 @@ class Worker:
     async def _execute(self, claim: Claim, running: _Running | None = None) -> _Outcome:
         """Run the handler once; every exception it raises is classified, only pure
         cancellation propagates (see the module docstring)."""
+        carrier, data = None, claim.payload
+        if data.startswith(TRACE_MARK):  # a traced enqueue's frame (see _instrument)
+            carrier, data = split_trace(data)
         try:
-            payload = self.payload_codec.decode(claim.payload, "payload", claim.job_id)
+            payload = self.payload_codec.decode(data, "payload", claim.job_id)
         except SerializationError as exc:
             return _Outcome(ok=False, value=PayloadDecodeError(str(exc)))
         job: Job[Any] = Job(
@@ -863,6 +878,9 @@ class Worker:
             reporter=None if running is None else functools.partial(self._report_progress, running),
         )
         try:
+            if self.tracing is not None:
+                with self.tracing.handler_span(self.ns, claim, carrier):
+                    return _Outcome(ok=True, value=await self._call(job))
             return _Outcome(ok=True, value=await self._call(job))
         except BaseException as exc:  # split deliberately by outcome_of
             outcome = outcome_of(exc)
@@ -903,7 +921,7 @@ class Worker:
             status = await self._storage_call(
                 running, "release", lambda: self.storage.release(ns, job_id, token)
             )
-            self._count(status, "released", running)
+            self._count(status, "released", running, duration)
             return
         ok, value, encoded = outcome.ok, outcome.value, None
         if ok:
@@ -926,7 +944,7 @@ class Worker:
                     "retry",
                     lambda: self.storage.retry(ns, job_id, token, err, delay=delay),
                 )
-                self._count(status, "retried", running)
+                self._count(status, "retried", running, duration)
                 return
         ctx = ExecutionContext(
             job_id=job_id,
@@ -959,7 +977,7 @@ class Worker:
                 if self._batch_completions
                 else lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl),
             )
-            self._count(status, "completed", running)
+            self._count(status, "completed", running, duration)
             return
         final = ctx.error if isinstance(ctx.error, JobError) else error
         assert final is not None
@@ -972,7 +990,14 @@ class Worker:
         status = await self._storage_call(
             running, "fail", lambda: self.storage.fail(ns, job_id, token, err, ttl=ctx.ttl)
         )
-        self._count(status, "failed", running)
+        self._count(status, "failed", running, duration)
+
+    def _observe(self, claim: Claim, outcome: str, duration: float) -> None:
+        assert self.metrics is not None
+        try:
+            self.metrics.job_settled(self.ns, claim, outcome, duration)
+        except Exception:
+            log.exception("the metrics hook failed (job %r)", claim.job_id)
 
     @staticmethod
     def _error_of(value: Any, context: BaseException | None) -> JobError:
@@ -1005,7 +1030,9 @@ class Worker:
         """Run the hook on a copy; keep the original context if it raises or misbehaves."""
         assert self.after_execution is not None
         try:
-            ctx.payload = self.payload_codec.decode(claim.payload, "payload", claim.job_id)
+            ctx.payload = self.payload_codec.decode(
+                split_trace(claim.payload)[1], "payload", claim.job_id
+            )
         except SerializationError:
             ctx.payload = None
         original = attrs.evolve(ctx)
@@ -1064,11 +1091,17 @@ class Worker:
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _count(self, status: SettleStatus | None, counter: str, running: _Running) -> None:
+    def _count(
+        self, status: SettleStatus | None, counter: str, running: _Running, duration: float
+    ) -> None:
         if status is SettleStatus.OK:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            if self.metrics is not None:
+                self._observe(running.claim, counter, duration)
         elif status is SettleStatus.STALE:
             self.stats.fenced += 1
+            if self.metrics is not None:
+                self._observe(running.claim, "fenced", duration)
             log.warning(
                 "outcome of job %r attempt %d rejected: its lease was taken over",
                 running.claim.job_id,

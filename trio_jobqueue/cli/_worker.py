@@ -11,6 +11,7 @@ lives outside the ``open_queue`` block so that it keeps running during the shutd
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -112,9 +113,43 @@ def add_worker_parser(sub: Any) -> None:
         help="unique id of this worker (default: host:pid:random)",
     )  # fmt: skip
     parser.add_argument(
+        "--metrics-port", type=tcp_port, default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (0: any free port, "
+        "logged; needs the metrics extra) (default: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-bind", default="127.0.0.1", metavar="ADDR",
+        help="address of --metrics-port; 0.0.0.0 (or ::) to be scraped from other hosts "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level; logs go to stderr (default: %(default)s)",
     )  # fmt: skip
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be within 0..65535, not {value}")
+    return value
+
+
+def load_metrics() -> Any:
+    """The default registry's ``Metrics`` (``--metrics-port``).
+
+    Raises:
+        CliError: ``prometheus_client`` is not installed.
+    """
+    try:
+        from ..metrics import default_metrics
+    except ImportError as exc:
+        raise CliError(f"--metrics-port: {exc}") from exc
+    return default_metrics()
 
 
 def import_target(spec: str, what: str, example: str) -> Any:
@@ -216,8 +251,13 @@ async def run_worker(args: argparse.Namespace) -> ExitCode:
         raise CliError("--worker-id must not be empty")
     handler = load_handler(args.handler)
     schedules = () if args.schedules is None else load_schedules(args.schedules)
+    metrics = None if args.metrics_port is None else load_metrics()
     process = WorkerProcess(
-        args=args, ns=queue_name(args), storage=make_storage(args), schedules=schedules
+        args=args,
+        ns=queue_name(args),
+        storage=make_storage(args),
+        schedules=schedules,
+        metrics=metrics,
     )
     await process.run(handler)
     return ExitCode.OK
@@ -232,6 +272,8 @@ class WorkerProcess:
     ns: str
     storage: Storage
     schedules: tuple[Schedule, ...] = ()
+    metrics: Any = None
+    """The ``Metrics`` of ``--metrics-port`` (``None``: off)."""
     queue: Queue[Any, Any] | None = None
     signals: int = 0
     stop: trio.Event = attrs.field(factory=trio.Event)
@@ -254,6 +296,7 @@ class WorkerProcess:
             "reaper": not args.no_reaper,
             "lock_ttl": args.lock_ttl,
             "schedules": self.schedules,
+            "metrics": self.metrics,
         }
         if args.retry_delay is not None:
             options["retry_delay"] = args.retry_delay
@@ -302,6 +345,29 @@ class WorkerProcess:
                 nursery.cancel_scope.cancel()
 
     async def _serve(self, handler: Callable[[Job[Any]], Any]) -> None:
+        if self.metrics is None:
+            await self._serve_queue(handler)
+            return
+        from ..metrics import serve_metrics
+
+        args = self.args
+        async with trio.open_nursery() as nursery:
+            # Serves until the queue's shutdown is over (it counts the released jobs).
+            try:
+                port = await nursery.start(
+                    functools.partial(serve_metrics, args.metrics_port, host=args.metrics_bind)
+                )
+            except OSError as exc:
+                raise CliError(
+                    f"--metrics-port: cannot listen on {args.metrics_bind}:{args.metrics_port}"
+                    f" ({exc.strerror or exc})"
+                ) from exc
+            host = f"[{args.metrics_bind}]" if ":" in args.metrics_bind else args.metrics_bind
+            log.info("serving Prometheus metrics at http://%s:%d/metrics", host, port)
+            await self._serve_queue(handler)
+            nursery.cancel_scope.cancel()
+
+    async def _serve_queue(self, handler: Callable[[Job[Any]], Any]) -> None:
         args = self.args
         try:
             async with open_queue(self.storage, handler, **self.options()) as queue:

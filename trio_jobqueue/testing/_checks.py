@@ -15,13 +15,15 @@ Run them all with :data:`API_CHECKS`::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from .._errors import (
@@ -909,6 +911,64 @@ async def check_progress(make_storage: StorageFactory) -> None:
         assert record is not None and record.progress == b"0.75"
 
 
+@attrs.define
+class _FakeTracing:
+    """A ``tracing`` hook without OpenTelemetry: a fixed trace context per enqueue call,
+    and the context each handler run was given."""
+
+    carrier: bytes
+    seen: dict[str, bytes | None] = attrs.field(factory=dict)
+
+    @contextlib.contextmanager
+    def enqueue_span(self, ns: str, job_ids: Sequence[str], operation: str) -> Iterator[bytes]:
+        yield self.carrier
+
+    @contextlib.contextmanager
+    def handler_span(self, ns: str, claim: Any, carrier: bytes | None) -> Iterator[None]:
+        self.seen[claim.job_id] = carrier
+        yield
+
+
+async def check_trace_context_round_trips(make_storage: StorageFactory) -> None:
+    """The trace context a traced enqueue stores with a job (``enqueue``, both forms of
+    ``enqueue_many``) reaches the handler byte for byte, with the payload intact; a
+    worker without tracing and ``get_payload`` see the plain payload; an untraced job
+    stores its payload alone."""
+    from .._instrument import split_trace
+    from .._types import JobSpec
+
+    name = _name()
+    tracing = _FakeTracing(b'{"traceparent":"00-' + b"ab" * 16 + b"-" + b"cd" * 8 + b'-01"}')
+    got: dict[str, Any] = {}
+    all_ran = trio.Event()
+
+    async def keep(job: Job[Any]) -> None:
+        got[job.id] = job.payload
+        if len(got) == 6:
+            all_ran.set()
+
+    payload = {"text": "\x00jq:tc\x00 ünïcode", "n": [1, 2]}
+    async with open_queue(make_storage(), name=name, tracing=tracing) as producer:
+        await producer.enqueue("one", payload)
+        await producer.enqueue_many([("pair", payload), JobSpec("spec", payload, priority=3)])
+        async with open_queue(make_storage(), name=name) as plain:
+            await plain.enqueue("plain", payload)
+            raw = await plain.storage.get_payload(name, "plain")
+            assert raw is not None and split_trace(raw) == (None, raw), raw
+            for job_id in ("one", "pair", "spec"):
+                raw = await producer.storage.get_payload(name, job_id)
+                assert raw is not None and split_trace(raw)[0] == tracing.carrier, raw
+                assert await plain.get_payload(job_id) == payload
+        async with open_queue(make_storage(), keep, name=name, tracing=tracing) as worker:
+            for job_id in ("one", "pair"):
+                await worker.enqueue_and_wait(f"{job_id}-joined", payload, timeout=WAIT)
+            with trio.fail_after(WAIT):
+                await all_ran.wait()
+        assert all(value == payload for value in got.values()), got
+        assert {tracing.seen[job_id] for job_id in ("one", "pair", "spec")} == {tracing.carrier}
+        assert tracing.seen["plain"] is None
+
+
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
     check_concurrent_enqueue_accepts_one,
@@ -943,5 +1003,6 @@ API_CHECKS: list[Check] = [
     check_list_jobs,
     check_force_cancel_running_job,
     check_progress,
+    check_trace_context_round_trips,
 ]
 """Every API-level check, in a stable order."""
