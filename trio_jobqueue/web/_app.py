@@ -837,6 +837,7 @@ def create_app(
         Route("/events", _endpoint(dash, _events)),
         Route("/action", _endpoint(dash, _action), methods=["POST"]),
         Route("/static/{file}", _endpoint(dash, _static)),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
     ]
     if isinstance(auth, TokenAuth):
         routes.append(Route("/login", _endpoint(dash, _login), methods=["GET", "POST"]))

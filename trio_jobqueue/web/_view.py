@@ -49,6 +49,8 @@ def show_value(value: Any, limit: int) -> tuple[str, int]:
             text = value.data.decode("utf-8")
         except UnicodeDecodeError:
             text = f"<{len(value.data)} bytes> " + value.data[: limit // 2 + 1].hex(" ")
+    elif isinstance(value, str):
+        text = value
     else:
         text = json.dumps(value, indent=2, ensure_ascii=False, default=repr)
     if len(text) <= limit:

@@ -68,7 +68,7 @@
     if (question && !window.confirm(question)) { return; }
     var button = form.querySelector("button");
     if (button) { button.disabled = true; }
-    fetch(form.action, {
+    fetch(form.getAttribute("action"), {
       method: "POST",
       credentials: "same-origin",
       headers: { "X-Requested-With": "fetch", "Content-Type": "application/x-www-form-urlencoded" },
