@@ -57,7 +57,11 @@ LIST_PREVIEW = 120
 DETAIL_LIMIT = 64 * 1024
 """Characters of a payload, result or traceback shown on a job's page."""
 NAMES_TTL = 10.0
-"""Seconds the list of queue names is reused before the storage is asked again."""
+"""Seconds the list of queue names is reused before the storage is asked again (at least;
+see :meth:`_Dashboard.names`)."""
+NAMES_SHARE = 0.05
+"""Most of the time spent re-reading the queue names (a Redis ``SCAN`` of every key):
+after a read that took ``t`` seconds, the next waits at least ``t / NAMES_SHARE``."""
 MAX_FOLLOWED = 100
 """Most queues whose events the dashboard follows at once (throughput, live pages)."""
 MAX_FORM = 16 * 1024
@@ -138,6 +142,9 @@ class _Dashboard:
     _handles: dict[str, Queue[Any, Any]] = attrs.field(factory=dict)
     _names: list[str] | None = None
     _names_at: float = -1e9
+    _names_took: float = 0.0
+    _refreshing: bool = False
+    """Whether the lifespan's task keeps the names fresh (requests then never scan)."""
     _open_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _opened_here: bool = False
     env: jinja2.Environment = attrs.field(init=False)
@@ -185,13 +192,28 @@ class _Dashboard:
         return name
 
     async def names(self) -> list[str]:
+        """The queues to show: ``queues=``, else the storage's, cached.
+
+        With the lifespan running, its task re-reads them in the background and requests
+        never wait for it (but the first); otherwise a request re-reads them when they
+        are older than the refresh interval (:meth:`_names_due`).
+        """
         if self.queues is not None:
             return list(self.queues)
-        now = trio.current_time()
-        if self._names is None or now - self._names_at > NAMES_TTL:
-            self._names = await self.storage.list_namespaces()
-            self._names_at = trio.current_time()
+        if self._names is None or (not self._refreshing and self._names_due()):
+            await self.refresh_names()
+        assert self._names is not None
         return self._names
+
+    def _names_due(self) -> bool:
+        wait = max(NAMES_TTL, self._names_took / NAMES_SHARE)
+        return trio.current_time() - self._names_at >= wait
+
+    async def refresh_names(self) -> None:
+        started = trio.current_time()
+        self._names = await self.storage.list_namespaces()
+        self._names_at = trio.current_time()
+        self._names_took = self._names_at - started
 
     # -- the lifespan: storage and the throughput counter ---------------------------
 
@@ -213,15 +235,19 @@ class _Dashboard:
         async with trio.open_nursery() as nursery:
             while True:
                 try:
+                    if self.queues is None and (self._names is None or self._names_due()):
+                        await self.refresh_names()
                     names = await self.names()
+                    self._refreshing = self.queues is None
                 except StorageError as exc:
                     log.warning("cannot list the queues: %s", exc)
+                    self._refreshing = False
                     names = []
                 for name in names:
                     if name not in followed and len(followed) < MAX_FOLLOWED:
                         followed.add(name)
                         nursery.start_soon(self._follow, name)
-                await trio.sleep(NAMES_TTL)
+                await trio.sleep(NAMES_TTL / 2)
 
     async def _follow(self, name: str) -> None:
         while True:
@@ -816,7 +842,8 @@ def create_app(
             counts the throughput chart's completions from the queues' events); a server
             that does not run the lifespan gets the storage opened on the first request.
         queues: the queue names to show; ``None`` (default): every queue on the storage
-            (``Storage.list_namespaces``, re-read every 10 s).
+            (``Storage.list_namespaces``, re-read in the background every 10 s, or less
+            often when that takes long: at most 5% of the time).
         read_only: hide every action and refuse them (403).
         auth: :class:`BasicAuth` or :class:`TokenAuth`; ``None`` (default): no
             authentication. Serve without it on a loopback address only.
@@ -842,5 +869,6 @@ def create_app(
     if isinstance(auth, TokenAuth):
         routes.append(Route("/login", _endpoint(dash, _login), methods=["GET", "POST"]))
     app = Starlette(routes=routes, lifespan=dash.lifespan)
+    app.state.dashboard = dash  # for tools and benchmarks (private: may change)
     app.add_middleware(_Security, dash=dash)
     return app
