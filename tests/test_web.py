@@ -283,3 +283,34 @@ def test_queues_command_lists_the_names(tmp_path: Path) -> None:
     done = _cli("queues", "--storage", url)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "a queue/ü\nb-queue\n"
+
+
+async def test_mounted_under_a_path_links_and_actions_follow_it() -> None:
+    """Mounted at /jobs of another Starlette app (its lifespan run by the host's), every
+    link, form and redirect carries the prefix."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    storage = jq.MemoryStorage()
+    async with storage, jq.open_queue(storage, name="mail") as queue:
+        await queue.enqueue("a", 1)
+        dashboard = create_app(storage)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with dashboard.router.lifespan_context(dashboard):
+                yield
+
+        host = Starlette(routes=[Mount("/jobs", app=dashboard)], lifespan=lifespan)
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            page = await client.get("/jobs/queue", params={"name": "mail", "state": "queued"})
+            assert page.status_code == 200
+            links = re.findall(r'\s(?:href|src|action)="([^"]+)"', page.text)
+            assert links and [x for x in links if not x.startswith("/jobs/")] == [], links
+            form = {"csrf": _csrf(page.text), "action": "delete", "queue": "mail", "id": "a"}
+            done = await client.post("/jobs/action", data=form)
+            assert done.status_code == 303 and done.headers["location"] == "/jobs/queue?name=mail"
+        assert await queue.get_status("a") is None

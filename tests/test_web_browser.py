@@ -222,5 +222,8 @@ async def test_find_a_failed_job_read_its_traceback_and_retry_it(
         "queue.png",
         "workers.png",
     ]
-    if os.environ.get("TRIO_JOBQUEUE_UPDATE_SCREENSHOT") and backend == "redis":
-        shutil.copy(shots / "job-failed.png", Path(__file__).parent.parent / "docs/images")
+    if os.environ.get("TRIO_JOBQUEUE_UPDATE_SCREENSHOTS") and backend == "redis":
+        # The pictures of docs/web.md.
+        docs = Path(__file__).parent.parent / "docs" / "images"
+        shutil.copy(shots / "queue.png", docs / "web-queue.png")
+        shutil.copy(shots / "job-failed.png", docs / "web-job.png")
