@@ -314,3 +314,36 @@ async def test_mounted_under_a_path_links_and_actions_follow_it() -> None:
             done = await client.post("/jobs/action", data=form)
             assert done.status_code == 303 and done.headers["location"] == "/jobs/queue?name=mail"
         assert await queue.get_status("a") is None
+
+
+def test_web_command_serves_until_sigterm(tmp_path: Path) -> None:
+    """`web` prints its address, serves the pages, refuses a second server on the same
+    port (exit 2), fails with exit 3 on an unreachable storage, and exits 0 on SIGTERM."""
+    import signal
+
+    from fixtures_redis import free_port
+
+    port = free_port()
+    url = f"file://{tmp_path}/q"
+    assert _cli("enqueue", "j-1", "{}", "--storage", url, "--name", "mail").returncode == 0
+    args = [sys.executable, "-m", "trio_jobqueue", "web", "-s", url, "-b", f"127.0.0.1:{port}"]
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert line == f"dashboard of {url} on http://127.0.0.1:{port}/\n", line
+            page = httpx.get(f"http://127.0.0.1:{port}/queue?name=mail&state=queued", timeout=10)
+            assert page.status_code == 200 and "j-1" in page.text
+            taken = _cli("web", "-s", url, "-b", f"127.0.0.1:{port}")
+            assert taken.returncode == 2 and "cannot listen on" in taken.stderr, taken.stderr
+            server.send_signal(signal.SIGTERM)
+            _, errors = server.communicate(timeout=20)
+            assert server.returncode == 0, errors
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+    down = _cli("web", "-s", "redis://127.0.0.1:1/0?retry_timeout=0.2", "-b", "127.0.0.1:0")
+    assert down.returncode == 3 and down.stderr.startswith("trio-jobqueue: error: storage failed")

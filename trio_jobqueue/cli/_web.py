@@ -129,10 +129,9 @@ async def run_web(args: argparse.Namespace, out: TextIO) -> ExitCode:
             "(anyone who reaches it could retry and delete jobs); bind to 127.0.0.1, or "
             "add authentication"
         )
+    storage = make_storage(args)
     try:
-        app = create_app(
-            make_storage(args), queues=args.queues, read_only=args.read_only, auth=auth
-        )
+        app = create_app(storage, queues=args.queues, read_only=args.read_only, auth=auth)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     config = Config()
@@ -140,9 +139,17 @@ async def run_web(args: argparse.Namespace, out: TextIO) -> ExitCode:
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    # Opened here first so that an unreachable storage is the usual one-line error (exit
+    # 3), not a failed lifespan inside the server.
+    async with storage:
+        await _serve(serve, app, config, out, args)
+    return ExitCode.OK
+
+
+async def _serve(serve: Any, app: Any, config: Any, out: TextIO, args: argparse.Namespace) -> None:
     try:
         await serve(
-            app,  # type: ignore[arg-type]  # an ASGI app; Starlette's types differ in detail
+            app,
             config,
             shutdown_trigger=_signalled,
             task_status=_Announce(out, args),
@@ -153,7 +160,6 @@ async def run_web(args: argparse.Namespace, out: TextIO) -> ExitCode:
             first = first.exceptions[0]
         reason = getattr(first, "strerror", None) or first
         raise CliError(f"cannot listen on {args.bind}: {reason}") from None
-    return ExitCode.OK
 
 
 async def _signalled() -> None:

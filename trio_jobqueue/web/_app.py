@@ -257,6 +257,9 @@ class _Dashboard:
                         self.throughput.record(name, event.kind, time.time())
             except StorageError as exc:
                 log.warning("lost the events of queue %r: %s", name, exc)
+            except Exception:
+                # The chart is not worth the server: log, and follow again.
+                log.exception("counting the events of queue %r failed", name)
             await trio.sleep(1.0)
 
     # -- sessions, CSRF -------------------------------------------------------------
