@@ -347,3 +347,17 @@ def test_web_command_serves_until_sigterm(tmp_path: Path) -> None:
                 server.communicate()
     down = _cli("web", "-s", "redis://127.0.0.1:1/0?retry_timeout=0.2", "-b", "127.0.0.1:0")
     assert down.returncode == 3 and down.stderr.startswith("trio-jobqueue: error: storage failed")
+
+
+async def test_cancel_returns_to_the_queue_and_a_proxy_host_is_same_origin() -> None:
+    """Cancelling a queued job (a form posted through a proxy that set X-Forwarded-Host)
+    removes it and answers 303 to its queue; static files keep their own caching."""
+    async with _dashboard() as (client, queue):
+        token = _csrf((await client.get("/")).text)
+        form = {"csrf": token, "action": "cancel", "queue": "mail", "id": "q-1"}
+        headers = {"origin": "https://jobs.example", "x-forwarded-host": "jobs.example"}
+        done = await client.post("/action", data=form, headers=headers)
+        assert done.status_code == 303 and done.headers["location"] == "/queue?name=mail"
+        assert await queue.get_status("q-1") is None
+        asset = await client.get("/static/app.js")
+        assert asset.headers.get_list("cache-control") == ["public, max-age=3600"]

@@ -354,7 +354,10 @@ class _Security:
 
         async def secured(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message["headers"] = headers
             await send(message)
 
         request = Request(scope)
@@ -611,8 +614,12 @@ def _check_origin(request: Request) -> None:
         if origin == "null":
             raise _HttpError(403, "cross-origin request refused")
         return
-    host = request.headers.get("host", "")
-    if urllib.parse.urlsplit(origin).netloc != host:
+    # Behind a reverse proxy that rewrites Host, the browser's host is X-Forwarded-Host.
+    hosts = {request.headers.get("host", "")}
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded:
+        hosts.add(forwarded.split(",")[0].strip())
+    if urllib.parse.urlsplit(origin).netloc not in hosts:
         raise _HttpError(403, "cross-origin request refused")
 
 
@@ -653,35 +660,40 @@ async def _action(dash: _Dashboard, request: Request) -> Response:
             job_id = check_job_id(form.get("id", ""))
         except InvalidJobError as exc:
             raise _HttpError(400, str(exc)) from None
-    ok = True
-    if what == "retry" and job_id is not None:
-        outcome = str((await queue.retry(job_id)).status)
-        ok = outcome == "retried"
-    elif what == "delete" and job_id is not None:
-        outcome = str((await queue.delete(job_id)).status)
-        ok = outcome == "deleted"
-    elif what == "cancel" and job_id is not None:
-        outcome = str((await queue.cancel(job_id, force=True)).status)
-        ok = outcome in ("cancelled", "cancelling")
-    elif what == "retry_failed":
-        count = await queue.retry_failed()
-        outcome = "retried_all"
-        message = f"Retried {count} failed job(s)."
-    elif what == "pause":
-        await queue.pause()
-        outcome = "paused"
-    else:
-        await queue.resume()
-        outcome = "resumed"
-    if outcome != "retried_all":
-        message = MESSAGES.get(outcome, outcome)
+    outcome, ok, message = await _apply(queue, what, job_id)
     if request.headers.get("x-requested-with") == "fetch":
         return JSONResponse({"ok": ok, "status": outcome, "message": message})
-    if job_id is not None and outcome != "deleted":
+    if job_id is not None and outcome not in GONE:
         target = _url(base, "/job", {"queue": name, "id": job_id})
     else:
         target = _url(base, "/queue", {"name": name})
     return RedirectResponse(target, status_code=303)
+
+
+GONE = ("deleted", "cancelled", "cancelling", "not_found")
+"""Outcomes after which the job's page is a 404: go back to the queue."""
+
+
+async def _apply(queue: Queue[Any, Any], what: str, job_id: str | None) -> tuple[str, bool, str]:
+    """Run one validated action: (outcome, whether it acted, the message to show)."""
+    if what == "retry_failed":
+        count = await queue.retry_failed()
+        return "retried_all", True, f"Retried {count} failed job(s)."
+    if what in ("pause", "resume"):
+        await (queue.pause() if what == "pause" else queue.resume())
+        outcome = "paused" if what == "pause" else "resumed"
+        return outcome, True, MESSAGES[outcome]
+    assert job_id is not None
+    if what == "retry":
+        outcome = str((await queue.retry(job_id)).status)
+        ok = outcome == "retried"
+    elif what == "delete":
+        outcome = str((await queue.delete(job_id)).status)
+        ok = outcome == "deleted"
+    else:
+        outcome = str((await queue.cancel(job_id, force=True)).status)
+        ok = outcome in ("cancelled", "cancelling")
+    return outcome, ok, MESSAGES.get(outcome, outcome)
 
 
 async def _login(dash: _Dashboard, request: Request) -> Response:

@@ -77,7 +77,9 @@
       .then(function (r) { return r.json(); })
       .then(function (answer) {
         say(answer.message, answer.ok);
-        if (answer.ok && answer.status === "deleted" && events) {
+        var gone = ["deleted", "cancelled", "cancelling", "not_found"];
+        if (events && gone.indexOf(answer.status) >= 0) {
+          // The job is no more: back to its queue.
           window.location.href = document.querySelector(".crumbs a").href;
           return;
         }
