@@ -176,6 +176,8 @@ def test_every_option_shows_its_default_and_every_command_has_a_description() ->
             "pause",
             "resume",
             "schedules",
+            "web",
+            "queues",
             "demo",
         ]
     )

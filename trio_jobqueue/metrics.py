@@ -285,6 +285,40 @@ class Metrics(Collector):
         yield leads
 
 
+async def storage_snapshot(
+    queues: Iterable[Queue[Any, Any]], *, prefix: str = "trio_jobqueue"
+) -> CollectorRegistry:
+    """A registry holding what any process can read of ``queues`` from their storage
+    (the web dashboard's ``/metrics``): ``<prefix>_queue_jobs`` (jobs per state, read
+    now), ``<prefix>_queue_paused`` (1 when paused) and ``<prefix>_queue_workers`` (live
+    workers in the registry). The counters and histograms of job outcomes live in the
+    worker processes (their ``--metrics-port``), not here."""
+    jobs = GaugeMetricFamily(
+        f"{prefix}_queue_jobs", "Jobs in the storage per state.", labels=["queue", "state"]
+    )
+    paused = GaugeMetricFamily(
+        f"{prefix}_queue_paused", "1 when the queue is paused, else 0.", labels=["queue"]
+    )
+    workers = GaugeMetricFamily(
+        f"{prefix}_queue_workers", "Live workers of the queue (its registry).", labels=["queue"]
+    )
+    for queue in queues:
+        counts = await queue.counts()
+        for state, n in counts.items():
+            jobs.add_metric([queue.name, state], n)
+        paused.add_metric([queue.name], int(await queue.is_paused()))
+        workers.add_metric([queue.name], len(await queue.workers()))
+    families = [jobs, paused, workers]
+
+    class _Snapshot(Collector):
+        def collect(self) -> Iterator[prometheus_client.Metric]:
+            yield from families
+
+    registry = CollectorRegistry()
+    registry.register(_Snapshot())
+    return registry
+
+
 def _bound_label(bound: float) -> str:
     """A bucket's ``le`` label as ``prometheus_client`` writes it."""
     return "+Inf" if bound == math.inf else repr(bound)

@@ -3,7 +3,8 @@
 The parser, the entry point and the exit codes; the commands live in :mod:`._worker`
 (``worker``), :mod:`._admin` (``enqueue``/``status``/``show``/``result``/``cancel``/``stats``),
 :mod:`._operate` (``list``/``retry``/``delete``/``purge``/``pause``/``resume``), :mod:`._schedules`
-(``schedules``) and :mod:`._demo` (``demo``). Reference: ``docs/cli.md``.
+(``schedules``), :mod:`._web` (``web``/``queues``) and :mod:`._demo` (``demo``). Reference:
+``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ._operate import (
     run_retry,
 )
 from ._schedules import add_schedules_parser, run_schedules
+from ._web import add_web_parsers, run_queues, run_web
 from ._worker import add_worker_parser, run_worker
 
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_parsers(sub)
     add_operate_parsers(sub)
     add_schedules_parser(sub)
+    add_web_parsers(sub)
     text = "run N jobs through an in-memory queue and report"
     demo = sub.add_parser("demo", help=text, description=text[0].upper() + text[1:] + ".")
     demo.add_argument(
@@ -190,6 +193,8 @@ def _run(argv: Sequence[str] | None) -> int:
         "purge": run_purge,
         "pause": run_pause,
         "resume": run_resume,
+        "queues": run_queues,
+        "web": run_web,
     }
     return int(trio.run(runners[command], args, sys.stdout))
 

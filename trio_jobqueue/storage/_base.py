@@ -762,6 +762,21 @@ class Storage(abc.ABC):
         """Physically remove expired records; returns how many. Optional (default: 0)."""
         return 0
 
+    @abc.abstractmethod
+    async def list_namespaces(self) -> list[str]:
+        """The names of the namespaces (queues) that hold data, sorted by their UTF-8 bytes.
+
+        Every namespace holding a job in any state, a worker registration, a leader lock,
+        a schedule cursor or the paused flag is listed. A namespace whose data has all
+        expired, or that was only read, may be listed too (until the backend forgets it).
+        Read-only, and derived from what the backend stores anyway: keeping it costs
+        nothing on the write path. Its cost grows with the size of the storage (a Redis
+        ``SCAN`` of every master's keys, a directory listing), so callers cache it.
+
+        Raises:
+            StorageError: the storage failed.
+        """
+
 
 # The core is built on the records above and is what the concrete methods delegate to.
 from . import _core  # noqa: E402

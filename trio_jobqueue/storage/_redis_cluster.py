@@ -47,6 +47,7 @@ from ._redis_common import (
     RedisReplyError,
     ScriptArg,
     Subscriptions,
+    _scan,
     _translate,
     script,
 )
@@ -431,6 +432,17 @@ class ClusterAdapter(AdapterCommon):
     ) -> tuple[Any, int]:
         reply, acked = await self._ask(address, args, wait)
         return reply, int(acked)
+
+    async def scan_keys(self, match: str, *, count: int = 10_000) -> list[bytes]:
+        """See :meth:`AdapterCommon.scan_keys`: every master of the slot map, in turn (a
+        namespace's keys share one slot, so each lives on exactly one master)."""
+        if all(address is None for address in self._slots):
+            await self._refresh()
+        found: list[bytes] = []
+        for address in dict.fromkeys(self._slots):
+            if address is not None:
+                found.extend(await _scan(self._node(address).command, match, count))
+        return found
 
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         # The first argument after the command's name is its key (every command the

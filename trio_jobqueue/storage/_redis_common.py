@@ -472,6 +472,20 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
             retrying = True
 
 
+async def _scan(
+    command: Callable[..., Awaitable[Any]], match: str, count: int
+) -> list[bytes]:
+    """A full ``SCAN`` iteration of one node through ``command``."""
+    found: list[bytes] = []
+    cursor = 0
+    while True:
+        reply = await command("SCAN", cursor, "MATCH", match, "COUNT", count)
+        cursor = int(reply[0])
+        found.extend(key if isinstance(key, bytes) else str(key).encode() for key in reply[1])
+        if cursor == 0:
+            return found
+
+
 def _wait_command(replicas: int, timeout: float) -> tuple[ScriptArg, ...]:
     """``WAIT``: 0 ms would mean "forever" to Redis, so at least 1 ms."""
     return ("WAIT", int(replicas), max(1, round(timeout * 1000)))
@@ -571,6 +585,17 @@ class AdapterCommon:
         if not retry:
             return await attempt(False)
         return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
+
+    async def scan_keys(self, match: str, *, count: int = 10_000) -> list[bytes]:
+        """Every key matching ``match`` (a ``SCAN`` glob), by a full ``SCAN`` iteration (on
+        every master, for a cluster). Each step is one bounded ``SCAN`` call (retried on
+        connection errors), so the server is never blocked for long; keys written
+        meanwhile may or may not be seen.
+
+        Raises:
+            StorageError: from the driver error (after retries for connection errors).
+        """
+        return await _scan(self.command, match, count)
 
     async def open_blocking(self, key: str | None = None) -> BlockingConnection:
         """A new dedicated connection for blocking commands (see :class:`BlockingConnection`)

@@ -49,11 +49,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import attrs
 
-__all__ = ["NamespaceKeys", "hash_tag"]
+__all__ = ["NamespaceKeys", "hash_tag", "namespace_of", "namespaces_pattern"]
 
 
 def _encode(part: str) -> str:
@@ -70,6 +70,31 @@ def done_shard(job_id: str) -> str:
     """The two first hex digits of the SHA-1 of the id's UTF-8 bytes (the Lua scripts
     compute the same with ``redis.sha1hex``)."""
     return hashlib.sha1(job_id.encode("utf-8")).hexdigest()[:2]
+
+
+def namespaces_pattern(prefix: str) -> str:
+    """A ``SCAN`` glob for the keys of every namespace under ``prefix`` except the per-job
+    records and blobs (``:j:``/``:b:``), which would make the reply as large as the
+    queue: every namespace holding anything has one of its index keys (``queue``,
+    ``seq``, ``completed``, ``workers``...). The prefix is percent-encoded, so it holds no
+    glob character."""
+    return "{" + _encode(prefix) + ":*}:[^jb]*"
+
+
+def namespace_of(prefix: str, key: bytes) -> str | None:
+    """The namespace whose hash tag starts ``key``, or ``None`` for a foreign key. (The
+    name is percent-encoded in the tag, so the first ``}`` closes it.)"""
+    head = ("{" + _encode(prefix) + ":").encode("ascii")
+    if not key.startswith(head):
+        return None
+    end = key.find(b"}", len(head))
+    if end < 0:
+        return None
+    try:
+        name = unquote(key[len(head) : end].decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return name if name and hash_tag(prefix, name) == key[: end + 1].decode("ascii") else None
 
 
 def hash_tag(prefix: str, ns: str) -> str:

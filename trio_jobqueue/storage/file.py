@@ -1475,6 +1475,38 @@ class FileStorage(Storage):
         value, _ = await self._run(ns, fst.purge)
         return value
 
+    async def list_namespaces(self) -> list[str]:
+        try:
+            names = await trio.to_thread.run_sync(self._read_names)
+        except OSError as exc:
+            raise StorageError(f"cannot list the queues of {self.path!r}: {exc}") from exc
+        return sorted(names, key=lambda ns: ns.encode("utf-8"))
+
+    def _read_names(self) -> set[str]:
+        """The names in the ``name`` files of the namespace directories (no lock: the file
+        is written once, atomically, by a namespace's first transaction). A directory
+        whose name file is missing, undecodable or not its own (a foreign or corrupt
+        directory) is skipped."""
+        base = os.path.join(self.path, fio.NAMESPACES)
+        try:
+            entries = os.listdir(base)
+        except FileNotFoundError:
+            return set()
+        names: set[str] = set()
+        for entry in entries:
+            try:
+                with open(os.path.join(base, entry, fio.NAME), "rb") as file:
+                    data = file.read(64 * 1024)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            try:
+                name = data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if fio.safe_name(name) == entry:
+                names.add(name)
+        return names
+
 
 def _noop(tx: fst.Tx) -> None:
     return None

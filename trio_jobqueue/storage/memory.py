@@ -303,3 +303,15 @@ class MemoryStorage(Storage):
     async def purge_expired(self, ns: str) -> int:
         await trio.lowlevel.checkpoint()
         return self._run(ns, st.purge)
+
+    async def list_namespaces(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        # Reads create an empty state; only those that ever held something count.
+        names = [ns for ns, state in self._spaces.items() if _holds_data(state)]
+        return sorted(names, key=lambda ns: ns.encode("utf-8"))
+
+
+def _holds_data(state: st.NsState) -> bool:
+    return bool(
+        state.jobs or state.workers or state.locks or state.cursors or state.paused
+    )

@@ -58,7 +58,7 @@ from ._redis_trio import SentinelResolver, TrioRedisAdapter
 
 if TYPE_CHECKING:
     from ._redis_adapter import RedisAdapter
-from ._redis_keys import NamespaceKeys
+from ._redis_keys import NamespaceKeys, namespace_of, namespaces_pattern
 from ._redis_wake import Wakers
 
 __all__ = ["RedisStorage"]
@@ -1359,6 +1359,11 @@ class RedisStorage(Storage):
             total += count
             if count < _PURGE_BATCH:
                 return total
+
+    async def list_namespaces(self) -> list[str]:
+        keys = await self.adapter.scan_keys(namespaces_pattern(self.key_prefix))
+        names = {namespace_of(self.key_prefix, key) for key in keys}
+        return sorted((n for n in names if n is not None), key=lambda ns: ns.encode("utf-8"))
 
     # -- testing / operations ---------------------------------------------------------
 

@@ -37,7 +37,7 @@ from .._errors import (
 from .._queue import open_queue
 from .._serde import BytesSerializer
 from .._types import CancelStatus, EnqueueStatus, EventKind, Job, JobEvent, JobState
-from ..storage import Storage
+from ..storage import Storage, WorkerRecord
 
 __all__ = ["API_CHECKS", "StorageFactory"]
 
@@ -968,6 +968,36 @@ async def check_trace_context_round_trips(make_storage: StorageFactory) -> None:
         assert {tracing.seen[job_id] for job_id in ("one", "pair", "spec")} == {tracing.carrier}
         assert tracing.seen["plain"] is None
 
+def _utf8(name: str) -> bytes:
+    return name.encode("utf-8")
+
+
+async def check_list_namespaces(make_storage: StorageFactory) -> None:
+    """``list_namespaces`` names every queue holding a job, the paused flag or a worker
+    registration (odd characters intact), sorted by UTF-8 bytes, from any storage object
+    on the store; a name never used is not listed."""
+    base = _name()
+    names = [
+        f"{base}-jobs",
+        f"{base}-odd:{{x}}/../ü %2F*?[j]",
+        f"{base}-paused",
+        f"{base}-worker",
+    ]
+    async with make_storage() as storage:
+        async with open_queue(storage, name=names[0]) as queue:
+            await queue.enqueue("a", 1)
+        async with open_queue(storage, name=names[1]) as queue:
+            await queue.enqueue("b", 2)
+        async with open_queue(storage, name=names[2]) as queue:
+            await queue.pause()
+        await storage.register_worker(names[3], WorkerRecord("w-1", host="h"), ttl=60)
+        listed = await storage.list_namespaces()
+        assert listed == sorted(set(listed), key=_utf8), listed
+        assert [n for n in listed if n.startswith(base)] == sorted(names, key=_utf8), listed
+        assert f"{base}-never" not in listed
+    async with make_storage() as other:
+        assert set(names) <= set(await other.list_namespaces())
+
 
 API_CHECKS: list[Check] = [
     check_enqueue_dedup,
@@ -1004,5 +1034,6 @@ API_CHECKS: list[Check] = [
     check_force_cancel_running_job,
     check_progress,
     check_trace_context_round_trips,
+    check_list_namespaces,
 ]
 """Every API-level check, in a stable order."""
