@@ -149,23 +149,9 @@ def bare_trio_loop(tasks: int = 20000) -> float:
     each task a checkpoint and the token's release (the same interpreter as the
     project's systems)."""
     import trio
+    from memory_throughput import bare_trio  # the same loop as the Memory benchmark's
 
-    async def run() -> float:
-        limiter = trio.CapacityLimiter(100)
-
-        async def task(token: object) -> None:
-            await trio.lowlevel.checkpoint()
-            limiter.release_on_behalf_of(token)
-
-        began = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(tasks):
-                token = object()
-                await limiter.acquire_on_behalf_of(token)
-                nursery.start_soon(task, token)
-        return tasks / (time.perf_counter() - began)
-
-    return trio.run(run)
+    return trio.run(bare_trio, tasks, 100)
 
 
 def machine_line(rounds: list[dict[str, dict[str, float]]]) -> str:

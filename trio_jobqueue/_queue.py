@@ -97,6 +97,10 @@ class QueueStatistics:
 async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
     if queue.tracing is not None:
         return await _traced_enqueue(queue, queue.tracing, job)
+    return await _store(queue, job)
+
+
+async def _store(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
     return await queue.storage.enqueue(
         queue.name,
         job.job_id,
@@ -115,16 +119,7 @@ async def _traced_enqueue(
     with tracing.enqueue_span(queue.name, (job.job_id,), "enqueue") as carrier:
         if carrier is not None:
             job = attrs.evolve(job, payload=frame_trace(carrier, job.payload))
-        return await queue.storage.enqueue(
-            queue.name,
-            job.job_id,
-            job.payload,
-            max_attempts=job.max_attempts,
-            result_ttl=job.result_ttl,
-            priority=job.priority,
-            run_at=job.run_at,
-            delay=job.delay,
-        )
+        return await _store(queue, job)
 
 
 def _framed(prepared: list[_Prepared], carrier: bytes) -> list[_Prepared]:
