@@ -946,23 +946,27 @@ class Worker:
                 )
                 self._count(status, "retried", running, duration)
                 return
-        ctx = ExecutionContext(
-            job_id=job_id,
-            payload=None,
-            attempt=claim.attempt,
-            max_attempts=claim.max_attempts,
-            created_at=claim.created_at,
-            status="completed" if ok else "failed",
-            result=value if ok else None,
-            error=error,
-            ttl=claim.result_ttl,
-            worker_id=self.worker_id,
-            started_at=started_wall,
-            finished_at=started_wall + duration,
-            duration=duration,
-        )
-        if self.after_execution is not None:
+        ttl, final = claim.result_ttl, error
+        if self.after_execution is not None:  # the context is built for the hook only
+            ctx = ExecutionContext(
+                job_id=job_id,
+                payload=None,
+                attempt=claim.attempt,
+                max_attempts=claim.max_attempts,
+                created_at=claim.created_at,
+                status="completed" if ok else "failed",
+                result=value if ok else None,
+                error=error,
+                ttl=ttl,
+                worker_id=self.worker_id,
+                started_at=started_wall,
+                finished_at=started_wall + duration,
+                duration=duration,
+            )
             ctx, encoded = await self._after_execution(ctx, claim, encoded)
+            ttl = ctx.ttl
+            if isinstance(ctx.error, JobError):
+                final = ctx.error
         if ok:
             assert encoded is not None
             data = encoded
@@ -971,15 +975,14 @@ class Worker:
                 "complete",
                 (
                     lambda: self._completer.complete(
-                        Completion(job_id, token, data, ctx.ttl), alone=len(self._running) == 1
+                        Completion(job_id, token, data, ttl), alone=len(self._running) == 1
                     )
                 )
                 if self._batch_completions
-                else lambda: self.storage.complete(ns, job_id, token, data, ttl=ctx.ttl),
+                else lambda: self.storage.complete(ns, job_id, token, data, ttl=ttl),
             )
             self._count(status, "completed", running, duration)
             return
-        final = ctx.error if isinstance(ctx.error, JobError) else error
         assert final is not None
         log.error(
             "job %r failed after attempt %d/%d: %s: %s\n%s",
@@ -988,7 +991,7 @@ class Worker:
         )  # fmt: skip
         err = encode_error(final)
         status = await self._storage_call(
-            running, "fail", lambda: self.storage.fail(ns, job_id, token, err, ttl=ctx.ttl)
+            running, "fail", lambda: self.storage.fail(ns, job_id, token, err, ttl=ttl)
         )
         self._count(status, "failed", running, duration)
 
