@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from memory_throughput import enqueue_then_drain  # the same drain as the Memory benchmark
 
 import trio_jobqueue as jq
 
@@ -70,29 +71,10 @@ def options(variant: str) -> dict[str, Any]:
 
 async def measure(variant: str, n: int, concurrency: int) -> tuple[float, float]:
     """(µs per enqueue, µs per drained job)."""
-    extra = options(variant)
-    storage = jq.MemoryStorage()
-    async with jq.open_queue(storage, name="bench", **extra) as producer:
-        start = time.process_time()
-        for i in range(n):
-            await producer.enqueue(f"job-{i}", {"i": i})
-        enqueue = (time.process_time() - start) / n * 1e6
-    done = trio.Event()
-    remaining = n
-
-    async def counting(job: jq.Job[Any]) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0:
-            done.set()
-
-    start = time.process_time()
-    async with jq.open_queue(
-        storage, counting, name="bench", concurrency=concurrency, reaper=False, **extra
-    ):
-        await done.wait()
-        drain = (time.process_time() - start) / n * 1e6
-    return enqueue, drain
+    enqueue_rate, drain_rate = await enqueue_then_drain(
+        n, concurrency, clock=time.process_time, **options(variant)
+    )
+    return 1e6 / enqueue_rate, 1e6 / drain_rate
 
 
 def hooks_alone(calls: int = 200_000) -> float:

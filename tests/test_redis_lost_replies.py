@@ -133,6 +133,33 @@ async def test_resent_non_idempotent_calls_report_what_the_first_call_did(
         assert await _resend(storage, "purge", keys.standard(), [1000]) == (1, 1)
 
 
+async def test_resent_complete_many_reports_ok_for_what_the_first_call_stored(
+    redis_storage_factory: Callable[[], RedisStorage],
+) -> None:
+    """A batch of completions resent after a lost reply answers "ok" for the jobs the
+    first call completed (not "stale": no worker logs a fenced outcome for its own
+    completion) and still "stale" for a token that never owned its job."""
+    async with redis_storage_factory() as storage:
+        keys = storage.keys(NS)
+        for job_id in ("m1", "m2", "m3"):
+            await storage.enqueue(NS, job_id, b"p", max_attempts=3, result_ttl=60)
+        claims = {c.job_id: c for c in await storage.claim(NS, "w", limit=3, lease=30)}
+        args: list[Any] = [repr(storage._clock_offset)]
+        for job_id, token in (("m1", claims["m1"].token), ("m2", claims["m2"].token)):
+            args += [job_id, token, b"done", "60.0"]
+        args += ["m3", "not-its-token", b"done", "60.0"]
+        run = storage.adapter.run_script
+        first = await run("complete_many", keys.settle(), [*args, "0"], retry=False)
+        again = await run("complete_many", keys.settle(), [*args, "1"], retry=False)
+        assert first == again == [b"ok", b"ok", b"stale"]
+        states = [(await storage.get_status(NS, j)) for j in ("m1", "m2", "m3")]
+        assert [s.state if s else None for s in states] == [
+            jq.JobState.COMPLETED,
+            jq.JobState.COMPLETED,
+            jq.JobState.PROCESSING,
+        ]
+
+
 async def test_cut_replies_during_a_drain_cost_no_attempt(
     redis_server: RedisServer,
 ) -> None:

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -382,3 +383,42 @@ async def test_metrics_route_exposes_every_queues_depth_paused_flag_and_workers(
         assert samples[("trio_jobqueue_queue_jobs", (("queue", "mail"), ("state", "queued")))] == 1
         assert samples[("trio_jobqueue_queue_paused", (("queue", "mail"),))] == 1
         assert samples[("trio_jobqueue_queue_workers", (("queue", "mail"),))] == 0
+
+
+@pytest.mark.redis
+async def test_a_silent_storage_is_a_503_page_and_the_dashboard_recovers(
+    redis_server: Any,
+) -> None:
+    """With the Redis connection gone silent (a proxy relays nothing, no FIN, no RST), a
+    page answers 503 naming the storage failure within the storage's timeouts instead of
+    hanging; once the network is back the same dashboard serves pages again."""
+    from _tcp_proxy import TcpProxy
+
+    from trio_jobqueue.storage.redis import RedisStorage
+
+    async with trio.open_nursery() as nursery:
+        proxy = TcpProxy(redis_server.port)
+        await nursery.start(proxy.serve)
+        storage = RedisStorage(
+            proxy.url,
+            key_prefix=f"web-{time.monotonic_ns()}",
+            command_timeout=0.5,
+            retry_timeout=1.0,
+        )
+        async with storage, jq.open_queue(storage, name="mail") as queue:
+            await queue.enqueue("q-1", {"n": 1})
+            app = create_app(storage, queues=["mail"])
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
+                page = {"name": "mail", "state": "queued"}
+                assert (await client.get("/queue", params=page)).status_code == 200
+                proxy.freeze()
+                with trio.fail_after(30):
+                    failed = await client.get("/queue", params=page)
+                assert failed.status_code == 503
+                assert "the storage failed" in failed.text
+                proxy.thaw(stale="drop")
+                with trio.fail_after(30):
+                    back = await client.get("/queue", params=page)
+                assert back.status_code == 200 and "q-1" in back.text
+        nursery.cancel_scope.cancel()
