@@ -44,9 +44,9 @@ async def _server_cpu(storage: RedisStorage) -> float:
 
 
 async def _longest_script_ms(storage: RedisStorage) -> float:
-    """The longest EVALSHA in the slow log (every call of 1 ms or more is logged)."""
+    """The longest script call (FCALL) in the slow log (every call of 1 ms or more is logged)."""
     entries = await storage.server_command("SLOWLOG", "GET", "100000")
-    longest = [e[2] for e in entries if e[3] and e[3][0].upper() == b"EVALSHA"]
+    longest = [e[2] for e in entries if e[3] and e[3][0].upper() == b"FCALL"]
     return max(longest, default=0) / 1000
 
 

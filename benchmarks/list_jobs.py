@@ -60,7 +60,7 @@ async def script_usec(queue: jq.Queue) -> tuple[float, int] | None:  # type: ign
         return None
     raw = (await storage.server_command("INFO", "commandstats")).decode()
     for line in raw.splitlines():
-        if line.startswith("cmdstat_evalsha:"):
+        if line.startswith("cmdstat_fcall:"):
             fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
             return float(fields["usec"]), int(fields["calls"])
     return 0.0, 0

@@ -10,7 +10,7 @@ Prints:
   inside them): script calls, blocking pops, (un)subscriptions, and the status reads
   (a fourth script call; none means the outcome came with the notification);
 * per drained job (no-op jobs, concurrency 10 and 100): script calls, and Redis's time in
-  scripts (``usec`` of ``EVALSHA``);
+  scripts (``usec`` of ``FCALL``);
 * a sequential ``enqueue``: wall and CPU time per call through ``Queue.enqueue``, against
   the same script sent from a raw blocking socket and a bare ``PING`` in the same run:
   what the client adds to a round trip, and what Redis's script time is.
@@ -32,7 +32,7 @@ import trio
 from compare import redis_command, redis_server
 
 import trio_jobqueue as jq
-from trio_jobqueue.storage._redis_common import script
+from trio_jobqueue.storage._redis_common import library, script
 from trio_jobqueue.storage.redis import RedisStorage
 
 
@@ -69,13 +69,13 @@ async def per_request(url: str, port: int, requests: int) -> None:
         for i in range(requests):
             await q.enqueue_and_wait(f"r-{i}", 1, timeout=10)
         got = stats(port)
-    evalsha = got.get("evalsha", (0, 0))[0]
+    fcall = got.get("fcall", (0, 0))[0]
     print(f"per enqueue_and_wait ({requests} sequential calls, worker in this process):")
-    for name in ("evalsha", "blpop", "ssubscribe", "sunsubscribe", "rpush", "ping"):
+    for name in ("fcall", "blpop", "ssubscribe", "sunsubscribe", "rpush", "ping"):
         calls = got.get(name, (0, 0))[0]
         print(f"  {name:13} {calls / requests:6.2f}")
     print(
-        f"  (script calls {evalsha / requests:.2f}: enqueue, claim, complete_many; a status"
+        f"  (script calls {fcall / requests:.2f}: enqueue, claim, complete_many; a status"
         " read would be a fourth)"
     )
 
@@ -99,7 +99,7 @@ async def per_job(url: str, port: int, jobs: int, concurrency: int) -> None:
         async with jq.open_queue(storage, handler, name="d", concurrency=concurrency):
             await done.wait()
             elapsed = time.perf_counter() - started
-        calls, usec = stats(port).get("evalsha", (0, 0))
+        calls, usec = stats(port).get("fcall", (0, 0))
     print(
         f"drain c{concurrency}: {calls / jobs:.3f} script calls per job, Redis script time "
         f"{usec / jobs:.0f} us per job ({jobs / elapsed:,.0f} jobs/s in-process, load-bound)"
@@ -142,15 +142,15 @@ def raw_calls(port: int, calls: int) -> tuple[float, float]:
                 reply = reader.gets()
             return reply
 
-        call(hiredis.pack_command(("SCRIPT", "LOAD", spec.source)))
+        call(hiredis.pack_command(("FUNCTION", "LOAD", "REPLACE", library().source)))
         times = []
         for packed in (
             [hiredis.pack_command(("PING",))] * calls,
             [
                 hiredis.pack_command(
                     (
-                        "EVALSHA",
-                        spec.sha,
+                        "FCALL",
+                        spec.function,
                         13,
                         *keys,
                         "0.0",
@@ -188,7 +188,7 @@ def main() -> int:
             trio.run(per_job, url, port, args.jobs, concurrency)
         reset(port)
         ping, raw = raw_calls(port, args.calls)
-        raw_usec = stats(port)["evalsha"][1] / args.calls
+        raw_usec = stats(port)["fcall"][1] / args.calls
         wall, cpu = trio.run(sequential_enqueue, url, args.calls)
         print(
             f"sequential enqueue: {wall * 1e6:.0f} us per call ({cpu * 1e6:.0f} us CPU) through "

@@ -89,14 +89,14 @@ async def script_times(storage: Any) -> dict[str, list[int]]:
 
     names = {}
     for name in ("enqueue", "claim", "release", "cancel", "status", "stats", "reap"):
-        names[script(name).sha.encode()] = name
+        names[script(name).function.encode()] = name
     entries = await storage.server_command("SLOWLOG", "GET", str(SLOWLOG_MAX))
     if len(entries) >= SLOWLOG_MAX:
         print("warning: SLOWLOG overflowed; the figures below miss the oldest calls")
     out: dict[str, list[int]] = {}
     for entry in entries:
         args = entry[3]
-        if len(args) > 1 and args[0].upper() == b"EVALSHA" and args[1] in names:
+        if len(args) > 1 and args[0].upper() == b"FCALL" and args[1] in names:
             out.setdefault(names[args[1]], []).append(int(entry[2]))
     await storage.server_command("CONFIG", "SET", "slowlog-log-slower-than", "10000")
     return out
@@ -193,7 +193,7 @@ async def measure_reap(storage: Any, jobs: int) -> dict[str, float]:
     start = time.perf_counter()
     result = await storage.reap(NS)
     elapsed = time.perf_counter() - start
-    field = (await info(storage, "commandstats"))["cmdstat_evalsha"]
+    field = (await info(storage, "commandstats"))["cmdstat_fcall"]
     calls = int(field.split("calls=", 1)[1].split(",", 1)[0])
     longest = max((await script_times(storage)).get("reap", [0]))
     return {

@@ -11,9 +11,9 @@ does that twice:
 * a **measured** pass: enqueue->start latency (from just before the enqueue call to the
   handler's first line, wall clock, same machine), Redis CPU per job (``INFO cpu``
   user + sys deltas over the pass, divided by the jobs) and the commands Redis ran per
-  job (``INFO commandstats`` deltas: ``evalsha`` counts every script, ``blpop`` the
+  job (``INFO commandstats`` deltas: ``fcall`` counts every script, ``blpop`` the
   wake-up waits);
-* a **counted** pass with a ``MONITOR`` connection that counts the ``EVALSHA`` calls of
+* a **counted** pass with a ``MONITOR`` connection that counts the ``FCALL`` calls of
   the claim script by its SHA-1 (claims per job). ``MONITOR`` slows Redis down, so this
   pass is not timed. ``commandstats`` cannot tell scripts apart: the workers' reapers and
   heartbeats run scripts too.
@@ -107,10 +107,10 @@ async def idle_claimers(storage: Any, ns: str) -> int:
     return blocked
 
 
-async def count_claims(port: int, sha: str, stop: trio.Event, out: list[int]) -> None:
-    """Count ``EVALSHA <sha>`` in a MONITOR stream until ``stop``."""
+async def count_claims(port: int, function: str, stop: trio.Event, out: list[int]) -> None:
+    """Count ``FCALL <function>`` in a MONITOR stream until ``stop``."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    needle = f'"EVALSHA" "{sha}"'.upper().encode()
+    needle = f'"FCALL" "{function}"'.upper().encode()
     async with stream:
         await stream.send_all(b"MONITOR\r\n")
         buffer = b""
@@ -173,13 +173,13 @@ async def bench(k: int, jobs: int, workdir: str) -> dict[str, float]:
             delays = await run_jobs(storage, ns, jobs, "m")
             after = info(await storage.server_command("INFO", "all"))
             cpu = sum(float(after[f]) - float(before[f]) for f in ("used_cpu_user", "used_cpu_sys"))
-            evalsha = calls(after, "evalsha") - calls(before, "evalsha")
+            fcall = calls(after, "fcall") - calls(before, "fcall")
             blpop = calls(after, "blpop") - calls(before, "blpop")
             # The counted pass.
             counted = [0]
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(count_claims, port, script("claim").sha, stop, counted)
+                nursery.start_soon(count_claims, port, script("claim").function, stop, counted)
                 await trio.sleep(0.3)
                 await run_jobs(storage, ns, jobs, "c")
                 stop.set()
@@ -189,7 +189,7 @@ async def bench(k: int, jobs: int, workdir: str) -> dict[str, float]:
     delays.sort()
     return {
         "claims_per_job": counted[0] / jobs,
-        "evalsha_per_job": evalsha / jobs,
+        "fcall_per_job": fcall / jobs,
         "blpop_per_job": blpop / jobs,
         "redis_cpu_us_per_job": cpu / jobs * 1e6,
         "p50_ms": statistics.median(delays) * 1e3,
@@ -207,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
         f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs"
     )
     print(
-        f"{'K':>3}  {'claims/job':>10}  {'evalsha/job':>11}  {'blpop/job':>9}"
+        f"{'K':>3}  {'claims/job':>10}  {'fcall/job':>11}  {'blpop/job':>9}"
         f"  {'Redis CPU/job':>13}  {'start p50':>9}  {'p99':>8}  {'max':>8}"
     )
     for k in args.workers:
@@ -217,7 +217,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         print(
-            f"{k:>3}  {r['claims_per_job']:>10.2f}  {r['evalsha_per_job']:>11.2f}"
+            f"{k:>3}  {r['claims_per_job']:>10.2f}  {r['fcall_per_job']:>11.2f}"
             f"  {r['blpop_per_job']:>9.2f}  {r['redis_cpu_us_per_job']:>10.0f} us"
             f"  {r['p50_ms']:>6.2f} ms  {r['p99_ms']:>5.2f} ms  {r['max_ms']:>5.2f} ms"
         )

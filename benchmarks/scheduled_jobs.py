@@ -279,7 +279,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
     # Script calls per job besides the enqueues: claims, completions (several jobs per
     # complete_many call when they finish together), heartbeats, the reaper; BLPOP: the
     # claimer's waits for a wake-up.
-    out["other_scripts"] = (commands.get("evalsha", 0) - jobs) / jobs
+    out["other_scripts"] = (commands.get("fcall", 0) - jobs) / jobs
     out["blpop"] = commands.get("blpop", 0) / jobs
     return out
 

@@ -21,7 +21,7 @@ import trio_jobqueue as jq
 from trio_jobqueue._types import EnqueueStatus, JobState
 from trio_jobqueue.storage import EnqueueOutcome, EnqueueSpec
 from trio_jobqueue.storage._base import ENQUEUE_MANY_MAX
-from trio_jobqueue.storage._redis_common import script
+from trio_jobqueue.storage._redis_common import library, script
 from trio_jobqueue.storage.redis import RedisStorage, _chunk_args
 
 pytestmark = pytest.mark.redis
@@ -237,20 +237,20 @@ async def test_lost_replies_in_a_pipelined_call_accept_each_job_once(
         ids[n] = f"j-{n // 3}"  # a repeat of an earlier id, often in an earlier chunk
     first = {job_id: n for n, job_id in reversed(list(enumerate(ids)))}
     expected = ["queued" if first[job_id] == n else "duplicate" for n, job_id in enumerate(ids)]
-    sha = script("enqueue_many").sha.encode()
+    marker = script("enqueue_many").marker
     async with trio.open_nursery() as nursery:
         proxy = TcpProxy(redis_server.port)
         await nursery.start(proxy.serve)
         storage = RedisStorage(proxy.url, key_prefix=f"bulk-lost-{secrets.token_hex(4)}")
         async with storage:
-            await storage.server_command("SCRIPT", "LOAD", script("enqueue_many").source)
+            await storage.server_command("FUNCTION", "LOAD", "REPLACE", library().source)
             for ns in ("a", "b", "c"):
                 lost = 0
 
                 async def lose_replies() -> None:
                     nonlocal lost
                     for _ in range(4):
-                        await proxy.lose_reply_to(sha)
+                        await proxy.lose_reply_to(marker)
                         lost += 1
 
                 async with jq.open_queue(storage, name=ns) as q, trio.open_nursery() as faults:

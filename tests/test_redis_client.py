@@ -346,3 +346,28 @@ async def test_server_error_replies_keep_the_servers_text(client: str) -> None:
             assert oom.value.__cause__.code == "OOM"
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize("client", ["trio", "asyncio"])
+async def test_scripts_load_again_after_function_flush_also_in_a_batch(
+    redis_server: RedisServer, client: str
+) -> None:
+    """After ``FUNCTION FLUSH`` (what a restart without persistence leaves) both clients
+    load the scripts again and resend the calls that were refused, a lone call as well as
+    a batch of concurrent ones; every job is stored exactly once."""
+    async with RedisStorage(
+        redis_server.url, key_prefix=f"flush-{client}", client=client  # type: ignore[arg-type]
+    ) as storage:
+        await storage.enqueue("q", "lone-0", b"x", max_attempts=1, result_ttl=60)
+        await storage.server_command("FUNCTION", "FLUSH")
+        await storage.enqueue("q", "lone-1", b"x", max_attempts=1, result_ttl=60)
+        await storage.server_command("FUNCTION", "FLUSH")
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(
+                    lambda n=n: storage.enqueue(
+                        "q", f"many-{n}", b"x", max_attempts=1, result_ttl=60
+                    )
+                )
+        stats = await storage.stats("q")
+    assert stats.queued == 22

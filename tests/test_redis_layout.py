@@ -126,7 +126,7 @@ async def test_bounded_reap_batches_recover_every_expired_lease(storage: RedisSt
     stats = await storage.stats(NS)
     assert (stats.processing, stats.queued) == (0, count)
     if storage.client == "trio":
-        assert _calls(after, "evalsha") - _calls(before, "evalsha") >= math.ceil(count / REAP_BATCH)
+        assert _calls(after, "fcall") - _calls(before, "fcall") >= math.ceil(count / REAP_BATCH)
     # Requeued at the tail in (deadline, id) order: claims took them in batches of 100
     # with one lease deadline per batch.
     again = [c.job_id for c in await _claim_all(storage)]
@@ -200,21 +200,31 @@ async def test_memory_per_queued_job() -> None:
         server.cleanup()
 
 
-async def test_every_script_compiles_as_loaded(storage: RedisStorage) -> None:
-    """Each script, as the loader builds it (only the prelude definitions it uses, its
-    numeric constants inlined), compiles on the server and keeps its flags line first."""
+async def test_every_script_is_a_function_of_the_loaded_library(storage: RedisStorage) -> None:
+    """The library the loader builds (helpers once, each script's body a function, numeric
+    constants inlined) loads on the server and registers one function per script file,
+    each with the flags of its ``#!lua`` line."""
     from importlib.resources import files
 
-    from trio_jobqueue.storage._redis_common import script
+    from trio_jobqueue.storage._redis_common import library, script
 
-    names = [
-        p.name[:-4]
+    scripts = {
+        p.name[:-4]: p.read_bytes().split(b"\n", 1)[0]
         for p in files("trio_jobqueue").joinpath("lua").iterdir()
         if p.name.endswith(".lua") and p.name != "_lib.lua"
-    ]
-    assert len(names) >= 17
-    for name in names:
-        spec = script(name)
-        assert spec.source.startswith(b"#!lua")
-        sha = await storage.server_command("SCRIPT", "LOAD", spec.source)
-        assert (sha.decode() if isinstance(sha, bytes) else sha) == spec.sha
+    }
+    assert len(scripts) >= 17
+    await storage.server_command("FUNCTION", "FLUSH")
+    assert await storage.server_command("FUNCTION", "LOAD", library().source) == (
+        library().name.encode()
+    )
+    (listed,) = await storage.server_command("FUNCTION", "LIST", "LIBRARYNAME", library().name)
+    fields = dict(zip(listed[::2], listed[1::2], strict=True))
+    registered = {}
+    for entry in fields[b"functions"]:
+        function = dict(zip(entry[::2], entry[1::2], strict=True))
+        registered[function[b"name"].decode()] = sorted(f.decode() for f in function[b"flags"])
+    for name, shebang in scripts.items():
+        flags = shebang.partition(b"flags=")[2].decode()
+        assert registered.pop(script(name).function) == sorted(filter(None, flags.split(",")))
+    assert registered == {}

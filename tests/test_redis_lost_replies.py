@@ -215,7 +215,7 @@ async def test_lost_claim_replies_during_a_drain_cost_no_attempt(
         await trio.sleep(0.002)
         return job.attempt
 
-    claim_sha = script("claim").sha.encode()
+    claim_marker = script("claim").marker
     async with trio.open_nursery() as nursery:
         proxy = TcpProxy(redis_server.port)
         await nursery.start(proxy.serve)
@@ -226,7 +226,7 @@ async def test_lost_claim_replies_during_a_drain_cost_no_attempt(
 
             async def lose_claim_replies() -> None:
                 for _ in range(20):
-                    await proxy.lose_reply_to(claim_sha)
+                    await proxy.lose_reply_to(claim_marker)
                     # Let the worker get somewhere, so that the next loss hits another
                     # claim rather than the resend of this one.
                     progress[0] = trio.Event()

@@ -53,8 +53,9 @@ async def _wait_for_blocked(storage: RedisStorage, count: int) -> None:
 
 
 async def _scripts_run(storage: RedisStorage) -> int:
-    """EVALSHA calls so far (``storage`` must use the trio client: raw INFO text)."""
-    return _calls(await storage.server_command("INFO", "commandstats"), "evalsha")
+    """Script (``FCALL``) calls so far (``storage`` must use the trio client: raw INFO
+    text)."""
+    return _calls(await storage.server_command("INFO", "commandstats"), "fcall")
 
 
 async def test_one_enqueue_runs_one_claim_with_several_idle_claimers(
@@ -78,7 +79,7 @@ async def test_one_enqueue_runs_one_claim_with_several_idle_claimers(
             for n, storage in enumerate(claimers):
                 nursery.start_soon(claim, n, storage)
             await _wait_for_blocked(producer, 5)
-            # Load the enqueue script (a first EVALSHA answered NOSCRIPT counts too).
+            # Load the scripts (a first FCALL answered "function not found" counts too).
             await producer.enqueue("warm-up", "x", b"x", max_attempts=1, result_ttl=60)
             before = await _scripts_run(producer)
             await producer.enqueue(NS, "one", b"x", max_attempts=1, result_ttl=60)

@@ -130,15 +130,16 @@ async def test_every_key_of_a_queue_shares_one_hash_tag(storage: RedisStorage) -
     assert NamespaceKeys.of("a:b", "c") != NamespaceKeys.of("a", "b:c")
 
 
-async def test_noscript_after_script_flush(storage: RedisStorage) -> None:
-    """Scripts are reloaded transparently after ``SCRIPT FLUSH`` (SPEC §9)."""
+async def test_scripts_reload_after_function_flush(storage: RedisStorage) -> None:
+    """The scripts are reloaded transparently after ``FUNCTION FLUSH`` (what a restart
+    without persistence leaves), the SPEC §9 ``NOSCRIPT`` case."""
     await enqueue(storage, "one")
-    await storage.server_command("SCRIPT", "FLUSH")
+    await storage.server_command("FUNCTION", "FLUSH")
     assert await enqueue(storage, "two") is EnqueueStatus.QUEUED
-    await storage.server_command("SCRIPT", "FLUSH")
+    await storage.server_command("FUNCTION", "FLUSH")
     claims = await storage.claim(NS, "w", limit=5, lease=30)
     assert [c.job_id for c in claims] == ["one", "two"]
-    await storage.server_command("SCRIPT", "FLUSH")
+    await storage.server_command("FUNCTION", "FLUSH")
     assert (await storage.stats(NS)).processing == 2
 
 

@@ -1,8 +1,11 @@
--- _lib.lua: shared prelude, prepended by RedisStorage to every other script in this
--- directory before SCRIPT LOAD (Redis has no `require`). Not a transition of its own.
+-- _lib.lua: shared prelude of every other script in this directory. RedisStorage loads
+-- them all as one Redis function library (FUNCTION LOAD): this file once, then each
+-- script's body wrapped in a function of its own, registered as a Redis function (see
+-- _library in storage/_redis_common.py). The library's top level runs once, when it is
+-- loaded; a call runs only `begin` and the script's body. Not a transition of its own.
 --
 -- Conventions of every script that includes it:
---   line 1   "#!lua" with the script's flags (moved before this prelude when loading):
+--   line 1   "#!lua" with the script's flags (the flags of its Redis function):
 --            scripts that may grow memory (enqueue, claim, reap) have none, so Redis
 --            refuses them as a whole above maxmemory (and on a read-only replica or
 --            under MISCONF) before anything is written; settlements, heartbeats,
@@ -39,15 +42,8 @@
 -- server time purely as garbage collection; visibility is decided by comparing the
 -- stored expiry with NOW, so an expired record is invisible at once.
 
-local OFFSET, SHARDED = tonumber(ARGV[1]), true
-if not OFFSET then
-  OFFSET, SHARDED = tonumber(string.sub(ARGV[1], 1, string.find(ARGV[1], ',', 1, true) - 1)), false
-end
-local NOW
-do
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000 + OFFSET
-end
+-- The state of one call: set by `begin` (at the end of this file) before every call.
+local KEYS, ARGV, OFFSET, SHARDED, NOW
 local GC_MARGIN = 60
 
 local function fmt(x)
@@ -217,9 +213,7 @@ end
 -- waiting): a blocked claimer's BLPOP takes it, so one enqueue wakes one idle process.
 local INLINE_RESULT_MAX = 32768  -- equal to trio_jobqueue.storage._core.INLINE_RESULT_MAX
 local WAKE_CAP = 64
-local EVENTS = {}
-local DONE = {}
-local pending_wakes = 0
+local EVENTS, DONE, pending_wakes  -- emptied by `begin` for every call
 local DONE_KINDS = {completed = true, failed = true, cancelled = true}
 
 local function publish(channel, message)
@@ -592,4 +586,16 @@ local function settle_begin(id, token, resent)
     return nil, nil, 'ok'
   end
   return nil, nil, 'stale'
+end
+
+-- The start of every call: its KEYS and ARGV, the storage clock, no event or wake-up yet.
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  OFFSET, SHARDED = tonumber(args[1]), true
+  if not OFFSET then
+    OFFSET, SHARDED = tonumber(string.sub(args[1], 1, string.find(args[1], ',', 1, true) - 1)), false
+  end
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000 + OFFSET
+  EVENTS, DONE, pending_wakes = {}, {}, 0
 end

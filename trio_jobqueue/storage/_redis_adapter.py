@@ -24,8 +24,8 @@ Design decisions:
   reconnects when the answer does not come within ``command_timeout``.
 * Our own URL query parameters are stripped: redis-py gets the URL without its query
   and the connection options as keyword arguments (:mod:`._redis_url`).
-* Scripts are sent with ``EVALSHA``; ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``)
-  loads the script and sends it again, transparently.
+* Scripts are Redis functions called with ``FCALL``; a "function not found" reply (a
+  restart, ``FUNCTION FLUSH``) loads the library and sends the call again, transparently.
 * One pub/sub connection per adapter, read by one task. Channels are reference-counted;
   a subscription is confirmed by the server before :meth:`~RedisAdapter.subscription`
   yields, so nothing published afterwards is missed. After a reconnect every channel is
@@ -62,6 +62,8 @@ from ._redis_common import (
     _Script,
     _translate,
     describe_os_error,
+    fcall,
+    library,
     root_os_error,
     script,
     subscription_commands,
@@ -100,6 +102,11 @@ class _SSLConnection(_FastPack, aioredis.SSLConnection):
 
 class _UnixConnection(_FastPack, aioredis.UnixDomainSocketConnection):
     pass
+
+
+def _missing_function(reply: object) -> bool:
+    """Whether redis-py's error says the function is not loaded (see ``FUNCTION LOAD``)."""
+    return isinstance(reply, rexc.ResponseError) and "Function not found" in str(reply)
 
 
 def _connection_class(url: str) -> type[Any] | None:
@@ -403,7 +410,7 @@ class RedisAdapter(AdapterCommon):
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         return await self._once(lambda client: client.execute_command(*args))
 
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         """One script call, sent through the auto-pipeline."""
         if self._loop is None or self._closing:
             raise StorageError("the Redis storage is not open")
@@ -454,40 +461,45 @@ class RedisAdapter(AdapterCommon):
                     call.done.set()
 
     async def _run_one(self, call: _Call) -> list[Any]:
-        """A lone call: a plain EVALSHA (a redis-py pipeline costs more than it saves)."""
+        """A lone call: a plain FCALL (a redis-py pipeline costs more than it saves)."""
         client = self._client
-        spec = call.script
+        command = fcall(call.script, call.keys, call.args)
         try:
-            result = await client.execute_command(
-                "EVALSHA", spec.sha, len(call.keys), *call.keys, *call.args
-            )
-        except rexc.NoScriptError:
-            await client.script_load(spec.source)
-            result = await client.execute_command(
-                "EVALSHA", spec.sha, len(call.keys), *call.keys, *call.args
-            )
+            result = await client.execute_command(*command)
         except rexc.ResponseError as exc:
-            return [exc]
+            if not _missing_function(exc):
+                return [exc]
+            await self._load_library()
+            try:
+                result = await client.execute_command(*command)
+            except rexc.ResponseError as again:
+                return [again]
         return [result]
 
     async def _run_batch(self, batch: list[_Call]) -> list[Any]:
         client = self._client
         pipe = client.pipeline(transaction=False)
         for call in batch:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command(*fcall(call.script, call.keys, call.args))
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(results) if isinstance(r, rexc.NoScriptError)]
+        missing = [i for i, r in enumerate(results) if _missing_function(r)]
         if missing:
-            # After a restart or SCRIPT FLUSH: load what is missing and resend just those.
-            for spec in {batch[i].script.name: batch[i].script for i in missing}.values():
-                await client.script_load(spec.source)
+            # After a restart or FUNCTION FLUSH: load the library, resend just those.
+            await self._load_library()
             pipe = client.pipeline(transaction=False)
             for i in missing:
                 call = batch[i]
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command(*fcall(call.script, call.keys, call.args))
             for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = result
         return results
+
+    async def _load_library(self) -> None:
+        try:
+            await self._client.execute_command("FUNCTION", "LOAD", library().source)
+        except rexc.ResponseError as exc:
+            if "already exists" not in str(exc):
+                raise
 
     async def _probe_idle(self) -> None:
         """``PING`` when no request completed for ``health_check_interval`` seconds; no

@@ -49,6 +49,9 @@ from ._redis_common import (
     Subscriptions,
     _scan,
     _translate,
+    fcall,
+    is_loaded_already,
+    library,
     script,
 )
 from ._redis_trio import TrioRedisAdapter, request_once
@@ -453,28 +456,51 @@ class ClusterAdapter(AdapterCommon):
             routing, lambda node: node._command_once(args), lambda a: self._ask_one(a, args)
         )
 
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         if not keys:
             raise StorageError(f"script {name!r} declares no key: it cannot be routed")
-        asking = ("EVAL", script(name).source, len(keys), *keys, *args)
+        call = fcall(script(name), keys, args)
         return await self._routed(
             keys[0],
-            lambda node: node._evalsha(name, keys, args),
-            lambda a: self._ask_one(a, asking),
+            lambda node: node._fcall(name, keys, args),
+            lambda a: self._ask_fcall(a, call),
         )
 
-    async def _evalsha_waited(
+    async def _fcall_waited(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
     ) -> tuple[Any, int]:
         if not keys:
             raise StorageError(f"script {name!r} declares no key: it cannot be routed")
-        asking = ("EVAL", script(name).source, len(keys), *keys, *args)
+        call = fcall(script(name), keys, args)
+
+        async def ask(address: str) -> tuple[Any, int]:
+            reply, acked = await self._ask_fcall(address, call, wait)
+            return reply, int(acked)
+
         result: tuple[Any, int] = await self._routed(
-            keys[0],
-            lambda node: node._evalsha_waited(name, keys, args, wait),
-            lambda a: self._ask_waited(a, asking, wait),
+            keys[0], lambda node: node._fcall_waited(name, keys, args, wait), ask
         )
         return result
+
+    async def _ask_fcall(
+        self, address: str, call: Sequence[ScriptArg], *after: Sequence[ScriptArg]
+    ) -> Any:
+        """``call`` (an ``FCALL``) once on ``address`` after ``ASKING`` (a slot being
+        migrated), the library loaded there first (that node may never have run one);
+        its reply, or a tuple of the replies of ``call`` and of each of ``after``."""
+        loaded, asking, *replies = await request_once(
+            self._url(address),
+            self.options,
+            [("FUNCTION", "LOAD", library().source), ("ASKING",), call, *after],
+            self.command_timeout,
+        )
+        for answer in (loaded, asking, *replies):
+            if isinstance(answer, RedisReplyError) and not (
+                answer is loaded and is_loaded_already(answer)
+            ):
+                error = _translate(answer, f"Redis at {address}")
+                raise error from answer
+        return tuple(replies) if after else replies[0]
 
     async def _command_waited(
         self, args: Sequence[ScriptArg], wait: Sequence[ScriptArg]

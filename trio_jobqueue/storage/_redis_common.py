@@ -4,6 +4,7 @@ errors, channel bookkeeping and the retry loop (shared by :mod:`._redis_adapter`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import importlib.resources
@@ -98,43 +99,6 @@ class BlockingConnection(Protocol):
     async def aclose(self) -> None: ...
 
 
-_IDENTIFIER = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
-_COMMENT = re.compile(rb"--[^\n]*")
-
-
-def _prelude(lib: bytes, body: bytes) -> bytes:
-    """The definitions of ``lib`` that ``body`` uses, directly or through each other,
-    in their order.
-
-    Redis runs a script's whole source on every call, so every definition of the prelude
-    costs every call (closures and tables to allocate, then collect: about 3 us per call
-    for the whole library, as much as a small script's own work). ``lib`` is a sequence
-    of top-level definitions, each starting at a line ``local ...`` (a ``do ... end``
-    block belongs to the ``local`` before it); comments are left out.
-    """
-    blocks: list[tuple[set[bytes], set[bytes], bytes]] = []
-    for chunk in re.split(rb"\n(?=local )", _COMMENT.sub(b"", lib)):
-        text = b"\n".join(line for line in chunk.split(b"\n") if line.strip())
-        if not text.startswith(b"local "):
-            continue
-        head = text.split(b"\n", 1)[0]
-        if head.startswith(b"local function "):
-            names = {head.split()[2].split(b"(")[0]}
-        else:
-            names = set(_IDENTIFIER.findall(head[len(b"local ") :].split(b"=")[0]))
-        blocks.append((names, set(_IDENTIFIER.findall(text)) - names, text))
-    wanted = set(_IDENTIFIER.findall(_COMMENT.sub(b"", body)))
-    used = [False] * len(blocks)
-    grew = True
-    while grew:
-        grew = False
-        for i, (names, refs, _) in enumerate(blocks):
-            if not used[i] and names & wanted:
-                used[i] = grew = True
-                wanted |= refs
-    return b"\n".join(text for (_, _, text), keep in zip(blocks, used, strict=True) if keep)
-
-
 _CONSTANT = re.compile(
     rb"^local ([A-Z][A-Z0-9_]*(?:, [A-Z][A-Z0-9_]*)*) =\s*(\d+(?:, \d+)*)[ \t]*(?:--[^\n]*)?\n",
     re.M,
@@ -144,14 +108,14 @@ _CONSTANT = re.compile(
 def _inline_constants(source: bytes) -> bytes:
     """Replace the numeric constants of ``source`` by their values.
 
-    A top-level ``local NAME = 123`` (or ``local A, B = 1, 2``) with upper-case names
-    is a constant: its declaration is dropped and every use of the name becomes the
-    number. Lua 5.1 has no constants, and a local that functions use is an upvalue of
-    each of them, created on every call: the 14 field positions of a job record alone
-    cost about 1 us per call. The result means the same as ``source``.
+    A ``local NAME = 123`` (or ``local A, B = 1, 2``) at the start of a line, with
+    upper-case names, is a constant: its declaration is dropped and every use of the name
+    becomes the number. Lua 5.1 has no constants; a number costs nothing where a local
+    read by a function is an upvalue. The result means the same as ``source``.
 
     Raises:
-        RuntimeError: such a name is assigned somewhere (it is not a constant).
+        RuntimeError: such a name is assigned somewhere (it is not a constant), or two
+            declarations give it different values.
     """
     values: dict[bytes, bytes] = {}
 
@@ -159,7 +123,9 @@ def _inline_constants(source: bytes) -> bytes:
         names, numbers = match[1].split(b", "), match[2].split(b", ")
         if len(names) != len(numbers):
             return match[0]
-        values.update(zip(names, numbers, strict=True))
+        for name, number in zip(names, numbers, strict=True):
+            if values.setdefault(name, number) != number:
+                raise RuntimeError(f"Lua constant {name.decode()} has two values: rename one")
         return b""
 
     source = _CONSTANT.sub(drop, source)
@@ -173,34 +139,78 @@ def _inline_constants(source: bytes) -> bytes:
     return names.sub(lambda m: values[m[1]], source)
 
 
-def _load_script(name: str) -> bytes:
-    """``lua/<name>.lua`` with the parts of ``lua/_lib.lua`` it uses in front of it
-    (package data of the wheel; see :func:`_prelude`), numeric constants inlined (see
-    :func:`_inline_constants`).
+_COMMENT = re.compile(rb"--[^\n]*")
+_SHEBANG = re.compile(rb"#!lua(?: flags=([a-z-]+(?:,[a-z-]+)*))?\s*")
 
-    Every script opens with a ``#!lua`` line declaring its flags (whether Redis may run
-    it above ``maxmemory``); that line must be the first of the whole source, so it is
-    moved in front of the prelude.
+
+@attrs.frozen
+class _Library:
+    """Every script of ``lua/`` as one Redis function library (``FUNCTION LOAD``).
+
+    ``_lib.lua`` (the helpers) comes first, then each script's body as a Lua function of
+    its own and its registration as the Redis function :attr:`_Script.function`. Redis
+    runs a library's top level once, when it is loaded, so a call costs only ``begin``
+    (its KEYS, ARGV and clock) and the script's own work; an ``EVALSHA`` of a script with
+    the helpers in front of it re-created every helper on every call. The name carries a
+    hash of the sources, so versions of the package side by side each use their own.
     """
-    files = importlib.resources.files("trio_jobqueue").joinpath("lua")
-    lib = files.joinpath("_lib.lua").read_bytes()
-    body = files.joinpath(f"{name}.lua").read_bytes()
-    shebang, newline, rest = body.partition(b"\n")
-    if not shebang.startswith(b"#!lua"):
-        raise RuntimeError(f"lua/{name}.lua must start with a #!lua flags line")
-    return shebang + newline + _inline_constants(_prelude(lib, rest) + b"\n" + rest)
 
-
-@attrs.define(eq=False)
-class _Script:
     name: str
     source: bytes
-    sha: str
+    functions: dict[str, str]
+    """Script name -> Redis function name."""
 
-    @classmethod
-    def load(cls, name: str) -> _Script:
-        source = _load_script(name)
-        return cls(name, source, hashlib.sha1(source).hexdigest())
+
+def _build_library() -> _Library:
+    files = importlib.resources.files("trio_jobqueue").joinpath("lua")
+    lib = _COMMENT.sub(b"", files.joinpath("_lib.lua").read_bytes())
+    bodies: dict[str, tuple[bytes, bytes]] = {}
+    for entry in sorted(files.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".lua") or entry.name == "_lib.lua":
+            continue
+        name = entry.name[: -len(".lua")]
+        shebang, _, body = entry.read_bytes().partition(b"\n")
+        match = _SHEBANG.fullmatch(shebang)
+        if match is None:
+            raise RuntimeError(f"lua/{entry.name} must start with a #!lua flags line")
+        bodies[name] = (match[1] or b"", body)
+    digest = hashlib.sha1(lib)
+    for name, (flags, body) in bodies.items():
+        digest.update(b"\0" + name.encode() + b"\0" + flags + b"\0" + body)
+    tag = digest.hexdigest()[:12]
+    library = f"trio_jobqueue_{tag}"
+    functions = {name: f"tjq_{tag}_{name}" for name in bodies}
+    parts = [f"#!lua name={library}\n".encode(), lib]
+    for name, (_, body) in bodies.items():
+        parts += [f"\nlocal function script_{name}()\n".encode(), body, b"\nend\n"]
+    for name, (flags, _) in bodies.items():
+        listed = ", ".join(f"'{flag}'" for flag in flags.decode().split(",") if flag)
+        parts.append(
+            f"redis.register_function{{function_name = '{functions[name]}', "
+            f"callback = function(keys, args) begin(keys, args) return script_{name}() end, "
+            f"flags = {{{listed}}}}}\n".encode()
+        )
+    return _Library(library, _inline_constants(b"".join(parts)), functions)
+
+
+@functools.cache
+def library() -> _Library:
+    """The package's function library (built once per process)."""
+    return _build_library()
+
+
+@attrs.frozen
+class _Script:
+    name: str
+    function: str
+    """The Redis function that runs ``lua/<name>.lua`` (``FCALL``)."""
+
+    @property
+    def marker(self) -> bytes:
+        """The bytes that name this script's calls on the wire (the function name as a
+        RESP bulk string): what a test proxy looks for."""
+        name = self.function.encode()
+        return b"$%d\r\n%s\r\n" % (len(name), name)
 
 
 _SCRIPTS: dict[str, _Script] = {}
@@ -209,8 +219,28 @@ _SCRIPTS: dict[str, _Script] = {}
 def script(name: str) -> _Script:
     found = _SCRIPTS.get(name)
     if found is None:
-        found = _SCRIPTS[name] = _Script.load(name)
+        function = library().functions.get(name)
+        if function is None:
+            raise KeyError(f"no script lua/{name}.lua")
+        found = _SCRIPTS[name] = _Script(name, function)
     return found
+
+
+def is_missing_function(reply: Exception) -> bool:
+    """Whether ``reply`` says the function is not loaded (a restart without persistence,
+    ``FUNCTION FLUSH``, a new node): load the library and call again."""
+    return isinstance(reply, RedisReplyError) and str(reply).startswith("ERR Function not found")
+
+
+def is_loaded_already(reply: Exception) -> bool:
+    """Whether a ``FUNCTION LOAD`` reply says the library is there already (another client
+    loaded it first): as good as loaded."""
+    return isinstance(reply, RedisReplyError) and "already exists" in str(reply)
+
+
+def fcall(spec: _Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> tuple[ScriptArg, ...]:
+    """The ``FCALL`` command of one script call."""
+    return ("FCALL", spec.function, len(keys), *keys, *args)
 
 
 @attrs.define(eq=False)
@@ -472,9 +502,7 @@ async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> 
             retrying = True
 
 
-async def _scan(
-    command: Callable[..., Awaitable[Any]], match: str, count: int
-) -> list[bytes]:
+async def _scan(command: Callable[..., Awaitable[Any]], match: str, count: int) -> list[bytes]:
     """A full ``SCAN`` iteration of one node through ``command``."""
     found: list[bytes] = []
     cursor = 0
@@ -494,7 +522,7 @@ def _wait_command(replicas: int, timeout: float) -> tuple[ScriptArg, ...]:
 class AdapterCommon:
     """What both Redis clients do the same way on top of their own transport: commands and
     scripts with retries, and reference-counted channel subscriptions with their
-    dispatch. A client provides ``_command_once``, ``_evalsha``, ``open_blocking`` and
+    dispatch. A client provides ``_command_once``, ``_fcall``, ``open_blocking`` and
     ``start_service``, and keeps ``_subs`` (its pub/sub task subscribes to exactly
     ``_subs.channels``).
     """
@@ -505,10 +533,10 @@ class AdapterCommon:
     async def _command_once(self, args: Sequence[ScriptArg]) -> Any:
         raise NotImplementedError
 
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         raise NotImplementedError
 
-    async def _evalsha_waited(
+    async def _fcall_waited(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
     ) -> tuple[Any, int]:
         raise StorageError("this Redis client cannot confirm writes with WAIT")
@@ -537,7 +565,7 @@ class AdapterCommon:
         wait = _wait_command(replicas, timeout)
 
         async def attempt(retrying: bool) -> tuple[Any, int]:
-            return await self._evalsha_waited(name, keys, args, wait)
+            return await self._fcall_waited(name, keys, args, wait)
 
         return await with_retry(attempt, self.retry_timeout)
 
@@ -580,7 +608,7 @@ class AdapterCommon:
 
         async def attempt(retrying: bool) -> Any:
             argv = args(retrying) if callable(args) else args
-            return await self._evalsha(name, keys, argv)
+            return await self._fcall(name, keys, argv)
 
         if not retry:
             return await attempt(False)

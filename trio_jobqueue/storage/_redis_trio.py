@@ -61,6 +61,10 @@ from ._redis_common import (
     _Channel,
     _translate,
     describe_os_error,
+    fcall,
+    is_loaded_already,
+    is_missing_function,
+    library,
     root_os_error,
     script,
     subscription_commands,
@@ -863,14 +867,13 @@ class TrioRedisAdapter(AdapterCommon):
             raise self._error(reply)
         return reply
 
-    async def _evalsha_waited(
+    async def _fcall_waited(
         self, name: str, keys: Sequence[str], args: Sequence[ScriptArg], wait: Sequence[ScriptArg]
     ) -> tuple[Any, int]:
-        spec = script(name)
-        packed = _pack(("EVALSHA", spec.sha, len(keys), *keys, *args))
+        packed = _pack(fcall(script(name), keys, args))
         reply, acked = await self._call_then_wait(packed, wait)
-        if isinstance(reply, RedisReplyError) and reply.code == "NOSCRIPT":
-            await self._command_once(("SCRIPT", "LOAD", spec.source))
+        if is_missing_function(reply):
+            await self._load_library()
             reply, acked = await self._call_then_wait(packed, wait)
         return self._replied(reply), int(self._replied(acked))
 
@@ -918,19 +921,24 @@ class TrioRedisAdapter(AdapterCommon):
             raise self._error(reply)
         return reply
 
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        spec = script(name)
-        packed = _pack(("EVALSHA", spec.sha, len(keys), *keys, *args))
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        packed = _pack(fcall(script(name), keys, args))
         reply = await self._call(packed)
         if isinstance(reply, RedisReplyError):
-            if reply.code == "NOSCRIPT":
-                # After a restart or SCRIPT FLUSH: load it and send the call again.
-                await self._command_once(("SCRIPT", "LOAD", spec.source))
+            if is_missing_function(reply):
+                # A new server, a restart or FUNCTION FLUSH: load them and call again.
+                await self._load_library()
                 reply = await self._call(packed)
                 if not isinstance(reply, RedisReplyError):
                     return reply
             raise self._error(reply)
         return reply
+
+    async def _load_library(self) -> None:
+        """``FUNCTION LOAD`` the package's scripts (see :func:`library`)."""
+        reply = await self._call(_pack(("FUNCTION", "LOAD", library().source)))
+        if isinstance(reply, RedisReplyError) and not is_loaded_already(reply):
+            raise self._error(reply)
 
     # -- blocking commands and services ---------------------------------------------
 
