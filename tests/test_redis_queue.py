@@ -134,3 +134,79 @@ async def test_two_queues_in_two_tasks_share_one_storage(redis_server: RedisServ
             nursery.start_soon(first)
             nursery.start_soon(second)
     assert not storage.is_open
+
+
+async def test_a_job_claimed_ahead_goes_back_for_an_idle_worker(redis_server: RedisServer) -> None:
+    """A worker whose recent jobs were short claims a job ahead of its free slot; when the
+    running job turns out long, it hands the waiting one back (attempt not consumed), an
+    idle worker runs it while the first still runs, and no job runs twice."""
+    prefix = f"ahead-{uuid.uuid4().hex[:8]}"
+    runs: dict[str, list[tuple[str, int]]] = {}
+    long_started, second_done, let_go = trio.Event(), trio.Event(), trio.Event()
+
+    async def handler(job: jq.Job[int]) -> None:
+        runs.setdefault(job.id, []).append((job.worker_id, job.attempt))
+        if job.id == "long-1":
+            long_started.set()
+            await let_go.wait()
+        elif job.id == "long-2":
+            second_done.set()
+
+    with trio.fail_after(30):
+        async with jq.open_queue(
+            RedisStorage(redis_server.url, key_prefix=prefix), handler, name="q", concurrency=1
+        ) as busy:
+            for n in range(20):  # short runs: the worker claims ahead from now on
+                await busy.enqueue_and_wait(f"short-{n}", n, timeout=10)
+            # Both ready at once: one claim (a free slot + a margin of 1) takes both.
+            await busy.enqueue_many([("long-1", 0), ("long-2", 0)])
+            await long_started.wait()
+            async with jq.open_queue(
+                RedisStorage(redis_server.url, key_prefix=prefix),
+                handler,
+                name="q",
+                concurrency=1,
+            ) as idle:
+                await second_done.wait()
+                assert not let_go.is_set()  # long-1 is still running
+                let_go.set()
+                assert idle.worker_id != busy.worker_id
+                assert runs["long-2"] == [(idle.worker_id, 1)]
+                assert busy.statistics().released == 1
+    assert runs["long-1"] == [(busy.worker_id, 1)]
+    assert all(len(attempts) == 1 for attempts in runs.values())
+
+
+async def test_a_worker_holds_at_most_its_slots_plus_the_margin(redis_server: RedisServer) -> None:
+    """However deep the backlog, a worker claiming ahead holds at most ``concurrency`` jobs
+    plus a margin of ``min(concurrency, 16)``, and once its running jobs turn out long it
+    gives the extra ones back: the queue then shows only its running jobs processing."""
+    storage = RedisStorage(redis_server.url, key_prefix=f"held-{uuid.uuid4().hex[:8]}")
+    let_go, shorts_done = trio.Event(), trio.Event()
+    running = shorts = 0
+    most_processing = 0
+
+    async def handler(job: jq.Job[int]) -> None:
+        nonlocal running, shorts
+        if job.payload >= 0:
+            running += 1
+            await let_go.wait()
+        else:
+            shorts += 1
+            if shorts == 40:
+                shorts_done.set()
+
+    with trio.fail_after(30):
+        async with jq.open_queue(storage, handler, name="q", concurrency=4) as q:
+            await q.enqueue_many([(f"short-{n}", -1) for n in range(40)])
+            await shorts_done.wait()
+            await q.enqueue_many([(f"long-{n}", n) for n in range(200)])
+            while True:
+                processing = (await q.counts())["processing"]
+                most_processing = max(most_processing, processing)
+                if running == 4 and processing == 4:
+                    break  # the jobs claimed ahead went back
+                await trio.sleep(0.01)
+            let_go.set()
+    print(f"most jobs processing at once: {most_processing}")
+    assert 4 <= most_processing <= 8

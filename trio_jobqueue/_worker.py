@@ -59,6 +59,12 @@ long, before it leaves the job to the reaper."""
 CLAIM_WAIT = 5.0
 """Server-side wait of one blocking claim; the claim loop simply calls again."""
 MAX_CLAIM_BATCH = 100
+"""Most jobs one claim takes."""
+CLAIM_SLICE = 32
+"""Most jobs one claim takes where a claim is a round trip (see
+:attr:`Storage.batches_calls`): a worker with many free slots sends the next claim as
+soon as one returns, so the server prepares the next jobs while the worker runs the
+previous ones, instead of the two taking turns over one large batch."""
 MAX_LISTED_JOBS = 256
 """Most job ids a worker lists in its registration (``in_flight`` is always exact)."""
 STUCK_WARNING = 10.0
@@ -100,6 +106,8 @@ class _Capacity:
         self.concurrency = concurrency
         self.margin = min(concurrency, PREFETCH_MAX) if ahead else 0
         """Jobs claimed ahead at most (0: the storage's claims cost no round trip)."""
+        self.slice = CLAIM_SLICE if ahead else MAX_CLAIM_BATCH
+        """Most jobs one claim takes."""
         self.held = 0
         self.slots = concurrency
         """Free handler slots."""
@@ -576,10 +584,15 @@ class Worker:
         failures = 0
         while True:
             await self._capacity.wait()
-            # Let jobs that are finishing right now free their slots, so that one claim
-            # round trip fetches a batch instead of one job per freed slot.
-            await trio.lowlevel.checkpoint()
-            taken = self._capacity.take(MAX_CLAIM_BATCH)
+            if self._capacity.claimable() < self._capacity.slice:
+                # Let jobs that are finishing right now free their slots, so that one
+                # claim fetches a batch instead of one job per freed slot. (A full claim
+                # goes at once, before the jobs just started run: the server works on
+                # it meanwhile.)
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            taken = self._capacity.take(self._capacity.slice)
             if not taken:
                 continue  # e.g. recent jobs ran long: no claiming ahead any more
             claimed_at = trio.current_time()
