@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import base64
 import heapq
-import itertools
 import json
 import math
 import operator
-import os
-import secrets
 from collections import deque
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import attrs
@@ -70,7 +67,7 @@ from ._base import (
     StorageStats,
     WorkerRecord,
 )
-from ._common import STALLED_ERROR, lock_expired
+from ._common import STALLED_ERROR, lock_expired, new_token
 from ._core import INLINE_RESULT_MAX
 
 FORMAT_VERSION = 2
@@ -1198,31 +1195,6 @@ def update_result_ttl(tx: Tx, job_id: str, ttl: float) -> UpdateTtlStatus:
     rec.expires_at = tx.now + ttl
     tx.put(rec)
     return UpdateTtlStatus.UPDATED
-
-
-class _TokenSource:
-    """Fencing tokens: a random prefix per process and a counter, so that every claim's
-    token differs from every earlier one for any job, across processes sharing a File
-    directory and across restarts, without a system call per claim (``secrets`` read the
-    kernel's random source each time: 6 % of a Memory drain)."""
-
-    prefix: str
-    counter: Iterator[int]
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.prefix = secrets.token_hex(6)  # 48 bits per process (and per fork)
-        self.counter = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):x}"
-
-
-new_token = _TokenSource()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=new_token.reseed)
 
 
 def claim(tx: Tx, worker_id: str, limit: int, lease: float) -> tuple[list[Claim], float | None]:

@@ -50,7 +50,7 @@ from ._base import (
     StorageStats,
     WorkerRecord,
 )
-from ._common import STALLED_ERROR
+from ._common import STALLED_ERROR, new_token
 from ._core import FollowKind, Hub
 from ._redis_cluster import ClusterAdapter
 from ._redis_common import Disconnected, ScriptArg
@@ -678,7 +678,7 @@ class RedisStorage(Storage):
         """Run a script whose resent call (after a lost reply) must report what the first
         call did: the script stores its reply under a per-call key (declared last in
         ``KEYS``) and ``ARGV`` ends with the resent flag and the cache's lifetime (ms)."""
-        nonce = secrets.token_hex(8)
+        nonce = new_token()
         keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
         cache_ms = str(int(keep * 1000))
         argv: list[ScriptArg] = [self._clock_arg, *args]
@@ -747,7 +747,7 @@ class RedisStorage(Storage):
         run_at: float | None = None,
         delay: float | None = None,
     ) -> EnqueueOutcome:
-        nonce = secrets.token_urlsafe(6)  # 48 bits, kept in the job record
+        nonce = new_token()  # kept in the job record
         reply, confirmed = await self._create_jobs(
             "enqueue",
             ns,
@@ -801,7 +801,7 @@ class RedisStorage(Storage):
         no later chunk written."""
         if not chunks:
             return
-        call = secrets.token_urlsafe(6)  # 48 bits; each chunk's nonce adds its index
+        call = new_token()  # each chunk's nonce adds its index
         keys = [*self.keys(ns).standard(), self.keys(ns).reply(call)]
         keep = self.retry_timeout + self.command_timeout + _REPLY_CACHE_MARGIN
         chain_ms = str(int(keep * 1000))
@@ -958,7 +958,7 @@ class RedisStorage(Storage):
         arrives, the jobs it may have taken are released by the next claim."""
         keys = self.keys(ns)
         await self._release_orphans(ns)
-        nonce = secrets.token_hex(8)
+        nonce = new_token()
         # Records of earlier claims whose replies arrived: the script deletes them.
         done = self._claims_done.pop(ns, [])
         script_keys = [*keys.standard(), keys.claim_record(nonce)]
@@ -1249,7 +1249,7 @@ class RedisStorage(Storage):
                 int(priority),
                 fence.owner,
                 str(int(fence.epoch)),
-                secrets.token_urlsafe(6),
+                new_token(),
             ],
             # Only a fire that enqueued made a job to confirm (it moved the cursor too).
             lambda reply: True if reply == b"enqueued" else None,
