@@ -94,6 +94,10 @@ class QueueStatistics:
     them: handler cancelled, outcome discarded."""
 
 
+_QUEUED_RESULT = EnqueueResult(status=EnqueueStatus.QUEUED)
+"""What an accepted enqueue returns (a frozen value, shared)."""
+
+
 async def _enqueue(queue: Queue[Any, Any], job: EnqueueSpec) -> EnqueueOutcome:
     if queue.tracing is not None:
         return await _traced_enqueue(queue, queue.tracing, job)
@@ -339,6 +343,8 @@ class Queue(Generic[P, R]):
         return prepared
 
     def _result(self, job_id: str, outcome: EnqueueOutcome) -> EnqueueResult:
+        if outcome is QUEUED_OUTCOME:
+            return _QUEUED_RESULT
         result = None
         if outcome.status is EnqueueStatus.COMPLETED and outcome.result is not None:
             result = self.result_codec.decode(outcome.result, "result", job_id)

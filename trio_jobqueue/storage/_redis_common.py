@@ -476,30 +476,41 @@ def _translate(exc: Exception, where: str = "Redis") -> StorageError:
     return StorageError(f"{where} error: {type(exc).__name__}: {exc}")
 
 
-async def with_retry(attempt: Callable[[bool], Awaitable[T]], budget: float) -> T:
+async def with_retry(
+    attempt: Callable[[bool], Awaitable[T]],
+    budget: float,
+    *,
+    failed: Disconnected | None = None,
+    started: float | None = None,
+) -> T:
     """Run ``attempt(retrying)``, retrying :class:`Disconnected` with capped exponential
     backoff for at most ``budget`` seconds.
 
     Each attempt is bounded by the client (``command_timeout`` per request), so a call
-    returns within about ``budget + command_timeout``.
+    returns within about ``budget + command_timeout``. ``failed``: a first attempt made
+    by the caller itself (at ``started``) already failed with it; go on from there.
 
     Raises:
         StorageError: from the last attempt's cause, its message kept, once ``budget``
             is spent; any other ``StorageError`` of an attempt at once.
     """
-    deadline = trio.current_time() + budget
+    deadline = (trio.current_time() if started is None else started) + budget
     delay = 0.02
-    retrying = False
+    retrying = failed is not None
     while True:
-        try:
-            return await attempt(retrying)
-        except Disconnected as exc:
-            if trio.current_time() + delay > deadline:
-                raise StorageError(f"Redis unavailable for {budget:g} s: {exc}") from exc.__cause__
-            log.debug("Redis connection error, retrying in %.2f s: %s", delay, exc)
-            await trio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
-            retrying = True
+        if failed is None:
+            try:
+                return await attempt(retrying)
+            except Disconnected as exc:
+                failed = exc
+        if trio.current_time() + delay > deadline:
+            cause = failed.__cause__
+            raise StorageError(f"Redis unavailable for {budget:g} s: {failed}") from cause
+        log.debug("Redis connection error, retrying in %.2f s: %s", delay, failed)
+        await trio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
+        retrying = True
+        failed = None
 
 
 async def _scan(command: Callable[..., Awaitable[Any]], match: str, count: int) -> list[bytes]:
@@ -606,13 +617,21 @@ class AdapterCommon:
             StorageError: from the driver error (after retries for connection errors).
         """
 
+        first = args(False) if callable(args) else args
+        if not retry:
+            return await self._fcall(name, keys, first)
+        started = trio.current_time()
+        try:  # the first attempt without the retry machinery: most calls need no more
+            return await self._fcall(name, keys, first)
+        except Disconnected as exc:
+            failed = exc
+
         async def attempt(retrying: bool) -> Any:
             argv = args(retrying) if callable(args) else args
             return await self._fcall(name, keys, argv)
 
-        if not retry:
-            return await attempt(False)
-        return await with_retry(attempt, self.retry_timeout if retry_for is None else retry_for)
+        budget = self.retry_timeout if retry_for is None else retry_for
+        return await with_retry(attempt, budget, failed=failed, started=started)
 
     async def scan_keys(self, match: str, *, count: int = 10_000) -> list[bytes]:
         """Every key matching ``match`` (a ``SCAN`` glob), by a full ``SCAN`` iteration (on

@@ -747,26 +747,28 @@ class RedisStorage(Storage):
         run_at: float | None = None,
         delay: float | None = None,
     ) -> EnqueueOutcome:
-        nonce = new_token()  # kept in the job record
-        reply, confirmed = await self._create_jobs(
-            "enqueue",
-            ns,
-            self.keys(ns).standard(),
-            [
-                self._clock_arg,
-                job_id,
-                bytes(payload),
-                int(max_attempts),
-                repr(float(result_ttl)),
-                nonce,
-                int(priority),
-                "" if run_at is None else repr(float(run_at)),
-                "" if delay is None else repr(float(delay)),
-            ],
-            lambda reply: reply[0] in (b"queued", b"scheduled"),
-        )
-        if confirmed is not None and confirmed < self.durable_enqueue:
-            raise self._not_replicated(f"job {job_id!r}", confirmed)
+        argv: list[ScriptArg] = [
+            self._clock_arg,
+            job_id,
+            bytes(payload),
+            int(max_attempts),
+            repr(float(result_ttl)),
+            new_token(),  # the call's nonce, kept in the job record
+            int(priority),
+            "" if run_at is None else repr(float(run_at)),
+            "" if delay is None else repr(float(delay)),
+        ]
+        keys = self.keys(ns).standard()
+        if self.durable_enqueue:
+            reply, confirmed = await self._create_jobs(
+                "enqueue", ns, keys, argv, lambda reply: reply[0] in (b"queued", b"scheduled")
+            )
+            if confirmed is not None and confirmed < self.durable_enqueue:
+                raise self._not_replicated(f"job {job_id!r}", confirmed)
+        else:
+            reply = await self.adapter.run_script("enqueue", keys, argv)
+        if reply[0] == b"queued":
+            return QUEUED_OUTCOME
         status = EnqueueStatus(reply[0].decode())
         if status in (EnqueueStatus.QUEUED, EnqueueStatus.SCHEDULED):
             return EnqueueOutcome(status)
