@@ -162,6 +162,14 @@ class _Capacity:
         if not self._queue and self._claim_lot:
             self._claim_lot.unpark_all()
 
+    def start_nowait(self, running: _Running) -> bool:
+        """Whether ``running`` has its handler slot now (then it takes it, and
+        :meth:`start` need not be called)."""
+        if running.granted:
+            running.granted = False  # the slot is in use: finish() gives it back
+            return True
+        return False
+
     async def start(self, running: _Running) -> bool:
         """Until ``running`` has its handler slot (``True``; not a checkpoint when it has
         one at once), or ``False`` when none came within :data:`PREFETCH_WAIT`: then the
@@ -618,8 +626,7 @@ class Worker:
                 self._start(nursery, claim, claimed_at + self.visibility_timeout)
 
     def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
-        running = _Running(claim, trio.CancelScope(), lease_deadline)
-        running.nursery = nursery
+        running = _Running(claim, trio.CancelScope(), lease_deadline, nursery=nursery)
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
@@ -829,7 +836,8 @@ class Worker:
             else:
                 with running.scope:
                     # Cancelled here (released or revoked) before it started: no slot.
-                    if not await self._capacity.start(running):
+                    capacity = self._capacity
+                    if not (capacity.start_nowait(running) or await capacity.start(running)):
                         # Claimed ahead, and the running jobs turned out long: back to
                         # the queue (attempt not consumed) for a worker that is idle.
                         running.release()
