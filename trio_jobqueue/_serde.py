@@ -67,7 +67,7 @@ class JsonSerializer:
 
     _encoder = _JSON_ENCODER
     _decoder = json.JSONDecoder()
-    _scan = _decoder.scan_once
+    _scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by __init__, not in the stubs
 
     def dumps(self, value: Any) -> bytes:
         if value is None:  # most handlers return nothing
