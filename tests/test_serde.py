@@ -39,6 +39,28 @@ def test_json_payloads_encode_as_the_standard_encoder_does(value: Any) -> None:
     assert jq.JsonSerializer().dumps(value) == _REFERENCE.encode(value).encode()
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"i":1}', ' {"i": 1} ', "null", "\n[1, 2.5]\t", '"x"', "NaN", "-Infinity", "0", "{}"],
+)
+def test_json_loads_as_the_standard_decoder_does(text: str) -> None:
+    """JsonSerializer.loads decodes what the standard library's decoder decodes, with or
+    without whitespace around the value."""
+    got = jq.JsonSerializer().loads(text.encode())
+    want = json.JSONDecoder().decode(text)
+    assert got == want or (math.isnan(got) and math.isnan(want))
+
+
+@pytest.mark.parametrize("text", ["", " ", "1 2", "{", '{"a":}', "[1,]", "nul", '"open'])
+def test_json_loads_refuses_as_the_standard_decoder_does(text: str) -> None:
+    """Text that is not one JSON value fails with the standard library's error message."""
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.JSONDecoder().decode(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        jq.JsonSerializer().loads(text.encode())
+    assert str(got.value) == str(expected.value)
+
+
 async def test_unencodable_payloads_are_refused_with_nothing_written() -> None:
     """NaN, infinity, foreign objects, non-string keys of other types and cyclic values
     are each refused by enqueue_many as a SerializationError naming the position, and

@@ -67,14 +67,27 @@ class JsonSerializer:
 
     _encoder = _JSON_ENCODER
     _decoder = json.JSONDecoder()
+    _scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by __init__, not in the stubs
 
     def dumps(self, value: Any) -> bytes:
+        if value is None:  # most handlers return nothing
+            return b"null"
         if _FAST_JSON is not None:
             return "".join(_FAST_JSON(value, 0)).encode()
         return self._encoder.encode(value).encode()
 
     def loads(self, data: bytes) -> Any:
-        return self._decoder.decode(data.decode())
+        text = data.decode()
+        # The scanner alone (what ``decode`` calls after skipping whitespace) when the
+        # value spans the whole text; otherwise (whitespace around it, an error) the
+        # full ``decode``, which also makes the error message.
+        try:
+            value, end = self._scan(text, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end == len(text):
+            return value
+        return self._decoder.decode(text)
 
 
 class BytesSerializer:

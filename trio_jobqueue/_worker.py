@@ -151,7 +151,8 @@ class _Capacity:
         """``count`` held jobs were settled (or never claimed)."""
         if count:
             self.held -= count
-            self._claim_lot.unpark_all()
+            if self._claim_lot:  # most often no one waits: skip the call
+                self._claim_lot.unpark_all()
 
     def enlist(self, running: _Running) -> None:
         """A claimed job queues for a handler slot; slots go out in claim order (tasks
@@ -166,8 +167,16 @@ class _Capacity:
             running.granted = True
             if running.slot_ready is not None:
                 running.slot_ready.set()
-        if not self._queue:
+        if not self._queue and self._claim_lot:
             self._claim_lot.unpark_all()
+
+    def start_nowait(self, running: _Running) -> bool:
+        """Whether ``running`` has its handler slot now (then it takes it, and
+        :meth:`start` need not be called)."""
+        if running.granted:
+            running.granted = False  # the slot is in use: finish() gives it back
+            return True
+        return False
 
     async def start(self, running: _Running) -> bool:
         """Until ``running`` has its handler slot (``True``; not a checkpoint when it has
@@ -205,9 +214,13 @@ class _Capacity:
             self._claim_lot.unpark_all()
 
     def finish(self, ran: float) -> None:
-        """Give back a handler slot taken by :meth:`start`; the handler ran ``ran`` s."""
+        """Give back a handler slot taken by :meth:`start`; the handler ran ``ran`` s
+        (not measured, and not averaged, without a margin: only claiming ahead reads
+        the average)."""
         self.slots += 1
         self._grant()
+        if not self.margin:
+            return
         if self.average_run == math.inf:
             self.average_run = ran
         else:
@@ -328,9 +341,10 @@ class _Completer:
         self._calls -= 1
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class _Outcome:
-    """What one run of a handler came to."""
+    """What one run of a handler came to (never changed once made; not ``frozen``,
+    whose ``__init__`` costs a call per field, on every job)."""
 
     ok: bool
     value: Any = None
@@ -456,6 +470,8 @@ class Worker:
     _stopping: bool = attrs.field(default=False, init=False)
     _fatal: BaseException | None = attrs.field(default=None, init=False)
     _is_async: bool = attrs.field(default=True, init=False)
+    _clocked: bool = attrs.field(default=True, init=False)
+    """Whether anything reads the jobs' start times and durations (else never measured)."""
     _phase: str = attrs.field(default="running", init=False)
     _presence: Presence = attrs.field(init=False)
     _check_now: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -468,6 +484,12 @@ class Worker:
         self._batch_completions = self.storage.batches_calls
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
+        self._clocked = (
+            self.job_timeout is not None
+            or self.metrics is not None
+            or self.after_execution is not None
+            or self._capacity.margin > 0
+        )
         self._idle.set()
         self._presence = Presence(self.storage, self.ns, self.registration)
 
@@ -617,8 +639,7 @@ class Worker:
                 self._start(nursery, claim, claimed_at + self.visibility_timeout)
 
     def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
-        running = _Running(claim, trio.CancelScope(), lease_deadline)
-        running.nursery = nursery
+        running = _Running(claim, trio.CancelScope(), lease_deadline, nursery=nursery)
         if self._stopping:
             # Claimed as the worker stopped (a claim cannot be taken back mid-flight):
             # run nothing and hand the job straight back.
@@ -814,8 +835,13 @@ class Worker:
         claim = running.claim
         settled = False
         fatal: BaseException | None = None
-        started_wall = time.time()
-        started = trio.current_time()
+        # The clocks are read only for those who use the times (a job_timeout, the
+        # metrics, the after_execution hook, claiming ahead); 0.0 otherwise.
+        clocked = self._clocked
+        started_wall = started = 0.0
+        if clocked:
+            started_wall = time.time()
+            started = trio.current_time()
         try:
             outcome: _Outcome | None = None
             if running.released:  # released before it started: never run the handler
@@ -823,13 +849,15 @@ class Worker:
             else:
                 with running.scope:
                     # Cancelled here (released or revoked) before it started: no slot.
-                    if not await self._capacity.start(running):
+                    capacity = self._capacity
+                    if not (capacity.start_nowait(running) or await capacity.start(running)):
                         # Claimed ahead, and the running jobs turned out long: back to
                         # the queue (attempt not consumed) for a worker that is idle.
                         running.release()
                     else:
-                        started_wall = time.time()
-                        started = trio.current_time()
+                        if clocked:
+                            started_wall = time.time()
+                            started = trio.current_time()
                         try:
                             # Released or revoked while it waited for its slot: never run.
                             await trio.lowlevel.checkpoint_if_cancelled()
@@ -838,7 +866,7 @@ class Worker:
                                 running.scope.deadline = started + self.job_timeout
                             outcome = await self._execute(claim, running)
                         finally:
-                            self._capacity.finish(trio.current_time() - started)
+                            self._capacity.finish(trio.current_time() - started if clocked else 0.0)
             if running.revoked:
                 fatal = self._discard(running, outcome)
                 settled = True
@@ -853,7 +881,8 @@ class Worker:
             elif outcome is not None and running.released and not outcome.ok:
                 # Failed because shutdown cancelled it: not the job's fault.
                 outcome = None
-            await self._settle(running, outcome, started_wall, trio.current_time() - started)
+            duration = trio.current_time() - started if clocked else 0.0
+            await self._settle(running, outcome, started_wall, duration)
             settled = True
         except _FATAL as exc:  # e.g. a KeyboardInterrupt delivered while settling
             fatal = exc
@@ -894,6 +923,8 @@ class Worker:
             if self.tracing is not None:
                 with self.tracing.handler_span(self.ns, claim, carrier):
                     return _Outcome(ok=True, value=await self._call(job))
+            if self._is_async:  # the usual handler: without _call's coroutine layer
+                return _Outcome(ok=True, value=await self.handler(job))
             return _Outcome(ok=True, value=await self._call(job))
         except BaseException as exc:  # split deliberately by outcome_of
             outcome = outcome_of(exc)
@@ -983,18 +1014,28 @@ class Worker:
         if ok:
             assert encoded is not None
             data = encoded
-            status = await self._storage_call(
-                running,
-                "complete",
-                (
+            if self._batch_completions:
+                status = await self._storage_call(
+                    running,
+                    "complete",
                     lambda: self._completer.complete(
                         Completion(job_id, token, data, ttl), alone=len(self._running) == 1
-                    )
+                    ),
                 )
-                if self._batch_completions
-                else lambda: self.storage.complete(ns, job_id, token, data, ttl=ttl),
-            )
-            self._count(status, "completed", running, duration)
+            else:
+                try:  # the first attempt without the retry loop's layers: it mostly succeeds
+                    status = await self.storage.complete(ns, job_id, token, data, ttl=ttl)
+                except StorageError as exc:
+                    status = await self._storage_call(
+                        running,
+                        "complete",
+                        lambda: self.storage.complete(ns, job_id, token, data, ttl=ttl),
+                        failed=exc,
+                    )
+            if status is SettleStatus.OK and self.metrics is None:
+                self.stats.completed += 1  # _count's usual case, inline
+            else:
+                self._count(status, "completed", running, duration)
             return
         assert final is not None
         log.error(
@@ -1076,17 +1117,26 @@ class Worker:
         return ctx, encoded
 
     async def _storage_call(
-        self, running: _Running, what: str, call: Callable[[], Awaitable[SettleStatus]]
+        self,
+        running: _Running,
+        what: str,
+        call: Callable[[], Awaitable[SettleStatus]],
+        *,
+        failed: StorageError | None = None,
     ) -> SettleStatus | None:
         """Run a settlement, retrying storage errors while the job's lease lasts (the
-        heartbeat keeps renewing it meanwhile) and for at least ``SETTLE_TIMEOUT``."""
+        heartbeat keeps renewing it meanwhile) and for at least ``SETTLE_TIMEOUT``.
+        ``failed``: the first attempt was already made (by the caller) and failed so."""
         job_id = running.claim.job_id
         delay = 0.05
         first_failure: float | None = None
         while True:
             try:
+                if failed is not None:
+                    raise failed
                 return await call()
             except StorageError as exc:
+                failed = None
                 now = trio.current_time()
                 if first_failure is None:
                     first_failure = now
