@@ -590,17 +590,30 @@ class FileStorage(Storage):
                     seals.append(seal)
                     executed.append(op)
                 pos, chunk = self._append(space, seals)
-                for op in executed:
-                    op.pos = pos
-                    op.done = True
+                sync = space.jfd if chunk is not None and self._needs_sync(seals) else None
                 if chunk is not None:
                     outcome.wrote = True
                     outcome.chunks.append(chunk)
                 if poisoned:
                     space.state = None
                 outcome.build = self._maybe_switch(space)
+                if outcome.build is not None:
+                    sync = None  # the switch fsynced the journal the frame is in
             finally:
                 fcntl.flock(space.lock_fd, fcntl.LOCK_UN)
+            if sync is not None:
+                # After the unlock: the other processes' transactions need not wait for
+                # this fsync. The frame is visible before it is durable, as it always was
+                # to their tailers; a frame another process writes after it is in the
+                # same file, so that process's fsync covers this one too (prefix-closed).
+                # The calls of the batch return only once it is durable.
+                os.fdatasync(sync)
+                space.fsyncs += 1
+            if chunk is not None:
+                self._checkpoint("after-fsync")
+            for op in executed:
+                op.pos = pos
+                op.done = True
         except Exception as exc:  # handed to every caller as a StorageError
             # OSError, or a bug: either way the mirror may be ahead of the disk.
             space.state = None
@@ -837,20 +850,21 @@ class FileStorage(Storage):
             os.ftruncate(space.jfd, space.jsize)
         fio.write_all(space.jfd, frame)
         self._checkpoint("after-append")
-        # A batch that only extended leases (or lock expiries, or forgot expired records)
-        # is appended without fsync: visible to every process at once, and a crash that
-        # loses it (power, kernel) loses a prefix-closed tail: the next fsynced frame of
-        # any process makes it durable too (same file), so no later frame can outlive it.
-        if self.fsync and any(seal.durable for seal in seals):
-            os.fdatasync(space.jfd)
-            space.fsyncs += 1
         start = space.jsize
         space.jsize += len(frame)
         space.frames += 1
         space.bytes_appended += len(frame)
-        self._checkpoint("after-fsync")
         events = tuple(event for seal in seals for event in seal.events)
         return (space.gen, start), _FeedChunk(space.gen, start, space.jsize, events)
+
+    def _needs_sync(self, seals: list[fst.Sealed]) -> bool:
+        """Whether the frame of ``seals`` is fsynced (by :meth:`_commit`, after unlocking).
+
+        A batch that only extended leases (or lock expiries, or forgot expired records)
+        is appended without fsync: visible to every process at once, and a crash that
+        loses it (power, kernel) loses a prefix-closed tail: the next fsynced frame of
+        any process makes it durable too (same file), so no later frame can outlive it."""
+        return self.fsync and any(seal.durable for seal in seals)
 
     def _maybe_switch(self, space: _Space) -> int | None:
         """Seal the journal once it outgrew ``compact_bytes`` and the snapshot: create the
