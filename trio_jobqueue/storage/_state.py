@@ -40,7 +40,7 @@ import os
 import secrets
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 from sortedcontainers import SortedList
@@ -256,6 +256,8 @@ _CODE_INDEX = {code: index for index, code in enumerate(CODES)}
 _image = operator.attrgetter(*FIELDS)
 _JOB_ID, _PAYLOAD, _STATE, _RESULT, _ERROR, _PROGRESS = 0, 1, 2, 7, 8, 18
 _BYTES_FIELDS = (_PAYLOAD, _RESULT, _ERROR, _PROGRESS)
+_ENCODED_FIELDS = frozenset((*_BYTES_FIELDS, _STATE))
+"""The fields :func:`_out` changes (the others are written as they are)."""
 
 
 def _opt_float(value: Any) -> float | None:
@@ -280,6 +282,9 @@ def _str(value: Any) -> str:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
+
+
+_INDEXES = range(len(FIELDS))
 
 
 def _out(index: int, value: Any, blobs: BlobWriter) -> Any:
@@ -783,9 +788,11 @@ def _decode_update(raw: Any, blobs: BlobReader) -> tuple[str, list[tuple[str, An
 # -- one transition --------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Sealed:
-    """What one transition changed, frozen before the next one runs (see :meth:`Tx.seal`)."""
+class Sealed(NamedTuple):
+    """What one transition changed, frozen before the next one runs (see :meth:`Tx.seal`).
+
+    A named tuple (one per transition, on FileStorage's path): cheaper to build than a
+    frozen attrs class."""
 
     records: dict[str, tuple[bool, Any] | None]
     """Per job id: ``None`` (removed), ``(True, image)`` (created: the whole record, in
@@ -891,7 +898,7 @@ class Tx:
                 continue
             changes = {
                 index: new
-                for index, (old, new) in enumerate(zip(seen[1], image, strict=True))
+                for index, old, new in zip(_INDEXES, seen[1], image, strict=True)
                 if old is not new and old != new
             }
             if changes:
@@ -899,11 +906,15 @@ class Tx:
         state = self.state
         return Sealed(
             records,
-            {name: state.locks[name].encode() for name in self.locks},
-            {worker_id: _encoded_worker(state, worker_id) for worker_id in self.workers},
-            {schedule_id: state.cursors[schedule_id] for schedule_id in self.cursors},
+            {name: state.locks[name].encode() for name in self.locks} if self.locks else {},
+            {worker_id: _encoded_worker(state, worker_id) for worker_id in self.workers}
+            if self.workers
+            else {},
+            {schedule_id: state.cursors[schedule_id] for schedule_id in self.cursors}
+            if self.cursors
+            else {},
             state.paused if self.paused else None,
-            [journaled_event(event) for event in self.events],
+            [journaled_event(event) for event in self.events] if self.events else [],
             state.tail_seq,
             state.head_seq,
             self.durable,
@@ -957,7 +968,10 @@ def merge_entry(seals: Sequence[Sealed]) -> tuple[dict[str, Any], list[bytes]] |
             update: list[Any] = [job_id]
             for index, value in item[1].items():
                 update.append(CODES[index])
-                update.append(_out(index, value, blobs))
+                if value is None or index not in _ENCODED_FIELDS:
+                    update.append(value)
+                else:
+                    update.append(_out(index, value, blobs))
             updates.append(update)
     entry: dict[str, Any] = {
         "v": FORMAT_VERSION,
