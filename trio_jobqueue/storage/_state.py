@@ -307,7 +307,10 @@ def _in(index: int, value: Any, blobs: BlobReader) -> Any:
                 raise CorruptRecord("record without payload")
             return data
         if index == _STATE:
-            return JobState(value)
+            state = _STATES.get(value) if isinstance(value, str) else None
+            if state is None:
+                raise CorruptRecord(f"undecodable field 'state': {value!r}")
+            return state
         return _DECODERS[index](value)
     except CorruptRecord:
         raise
@@ -331,6 +334,16 @@ _DECODERS: dict[int, Any] = {
     16: _opt_int,
     17: lambda v: _int(v),
 }
+_STATES = {state.value: state for state in JobState}
+_KINDS = {kind.value: kind for kind in EventKind}
+_NULLABLE = frozenset((7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18))
+"""The fields whose ``None`` decodes as ``None`` (:func:`_in` accepts it unchecked)."""
+_PLAIN: dict[int, type] = {
+    **dict.fromkeys((3, 6, 15, 16, 17), int),
+    **dict.fromkeys((4, 5, 9, 10, 11, 14), float),
+    **dict.fromkeys((12, 13), str),
+}
+"""Per field, the type whose values :func:`_in` returns unchanged."""
 _LEGACY_FIELDS = len(FIELDS) - 2
 """Records written before priorities had two fields less (their priority is 0)."""
 _RECORD_LENGTHS = (len(FIELDS), len(FIELDS) - 1, _LEGACY_FIELDS)
@@ -463,8 +476,11 @@ def decode_event(raw: Any, blobs: BlobReader = _NO_BLOBS) -> EventRecord:
         kind, job_id, attempt, result, error, *flags = raw
         if not isinstance(job_id, str):
             raise CorruptRecord("event without job id")
+        event_kind = _KINDS.get(kind) if isinstance(kind, str) else None
+        if event_kind is None:
+            raise CorruptRecord(f"unknown event kind {kind!r}")
         return EventRecord(
-            EventKind(kind),
+            event_kind,
             job_id,
             _int(attempt),
             _bytes_in(result, blobs),
@@ -781,7 +797,11 @@ def _decode_update(raw: Any, blobs: BlobReader) -> tuple[str, list[tuple[str, An
         index = _CODE_INDEX.get(raw[pos])
         if index is None or index == _JOB_ID:
             raise CorruptRecord(f"unknown field {raw[pos]!r} in a record update")
-        changes.append((FIELDS[index], _in(index, raw[pos + 1], blobs)))
+        value = raw[pos + 1]
+        if (value is None and index in _NULLABLE) or type(value) is _PLAIN.get(index):
+            changes.append((FIELDS[index], value))  # what _in would return
+        else:
+            changes.append((FIELDS[index], _in(index, value, blobs)))
     return job_id, changes
 
 
