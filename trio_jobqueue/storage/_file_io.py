@@ -90,8 +90,12 @@ def parse_journal_name(name: str) -> int | None:
 # -- frames ----------------------------------------------------------------------------
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+"""``json.dumps`` with our settings, built once; entries are trees (no cycle to check)."""
+
+
 def _payload(entry: dict[str, Any], blobs: Sequence[bytes]) -> list[bytes]:
-    text = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = _ENCODE(entry).encode("utf-8")
     return [JSON_LEN.pack(len(text)), text, *blobs]
 
 

@@ -150,6 +150,8 @@ class _Op:
     value: Any = None
     exc: Exception | None = None
     pos: Pos = (0, 0)
+    task: trio.lowlevel.Task | None = None
+    """The caller's task while it is blocked in :meth:`FileStorage._wait`."""
 
 
 @attrs.frozen
@@ -439,18 +441,8 @@ class FileStorage(Storage):
         space.pending.append(op)
         try:
             while not op.done:
-                idle = space.idle
                 if op.taken or space.committing:
-                    # Shielded even while waiting behind another transaction: that one's
-                    # driver may take this op into its next batch at any moment, and a
-                    # Cancelled delivered meanwhile would lose the op's result. So
-                    # cancellation takes effect between transactions, withdrawing the op
-                    # synchronously (no other task can take it in between).
-                    with trio.CancelScope(shield=True):
-                        await idle.wait()
-                    if not op.taken and trio.current_effective_deadline() == -math.inf:
-                        space.pending.remove(op)
-                        await trio.lowlevel.checkpoint()  # raises Cancelled
+                    await self._wait(space, op)
                 else:
                     await self._drive(space)
         finally:
@@ -460,6 +452,30 @@ class FileStorage(Storage):
             raise op.exc
         value: T = op.value
         return value, op.pos
+
+    @staticmethod
+    async def _wait(space: _Space, op: _Op) -> None:
+        """Block until the transaction that took ``op`` finished it, or until this task
+        is to drive the next batch (:meth:`_wake`): one wake-up per op, without a cancel
+        scope. Cancellation withdraws an op no transaction took yet (nothing done); a
+        taken op is waited for as if shielded (its result is delivered, the caller's next
+        checkpoint raises)."""
+        op.task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            if op.taken or op.done:
+                return trio.lowlevel.Abort.FAILED  # woken by the transaction that took it
+            op.task = None
+            space.pending.remove(op)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    @staticmethod
+    def _wake(op: _Op) -> None:
+        task, op.task = op.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     async def _drive(self, space: _Space) -> None:
         batch, space.pending = space.pending, []
@@ -484,6 +500,13 @@ class FileStorage(Storage):
             if outcome.build is not None:
                 space.build_due = max(space.build_due or 0, outcome.build)
                 self._build_kick.set()
+            for op in batch:
+                if op.done:
+                    self._wake(op)
+            if space.pending:
+                # The next batch: its first op's task drives it (if that task is not
+                # running already; a task that appends an op meanwhile drives it first).
+                self._wake(space.pending[0])
             idle, space.idle = space.idle, trio.Event()
             idle.set()
         if outcome.build is not None and not self._serving:
@@ -567,17 +590,30 @@ class FileStorage(Storage):
                     seals.append(seal)
                     executed.append(op)
                 pos, chunk = self._append(space, seals)
-                for op in executed:
-                    op.pos = pos
-                    op.done = True
+                sync = space.jfd if chunk is not None and self._needs_sync(seals) else None
                 if chunk is not None:
                     outcome.wrote = True
                     outcome.chunks.append(chunk)
                 if poisoned:
                     space.state = None
                 outcome.build = self._maybe_switch(space)
+                if outcome.build is not None:
+                    sync = None  # the switch fsynced the journal the frame is in
             finally:
                 fcntl.flock(space.lock_fd, fcntl.LOCK_UN)
+            if sync is not None:
+                # After the unlock: the other processes' transactions need not wait for
+                # this fsync. The frame is visible before it is durable, as it always was
+                # to their tailers; a frame another process writes after it is in the
+                # same file, so that process's fsync covers this one too (prefix-closed).
+                # The calls of the batch return only once it is durable.
+                os.fdatasync(sync)
+                space.fsyncs += 1
+            if chunk is not None:
+                self._checkpoint("after-fsync")
+            for op in executed:
+                op.pos = pos
+                op.done = True
         except Exception as exc:  # handed to every caller as a StorageError
             # OSError, or a bug: either way the mirror may be ahead of the disk.
             space.state = None
@@ -814,20 +850,21 @@ class FileStorage(Storage):
             os.ftruncate(space.jfd, space.jsize)
         fio.write_all(space.jfd, frame)
         self._checkpoint("after-append")
-        # A batch that only extended leases (or lock expiries, or forgot expired records)
-        # is appended without fsync: visible to every process at once, and a crash that
-        # loses it (power, kernel) loses a prefix-closed tail: the next fsynced frame of
-        # any process makes it durable too (same file), so no later frame can outlive it.
-        if self.fsync and any(seal.durable for seal in seals):
-            os.fdatasync(space.jfd)
-            space.fsyncs += 1
         start = space.jsize
         space.jsize += len(frame)
         space.frames += 1
         space.bytes_appended += len(frame)
-        self._checkpoint("after-fsync")
         events = tuple(event for seal in seals for event in seal.events)
         return (space.gen, start), _FeedChunk(space.gen, start, space.jsize, events)
+
+    def _needs_sync(self, seals: list[fst.Sealed]) -> bool:
+        """Whether the frame of ``seals`` is fsynced (by :meth:`_commit`, after unlocking).
+
+        A batch that only extended leases (or lock expiries, or forgot expired records)
+        is appended without fsync: visible to every process at once, and a crash that
+        loses it (power, kernel) loses a prefix-closed tail: the next fsynced frame of
+        any process makes it durable too (same file), so no later frame can outlive it."""
+        return self.fsync and any(seal.durable for seal in seals)
 
     def _maybe_switch(self, space: _Space) -> int | None:
         """Seal the journal once it outgrew ``compact_bytes`` and the snapshot: create the
