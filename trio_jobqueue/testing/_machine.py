@@ -770,9 +770,14 @@ class StorageMachine(RuleBasedStateMachine):
             Completion(job_id, token, result, ttl)
             for (job_id, token), result in zip(pairs, results, strict=True)
         ]
+        # A backend that stores the batch in one step reads its clock once: completions of
+        # one call tie on their expiry and list by id. The default (one complete() per
+        # item) reads it per item: they list in call order.
+        atomic = type(self.storage).complete_many is not Storage.complete_many
+        seq = self.model.next_seq() if atomic else None
         expected = [
             SettleStatus.OK
-            if self.model.complete(c.job_id, c.token, c.result, ttl=ttl)
+            if self.model.complete(c.job_id, c.token, c.result, ttl=ttl, seq=seq)
             else SettleStatus.STALE
             for c in items
         ]

@@ -431,14 +431,18 @@ class StorageModel:
         job.expire_seq = self._next_seq() if seq is None else seq
         job.result_ttl = ttl
 
-    def complete(self, job_id: str, token: str, result: bytes, *, ttl: float) -> bool:
-        """Returns whether the token owned the job (``ok``) or not (``stale``)."""
+    def complete(
+        self, job_id: str, token: str, result: bytes, *, ttl: float, seq: int | None = None
+    ) -> bool:
+        """Returns whether the token owned the job (``ok``) or not (``stale``). ``seq``:
+        the operation's sequence number when it completes several jobs at one clock
+        reading (an atomic ``complete_many``: equal expiries then tie by id bytes)."""
         if not self.owns(job_id, token):
             return False
         job = self.jobs[job_id]
         job.result = result
         job.error = None
-        self._finish(job, JobState.COMPLETED, ttl)
+        self._finish(job, JobState.COMPLETED, ttl, seq)
         self._emit(EventKind.COMPLETED, job, result=result)
         return True
 
