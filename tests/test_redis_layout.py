@@ -203,10 +203,10 @@ async def test_memory_per_queued_job() -> None:
 async def test_every_script_is_a_function_of_the_loaded_library(storage: RedisStorage) -> None:
     """The library the loader builds (helpers once, each script's body a function, numeric
     constants inlined) loads on the server and registers one function per script file,
-    each with the flags of its ``#!lua`` line."""
+    each with the flags of its ``#!lua`` line; each script's ``EVAL`` fallback compiles."""
     from importlib.resources import files
 
-    from trio_jobqueue.storage._redis_common import library, script
+    from trio_jobqueue.storage._redis_common import eval_source, library, script
 
     scripts = {
         p.name[:-4]: p.read_bytes().split(b"\n", 1)[0]
@@ -227,4 +227,8 @@ async def test_every_script_is_a_function_of_the_loaded_library(storage: RedisSt
     for name, shebang in scripts.items():
         flags = shebang.partition(b"flags=")[2].decode()
         assert registered.pop(script(name).function) == sorted(filter(None, flags.split(",")))
+        # The EVAL fallback (a full server that lost the library) compiles as well.
+        fallback = eval_source(name)
+        assert fallback.split(b"\n", 1)[0] == shebang.rstrip()
+        await storage.server_command("SCRIPT", "LOAD", fallback)
     assert registered == {}

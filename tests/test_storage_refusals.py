@@ -123,3 +123,31 @@ async def test_the_largest_valid_ttl_works_end_to_end(
         assert await q.get_result("long") == "kept"
     assert status is not None and status.expires_at is not None
     assert status.expires_at - time.time() > MAX_TTL * 0.99
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("client", ["trio", "asyncio"])
+async def test_a_full_server_without_the_scripts_still_stores_successes(
+    own_server: RedisServer, client: str
+) -> None:
+    """At maxmemory, on a server that lost the scripts' function library (``FUNCTION
+    FLUSH``; or a new version of the package meets a full server), the library cannot be
+    loaded (``FUNCTION LOAD`` is refused above maxmemory); a completion is still stored
+    and its job does not run again, while an enqueue is refused with nothing written."""
+    storage = RedisStorage(own_server.url, key_prefix=f"oomlib-{client}", client=client)  # type: ignore[arg-type]
+    async with storage:
+        await storage.enqueue("q", "job", b"x", max_attempts=3, result_ttl=60)
+        (claim,) = (await storage.claim_nowait("q", "w", limit=1, lease=60)).claims
+        await storage.server_command("FUNCTION", "FLUSH")
+        await storage.server_command("CONFIG", "SET", "maxmemory", "1")
+        try:
+            status = await storage.complete("q", "job", claim.token, b"done", ttl=60)
+            with pytest.raises(jq.StorageError, match="OOM command not allowed"):
+                await storage.enqueue("q", "refused", b"x", max_attempts=1, result_ttl=60)
+        finally:
+            await storage.server_command("CONFIG", "SET", "maxmemory", "0")
+        assert str(status) == "ok"
+        record = await storage.get_status("q", "job")
+        assert record is not None and record.state is jq.JobState.COMPLETED
+        assert record.result == b"done"
+        assert await storage.get_status("q", "refused") is None

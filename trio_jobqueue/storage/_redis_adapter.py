@@ -62,7 +62,10 @@ from ._redis_common import (
     _Script,
     _translate,
     describe_os_error,
+    eval_source,
     fcall,
+    is_loaded_already,
+    is_missing_function,
     library,
     root_os_error,
     script,
@@ -104,9 +107,9 @@ class _UnixConnection(_FastPack, aioredis.UnixDomainSocketConnection):
     pass
 
 
-def _missing_function(reply: object) -> bool:
-    """Whether redis-py's error says the function is not loaded (see ``FUNCTION LOAD``)."""
-    return isinstance(reply, rexc.ResponseError) and "Function not found" in str(reply)
+def _eval_command(call: _Call) -> tuple[ScriptArg, ...]:
+    """``call`` as an ``EVAL`` (see :func:`eval_source`)."""
+    return ("EVAL", eval_source(call.script.name), len(call.keys), *call.keys, *call.args)
 
 
 def _connection_class(url: str) -> type[Any] | None:
@@ -467,9 +470,10 @@ class RedisAdapter(AdapterCommon):
         try:
             result = await client.execute_command(*command)
         except rexc.ResponseError as exc:
-            if not _missing_function(exc):
+            if not is_missing_function(exc):
                 return [exc]
-            await self._load_library()
+            if not await self._load_library():
+                command = _eval_command(call)
             try:
                 result = await client.execute_command(*command)
             except rexc.ResponseError as again:
@@ -482,24 +486,31 @@ class RedisAdapter(AdapterCommon):
         for call in batch:
             pipe.execute_command(*fcall(call.script, call.keys, call.args))
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(results) if _missing_function(r)]
+        missing = [i for i, r in enumerate(results) if is_missing_function(r)]
         if missing:
             # After a restart or FUNCTION FLUSH: load the library, resend just those.
-            await self._load_library()
+            loaded = await self._load_library()
             pipe = client.pipeline(transaction=False)
             for i in missing:
                 call = batch[i]
-                pipe.execute_command(*fcall(call.script, call.keys, call.args))
+                pipe.execute_command(
+                    *(fcall(call.script, call.keys, call.args) if loaded else _eval_command(call))
+                )
             for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = result
         return results
 
-    async def _load_library(self) -> None:
+    async def _load_library(self) -> bool:
+        """``FUNCTION LOAD`` the scripts; ``False`` when refused above ``maxmemory``
+        (the calls then go as ``EVAL`` of :func:`eval_source`)."""
         try:
             await self._client.execute_command("FUNCTION", "LOAD", library().source)
+        except rexc.OutOfMemoryError:
+            return False
         except rexc.ResponseError as exc:
-            if "already exists" not in str(exc):
+            if not is_loaded_already(exc):
                 raise
+        return True
 
     async def _probe_idle(self) -> None:
         """``PING`` when no request completed for ``health_check_interval`` seconds; no

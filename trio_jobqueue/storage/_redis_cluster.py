@@ -49,8 +49,11 @@ from ._redis_common import (
     Subscriptions,
     _scan,
     _translate,
+    eval_source,
     fcall,
     is_loaded_already,
+    is_missing_function,
+    is_refused_for_memory,
     library,
     script,
 )
@@ -459,11 +462,10 @@ class ClusterAdapter(AdapterCommon):
     async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         if not keys:
             raise StorageError(f"script {name!r} declares no key: it cannot be routed")
-        call = fcall(script(name), keys, args)
         return await self._routed(
             keys[0],
             lambda node: node._fcall(name, keys, args),
-            lambda a: self._ask_fcall(a, call),
+            lambda a: self._ask_fcall(a, name, keys, args),
         )
 
     async def _fcall_waited(
@@ -471,10 +473,8 @@ class ClusterAdapter(AdapterCommon):
     ) -> tuple[Any, int]:
         if not keys:
             raise StorageError(f"script {name!r} declares no key: it cannot be routed")
-        call = fcall(script(name), keys, args)
-
         async def ask(address: str) -> tuple[Any, int]:
-            reply, acked = await self._ask_fcall(address, call, wait)
+            reply, acked = await self._ask_fcall(address, name, keys, args, wait)
             return reply, int(acked)
 
         result: tuple[Any, int] = await self._routed(
@@ -483,23 +483,35 @@ class ClusterAdapter(AdapterCommon):
         return result
 
     async def _ask_fcall(
-        self, address: str, call: Sequence[ScriptArg], *after: Sequence[ScriptArg]
+        self,
+        address: str,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *after: Sequence[ScriptArg],
     ) -> Any:
-        """``call`` (an ``FCALL``) once on ``address`` after ``ASKING`` (a slot being
-        migrated), the library loaded there first (that node may never have run one);
-        its reply, or a tuple of the replies of ``call`` and of each of ``after``."""
+        """Script ``name`` once on ``address`` after ``ASKING`` (a slot being migrated),
+        the library loaded there first (that node may never have run one; above
+        ``maxmemory``, where it cannot be loaded, the call goes as an ``EVAL`` of
+        :func:`eval_source`); its reply, or a tuple of the replies of the call and of
+        each of ``after``."""
+        call = fcall(script(name), keys, args)
         loaded, asking, *replies = await request_once(
             self._url(address),
             self.options,
             [("FUNCTION", "LOAD", library().source), ("ASKING",), call, *after],
             self.command_timeout,
         )
-        for answer in (loaded, asking, *replies):
-            if isinstance(answer, RedisReplyError) and not (
-                answer is loaded and is_loaded_already(answer)
-            ):
-                error = _translate(answer, f"Redis at {address}")
-                raise error from answer
+        if is_refused_for_memory(loaded) and is_missing_function(replies[0]):
+            evaluated = ("EVAL", eval_source(name), len(keys), *keys, *args)
+            replies = await self._ask(address, evaluated, *after)
+        else:
+            for answer in (loaded, asking, *replies):
+                if isinstance(answer, RedisReplyError) and not (
+                    answer is loaded and is_loaded_already(answer)
+                ):
+                    error = _translate(answer, f"Redis at {address}")
+                    raise error from answer
         return tuple(replies) if after else replies[0]
 
     async def _command_waited(

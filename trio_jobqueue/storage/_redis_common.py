@@ -161,7 +161,9 @@ class _Library:
     """Script name -> Redis function name."""
 
 
-def _build_library() -> _Library:
+@functools.cache
+def _sources() -> tuple[bytes, dict[str, tuple[bytes, bytes]]]:
+    """``_lib.lua`` without comments, and per script its ``#!lua`` flags and body."""
     files = importlib.resources.files("trio_jobqueue").joinpath("lua")
     lib = _COMMENT.sub(b"", files.joinpath("_lib.lua").read_bytes())
     bodies: dict[str, tuple[bytes, bytes]] = {}
@@ -174,6 +176,11 @@ def _build_library() -> _Library:
         if match is None:
             raise RuntimeError(f"lua/{entry.name} must start with a #!lua flags line")
         bodies[name] = (match[1] or b"", body)
+    return lib, bodies
+
+
+def _build_library() -> _Library:
+    lib, bodies = _sources()
     digest = hashlib.sha1(lib)
     for name, (flags, body) in bodies.items():
         digest.update(b"\0" + name.encode() + b"\0" + flags + b"\0" + body)
@@ -191,6 +198,32 @@ def _build_library() -> _Library:
             f"flags = {{{listed}}}}}\n".encode()
         )
     return _Library(library, _inline_constants(b"".join(parts)), functions)
+
+
+@functools.cache
+def eval_source(name: str) -> bytes:
+    """``lua/<name>.lua`` as one script for ``EVAL``, with the same flags: the fallback
+    when the library is missing and cannot be loaded because the server is above
+    ``maxmemory`` (``FUNCTION LOAD`` is refused there, ``EVAL`` of an ``allow-oom``
+    script is not), so that a handler's success is still stored. It re-creates the
+    helpers on every call: slower, and only for that case."""
+    lib, bodies = _sources()
+    flags, body = bodies[name]
+    shebang = b"#!lua flags=" + flags if flags else b"#!lua"
+    parts = [
+        shebang,
+        b"\nlocal KEYS_IN, ARGV_IN = KEYS, ARGV\n",
+        lib,
+        f"\nlocal function script_{name}()\n".encode(),
+        body,
+        f"\nend\nbegin(KEYS_IN, ARGV_IN)\nreturn script_{name}()\n".encode(),
+    ]
+    return _inline_constants(b"".join(parts))
+
+
+def is_refused_for_memory(reply: object) -> bool:
+    """Whether a ``FUNCTION LOAD`` reply says the server is above ``maxmemory``."""
+    return isinstance(reply, RedisReplyError) and reply.code == "OOM"
 
 
 @functools.cache
@@ -226,16 +259,19 @@ def script(name: str) -> _Script:
     return found
 
 
-def is_missing_function(reply: Exception) -> bool:
-    """Whether ``reply`` says the function is not loaded (a restart without persistence,
-    ``FUNCTION FLUSH``, a new node): load the library and call again."""
-    return isinstance(reply, RedisReplyError) and str(reply).startswith("ERR Function not found")
+def is_missing_function(reply: object) -> bool:
+    """Whether ``reply`` (an error reply of either client: the trio client's keeps the
+    ``ERR`` code, redis-py's drops it) says the function is not loaded (a restart without
+    persistence, ``FUNCTION FLUSH``, a new node): load the library and call again."""
+    return isinstance(reply, Exception) and str(reply).removeprefix("ERR ").startswith(
+        "Function not found"
+    )
 
 
-def is_loaded_already(reply: Exception) -> bool:
-    """Whether a ``FUNCTION LOAD`` reply says the library is there already (another client
-    loaded it first): as good as loaded."""
-    return isinstance(reply, RedisReplyError) and "already exists" in str(reply)
+def is_loaded_already(reply: object) -> bool:
+    """Whether a ``FUNCTION LOAD`` error reply (of either client) says the library is
+    there already (another client loaded it first): as good as loaded."""
+    return isinstance(reply, Exception) and "already exists" in str(reply)
 
 
 def fcall(spec: _Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> tuple[ScriptArg, ...]:

@@ -61,9 +61,11 @@ from ._redis_common import (
     _Channel,
     _translate,
     describe_os_error,
+    eval_source,
     fcall,
     is_loaded_already,
     is_missing_function,
+    is_refused_for_memory,
     library,
     root_os_error,
     script,
@@ -873,7 +875,8 @@ class TrioRedisAdapter(AdapterCommon):
         packed = _pack(fcall(script(name), keys, args))
         reply, acked = await self._call_then_wait(packed, wait)
         if is_missing_function(reply):
-            await self._load_library()
+            if not await self._load_library():
+                packed = _pack(("EVAL", eval_source(name), len(keys), *keys, *args))
             reply, acked = await self._call_then_wait(packed, wait)
         return self._replied(reply), int(self._replied(acked))
 
@@ -927,18 +930,24 @@ class TrioRedisAdapter(AdapterCommon):
         if isinstance(reply, RedisReplyError):
             if is_missing_function(reply):
                 # A new server, a restart or FUNCTION FLUSH: load them and call again.
-                await self._load_library()
+                if not await self._load_library():
+                    packed = _pack(("EVAL", eval_source(name), len(keys), *keys, *args))
                 reply = await self._call(packed)
                 if not isinstance(reply, RedisReplyError):
                     return reply
             raise self._error(reply)
         return reply
 
-    async def _load_library(self) -> None:
-        """``FUNCTION LOAD`` the package's scripts (see :func:`library`)."""
+    async def _load_library(self) -> bool:
+        """``FUNCTION LOAD`` the package's scripts (see :func:`library`); ``False`` when
+        the server refused it for being above ``maxmemory`` (then the call goes as an
+        ``EVAL`` of :func:`eval_source`)."""
         reply = await self._call(_pack(("FUNCTION", "LOAD", library().source)))
+        if is_refused_for_memory(reply):
+            return False
         if isinstance(reply, RedisReplyError) and not is_loaded_already(reply):
             raise self._error(reply)
+        return True
 
     # -- blocking commands and services ---------------------------------------------
 
