@@ -758,15 +758,15 @@ class RedisStorage(Storage):
             "" if run_at is None else repr(float(run_at)),
             "" if delay is None else repr(float(delay)),
         ]
-        keys = self.keys(ns).standard()
-        if self.durable_enqueue:
-            reply, confirmed = await self._create_jobs(
-                "enqueue", ns, keys, argv, lambda reply: reply[0] in (b"queued", b"scheduled")
-            )
-            if confirmed is not None and confirmed < self.durable_enqueue:
-                raise self._not_replicated(f"job {job_id!r}", confirmed)
-        else:
-            reply = await self.adapter.run_script("enqueue", keys, argv)
+        reply, confirmed = await self._create_jobs(
+            "enqueue",
+            ns,
+            self.keys(ns).standard(),
+            argv,
+            lambda reply: reply[0] in (b"queued", b"scheduled"),
+        )
+        if confirmed is not None and confirmed < self.durable_enqueue:
+            raise self._not_replicated(f"job {job_id!r}", confirmed)
         if reply[0] == b"queued":
             return QUEUED_OUTCOME
         status = EnqueueStatus(reply[0].decode())
