@@ -17,7 +17,7 @@ import trio
 from fixtures_redis import RedisServer, require_redis_server
 
 from trio_jobqueue import StorageError
-from trio_jobqueue.storage._redis_common import RedisReplyError
+from trio_jobqueue.storage._redis_common import RedisReplyError, Subscriptions
 from trio_jobqueue.storage._redis_trio import TrioRedisAdapter
 from trio_jobqueue.storage._redis_url import parse_url
 from trio_jobqueue.storage.redis import RedisStorage
@@ -38,6 +38,27 @@ class _Recorder:
         self.reconnects += 1
         self.reconnected.set()
 
+
+
+async def test_a_subscription_cancelled_before_its_confirmation_leaves_no_user_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A use cancelled while it waits for the server's confirmation counts no user, so
+    the channel is unsubscribed once its linger ends; a confirmed one is entered at once."""
+    subs = Subscriptions()
+    subscribed: dict[str, object] = {}
+    with trio.move_on_after(1):
+        async with subs.use("ch", _Recorder(), timeout=10.0, linger=2.0):
+            raise AssertionError("entered before the server confirmed the subscription")
+    add, drop, _ = subs.plan(subscribed, fresh=False)  # type: ignore[arg-type]
+    assert [c.name for c in add] == ["ch"] and not drop
+    subs.dispatch("ssubscribe", b"ch", 1)
+    async with subs.use("ch", _Recorder(), timeout=10.0, linger=2.0):
+        assert trio.current_time() == 1.0  # confirmed: no wait
+        assert subs.channels["ch"].users == 1
+    await trio.sleep(3)
+    add, drop, _ = subs.plan(subscribed, fresh=False)  # type: ignore[arg-type]
+    assert not add and [c.name for c in drop] == ["ch"] and "ch" not in subs.channels
 
 async def test_pipelined_replies_stay_in_order_under_cancellation(
     redis_server: RedisServer,

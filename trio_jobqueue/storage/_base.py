@@ -24,8 +24,8 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
 
@@ -734,10 +734,9 @@ class Storage(abc.ABC):
             hub = self._hubs[ns] = _core.Hub()
         return hub
 
-    @asynccontextmanager
-    async def follow(
+    def follow(
         self, ns: str, kind: _core.FollowKind, job_id: str | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AbstractAsyncContextManager[Any]:
         """While open, the backend feeds :meth:`hub` with ``kind`` notifications of
         ``ns`` (``job``: those of ``job_id``; ``control``: at least the ``cancelled``
         events of :meth:`force_cancel` of ``processing`` jobs, for the workers holding
@@ -747,8 +746,7 @@ class Storage(abc.ABC):
         The default suits backends that deliver everything as it happens (Memory).
         Raises ``StorageError`` when the feed cannot be started.
         """
-        await trio.lowlevel.checkpoint()
-        yield None
+        return _NO_FEED
 
     # -- housekeeping -----------------------------------------------------------------
 
@@ -776,6 +774,20 @@ class Storage(abc.ABC):
         Raises:
             StorageError: the storage failed.
         """
+
+
+class _NoFeed:
+    """:meth:`Storage.follow` of a backend that delivers everything as it happens: a
+    checkpoint, nothing to open (one shared, stateless instance)."""
+
+    async def __aenter__(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_FEED = _NoFeed()
 
 
 # The core is built on the records above and is what the concrete methods delegate to.

@@ -40,7 +40,8 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -407,22 +408,51 @@ async def subscribe(storage: Storage, ns: str) -> AsyncIterator[EventSubscriptio
         subscription.end()
 
 
-@asynccontextmanager
-async def watch(storage: Storage, ns: str, job_id: str) -> AsyncIterator[JobWatch]:
+def watch(storage: Storage, ns: str, job_id: str) -> _Watching:
     """See :meth:`Storage.watch_job`."""
-    hub = storage.hub(ns)
-    job_watch = JobWatch()
-    try:
-        async with storage.follow(ns, "job", job_id) as since:
-            job_watch.next_pos = since
-            hub.watches.setdefault(job_id, set()).add(job_watch)
-            yield job_watch
-    finally:
-        watches = hub.watches.get(job_id)
-        if watches is not None:
-            watches.discard(job_watch)
-            if not watches:
-                del hub.watches[job_id]
+    return _Watching(storage, ns, job_id)
+
+
+class _Watching:
+    """The context of one job watch: the backend's ``job`` feed of ``job_id`` open, the
+    watch registered with the hub. A plain class, not a generator: every
+    ``enqueue_and_wait`` enters one."""
+
+    __slots__ = ("_feed", "_hub", "_job_id", "_ns", "_storage", "_watch")
+
+    def __init__(self, storage: Storage, ns: str, job_id: str) -> None:
+        self._storage = storage
+        self._ns = ns
+        self._job_id = job_id
+        self._feed: AbstractAsyncContextManager[Position] | None = None
+        self._hub: Hub | None = None
+        self._watch: JobWatch | None = None
+
+    async def __aenter__(self) -> JobWatch:
+        hub = self._storage.hub(self._ns)
+        feed = self._storage.follow(self._ns, "job", self._job_id)
+        job_watch = JobWatch(await feed.__aenter__())
+        self._feed, self._hub, self._watch = feed, hub, job_watch
+        hub.watches.setdefault(self._job_id, set()).add(job_watch)
+        return job_watch
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        feed, hub, job_watch = self._feed, self._hub, self._watch
+        self._feed = self._hub = self._watch = None
+        assert feed is not None and hub is not None and job_watch is not None
+        try:
+            await feed.__aexit__(exc_type, exc, tb)
+        finally:
+            watches = hub.watches.get(self._job_id)
+            if watches is not None:
+                watches.discard(job_watch)
+                if not watches:
+                    del hub.watches[self._job_id]
 
 
 @asynccontextmanager

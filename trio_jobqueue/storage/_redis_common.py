@@ -15,8 +15,8 @@ import random
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -327,8 +327,7 @@ class Subscriptions:
     def _poke(self) -> None:
         self.changed.set()
 
-    @asynccontextmanager
-    async def use(
+    def use(
         self,
         channel: str,
         handler: ChannelHandler,
@@ -336,37 +335,23 @@ class Subscriptions:
         timeout: float,
         sharded: bool = False,
         linger: float = _LINGER,
-    ) -> AsyncIterator[None]:
+    ) -> _Use:
         """See :meth:`AdapterCommon.subscription`."""
-        chan = self.channels.get(channel)
-        if chan is None:
-            chan = self.channels[channel] = _Channel(channel, handler, sharded, linger)
-            self._new.append(channel)
-            self._poke()
-        chan.users += 1
-        try:
-            if not chan.confirmed.is_set():
-                with trio.move_on_after(timeout) as scope:
-                    await chan.confirmed.wait()
-                if scope.cancelled_caught:
-                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
-            else:
-                await trio.lowlevel.checkpoint()
-            yield
-        finally:
-            chan.users -= 1
-            if chan.users == 0:
-                chan.idle_since = trio.current_time()
-                if not chan.in_idle:
-                    # (Else its entry is due earlier: plan() pushes it again then.)
-                    chan.in_idle = True
-                    heapq.heappush(
-                        self._idle, (chan.idle_since + chan.linger, next(_tiebreak), chan)
-                    )
-                    if chan.linger > 0:
-                        self._poke()
-                    # Else (per-job channels): no write of its own; the unsubscription
-                    # goes out with the next (un)subscription, or at the next idle probe.
+        return _Use(self, channel, handler, timeout, sharded, linger)
+
+    def _leave(self, chan: _Channel) -> None:
+        """One user of ``chan`` left."""
+        chan.users -= 1
+        if chan.users == 0:
+            chan.idle_since = trio.current_time()
+            if not chan.in_idle:
+                # (Else its entry is due earlier: plan() pushes it again then.)
+                chan.in_idle = True
+                heapq.heappush(self._idle, (chan.idle_since + chan.linger, next(_tiebreak), chan))
+                if chan.linger > 0:
+                    self._poke()
+                # Else (per-job channels): no write of its own; the unsubscription goes
+                # out with the next (un)subscription, or at the next idle probe.
 
     def plan(
         self, subscribed: dict[str, _Channel], *, fresh: bool
@@ -429,6 +414,63 @@ class Subscriptions:
                 chan.handler.on_reconnect()
         elif chan is not None and isinstance(data, bytes):
             chan.handler.on_message(data)
+
+
+class _Use:
+    """One use of a channel (:meth:`Subscriptions.use`): entered, it counts as a user
+    and waits for the server's confirmation; a channel confirmed already is entered
+    without a schedule point (it still raises if the caller is cancelled). A plain
+    class, not a generator: a job watch enters one per ``enqueue_and_wait``."""
+
+    __slots__ = ("_chan", "_channel", "_handler", "_linger", "_sharded", "_subs", "_timeout")
+
+    def __init__(
+        self,
+        subs: Subscriptions,
+        channel: str,
+        handler: ChannelHandler,
+        timeout: float,
+        sharded: bool,
+        linger: float,
+    ) -> None:
+        self._subs = subs
+        self._channel = channel
+        self._handler = handler
+        self._timeout = timeout
+        self._sharded = sharded
+        self._linger = linger
+        self._chan: _Channel | None = None
+
+    async def __aenter__(self) -> None:
+        subs, channel = self._subs, self._channel
+        chan = subs.channels.get(channel)
+        if chan is None:
+            chan = subs.channels[channel] = _Channel(
+                channel, self._handler, self._sharded, self._linger
+            )
+            subs._new.append(channel)
+            subs._poke()
+        chan.users += 1
+        entered = False
+        try:
+            if not chan.confirmed.is_set():
+                with trio.move_on_after(self._timeout) as scope:
+                    await chan.confirmed.wait()
+                if scope.cancelled_caught:
+                    raise StorageError(f"Redis did not confirm the subscription to {channel!r}")
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            entered = True
+        finally:
+            if entered:
+                self._chan = chan
+            else:
+                subs._leave(chan)  # the use ends with its failed entry
+
+    async def __aexit__(self, *exc: object) -> None:
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            self._subs._leave(chan)
 
 
 def subscription_commands(

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -604,10 +604,9 @@ class RedisStorage(Storage):
         offset = repr(self._clock_offset)
         return offset if self._sharded else offset + ",classic"
 
-    @asynccontextmanager
-    async def follow(
+    def follow(
         self, ns: str, kind: FollowKind, job_id: str | None = None
-    ) -> AsyncIterator[None]:
+    ) -> AbstractAsyncContextManager[None]:
         """Feed the namespace's hub with ``kind`` notifications while open:
 
         * ``work``: a wake-up listener on ``{tag}:wake`` (see :mod:`._redis_wake`): one
@@ -624,6 +623,21 @@ class RedisStorage(Storage):
             StorageError: the storage is not open, or the subscription was not confirmed
                 within ``retry_timeout``.
         """
+        if kind != "job":
+            return self._follow_namespace(ns, kind)
+        assert job_id is not None
+        # The common case (every enqueue_and_wait): the subscription's own context,
+        # without a generator around it.
+        keys = self.keys(ns)
+        channel = keys.done_channel(job_id)
+        handler = self._job_feeds.get(channel)
+        if handler is None:
+            handler = self._job_feeds[channel] = _JobFeed(self.hub(ns), channel, keys)
+        return self.adapter.subscription(channel, handler, sharded=self._sharded)
+
+    @asynccontextmanager
+    async def _follow_namespace(self, ns: str, kind: FollowKind) -> AsyncIterator[None]:
+        """:meth:`follow` of the namespace-wide kinds (``work``, ``control``, ``events``)."""
         keys = self.keys(ns)
         adapter = self.adapter
         if kind == "work":
@@ -636,19 +650,11 @@ class RedisStorage(Storage):
                 control = self._control_feeds[ns] = _ControlFeed(self.hub(ns))
             async with adapter.subscription(keys.control, control, sharded=self._sharded):
                 yield None
-        elif kind == "events":
+        else:
             feed = self._feeds.get(ns)
             if feed is None:
                 feed = self._feeds[ns] = _EventsFeed(self.hub(ns))
             async with adapter.subscription(keys.events, feed, sharded=self._sharded):
-                yield None
-        else:
-            assert job_id is not None
-            channel = keys.done_channel(job_id)
-            handler = self._job_feeds.get(channel)
-            if handler is None:
-                handler = self._job_feeds[channel] = _JobFeed(self.hub(ns), channel, keys)
-            async with adapter.subscription(channel, handler, sharded=self._sharded):
                 yield None
 
     async def _run(
