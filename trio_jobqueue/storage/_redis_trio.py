@@ -38,7 +38,9 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import socket
 import ssl
@@ -302,6 +304,40 @@ async def request_once(
         cause = TimeoutError(f"no reply within {timeout:g} s")
         raise _failure(f"lost the connection to {target.where}: timed out", cause)
     return replies
+
+
+def _receiver(stream: trio.abc.Stream) -> Callable[[], Awaitable[bytes | bytearray]]:
+    """``stream.receive_some`` for a connection's one reader, cheaper on a plain socket.
+
+    A reply is rarely there yet when the reader asks for the next one, so on a plain
+    socket it waits until the descriptor is readable and then reads, instead of trio's
+    read-first (a ``recv`` that fails with ``EAGAIN``, its exception, then the wait and a
+    second ``recv``). A read that filled the buffer is followed by another one at once
+    (after a schedule point). TLS streams go through ``receive_some`` as they are.
+    Raises ``OSError`` for a broken connection; ``b""`` means the server closed it.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return functools.partial(stream.receive_some, _RECEIVE)
+    fd = stream.socket.fileno()
+    wait, read = trio.lowlevel.wait_readable, os.read
+    drained = True
+
+    async def receive() -> bytes | bytearray:
+        nonlocal drained
+        if drained:
+            await wait(fd)
+        else:
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = read(fd, _RECEIVE)
+            except BlockingIOError:
+                await wait(fd)
+                continue
+            drained = len(data) < _RECEIVE
+            return data
+
+    return receive
 
 
 def _direct_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -728,9 +764,10 @@ class TrioRedisAdapter(AdapterCommon):
     async def _read(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         reader = _reader()
         inflight = self._inflight
+        receive = _receiver(stream)
         while True:
             try:
-                data = await stream.receive_some(_RECEIVE)
+                data = await receive()
             except _NETWORK_ERRORS as exc:
                 root = root_os_error(exc)
                 self._broke(scope, describe_os_error(root), root)
@@ -1034,8 +1071,9 @@ class TrioRedisAdapter(AdapterCommon):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sync_subscriptions)
             reader = _reader()
+            receive = _receiver(stream)
             while True:
-                data = await stream.receive_some(_RECEIVE)
+                data = await receive()
                 if not data:
                     raise ConnectionResetError("Redis closed the pub/sub connection")
                 last_seen[0] = trio.current_time()
