@@ -529,3 +529,52 @@ async def test_worker_churn_loses_and_duplicates_nothing(
     print(f"memory churn: jobs={total} lost={lost} duplicated={duplicated}")
     assert lost == 0 and duplicated == 0
     assert all(s is not None and s.attempts == 1 for s in statuses)
+
+
+@attrs.define(eq=False)
+class _FailingBatches(jq.MemoryStorage):
+    """Memory with the worker behaviour of a storage whose calls are round trips
+    (completions batched into ``complete_many``), the first ``failures`` of those calls
+    failing after they were sent (nothing stored)."""
+
+    failures: int = 0
+    calls: list[int] = attrs.Factory(list)
+
+    @property
+    def batches_calls(self) -> bool:
+        return True
+
+    async def complete_many(self, ns: str, items: Any) -> Any:
+        self.calls.append(len(items))
+        await trio.lowlevel.checkpoint()
+        if self.failures:
+            self.failures -= 1
+            raise jq.StorageError("injected: the call failed")
+        return await super().complete_many(ns, items)
+
+
+async def test_batched_completions_that_fail_are_retried_and_each_job_counted_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Jobs whose batched completion failed are stored by their retries: every job is
+    completed after one run, counted once, and the worker ends holding nothing."""
+    ran: list[str] = []
+
+    async def handler(job: jq.Job[Any]) -> str:
+        ran.append(job.id)
+        await trio.sleep(0.01 * (int(job.id[1:]) % 3))
+        return job.id
+
+    storage = _FailingBatches(failures=3)
+    ids = [f"j{i}" for i in range(30)]
+    async with jq.open_queue(storage, handler, concurrency=10) as q:
+        await q.enqueue_many([(i, None) for i in ids])
+        assert [await q.enqueue_and_wait(i, None, timeout=60) for i in ids] == ids
+        stats = q.statistics()
+        assert stats.in_flight == 0
+    assert sorted(ran) == sorted(ids)  # nothing ran twice
+    assert stats.completed == 30 and stats.fenced == 0 and stats.released == 0
+    assert storage.failures == 0 and len(storage.calls) > 3  # the failures happened
+    for i in ids:
+        status = await storage.get_status(q.name, i)
+        assert status is not None and status.state == "completed" and status.attempts == 1

@@ -232,113 +232,76 @@ COMPLETE_CALLS = 4
 ready while all of them are under way wait and go together in the next one."""
 
 
-@attrs.define(eq=False)
-class _Pending:
-    """One completion handed to :class:`_Completer`."""
-
-    item: Completion
-    done: bool = False
-    status: SettleStatus | None = None
-    error: StorageError | None = None
-    turn: bool = False
-    """A call turn was passed to it: its task sends what queued up."""
-    wake: trio.Event = attrs.Factory(trio.Event)
-
-
 class _Completer:
     """Outcomes that are ready together go to the storage in one
     :meth:`Storage.complete_many` call (each still fenced by its own token).
 
-    No timer and no task of its own: a completion made while fewer than
-    :data:`COMPLETE_CALLS` calls are in flight is sent at once (after one scheduling round,
-    in which the other jobs of the same claim finish too, unless it is alone); those made
-    while all are under way queue up, and the first of them sends them together as soon
-    as a call returns. A failed call fails each of its completions with the call's
-    :class:`StorageError` (the worker retries each one).
+    A job task hands its completion over and ends; whoever sends the call stores the
+    statuses and finishes each job's bookkeeping (:meth:`Worker._finish`). No timer and
+    no task of its own: a completion handed over while fewer than
+    :data:`COMPLETE_CALLS` calls are in flight is sent by its own task (after one
+    scheduling round, in which the other jobs of the same claim finish too, unless it is
+    alone), which then also sends whatever queued up meanwhile; one handed over while all
+    are under way queues up for the next call that returns. A job whose call failed
+    goes on retrying in a task of its own (:meth:`Worker._retry_complete`).
     """
 
-    def __init__(self, storage: Storage, ns: str) -> None:
-        self._storage = storage
-        self._ns = ns
-        self._queued: list[_Pending] = []
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._queued: list[tuple[_Running, Completion, float]] = []
         self._calls = 0
-        """Call turns held (calls in flight or about to be sent)."""
+        """Calls in flight (or about to be sent)."""
 
-    async def complete(self, item: Completion, *, alone: bool = False) -> SettleStatus:
-        """Store ``item``; its status. ``alone``: no other job could join it now (the
-        worker holds no other), so it is sent without waiting a scheduling round.
+    async def hand_over(
+        self, running: _Running, item: Completion, duration: float, *, alone: bool
+    ) -> None:
+        """Store ``item`` (the completion of ``running``, whose handler ran ``duration``
+        s) now or soon; its job is finished once the outcome is stored. ``alone``: no
+        other job could join it now (the worker holds no other), so it is sent without
+        waiting a scheduling round.
 
-        Raises:
-            StorageError: the call that carried it failed.
+        Raises only what interrupted the call this task sent (a cancellation, a bug):
+        then ``running`` is left to the caller, every other job of the call retries.
         """
-        entry = _Pending(item)
-        self._queued.append(entry)
-        finished = False
+        self._queued.append((running, item, duration))
+        if self._calls >= COMPLETE_CALLS:
+            return  # a call under way sends it when it returns
+        self._calls += 1
         try:
-            if self._calls < COMPLETE_CALLS:
-                self._calls += 1
-                await self._lead(gather=not alone)
-            while not entry.done:
-                await entry.wake.wait()
-                entry.wake = trio.Event()
-                if entry.turn:
-                    entry.turn = False
-                    await self._lead(gather=False)
-            finished = True
-        finally:
-            if not finished:
-                # Only a bug or a cancellation: never leave a turn or an entry behind.
-                if entry in self._queued:
-                    self._queued.remove(entry)
-                if entry.turn:
-                    entry.turn = False
-                    self._pass_turn()
-        if entry.error is not None:
-            raise entry.error
-        assert entry.status is not None
-        return entry.status
-
-    async def _lead(self, *, gather: bool) -> None:
-        """With a call turn held: send everything queued; then pass the turn on."""
-        try:
-            if gather:
+            if not alone:
                 await trio.lowlevel.checkpoint()
-            batch, self._queued = self._queued, []
-            if batch:
-                await self._store(batch)
+            while self._queued:
+                batch, self._queued = self._queued, []
+                await self._store(batch, running)
         finally:
-            self._pass_turn()
+            self._calls -= 1
 
-    async def _store(self, batch: list[_Pending]) -> None:
-        # Not a storage failure (a bug, or a cancellation) leaves this error: every job
-        # of the batch retries.
-        error: StorageError | None = StorageError("storing the outcomes was interrupted")
+    async def _store(self, batch: list[tuple[_Running, Completion, float]], mine: _Running) -> None:
+        worker = self._worker
         statuses: list[SettleStatus] = []
+        error: StorageError | None = None
+        done = False
         try:
-            statuses = await self._storage.complete_many(self._ns, [e.item for e in batch])
-            if len(statuses) != len(batch):
-                raise StorageError(
-                    f"complete_many returned {len(statuses)} statuses for {len(batch)} jobs"
-                )
-            error = None
-        except StorageError as exc:
-            error = exc
+            try:
+                statuses = await worker.storage.complete_many(worker.ns, [e[1] for e in batch])
+                if len(statuses) != len(batch):
+                    raise StorageError(
+                        f"complete_many returned {len(statuses)} statuses for {len(batch)} jobs"
+                    )
+            except StorageError as exc:
+                error = exc
+            done = True
         finally:
-            for i, e in enumerate(batch):
+            if not done:
+                # Interrupted (a cancellation, a bug): every job of the call retries, but
+                # the sender's own, which its task settles as it unwinds.
+                error = StorageError("storing the outcomes was interrupted")
+                batch = [e for e in batch if e[0] is not mine]
+            for i, (running, item, duration) in enumerate(batch):
                 if error is None:
-                    e.status = statuses[i]
+                    worker._completed(running, statuses[i], duration)
                 else:
-                    e.error = error
-                e.done = True
-                e.wake.set()
-
-    def _pass_turn(self) -> None:
-        for e in self._queued:
-            if not e.turn:
-                e.turn = True  # the oldest waiting completion sends what queued up
-                e.wake.set()
-                return
-        self._calls -= 1
+                    worker._retry_later(running, item, duration, error)
 
 
 @attrs.define(eq=False)
@@ -432,6 +395,8 @@ class _Running:
     progress: ProgressReporter | None = None
     """Made on the handler's first ``report_progress`` (most jobs never report)."""
     nursery: trio.Nursery | None = None
+    finished: bool = False
+    """The attempt is over and the worker no longer holds the job (:meth:`Worker._finish`)."""
 
     def release(self) -> None:
         self.released = True
@@ -480,7 +445,7 @@ class Worker:
 
     def __attrs_post_init__(self) -> None:
         self._capacity = _Capacity(self.concurrency, ahead=self.storage.batches_calls)
-        self._completer = _Completer(self.storage, self.ns)
+        self._completer = _Completer(self)
         self._batch_completions = self.storage.batches_calls
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
@@ -833,7 +798,7 @@ class Worker:
         # its deadline (job_timeout); the settlement after it is therefore never
         # interrupted, and a shutdown release runs shielded all the same.
         claim = running.claim
-        settled = False
+        settled = handed = False
         fatal: BaseException | None = None
         # The clocks are read only for those who use the times (a job_timeout, the
         # metrics, the after_execution hook, claiming ahead); 0.0 otherwise.
@@ -882,23 +847,63 @@ class Worker:
                 # Failed because shutdown cancelled it: not the job's fault.
                 outcome = None
             duration = trio.current_time() - started if clocked else 0.0
-            await self._settle(running, outcome, started_wall, duration)
+            handed = await self._settle(running, outcome, started_wall, duration)
             settled = True
         except _FATAL as exc:  # e.g. a KeyboardInterrupt delivered while settling
             fatal = exc
         finally:
-            if not settled:
+            if not settled and not running.finished:
                 with trio.CancelScope(shield=True):
                     await self._settle(running, None, started_wall, 0.0)
-            del self._running[claim.token]
-            self.stats.in_flight = len(self._running)
-            self._capacity.give()
+            if not handed:
+                self._finish(running, fatal)
+
+    def _finish(self, running: _Running, fatal: BaseException | None = None) -> None:
+        """The attempt of ``running`` is over (its outcome stored or given up on)."""
+        if running.finished:
+            # A completer's sender whose own job was stored before its call broke.
             if fatal is not None:
                 self._stop_for(fatal)
-            if not self._running:
-                self._idle.set()
-                if self._fatal is not None:
-                    self._outer.cancel()
+            return
+        running.finished = True
+        del self._running[running.claim.token]
+        self.stats.in_flight = len(self._running)
+        self._capacity.give()
+        if fatal is not None:
+            self._stop_for(fatal)
+        if not self._running:
+            self._idle.set()
+            if self._fatal is not None:
+                self._outer.cancel()
+
+    def _completed(self, running: _Running, status: SettleStatus | None, duration: float) -> None:
+        """A completion handed to the completer was stored (``status``) or given up on."""
+        if status is SettleStatus.OK and self.metrics is None:
+            self.stats.completed += 1  # _count's usual case, inline
+        else:
+            self._count(status, "completed", running, duration)
+        self._finish(running)
+
+    def _retry_later(
+        self, running: _Running, item: Completion, duration: float, error: StorageError
+    ) -> None:
+        """The call that carried ``item`` failed: retry it in a task of its own."""
+        nursery = running.nursery
+        assert nursery is not None
+        nursery.start_soon(self._retry_complete, running, item, duration, error)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _retry_complete(
+        self, running: _Running, item: Completion, duration: float, error: StorageError
+    ) -> None:
+        ns = self.ns
+        status = await self._storage_call(
+            running,
+            "complete",
+            lambda: self.storage.complete(ns, item.job_id, item.token, item.result, ttl=item.ttl),
+            failed=error,
+        )
+        self._completed(running, status, duration)
 
     async def _execute(self, claim: Claim, running: _Running | None = None) -> _Outcome:
         """Run the handler once; every exception it raises is classified, only pure
@@ -951,10 +956,11 @@ class Worker:
         outcome: _Outcome | None,
         started_wall: float,
         duration: float,
-    ) -> None:
+    ) -> bool:
         """Store the attempt's outcome (``None``: release the job). Never raises for a
         misbehaving handler, serializer, hook or retry policy: each is reported and the
-        attempt fails instead."""
+        attempt fails instead. ``True``: a completion was handed to the completer, which
+        finishes the job (:meth:`_finish`) once it is stored; else the caller does."""
         claim = running.claim
         ns, job_id, token = self.ns, claim.job_id, claim.token
         running.settling = True
@@ -966,7 +972,7 @@ class Worker:
                 running, "release", lambda: self.storage.release(ns, job_id, token)
             )
             self._count(status, "released", running, duration)
-            return
+            return False
         ok, value, encoded = outcome.ok, outcome.value, None
         if ok:
             try:
@@ -989,7 +995,7 @@ class Worker:
                     lambda: self.storage.retry(ns, job_id, token, err, delay=delay),
                 )
                 self._count(status, "retried", running, duration)
-                return
+                return False
         ttl, final = claim.result_ttl, error
         if self.after_execution is not None:  # the context is built for the hook only
             ctx = ExecutionContext(
@@ -1015,13 +1021,13 @@ class Worker:
             assert encoded is not None
             data = encoded
             if self._batch_completions:
-                status = await self._storage_call(
+                await self._completer.hand_over(
                     running,
-                    "complete",
-                    lambda: self._completer.complete(
-                        Completion(job_id, token, data, ttl), alone=len(self._running) == 1
-                    ),
+                    Completion(job_id, token, data, ttl),
+                    duration,
+                    alone=len(self._running) == 1,
                 )
+                return True
             else:
                 try:  # the first attempt without the retry loop's layers: it mostly succeeds
                     status = await self.storage.complete(ns, job_id, token, data, ttl=ttl)
@@ -1036,7 +1042,7 @@ class Worker:
                 self.stats.completed += 1  # _count's usual case, inline
             else:
                 self._count(status, "completed", running, duration)
-            return
+            return False
         assert final is not None
         log.error(
             "job %r failed after attempt %d/%d: %s: %s\n%s",
@@ -1048,6 +1054,7 @@ class Worker:
             running, "fail", lambda: self.storage.fail(ns, job_id, token, err, ttl=ttl)
         )
         self._count(status, "failed", running, duration)
+        return False
 
     def _observe(self, claim: Claim, outcome: str, duration: float) -> None:
         assert self.metrics is not None
