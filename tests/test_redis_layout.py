@@ -232,3 +232,20 @@ async def test_every_script_is_a_function_of_the_loaded_library(storage: RedisSt
         assert fallback.split(b"\n", 1)[0] == shebang.rstrip()
         await storage.server_command("SCRIPT", "LOAD", fallback)
     assert registered == {}
+
+
+async def test_claims_remove_expired_records_and_enqueues_leave_them(storage: RedisStorage) -> None:
+    """Expired results leave Redis with the next claim (at most 100 per index), without a
+    reaper; an enqueue does not spend its time on them."""
+    for i in range(3):
+        await storage.enqueue(NS, f"done{i}", b"p", max_attempts=1, result_ttl=5)
+    for claim in await storage.claim(NS, "w", limit=3, lease=30):
+        assert await storage.complete(NS, claim.job_id, claim.token, b"r", ttl=5) == "ok"
+    keys = storage.keys(NS)
+    await storage.advance_clock(10)
+    await storage.enqueue(NS, "next", b"p", max_attempts=1, result_ttl=5)
+    assert await storage.server_command("ZCARD", keys.completed) == 3
+    [claim] = await storage.claim(NS, "w", limit=1, lease=30)
+    assert claim.job_id == "next"
+    assert await storage.server_command("ZCARD", keys.completed) == 0
+    assert await storage.server_command("EXISTS", *(keys.job(f"done{i}") for i in range(3))) == 0

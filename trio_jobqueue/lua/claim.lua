@@ -12,16 +12,19 @@
 --          many tokens as jobs claimed, DEL of the stale tokens when the queue is empty,
 --          RPUSH when promoted jobs are left for others), the claim record (SET ... PX lease: the claimed ids, so that a call
 --          resent after a lost reply gets the same jobs back instead of claiming more,
---          and so that jobs of a reply lost for good can be released), publishes
---          "started" events.
--- Bounded: at most PROMOTE_BATCH promotions and limit + SKIP_MAX entries looked at,
--- whatever the backlog.
+--          and so that jobs of a reply lost for good can be released), completed/failed
+--          and their records (purge of expired entries), publishes "started" events.
+-- Also removes expired terminal records, at most PURGE_BATCH per index (completed,
+-- failed, and their records and blobs).
+-- Bounded: at most PROMOTE_BATCH promotions, PURGE_BATCH removals per index and
+-- limit + SKIP_MAX entries looked at, whatever the backlog.
 -- Paused (field "paused" of seq): claims nothing and returns {now, "paused"}.
 -- Returns: {now, next_due or "" (given whenever fewer than `limit` were claimed), then
 --          per claim: id, payload, attempt, max_attempts, created, token, lease_until,
 --          result_ttl}
 local PROMOTE_BATCH = 500
 local SKIP_MAX = 500
+local PURGE_BATCH = 100
 for i = 15, #KEYS do
   redis.call('DEL', KEYS[i])
 end
@@ -61,6 +64,9 @@ if redis.call('HEXISTS', KEYS[9], 'paused') == 1 then
   out[2] = 'paused'  -- the queue is paused: nothing is promoted or claimed
   return out
 end
+-- Expired terminal records go here, not in every enqueue: one claim call serves a
+-- batch of jobs, and records only become terminal where workers claim.
+purge(PURGE_BATCH)
 local promoted, next_due = promote_due(PROMOTE_BATCH)
 local limit = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])

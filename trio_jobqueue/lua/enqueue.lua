@@ -7,12 +7,12 @@
 --       NOW + delay)
 -- Touches: {tag}:j:<id> (GET; SET), {tag}:b:<id> (HSET of a large payload),
 --          seq (HINCRBY t), queue (ZADD) or, for a run_at after now, delayed and
---          scheduled (ZADD), completed/failed and their records (purge of expired
---          entries, at most 100 each), wake (RPUSH a token; for a scheduled job only
---          when it is due before every other delayed one), publishes "enqueued".
+--          scheduled (ZADD), wake (RPUSH a token; for a scheduled job only when it
+--          is due before every other delayed one), publishes "enqueued". An expired
+--          record under the id is removed; other expired records are left to claims
+--          (see claim.lua) and purge_expired.
 -- Returns: {"queued"} | {"scheduled"} | {"duplicate", state}
 --          | {"completed", "completed", result}
-purge(100)
 local reply = enqueue_one(ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
   tonumber(ARGV[7]), due_time(ARGV[8], ARGV[9]))
 flush()
