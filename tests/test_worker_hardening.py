@@ -17,7 +17,7 @@ import trio.testing
 
 import trio_jobqueue as jq
 from trio_jobqueue import _worker
-from trio_jobqueue.storage import SettleStatus
+from trio_jobqueue.storage import Completion, SettleStatus
 
 
 class Unprintable(Exception):
@@ -234,14 +234,12 @@ class GatedHeartbeatStorage(jq.MemoryStorage):
         await self.gate.wait()
         return await super().heartbeat(ns, claims, lease=lease)
 
-    async def complete(
-        self, ns: str, job_id: str, token: str, result: bytes, *, ttl: float
-    ) -> SettleStatus:
-        status = await super().complete(ns, job_id, token, result, ttl=ttl)
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        statuses = await super().complete_many(ns, items)
         self.gate.set()
         for _ in range(3):
             await trio.lowlevel.checkpoint()
-        return status
+        return statuses
 
 
 async def test_completing_during_a_heartbeat_is_not_a_lost_lease(
@@ -264,7 +262,8 @@ async def test_completing_during_a_heartbeat_is_not_a_lost_lease(
 
 
 class RefusingStorage(jq.MemoryStorage):
-    """Memory whose ``complete`` raises StorageError until ``refuse_until`` (trio time)."""
+    """Memory whose ``complete`` and ``complete_many`` (what workers call) raise
+    StorageError until ``refuse_until`` (trio time)."""
 
     def __init__(self, refuse_for: float) -> None:
         super().__init__()
@@ -278,6 +277,12 @@ class RefusingStorage(jq.MemoryStorage):
             self.refusals += 1
             raise jq.StorageError("OOM command not allowed when used memory > 'maxmemory'.")
         return await super().complete(ns, job_id, token, result, ttl=ttl)
+
+    async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
+        if trio.current_time() < self.refuse_until:
+            self.refusals += 1
+            raise jq.StorageError("OOM command not allowed when used memory > 'maxmemory'.")
+        return await super().complete_many(ns, items)
 
 
 async def test_settlement_is_retried_while_the_lease_lasts(

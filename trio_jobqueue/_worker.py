@@ -425,7 +425,6 @@ class Worker:
     _running: dict[str, _Running] = attrs.field(factory=dict, init=False)
     _capacity: _Capacity = attrs.field(init=False)
     _completer: _Completer = attrs.field(init=False)
-    _batch_completions: bool = attrs.field(init=False)
     _thread_limiter: trio.CapacityLimiter = attrs.field(init=False)
     _outer: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _claim_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
@@ -446,7 +445,6 @@ class Worker:
     def __attrs_post_init__(self) -> None:
         self._capacity = _Capacity(self.concurrency, ahead=self.storage.batches_calls)
         self._completer = _Completer(self)
-        self._batch_completions = self.storage.batches_calls
         self._thread_limiter = trio.CapacityLimiter(self.concurrency)
         self._is_async = is_async_callable(self.handler)
         self._clocked = (
@@ -1020,29 +1018,13 @@ class Worker:
         if ok:
             assert encoded is not None
             data = encoded
-            if self._batch_completions:
-                await self._completer.hand_over(
-                    running,
-                    Completion(job_id, token, data, ttl),
-                    duration,
-                    alone=len(self._running) == 1,
-                )
-                return True
-            else:
-                try:  # the first attempt without the retry loop's layers: it mostly succeeds
-                    status = await self.storage.complete(ns, job_id, token, data, ttl=ttl)
-                except StorageError as exc:
-                    status = await self._storage_call(
-                        running,
-                        "complete",
-                        lambda: self.storage.complete(ns, job_id, token, data, ttl=ttl),
-                        failed=exc,
-                    )
-            if status is SettleStatus.OK and self.metrics is None:
-                self.stats.completed += 1  # _count's usual case, inline
-            else:
-                self._count(status, "completed", running, duration)
-            return False
+            await self._completer.hand_over(
+                running,
+                Completion(job_id, token, data, ttl),
+                duration,
+                alone=len(self._running) == 1,
+            )
+            return True
         assert final is not None
         log.error(
             "job %r failed after attempt %d/%d: %s: %s\n%s",

@@ -710,12 +710,12 @@ class Storage(abc.ABC):
 
     @property
     def batches_calls(self) -> bool:
-        """Whether a call costs a round trip that batching saves (Redis). Workers then
-        claim a few jobs ahead of their free slots and store the completions that are
-        ready together in one :meth:`complete_many` call; on an in-process storage
-        (Memory, or File, whose concurrent calls already share one transaction) both
-        would only add work, so they claim for their free slots and complete each job
-        with :meth:`complete`. False unless the backend says so."""
+        """Whether a call costs a round trip (Redis). Workers then claim a few jobs
+        ahead of their free slots, and in slices, so that the next jobs are at hand
+        while the running ones finish; on an in-process storage (Memory, File) that
+        would only add work, so they claim what their free slots can start. (On every
+        backend, workers store the completions that are ready together in one
+        :meth:`complete_many` call.) False unless the backend says so."""
         return False
 
     @property
