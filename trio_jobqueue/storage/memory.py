@@ -159,7 +159,11 @@ class MemoryStorage(Storage):
 
     async def complete_many(self, ns: str, items: Sequence[Completion]) -> list[SettleStatus]:
         await trio.lowlevel.checkpoint()
-        batch = [attrs.evolve(c, result=bytes(c.result)) for c in items]
+        # A copy only of results that are not bytes already (a caller's bytearray must
+        # not change the stored result afterwards).
+        batch = [
+            c if type(c.result) is bytes else attrs.evolve(c, result=bytes(c.result)) for c in items
+        ]
         return self._run(ns, lambda tx: st.complete_many(tx, batch))
 
     async def fail(
