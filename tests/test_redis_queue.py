@@ -158,7 +158,7 @@ async def test_a_job_claimed_ahead_goes_back_for_an_idle_worker(redis_server: Re
         ) as busy:
             for n in range(20):  # short runs: the worker claims ahead from now on
                 await busy.enqueue_and_wait(f"short-{n}", n, timeout=10)
-            # Both ready at once: one claim (a free slot + a margin of 1) takes both.
+            # Both ready at once: one claim (a free slot + the margin) takes both.
             await busy.enqueue_many([("long-1", 0), ("long-2", 0)])
             await long_started.wait()
             async with jq.open_queue(
@@ -179,8 +179,9 @@ async def test_a_job_claimed_ahead_goes_back_for_an_idle_worker(redis_server: Re
 
 async def test_a_worker_holds_at_most_its_slots_plus_the_margin(redis_server: RedisServer) -> None:
     """However deep the backlog, a worker claiming ahead holds at most ``concurrency`` jobs
-    plus a margin of ``min(concurrency, 16)``, and once its running jobs turn out long it
-    gives the extra ones back: the queue then shows only its running jobs processing."""
+    plus a margin of 16 (while its jobs run short), and once its running jobs turn out
+    long it gives the extra ones back: the queue then shows only its running jobs
+    processing."""
     storage = RedisStorage(redis_server.url, key_prefix=f"held-{uuid.uuid4().hex[:8]}")
     let_go, shorts_done = trio.Event(), trio.Event()
     running = shorts = 0
@@ -209,4 +210,4 @@ async def test_a_worker_holds_at_most_its_slots_plus_the_margin(redis_server: Re
                 await trio.sleep(0.01)
             let_go.set()
     print(f"most jobs processing at once: {most_processing}")
-    assert 4 <= most_processing <= 8
+    assert 4 <= most_processing <= 4 + 16

@@ -75,8 +75,13 @@ _FATAL = (KeyboardInterrupt, SystemExit)
 
 
 PREFETCH_MAX = 16
-"""Most jobs a worker claims ahead of its free handler slots (and never more than its
-concurrency), so that the next jobs are at hand when running ones finish."""
+"""Most jobs a worker claims ahead of its free handler slots, so that the next jobs are
+at hand when running ones finish: ``min(concurrency, PREFETCH_MAX)``, or more (up to
+``PREFETCH_MAX``) while recent jobs were so short that its slots get through them all
+within :data:`PREFETCH_HORIZON`."""
+PREFETCH_HORIZON = 0.025
+"""Longest a job claimed ahead beyond the worker's concurrency should wait for a slot,
+judging by the recent run times (a quarter of :data:`PREFETCH_WAIT`)."""
 PREFETCH_RUN = 0.05
 """Jobs are claimed ahead only while the recent ones ran shorter than this on average
 (seconds): a job claimed ahead then waits about one such run."""
@@ -105,7 +110,9 @@ class _Capacity:
     def __init__(self, concurrency: int, *, ahead: bool = True) -> None:
         self.concurrency = concurrency
         self.margin = min(concurrency, PREFETCH_MAX) if ahead else 0
-        """Jobs claimed ahead at most (0: the storage's claims cost no round trip)."""
+        """Jobs claimed ahead at most, or up to ``PREFETCH_MAX`` while the slots get
+        through that many within :data:`PREFETCH_HORIZON` (see :meth:`claimable`); 0:
+        the storage's claims cost no round trip."""
         self.slice = CLAIM_SLICE if ahead else MAX_CLAIM_BATCH
         """Most jobs one claim takes."""
         self.held = 0
@@ -128,8 +135,13 @@ class _Capacity:
     def claimable(self) -> int:
         """How many jobs the claim loop may claim now (0: wait)."""
         margin = 0
-        if self.average_run < PREFETCH_RUN and trio.current_time() >= self._ahead_after:
+        average = self.average_run
+        if average < PREFETCH_RUN and trio.current_time() >= self._ahead_after:
             margin = self.margin
+            if 0 < margin < PREFETCH_MAX:
+                # A few slots, short jobs: as many ahead as they run within the horizon.
+                fit = self.concurrency * PREFETCH_HORIZON / average if average > 0 else math.inf
+                margin = max(margin, int(min(PREFETCH_MAX, fit)))
         free = self.concurrency + margin - self.held
         if free <= 0 or (self._queue and free < max(1, margin // 2)):
             return 0
@@ -139,6 +151,12 @@ class _Capacity:
         """Until :meth:`claimable` is positive; not a checkpoint when it is (the claim
         loop checkpoints right after)."""
         while not self.claimable():
+            await self._claim_lot.park()
+
+    async def none_waiting(self) -> None:
+        """Until no claimed job waits for a handler slot (a checkpoint)."""
+        await trio.lowlevel.checkpoint()
+        while self._queue:
             await self._claim_lot.park()
 
     def take(self, most: int) -> int:
@@ -580,6 +598,10 @@ class Worker:
             taken = self._capacity.take(self._capacity.slice)
             if not taken:
                 continue  # e.g. recent jobs ran long: no claiming ahead any more
+            # While claimed jobs wait for a slot, a claim only takes what is ready now: a
+            # blocking one would wait on the server and take the next jobs (those this
+            # worker gives back among them) from idle workers.
+            ahead = self._capacity.waiting > 0
             claimed_at = trio.current_time()
             try:
                 claims = await self.storage.claim(
@@ -587,7 +609,7 @@ class Worker:
                     self.worker_id,
                     limit=taken,
                     lease=self.visibility_timeout,
-                    wait=CLAIM_WAIT,
+                    wait=0 if ahead else CLAIM_WAIT,
                 )
             except StorageError as exc:
                 self._capacity.give(taken)
@@ -600,6 +622,8 @@ class Worker:
             self._capacity.give(taken - len(claims))
             for claim in claims:
                 self._start(nursery, claim, claimed_at + self.visibility_timeout)
+            if ahead and not claims:
+                await self._capacity.none_waiting()  # then claim (and wait) as usual
 
     def _start(self, nursery: trio.Nursery, claim: Claim, lease_deadline: float) -> None:
         running = _Running(claim, trio.CancelScope(), lease_deadline, nursery=nursery)
