@@ -62,6 +62,9 @@ WORKER = textwrap.dedent(
 
     async def main():
         async with FileStorage(root, fsync=fsync) as storage:
+            # Load the mirror before "go", as the in-process drain does: a worker
+            # process reads the journal once when it starts, not per job.
+            await storage.stats("bench")
             print("ready", flush=True)
             await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
             async with jq.open_queue(storage, counting, name="bench",
