@@ -600,3 +600,33 @@ async def test_idle_claims_need_no_transaction(make: Callable[..., FileStorage])
         await s.advance_clock(60.0)
         (c,) = await s.claim(NS, "w", limit=3, lease=30.0)
         assert (c.job_id, c.attempt) == ("late", 2)
+
+
+async def test_frames_read_by_the_tailer_need_no_replay(
+    make: Callable[..., FileStorage], root: Path
+) -> None:
+    """What another object (process) committed, once this object's tailer has read it,
+    is in this object's state without a transaction: an idle claim then needs none. A
+    frame the tailer cannot decode is left to the next transaction, which quarantines it
+    and serves what came after."""
+    async with make() as s, make() as other:
+        await s.stats(NS)
+        async with s.subscribe_events(NS) as events:
+            await other.enqueue(NS, "x", b"p", **OPTS)
+            (c,) = await other.claim(NS, "w", limit=1, lease=30.0)
+            with trio.fail_after(10):
+                kinds = [(await events.receive()).kind for _ in range(2)]
+            assert kinds == [EventKind.ENQUEUED, EventKind.STARTED]
+            before = s.statistics().transactions
+            batch = await s.claim_nowait(NS, "w", limit=3, lease=30.0)
+            assert batch.claims == [] and s.statistics().transactions == before
+            record = await s.get_status(NS, "x")
+            assert record is not None and record.state is JobState.PROCESSING
+
+            _append(ns_dir(root) / "journal.0", fio.encode_frame({"v": 99, "odd": True}))
+            await other.enqueue(NS, "y", b"p", **OPTS)
+            with trio.fail_after(10):
+                assert (await events.receive()).job_id == "y"
+            (c,) = await s.claim(NS, "w", limit=3, lease=30.0)
+            assert c.job_id == "y"
+            assert any("undecodable journal entry" in r.reason for r in s.quarantined)

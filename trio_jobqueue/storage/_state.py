@@ -249,7 +249,6 @@ CODES = (
     "g",
 )
 """One letter per field, as written in an update (the keys of format 1's records)."""
-_CODE_INDEX = {code: index for index, code in enumerate(CODES)}
 _image = operator.attrgetter(*FIELDS)
 _JOB_ID, _PAYLOAD, _STATE, _RESULT, _ERROR, _PROGRESS = 0, 1, 2, 7, 8, 18
 _BYTES_FIELDS = (_PAYLOAD, _RESULT, _ERROR, _PROGRESS)
@@ -720,11 +719,12 @@ class NsState:
             raise CorruptRecord(f"undecodable snapshot: {exc!r}") from exc
         return state
 
-    def apply_entry(self, raw: Any, area: memoryview | None = None) -> list[EventRecord]:
-        """Replay one journal entry (either format); return its events.
+    def apply_entry(self, raw: Any, area: memoryview | None = None) -> None:
+        """Replay one journal entry (either format).
 
         Decodes everything before changing anything, so a corrupt entry leaves the
-        state untouched.
+        state untouched. Its events change nothing and are not decoded here: a reader
+        that delivers them decodes them (:func:`entry_events`) when it does.
         """
         version = _version(raw, "journal entry")
         try:
@@ -741,7 +741,8 @@ class NsState:
             workers = {
                 str(k): None if v is None else decode_worker(v) for k, v in raw.get("W", {}).items()
             }
-            events = [decode_event(item, blobs) for item in raw.get("ev", ())]
+            if not isinstance(raw.get("ev", []), list):
+                raise CorruptRecord("journal entry with malformed events")
             cursors = _decode_cursors(raw.get("C", {}))
             paused = raw.get("P")
             tail_seq = _int(raw["ts"])
@@ -776,7 +777,6 @@ class NsState:
             self.paused = paused is True
         self.tail_seq = tail_seq
         self.head_seq = head_seq
-        return events
 
 
 def _decode_cursors(raw: Any) -> dict[str, float]:
@@ -785,20 +785,32 @@ def _decode_cursors(raw: Any) -> dict[str, float]:
     return {_str(schedule_id): float(tick) for schedule_id, tick in raw.items()}
 
 
+_UPDATABLE: dict[str, tuple[int, str, type | None, bool]] = {
+    code: (index, FIELDS[index], _PLAIN.get(index), index in _NULLABLE)
+    for index, code in enumerate(CODES)
+    if index != _JOB_ID
+}
+"""Per field code of an update: the field's index, name, plain type (:data:`_PLAIN`) and
+whether it is nullable: one lookup per changed field when replaying."""
+
+
 def _decode_update(raw: Any, blobs: BlobReader) -> tuple[str, list[tuple[str, Any]]]:
     if not isinstance(raw, list) or len(raw) % 2 != 1:
         raise CorruptRecord("malformed record update")
     job_id = _str(raw[0])
     changes = []
     for pos in range(1, len(raw), 2):
-        index = _CODE_INDEX.get(raw[pos])
-        if index is None or index == _JOB_ID:
+        field = _UPDATABLE.get(raw[pos])
+        if field is None:
             raise CorruptRecord(f"unknown field {raw[pos]!r} in a record update")
+        index, name, plain, nullable = field
         value = raw[pos + 1]
-        if (value is None and index in _NULLABLE) or type(value) is _PLAIN.get(index):
-            changes.append((FIELDS[index], value))  # what _in would return
+        if type(value) is plain or (value is None and nullable):
+            changes.append((name, value))  # what _in would return
+        elif index == _STATE and type(value) is str and value in _STATES:
+            changes.append((name, _STATES[value]))
         else:
-            changes.append((FIELDS[index], _in(index, value, blobs)))
+            changes.append((name, _in(index, value, blobs)))
     return job_id, changes
 
 

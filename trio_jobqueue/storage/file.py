@@ -154,12 +154,37 @@ class _Op:
     """The caller's task while it is blocked in :meth:`FileStorage._wait`."""
 
 
-@attrs.frozen
 class _FeedChunk:
-    gen: int
-    start: int
-    end: int
-    events: tuple[EventRecord, ...]
+    """One frame for the hub: its events, or (a frame read from the journal) its entry,
+    whose events are decoded only if they are delivered."""
+
+    __slots__ = ("_events", "end", "frame", "gen", "jid", "start")
+
+    def __init__(
+        self,
+        gen: int,
+        start: int,
+        end: int,
+        events: tuple[EventRecord, ...] | None = (),
+        frame: fio.Frame | None = None,
+        jid: tuple[int, int] | None = None,
+    ) -> None:
+        self.gen, self.start, self.end = gen, start, end
+        self._events = events
+        self.frame = frame
+        """The frame as read (``None``: written by this process, or undecodable)."""
+        self.jid = jid
+        """The journal file it was read from (device, inode), when the tailer read it."""
+
+    @property
+    def events(self) -> tuple[EventRecord, ...]:
+        if self._events is None:
+            assert self.frame is not None
+            try:
+                self._events = tuple(fst.entry_events(self.frame.entry, self.frame.blobs))
+            except fst.CorruptRecord:
+                self._events = ()  # the transaction that replays it quarantines it
+        return self._events
 
 
 @attrs.define(eq=False)
@@ -185,7 +210,8 @@ class _Space:
     pending: list[_Op] = attrs.Factory(list)
     committing: bool = False
     idle: trio.Event = attrs.Factory(trio.Event)
-    # -- the mirror (touched only by the one thread running this space's transaction) --
+    # -- the mirror (touched only by the one thread running this space's transaction, and
+    # by the tailer on the trio thread while none runs: _advance_mirror) --
     prepared: bool = False
     named: bool = False
     lock_fd: int | None = None
@@ -809,14 +835,16 @@ class FileStorage(Storage):
         for item in fio.iter_frames(data, base):
             if isinstance(item, fio.Frame):
                 try:
-                    events = space.state.apply_entry(item.entry, item.blobs)
+                    space.state.apply_entry(item.entry, item.blobs)
+                    frame: fio.Frame | None = item
                 except fst.CorruptRecord as exc:
                     raw = data[item.start - base : item.end - base]
                     reason = f"undecodable journal entry: {exc}"
                     self._quarantine_bytes(space, space.gen, raw, reason)
-                    events = []
+                    frame = None
                 if chunks is not None:
-                    chunks.append(_FeedChunk(space.gen, item.start, item.end, tuple(events)))
+                    events = None if frame is not None else ()
+                    chunks.append(_FeedChunk(space.gen, item.start, item.end, events, frame))
                 space.jsize = item.end
                 continue
             rest = data[item.offset - base :]
@@ -1118,6 +1146,8 @@ class FileStorage(Storage):
                 # Transient (a file replaced under us, NFS hiccup): retry on the next wake.
                 logger.warning("cannot read the journal of %r: %s", space.ns, exc)
                 return
+            if unread is not None and unread <= INLINE_READ:
+                self._advance_mirror(space, chunks)
             if gap:
                 self._lost_track(space)
             self._dispatch(space, chunks)
@@ -1128,6 +1158,37 @@ class FileStorage(Storage):
                 self._kick.set()  # rewound meanwhile: read again
         finally:
             space.pumping = False
+
+    def _advance_mirror(self, space: _Space, chunks: list[_FeedChunk]) -> None:
+        """Apply the frames the tailer read (other processes' transactions) to the
+        mirror, when they are the next ones for it and no transaction of ours is running:
+        the next transaction then replays only what came after them, so the directory's
+        lock is held for less time (on the trio thread, and only for small reads).
+
+        A frame that does not decode is left to that transaction (which quarantines it);
+        a failure to apply one (a bug) makes the next transaction reload the mirror."""
+        state = space.state
+        if state is None or space.committing:
+            return
+        for chunk in chunks:
+            if (chunk.gen, chunk.end) <= (space.gen, space.jsize):
+                continue  # applied already (by a transaction of ours)
+            frame = chunk.frame
+            if (
+                frame is None
+                or chunk.jid != space.jid
+                or (chunk.gen, chunk.start) != (space.gen, space.jsize)
+            ):
+                return
+            try:
+                state.apply_entry(frame.entry, frame.blobs)
+            except fst.CorruptRecord:
+                return
+            except Exception as exc:  # a bug: the mirror may be half-changed
+                logger.error("file storage: replaying a journal frame failed", exc_info=exc)
+                space.state = None
+                return
+            space.jsize = chunk.end
 
     def _read_feed(self, directory: str, pos: Pos) -> tuple[list[_FeedChunk], Pos, bool]:
         """Read committed frames from ``pos`` on, following sealed journals (no lock)."""
@@ -1150,19 +1211,17 @@ class FileStorage(Storage):
                 gen, offset, gap = later[0], 0, True
                 continue
             try:
+                st = os.fstat(fd)
                 data = fio.read_from(fd, offset)
             finally:
                 os.close(fd)
+            jid = (st.st_dev, st.st_ino)
             complete = True
             for item in fio.iter_frames(data, offset):
                 if isinstance(item, fio.BadFrame):
                     complete = False  # in progress, or a torn tail the next writer cuts off
                     break
-                try:
-                    events = fst.entry_events(item.entry, item.blobs)
-                except fst.CorruptRecord:
-                    events = []  # the next transaction quarantines the entry
-                chunks.append(_FeedChunk(gen, item.start, item.end, tuple(events)))
+                chunks.append(_FeedChunk(gen, item.start, item.end, None, item, jid))
                 offset = item.end
             if not sealed:
                 return chunks, (gen, offset), gap
