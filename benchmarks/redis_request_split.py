@@ -8,7 +8,9 @@ Starts a private ``redis-server`` (no persistence) on a free port, a worker proc
 warm-up of 50 requests). Prints per round the requests per second and the CPU (user +
 system) per request of each process: the caller's and the worker's from
 ``/proc/<pid>/stat`` over the measured interval, Redis's from ``INFO cpu``, plus the
-script calls per request (``INFO commandstats``).
+script calls per request (``INFO commandstats``); ``--commands`` also lists every Redis
+command per request (calls and the server's microseconds, the commands scripts run
+included).
 
 Runs against whatever ``trio_jobqueue`` is importable: ``PYTHONPATH=/path/to/checkout``
 measures another version (the child processes inherit it).
@@ -88,14 +90,20 @@ def redis_cpu(port: int) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def fcalls(port: int) -> int:
+def commandstats(port: int) -> dict[str, tuple[int, int]]:
+    """Per command (scripts' own commands included): calls and microseconds so far."""
+    stats = {}
     for line in redis_info(port, "commandstats").splitlines():
-        if line.startswith("cmdstat_fcall:"):
-            return int(line.split("calls=", 1)[1].split(",", 1)[0])
-    return 0
+        if line.startswith("cmdstat_"):
+            name, rest = line[len("cmdstat_") :].split(":", 1)
+            fields = dict(item.split("=", 1) for item in rest.split(","))
+            stats[name] = (int(fields["calls"]), int(fields["usec"]))
+    return stats
 
 
-def one_round(port: int, callers: int, seconds: float) -> dict[str, float]:
+def one_round(
+    port: int, callers: int, seconds: float, show_commands: bool = False
+) -> dict[str, float]:
     url = f"redis://127.0.0.1:{port}"
     me = [sys.executable, str(Path(__file__).resolve())]
     worker = subprocess.Popen(
@@ -105,7 +113,7 @@ def one_round(port: int, callers: int, seconds: float) -> dict[str, float]:
         assert worker.stdout is not None and worker.stdin is not None
         if worker.stdout.readline().strip() != b"ready":
             raise SystemExit("the worker did not start")
-        cpu, scripts = redis_cpu(port), fcalls(port)
+        cpu, commands = redis_cpu(port), commandstats(port)
         caller = [*me, "--role", "caller", "--url", url, "--callers", str(callers)]
         out = subprocess.run(
             [*caller, "--seconds", str(seconds), "--worker-pid", str(worker.pid)],
@@ -113,7 +121,7 @@ def one_round(port: int, callers: int, seconds: float) -> dict[str, float]:
             text=True,
             check=True,
         ).stdout
-        cpu, scripts = redis_cpu(port) - cpu, fcalls(port) - scripts
+        cpu, after = redis_cpu(port) - cpu, commandstats(port)
         worker.stdin.write(b"stop\n")
         worker.stdin.close()
         worker.wait(30)
@@ -122,13 +130,21 @@ def one_round(port: int, callers: int, seconds: float) -> dict[str, float]:
             worker.kill()
     got = json.loads(out.strip().splitlines()[-1])
     n = got["requests"]
+    used = {
+        name: (calls - commands.get(name, (0, 0))[0], usec - commands.get(name, (0, 0))[1])
+        for name, (calls, usec) in after.items()
+    }
+    if show_commands:
+        for name, (calls, usec) in sorted(used.items(), key=lambda item: -item[1][1]):
+            if calls:
+                print(f"  {name:<20} {calls / (n + 50):6.2f} calls  {usec / (n + 50):6.1f} us")
     # Redis's figures include the warm-up's 50 requests (a fraction of a percent).
     return {
         "req/s": n / got["seconds"],
         "caller us": got["caller"] / n * 1e6,
         "worker us": got["worker"] / n * 1e6,
         "redis us": cpu / (n + 50) * 1e6,
-        "scripts": scripts / (n + 50),
+        "scripts": used.get("fcall", (0, 0))[0] / (n + 50),
     }
 
 
@@ -137,6 +153,11 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--commands",
+        action="store_true",
+        help="also print each round's Redis commands per request (calls, microseconds)",
+    )
     parser.add_argument("--role", choices=["worker", "caller"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--worker-pid", type=int, help=argparse.SUPPRESS)
@@ -151,7 +172,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as (port, _pid):
         for r in range(args.rounds):
-            row = one_round(port, args.callers, args.seconds)
+            row = one_round(port, args.callers, args.seconds, args.commands)
             rows.append(row)
             print(f"round {r + 1}: " + "  ".join(f"{k} {v:,.1f}" for k, v in row.items()))
     print(
