@@ -75,6 +75,36 @@ async def test_cancel_in_the_middle_of_a_large_ready_set(storage: RedisStorage) 
         assert _calls(await storage.server_command("INFO", "commandstats"), "lrem") == 0
 
 
+async def test_processing_jobs_stay_in_a_skiplist_and_only_jobs_are_listed(
+    storage: RedisStorage,
+) -> None:
+    """The lease set is a skiplist from the first claim on, however few jobs run (a
+    listpack's ZADD scans the set), and what keeps it one is never seen as a job: not by
+    stats, list_jobs, reap or status, also once nothing is processing."""
+    await _fill(storage, 3)
+    claims = await _claim_all(storage, lease=30)
+    leases = storage.keys(NS).leases
+    assert await storage.server_command("OBJECT", "ENCODING", leases) == b"skiplist"
+    assert (await storage.stats(NS)).processing == 3
+    page = await storage.list_jobs(NS, JobState.PROCESSING, limit=10)
+    assert sorted(r.job_id for r in page.records) == sorted(c.job_id for c in claims)
+    assert page.cursor is None
+    reaped = await storage.reap(NS)
+    assert reaped.stalled == () and reaped.next_deadline is not None
+    assert math.isfinite(reaped.next_deadline)
+    for claim in claims:
+        await storage.complete(NS, claim.job_id, claim.token, b"r", ttl=600)
+    assert (await storage.stats(NS)).processing == 0
+    page = await storage.list_jobs(NS, JobState.PROCESSING, limit=10)
+    assert (page.records, page.cursor) == ([], None)
+    assert (await storage.reap(NS)).next_deadline is None
+    # The next claims find the set as it was: still a skiplist.
+    await storage.enqueue(NS, "later", b"p", max_attempts=3, result_ttl=600)
+    assert [c.job_id for c in await _claim_all(storage)] == ["later"]
+    assert await storage.server_command("OBJECT", "ENCODING", leases) == b"skiplist"
+    assert (await storage.stats(NS)).processing == 1
+
+
 async def test_release_goes_to_the_head_and_priority_room_is_left(storage: RedisStorage) -> None:
     """A released job goes before every queued one (the latest release first), with a
     negative sequence number; enqueues keep FIFO after it."""

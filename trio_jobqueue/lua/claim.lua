@@ -7,7 +7,7 @@
 -- Touches: delayed (ZRANGE/ZCOUNT/ZRANGEBYSCORE/ZREM, at most PROMOTE_BATCH due jobs),
 --          seq (HMGET/HINCRBY/HSET/HDEL: promotion reservations), queue
 --          (ZADD of promoted jobs, ZPOPMIN), {tag}:j:<id> (GET, SET), {tag}:b:<id>
---          (HGET of a large payload), leases (ZADD), quarantine (RPUSH of the ids of
+--          (HGET of a large payload), leases (ZADD, of LEASES_PIN too: see _lib.lua), quarantine (RPUSH of the ids of
 --          corrupt records, which are left untouched for inspection), wake (LTRIM of as
 --          many tokens as jobs claimed, DEL of the stale tokens when the queue is empty,
 --          RPUSH when promoted jobs are left for others), the claim record (SET ... PX lease: the claimed ids, so that a call
@@ -88,6 +88,9 @@ while #claimed < limit and budget > 0 do
       redis.call('RPUSH', KEYS[12], id)
     elseif j and (j[ST] == 'q' or j[ST] == 'f') then
       claimed[#claimed + 1] = id
+      if #claimed == 1 then
+        redis.call('ZADD', KEYS[2], 'NX', '+inf', LEASES_PIN)
+      end
       local token = ARGV[5] .. ':' .. #claimed
       j[ST], j[ATT], j[WRK], j[TOK] = 'p', j[ATT] + 1, ARGV[2], token
       write_job(key, j)

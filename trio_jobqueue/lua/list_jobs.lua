@@ -67,6 +67,10 @@ while phase <= #sources do
     done = #window < 2 * want
     for i = 1, #window, 2 do
       local id, s = window[i], window[i + 1]
+      if id == LEASES_PIN then
+        done = true  -- the last entry of `leases`, no job (see _lib.lua)
+        break
+      end
       if reverse and tonumber(s) <= NOW then
         done = true  -- this entry and every later one expired: the index is done
         break

@@ -44,7 +44,7 @@ for _, id in ipairs(ids) do
     out[#out + 1] = tostring(failed)
   end
 end
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 if first[2] then
   out[2] = first[2]
   if tonumber(first[2]) <= NOW then
