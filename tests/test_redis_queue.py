@@ -13,6 +13,7 @@ from _proc_harness import WorkerPool
 from fixtures_redis import RedisServer
 
 import trio_jobqueue as jq
+from trio_jobqueue._worker import PREFETCH_MAX
 from trio_jobqueue.storage.redis import RedisStorage
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -178,10 +179,10 @@ async def test_a_job_claimed_ahead_goes_back_for_an_idle_worker(redis_server: Re
 
 
 async def test_a_worker_holds_at_most_its_slots_plus_the_margin(redis_server: RedisServer) -> None:
-    """However deep the backlog, a worker claiming ahead holds at most ``concurrency`` jobs
-    plus a margin of 16 (while its jobs run short), and once its running jobs turn out
-    long it gives the extra ones back: the queue then shows only its running jobs
-    processing."""
+    """However deep the backlog, a worker claiming ahead holds at most ``concurrency``
+    jobs plus a margin of at most PREFETCH_MAX (while its jobs run short), and once its
+    running jobs turn out long it gives the extra ones back: the queue then shows only
+    its running jobs processing."""
     storage = RedisStorage(redis_server.url, key_prefix=f"held-{uuid.uuid4().hex[:8]}")
     let_go, shorts_done = trio.Event(), trio.Event()
     running = shorts = 0
@@ -210,4 +211,4 @@ async def test_a_worker_holds_at_most_its_slots_plus_the_margin(redis_server: Re
                 await trio.sleep(0.01)
             let_go.set()
     print(f"most jobs processing at once: {most_processing}")
-    assert 4 <= most_processing <= 4 + 16
+    assert 4 <= most_processing <= 4 + PREFETCH_MAX

@@ -74,7 +74,7 @@ handlers run in threads, which cannot be interrupted)."""
 _FATAL = (KeyboardInterrupt, SystemExit)
 
 
-PREFETCH_MAX = 16
+PREFETCH_MAX = 32
 """Most jobs a worker claims ahead of its free handler slots, so that the next jobs are
 at hand when running ones finish: ``min(concurrency, PREFETCH_MAX)``, or more (up to
 ``PREFETCH_MAX``) while recent jobs were so short that its slots get through them all
