@@ -11,6 +11,8 @@ Prints:
   (a fourth script call; none means the outcome came with the notification);
 * per drained job (no-op jobs, concurrency 10 and 100): script calls, and Redis's time in
   scripts (``usec`` of ``FCALL``);
+* ``enqueue`` from 100 tasks at once (``Queue.enqueue`` each): script calls per job (the
+  calls made together share one) and Redis's script time per job;
 * a sequential ``enqueue``: wall and CPU time per call through ``Queue.enqueue``, against
   the same script sent from a raw blocking socket and a bare ``PING`` in the same run:
   what the client adds to a round trip, and what Redis's script time is.
@@ -106,6 +108,31 @@ async def per_job(url: str, port: int, jobs: int, concurrency: int) -> None:
     )
 
 
+async def concurrent_enqueue(url: str, port: int, jobs: int, tasks: int = 100) -> None:
+    """``tasks`` tasks each enqueueing its share of ``jobs`` through ``Queue.enqueue``:
+    the script calls they share, and Redis's script time per job."""
+    async with (
+        RedisStorage(url, key_prefix="hp-conc") as storage,
+        jq.open_queue(storage, name="c") as q,
+    ):
+        reset(port)
+
+        async def lane(k: int) -> None:
+            for i in range(k, jobs, tasks):
+                await q.enqueue(f"c-{i}", {"x": 1})
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for k in range(tasks):
+                nursery.start_soon(lane, k)
+        elapsed = time.perf_counter() - started
+        calls, usec = stats(port).get("fcall", (0, 0))
+    print(
+        f"enqueue from {tasks} tasks at once: {calls / jobs:.3f} script calls per job, Redis "
+        f"script time {usec / jobs:.1f} us per job ({jobs / elapsed:,.0f} jobs/s, load-bound)"
+    )
+
+
 async def sequential_enqueue(url: str, calls: int) -> tuple[float, float]:
     async with (
         RedisStorage(url, key_prefix="hp-enq") as storage,
@@ -186,6 +213,7 @@ def main() -> int:
         trio.run(per_request, url, port, args.requests)
         for concurrency in (10, 100):
             trio.run(per_job, url, port, args.jobs, concurrency)
+        trio.run(concurrent_enqueue, url, port, args.jobs)
         reset(port)
         ping, raw = raw_calls(port, args.calls)
         raw_usec = stats(port)["fcall"][1] / args.calls

@@ -47,8 +47,10 @@ async def test_pause_stops_workers_of_other_processes(url: str, tmp_path: Path) 
             for n in range(10):
                 status = await q.get_status(f"job-{n}")
                 assert status is not None and status.state == "queued", status
-            await q.resume()
+            # Read before the call: a worker may start a job as soon as the resume is
+            # stored, before the call has returned here.
             resumed_at = time.time()
+            await q.resume()
             with trio.fail_after(30):
                 started = [await q.enqueue_and_wait(f"job-{n}", n, timeout=30) for n in range(10)]
     assert min(started) >= resumed_at > paused_at + 1.5

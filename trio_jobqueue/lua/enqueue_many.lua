@@ -7,7 +7,8 @@
 --       last chunk done)
 -- ARGV: 1 clock offset, 2 the chunk's nonce (kept in the records it accepts: a resent
 --       chunk reports them as accepted again), 3 the chunk's index in its call (1, 2,
---       ...), 4 the chain key's lifetime (ms), 5 the chunk's default options, 6 the jobs
+--       ...), 4 the chain key's lifetime (ms; "" for a chunk that is a call of its own:
+--       no chain key is read or written), 5 the chunk's default options, 6 the jobs
 --       with other options ("<position> <options>;" each, positions from 1), then per
 --       job 2 values: id, payload. Options are "<max_attempts> <result_ttl> <priority>
 --       <run_at> <delay>" (run_at, delay: "-" for none).
@@ -22,9 +23,13 @@
 --          s scheduled, d duplicate (its extra: the existing state), c completed (its
 --          extra: the cached result).
 local chunk = tonumber(ARGV[3])
-local done = tonumber(redis.call('GET', KEYS[14]) or '0')
-if done < chunk - 1 then
-  return 'wait'
+local chained = ARGV[4] ~= ''
+local done = 0
+if chained then
+  done = tonumber(redis.call('GET', KEYS[14]) or '0')
+  if done < chunk - 1 then
+    return 'wait'
+  end
 end
 purge(100)
 
@@ -199,6 +204,8 @@ if #due_pairs > 0 then
   pending_wakes = pending_wakes + #due_pairs / 2
 end
 flush()
-redis.call('SET', KEYS[14], math.max(done, chunk), 'PX', ARGV[4])
+if chained then
+  redis.call('SET', KEYS[14], math.max(done, chunk), 'PX', ARGV[4])
+end
 out[1] = table.concat(codes)
 return out

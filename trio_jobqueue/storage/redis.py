@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -155,6 +156,97 @@ def _corrupt_record(ns: str, job_id: str) -> Iterator[None]:
 
 ENQUEUE_PIPELINE = 2
 """``enqueue_many.lua`` calls one ``enqueue_chunks`` keeps in flight."""
+ENQUEUE_CALLS = 2
+"""Most enqueue script calls one storage has in flight per namespace for ``enqueue()``:
+the calls made while that many are under way queue up, and go together in one
+``enqueue_many.lua`` call when one of them returns."""
+ENQUEUE_BATCH = 100
+"""Most jobs one such call carries."""
+ENQUEUE_BATCH_BYTES = 1 << 20
+"""Most payload bytes one such call carries (a larger payload goes alone)."""
+
+_QUEUED, _SENT, _DONE = 0, 1, 2
+
+
+class _Enqueue:
+    """One ``enqueue()`` call waiting in an :class:`_Enqueues` line."""
+
+    __slots__ = ("abandoned", "event", "job", "outcome", "state")
+
+    def __init__(self, job: EnqueueSpec) -> None:
+        self.job = job
+        self.state = _QUEUED
+        self.outcome: EnqueueOutcome | StorageError | None = None
+        self.event: trio.Event | None = None
+        """Set while its task waits (for the outcome, or for its turn to send)."""
+        self.abandoned = False
+        """Its task is gone (cancelled): nobody reads the outcome."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Batch:
+    """One script call of an :class:`_Enqueues` line, sent again as it is (the same
+    arguments, so the same nonce) when the task sending it was cancelled mid-call."""
+
+    entries: list[_Enqueue]
+    script: str
+    keys: Sequence[str]
+    argv: list[ScriptArg]
+
+
+class _Enqueues:
+    """The ``enqueue()`` calls of one namespace of one storage. While fewer than
+    :data:`ENQUEUE_CALLS` script calls are under way a call is sent at once, by its own
+    task; the calls made meanwhile queue up, in order, and the next sender takes them all
+    (up to :data:`ENQUEUE_BATCH`) in one ``enqueue_many.lua`` call. No task of its own:
+    a task sends batches (the oldest first) until its own job went, then passes the turn
+    to a waiting one. A batch whose sender was cancelled mid-call is sent again, as it
+    was, before anything newer (its jobs may be written already: its nonce makes the
+    script report them as accepted), unless every task waiting on it is gone too."""
+
+    __slots__ = ("calls", "formed", "line")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.line: deque[_Enqueue] = deque()
+        """Calls not sent yet, in order."""
+        self.formed: deque[_Batch] = deque()
+        """Batches to send again, before the line."""
+
+    def has_work(self, entry: _Enqueue) -> bool:
+        """Whether the task of ``entry`` has something to send: a batch to send again,
+        or its own job."""
+        return bool(self.formed) or entry.state == _QUEUED
+
+    def can_send(self, entry: _Enqueue) -> bool:
+        return self.calls < ENQUEUE_CALLS and self.has_work(entry)
+
+    def take(self) -> list[_Enqueue]:
+        """The oldest queued calls, as many as one script call carries."""
+        line = self.line
+        first = line.popleft()
+        batch, size = [first], len(first.job.payload)
+        while line and len(batch) < ENQUEUE_BATCH:
+            size += len(line[0].job.payload)
+            if size > ENQUEUE_BATCH_BYTES:
+                break
+            batch.append(line.popleft())
+        for entry in batch:
+            entry.state = _SENT
+        return batch
+
+    def pass_turn(self) -> None:
+        """Wake a waiting task that may send now, if a call may be sent now."""
+        if self.calls >= ENQUEUE_CALLS:
+            return
+        for batch in self.formed:
+            for entry in batch.entries:
+                if entry.event is not None:
+                    entry.event.set()
+                    return
+        if self.line and self.line[0].event is not None:
+            self.line[0].event.set()
+
 
 _SCHEDULED = EnqueueOutcome(EnqueueStatus.SCHEDULED)
 
@@ -194,13 +286,27 @@ def _chunk_args(
 
 
 def _chunk_outcomes(ns: str, jobs: Sequence[EnqueueSpec], reply: Any) -> list[EnqueueOutcome]:
-    """The outcomes of ``enqueue_many.lua``'s reply ``{codes, extras...}``."""
+    """The outcomes of ``enqueue_many.lua``'s reply ``{codes, extras...}``; raises the
+    first job's error (a corrupt record under its id)."""
+    outcomes: list[EnqueueOutcome] = []
+    for outcome in _chunk_results(ns, jobs, reply):
+        if isinstance(outcome, StorageError):
+            raise outcome
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _chunk_results(
+    ns: str, jobs: Sequence[EnqueueSpec], reply: Any
+) -> list[EnqueueOutcome | StorageError]:
+    """Per job of ``enqueue_many.lua``'s reply ``{codes, extras...}``: its outcome, or
+    the error of a corrupt record under its id."""
     codes: bytes = reply[0]
     if len(codes) != len(jobs):
         raise StorageError(f"enqueue_many: {len(codes)} answers for {len(jobs)} jobs")
     if codes.count(b"q") == len(codes):
         return [QUEUED_OUTCOME] * len(codes)
-    outcomes: list[EnqueueOutcome] = []
+    outcomes: list[EnqueueOutcome | StorageError] = []
     extra = 1
     for job, code in zip(jobs, codes, strict=True):
         if code == 113:  # q
@@ -213,9 +319,12 @@ def _chunk_outcomes(ns: str, jobs: Sequence[EnqueueSpec], reply: Any) -> list[En
             )
             extra += 1
         else:
-            with _corrupt_record(ns, job.job_id):
-                state = JobState(reply[extra].decode())
-            outcomes.append(EnqueueOutcome(EnqueueStatus.DUPLICATE, state))
+            try:
+                with _corrupt_record(ns, job.job_id):
+                    state = JobState(reply[extra].decode())
+                outcomes.append(EnqueueOutcome(EnqueueStatus.DUPLICATE, state))
+            except StorageError as exc:
+                outcomes.append(exc)
             extra += 1
     return outcomes
 
@@ -371,6 +480,8 @@ class RedisStorage(Storage):
     _orphans: dict[str, list[str]] = attrs.field(factory=dict, init=False)
     """Per namespace: nonces of claims that never got a reply (the next claim releases
     whatever jobs they took)."""
+    _enqueues: dict[str, _Enqueues] = attrs.field(factory=dict, init=False)
+    """Per namespace: the ``enqueue()`` calls waiting to share a script call."""
 
     def __init__(
         self,
@@ -753,6 +864,22 @@ class RedisStorage(Storage):
         run_at: float | None = None,
         delay: float | None = None,
     ) -> EnqueueOutcome:
+        """See :meth:`Storage.enqueue`. Calls made together (concurrent producers) share
+        script calls: see :class:`_Enqueues`; with ``durable_enqueue``, one call each
+        (``enqueue.lua`` followed by ``WAIT``)."""
+        if not self.durable_enqueue:
+            return await self._enqueue_batched(
+                ns,
+                EnqueueSpec(
+                    job_id,
+                    bytes(payload),
+                    int(max_attempts),
+                    float(result_ttl),
+                    int(priority),
+                    None if run_at is None else float(run_at),
+                    None if delay is None else float(delay),
+                ),
+            )
         argv: list[ScriptArg] = [
             self._clock_arg,
             job_id,
@@ -773,6 +900,97 @@ class RedisStorage(Storage):
         )
         if confirmed is not None and confirmed < self.durable_enqueue:
             raise self._not_replicated(f"job {job_id!r}", confirmed)
+        return self._enqueue_outcome(ns, job_id, reply)
+
+    async def _enqueue_batched(self, ns: str, job: EnqueueSpec) -> EnqueueOutcome:
+        """The outcome of ``job``, sent in a script call of its own or with the other
+        ``enqueue()`` calls made meanwhile (see :class:`_Enqueues`)."""
+        line = self._enqueues.get(ns)
+        if line is None:
+            line = self._enqueues[ns] = _Enqueues()
+        entry = _Enqueue(job)
+        line.line.append(entry)
+        try:
+            while entry.state != _DONE:
+                if line.can_send(entry):
+                    line.calls += 1
+                    try:
+                        while entry.state != _DONE and line.has_work(entry):
+                            if line.formed:
+                                batch = line.formed.popleft()
+                            else:
+                                batch = self._form_batch(ns, line.take())
+                            line.pass_turn()  # another call may go meanwhile
+                            await self._send_batch(ns, line, batch, entry)
+                    finally:
+                        line.calls -= 1
+                        line.pass_turn()
+                else:
+                    entry.event = trio.Event()
+                    try:
+                        await entry.event.wait()
+                    finally:
+                        entry.event = None
+        finally:
+            if entry.state != _DONE:  # cancelled
+                entry.abandoned = True
+                if entry.state == _QUEUED:
+                    line.line.remove(entry)  # never sent: never written
+                line.pass_turn()
+        outcome = entry.outcome
+        if isinstance(outcome, StorageError):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def _form_batch(self, ns: str, entries: list[_Enqueue]) -> _Batch:
+        keys = self.keys(ns).standard()
+        if len(entries) == 1:
+            job = entries[0].job
+            argv: list[ScriptArg] = [
+                self._clock_arg,
+                job.job_id,
+                job.payload,
+                job.max_attempts,
+                repr(job.result_ttl),
+                new_token(),  # the call's nonce, kept in the job record
+                job.priority,
+                "" if job.run_at is None else repr(job.run_at),
+                "" if job.delay is None else repr(job.delay),
+            ]
+            return _Batch(entries, "enqueue", keys, argv)
+        # One chunk that is a call of its own: no chain key (nothing to order it after).
+        argv = _chunk_args(self._clock_arg, new_token(), 1, "", [e.job for e in entries])
+        return _Batch(entries, "enqueue_many", [*keys, keys[0]], argv)
+
+    async def _send_batch(self, ns: str, line: _Enqueues, batch: _Batch, mine: _Enqueue) -> None:
+        entries = batch.entries
+        outcomes: list[EnqueueOutcome | StorageError] = []
+        done = False
+        try:
+            try:
+                reply = await self.adapter.run_script(batch.script, batch.keys, batch.argv)
+                if batch.script == "enqueue":
+                    outcomes = [self._enqueue_outcome(ns, entries[0].job.job_id, reply)]
+                else:
+                    outcomes = _chunk_results(ns, [e.job for e in entries], reply)
+            except StorageError as exc:
+                outcomes = [exc] * len(entries)
+            done = True
+        finally:
+            if done:
+                for entry, outcome in zip(entries, outcomes, strict=True):
+                    entry.state, entry.outcome = _DONE, outcome
+                    if entry.event is not None:
+                        entry.event.set()
+            else:
+                # Interrupted (this task is cancelled): sent again, as it is, first.
+                mine.abandoned = True
+                if not all(entry.abandoned for entry in entries):
+                    line.formed.appendleft(batch)
+
+    def _enqueue_outcome(self, ns: str, job_id: str, reply: Any) -> EnqueueOutcome:
+        """The outcome of one job from its ``enqueue.lua`` reply."""
         if reply[0] == b"queued":
             return QUEUED_OUTCOME
         status = EnqueueStatus(reply[0].decode())
