@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -48,9 +48,7 @@ async def test_concurrent_enqueues_share_calls_and_answer_each_job(
     each call answers for its own job as if alone: queued, scheduled, a duplicate of a
     live job (also of one enqueued in the same batch) and a completed job's result;
     each task's jobs are claimed in its order, with its payloads."""
-    storage = RedisStorage(
-        redis_server.url, key_prefix=f"eb-{uuid.uuid4().hex[:8]}", client=client
-    )  # type: ignore[arg-type]
+    storage = RedisStorage(redis_server.url, key_prefix=f"eb-{uuid.uuid4().hex[:8]}", client=client)  # type: ignore[arg-type]
     async with storage:
         await _enqueue(storage, "done")
         [claim] = await storage.claim(NS, "w", limit=1, lease=30)
@@ -128,13 +126,23 @@ async def proxy(redis_server: RedisServer, nursery: trio.Nursery) -> TcpProxy:
 
 
 def _runner(
-    storage: RedisStorage, outcomes: dict[str, EnqueueOutcome]
-) -> Callable[[str, trio.CancelScope], object]:
+    storage: RedisStorage, outcomes: dict[str, EnqueueOutcome], nursery: trio.Nursery
+) -> Callable[[list[str]], Awaitable[dict[str, trio.CancelScope]]]:
+    """Starts enqueues of the given ids one after the other (each waits in line, or on
+    the server, before the next starts) and returns their cancel scopes."""
+
     async def run(job_id: str, scope: trio.CancelScope) -> None:
         with scope:
             outcomes[job_id] = await _enqueue(storage, job_id)
 
-    return run
+    async def start(job_ids: list[str]) -> dict[str, trio.CancelScope]:
+        scopes = {job_id: trio.CancelScope() for job_id in job_ids}
+        for job_id, scope in scopes.items():
+            nursery.start_soon(run, job_id, scope)
+            await _blocked()
+        return scopes
+
+    return start
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -147,17 +155,11 @@ async def test_an_enqueue_cancelled_before_it_was_sent_writes_nothing(
     outcomes: dict[str, EnqueueOutcome] = {}
     async with _storage(proxy, client) as storage:
         assert await storage.server_command("PING") is not None
-        run = _runner(storage, outcomes)
         proxy.freeze()
         async with trio.open_nursery() as nursery:
-            scopes = {f"sent-{n}": trio.CancelScope() for n in range(ENQUEUE_CALLS)}
-            for job_id, scope in scopes.items():
-                nursery.start_soon(run, job_id, scope)
-                await _blocked()
-            waiting = trio.CancelScope()
-            nursery.start_soon(run, "waiting", waiting)
-            await _blocked()
-            waiting.cancel()
+            start = _runner(storage, outcomes, nursery)
+            scopes = await start([f"sent-{n}" for n in range(ENQUEUE_CALLS)])
+            (await start(["waiting"]))["waiting"].cancel()
             await _blocked()
             assert "waiting" not in outcomes
             proxy.thaw()
@@ -178,24 +180,17 @@ async def test_the_jobs_of_a_cancelled_senders_batch_still_get_their_outcomes(
     outcomes: dict[str, EnqueueOutcome] = {}
     async with _storage(proxy, client) as storage:
         assert await storage.server_command("PING") is not None
-        run = _runner(storage, outcomes)
         proxy.freeze()
         async with trio.open_nursery() as nursery:
-            first = {f"first-{n}": trio.CancelScope() for n in range(ENQUEUE_CALLS)}
-            for job_id, scope in first.items():
-                nursery.start_soon(run, job_id, scope)
-                await _blocked()
-            batch = {f"batch-{n}": trio.CancelScope() for n in range(3)}
-            for job_id, scope in batch.items():
-                nursery.start_soon(run, job_id, scope)
-                await _blocked()  # queued in this order
+            start = _runner(storage, outcomes, nursery)
+            first = await start([f"first-{n}" for n in range(ENQUEUE_CALLS)])
+            batch = await start([f"batch-{n}" for n in range(3)])  # in line in this order
             # Cancelling a first call lets the oldest waiting task send the batch.
             first["first-0"].cancel()
             await _blocked()
             batch["batch-0"].cancel()  # ... and that one is cancelled mid-call in turn
             await _blocked()
-            nursery.start_soon(run, "after", trio.CancelScope())
-            await _blocked()
+            await start(["after"])
             proxy.thaw()
         assert sorted(outcomes) == ["after", "batch-1", "batch-2", "first-1"]
         assert all(o.status is EnqueueStatus.QUEUED for o in outcomes.values())
