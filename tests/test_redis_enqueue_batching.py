@@ -1,7 +1,8 @@
 """Concurrent ``enqueue()`` calls of one Redis storage share script calls (real
 redis-server, behind a loopback proxy that can hold the traffic): each job's outcome is
 what it would be alone, a call cancelled before it was sent writes nothing, and the jobs
-of a batch whose sending task was cancelled mid-call still get their outcomes."""
+of a batch whose sending task was cancelled mid-call, or whose reply was lost, still get
+their outcomes, once."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fixtures_redis import RedisServer
 
 from trio_jobqueue import EnqueueStatus, JobState
 from trio_jobqueue.storage import EnqueueOutcome
+from trio_jobqueue.storage._redis_common import script
 from trio_jobqueue.storage.redis import ENQUEUE_CALLS, RedisStorage
 
 pytestmark = pytest.mark.redis
@@ -204,3 +206,41 @@ async def test_the_jobs_of_a_cancelled_senders_batch_still_get_their_outcomes(
             ["first-1", "batch-0", "batch-1", "batch-2", "after"]
         )
         assert claimed.index("after") > max(claimed.index(f"batch-{n}") for n in range(3))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_shared_call_whose_reply_is_lost_answers_each_job_once(
+    proxy: TcpProxy, client: str
+) -> None:
+    """The reply of a shared enqueue call is lost (the server ran it, the link is reset):
+    the call is sent again and every job of it is answered queued, none a duplicate of
+    itself, and each exists once."""
+    marker = script("enqueue_many").marker
+    outcomes: dict[str, EnqueueOutcome] = {}
+    async with _storage(proxy, client) as storage:
+        assert await storage.server_command("PING") is not None
+        lost = trio.Event()
+
+        async def lose_one_reply() -> None:
+            await proxy.lose_reply_to(marker)
+            lost.set()
+
+        async def producer(lane: int) -> None:
+            for n in range(4):
+                job_id = f"lane{lane:02d}-{n}"
+                outcomes[job_id] = await _enqueue(storage, job_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lose_one_reply)
+            await _blocked()
+            with trio.fail_after(20):
+                async with trio.open_nursery() as producers:
+                    for lane in range(50):
+                        producers.start_soon(producer, lane)
+            assert lost.is_set()
+        assert len(outcomes) == 200
+        assert all(o.status is EnqueueStatus.QUEUED for o in outcomes.values())
+        claimed: list[str] = []
+        while batch := await storage.claim(NS, "w", limit=100, lease=30):
+            claimed += [c.job_id for c in batch]
+        assert sorted(claimed) == sorted(outcomes)
