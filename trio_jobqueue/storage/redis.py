@@ -867,35 +867,22 @@ class RedisStorage(Storage):
         """See :meth:`Storage.enqueue`. Calls made together (concurrent producers) share
         script calls: see :class:`_Enqueues`; with ``durable_enqueue``, one call each
         (``enqueue.lua`` followed by ``WAIT``)."""
-        if not self.durable_enqueue:
-            return await self._enqueue_batched(
-                ns,
-                EnqueueSpec(
-                    job_id,
-                    bytes(payload),
-                    int(max_attempts),
-                    float(result_ttl),
-                    int(priority),
-                    None if run_at is None else float(run_at),
-                    None if delay is None else float(delay),
-                ),
-            )
-        argv: list[ScriptArg] = [
-            self._clock_arg,
+        job = EnqueueSpec(
             job_id,
             bytes(payload),
             int(max_attempts),
-            repr(float(result_ttl)),
-            new_token(),  # the call's nonce, kept in the job record
+            float(result_ttl),
             int(priority),
-            "" if run_at is None else repr(float(run_at)),
-            "" if delay is None else repr(float(delay)),
-        ]
+            None if run_at is None else float(run_at),
+            None if delay is None else float(delay),
+        )
+        if not self.durable_enqueue:
+            return await self._enqueue_batched(ns, job)
         reply, confirmed = await self._create_jobs(
             "enqueue",
             ns,
             self.keys(ns).standard(),
-            argv,
+            self._enqueue_argv(job),
             lambda reply: reply[0] in (b"queued", b"scheduled"),
         )
         if confirmed is not None and confirmed < self.durable_enqueue:
@@ -943,23 +930,26 @@ class RedisStorage(Storage):
         assert outcome is not None
         return outcome
 
+    def _enqueue_argv(self, job: EnqueueSpec) -> list[ScriptArg]:
+        """ARGV of ``enqueue.lua`` for ``job``, with a new nonce."""
+        return [
+            self._clock_arg,
+            job.job_id,
+            job.payload,
+            job.max_attempts,
+            repr(job.result_ttl),
+            new_token(),  # the call's nonce, kept in the job record
+            job.priority,
+            "" if job.run_at is None else repr(job.run_at),
+            "" if job.delay is None else repr(job.delay),
+        ]
+
     def _form_batch(self, ns: str, entries: list[_Enqueue]) -> _Batch:
         keys = self.keys(ns).standard()
         if len(entries) == 1:
-            job = entries[0].job
-            argv: list[ScriptArg] = [
-                self._clock_arg,
-                job.job_id,
-                job.payload,
-                job.max_attempts,
-                repr(job.result_ttl),
-                new_token(),  # the call's nonce, kept in the job record
-                job.priority,
-                "" if job.run_at is None else repr(job.run_at),
-                "" if job.delay is None else repr(job.delay),
-            ]
-            return _Batch(entries, "enqueue", keys, argv)
-        # One chunk that is a call of its own: no chain key (nothing to order it after).
+            return _Batch(entries, "enqueue", keys, self._enqueue_argv(entries[0].job))
+        # One chunk that is a call of its own: no chain key (nothing to order it after;
+        # KEYS[14] is then unused, any key of the namespace's slot will do).
         argv = _chunk_args(self._clock_arg, new_token(), 1, "", [e.job for e in entries])
         return _Batch(entries, "enqueue_many", [*keys, keys[0]], argv)
 
