@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 from _tcp_proxy import TcpProxy
-from fixtures_redis import RedisServer
+from fixtures_redis import RedisServer, require_redis_server
 
-from trio_jobqueue import EnqueueStatus, JobState
+from trio_jobqueue import EnqueueStatus, JobState, StorageError
 from trio_jobqueue.storage import EnqueueOutcome
 from trio_jobqueue.storage._redis_common import script
 from trio_jobqueue.storage.redis import ENQUEUE_CALLS, RedisStorage
@@ -110,14 +111,19 @@ async def _blocked() -> None:
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
 
 
-def _storage(proxy: TcpProxy, client: str) -> RedisStorage:
-    return RedisStorage(
+@asynccontextmanager
+async def _opened(proxy: TcpProxy, client: str) -> AsyncIterator[RedisStorage]:
+    """A storage through ``proxy``, connected (deadlines far beyond a test's holds)."""
+    storage = RedisStorage(
         proxy.url,
         key_prefix=f"eb-{uuid.uuid4().hex[:8]}",
         client=client,  # type: ignore[arg-type]
         command_timeout=30.0,
         health_check_interval=60.0,
     )
+    async with storage:
+        assert await storage.server_command("PING") is not None
+        yield storage
 
 
 @pytest.fixture
@@ -147,6 +153,18 @@ def _runner(
     return start
 
 
+@asynccontextmanager
+async def _held(
+    proxy: TcpProxy, storage: RedisStorage, outcomes: dict[str, EnqueueOutcome]
+) -> AsyncIterator[Callable[[list[str]], Awaitable[dict[str, trio.CancelScope]]]]:
+    """While the proxy holds all traffic: the enqueue starter of :func:`_runner`; the
+    traffic flows again at the end, and every enqueue started has returned after."""
+    proxy.freeze()
+    async with trio.open_nursery() as nursery:
+        yield _runner(storage, outcomes, nursery)
+        proxy.thaw()
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_an_enqueue_cancelled_before_it_was_sent_writes_nothing(
     proxy: TcpProxy, client: str
@@ -155,16 +173,12 @@ async def test_an_enqueue_cancelled_before_it_was_sent_writes_nothing(
     waits for its turn; cancelled then, it returns at once and its job never exists,
     while the calls under way go through."""
     outcomes: dict[str, EnqueueOutcome] = {}
-    async with _storage(proxy, client) as storage:
-        assert await storage.server_command("PING") is not None
-        proxy.freeze()
-        async with trio.open_nursery() as nursery:
-            start = _runner(storage, outcomes, nursery)
+    async with _opened(proxy, client) as storage:
+        async with _held(proxy, storage, outcomes) as start:
             scopes = await start([f"sent-{n}" for n in range(ENQUEUE_CALLS)])
             (await start(["waiting"]))["waiting"].cancel()
             await _blocked()
             assert "waiting" not in outcomes
-            proxy.thaw()
         assert sorted(outcomes) == sorted(scopes)
         assert all(o.status is EnqueueStatus.QUEUED for o in outcomes.values())
         assert await storage.get_status(NS, "waiting") is None
@@ -180,11 +194,8 @@ async def test_the_jobs_of_a_cancelled_senders_batch_still_get_their_outcomes(
     is reported queued (not a duplicate of itself) and exists once; a later enqueue goes
     after them."""
     outcomes: dict[str, EnqueueOutcome] = {}
-    async with _storage(proxy, client) as storage:
-        assert await storage.server_command("PING") is not None
-        proxy.freeze()
-        async with trio.open_nursery() as nursery:
-            start = _runner(storage, outcomes, nursery)
+    async with _opened(proxy, client) as storage:
+        async with _held(proxy, storage, outcomes) as start:
             first = await start([f"first-{n}" for n in range(ENQUEUE_CALLS)])
             batch = await start([f"batch-{n}" for n in range(3)])  # in line in this order
             # Cancelling a first call lets the oldest waiting task send the batch.
@@ -193,7 +204,6 @@ async def test_the_jobs_of_a_cancelled_senders_batch_still_get_their_outcomes(
             batch["batch-0"].cancel()  # ... and that one is cancelled mid-call in turn
             await _blocked()
             await start(["after"])
-            proxy.thaw()
         assert sorted(outcomes) == ["after", "batch-1", "batch-2", "first-1"]
         assert all(o.status is EnqueueStatus.QUEUED for o in outcomes.values())
         for job_id in ("batch-0", "batch-1", "batch-2", "after"):
@@ -217,8 +227,7 @@ async def test_a_shared_call_whose_reply_is_lost_answers_each_job_once(
     itself, and each exists once."""
     marker = script("enqueue_many").marker
     outcomes: dict[str, EnqueueOutcome] = {}
-    async with _storage(proxy, client) as storage:
-        assert await storage.server_command("PING") is not None
+    async with _opened(proxy, client) as storage:
         lost = trio.Event()
 
         async def lose_one_reply() -> None:
@@ -244,3 +253,80 @@ async def test_a_shared_call_whose_reply_is_lost_answers_each_job_once(
         while batch := await storage.claim(NS, "w", limit=100, lease=30):
             claimed += [c.job_id for c in batch]
         assert sorted(claimed) == sorted(outcomes)
+
+
+async def _enqueue_all(storage: RedisStorage, job_ids: list[str]) -> dict[str, object]:
+    """Enqueue ``job_ids`` from one task each, at once: each one's outcome or error."""
+    results: dict[str, object] = {}
+
+    async def one(job_id: str) -> None:
+        try:
+            results[job_id] = await _enqueue(storage, job_id)
+        except StorageError as exc:
+            results[job_id] = exc
+
+    async with trio.open_nursery() as nursery:
+        for job_id in job_ids:
+            nursery.start_soon(one, job_id)
+    return results
+
+
+@pytest.fixture
+def full_server() -> Iterator[RedisServer]:
+    """A private redis-server whose maxmemory the test may change."""
+    server = RedisServer(require_redis_server(), extra=("--maxmemory-policy", "noeviction"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+async def test_shared_calls_refused_above_maxmemory_write_nothing(
+    full_server: RedisServer,
+) -> None:
+    """At maxmemory, 50 enqueues made at once (shared calls) each raise StorageError with
+    the server's message and none of their jobs is written; once memory is available
+    again, the same ids are accepted."""
+    job_ids = [f"oom-{n:02d}" for n in range(50)]
+    async with RedisStorage(full_server.url, key_prefix=f"eb-{uuid.uuid4().hex[:8]}") as storage:
+        await _enqueue(storage, "before")
+        await storage.server_command("CONFIG", "SET", "maxmemory", "1")
+        try:
+            refused = await _enqueue_all(storage, job_ids)
+        finally:
+            await storage.server_command("CONFIG", "SET", "maxmemory", "0")
+        assert all(isinstance(r, StorageError) and "maxmemory" in str(r) for r in refused.values())
+        assert (await storage.stats(NS)).queued == 1
+        accepted = await _enqueue_all(storage, job_ids)
+        assert all(getattr(r, "status", None) is EnqueueStatus.QUEUED for r in accepted.values())
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_enqueues_in_line_on_a_silent_server_fail_and_none_hangs(
+    proxy: TcpProxy, client: str
+) -> None:
+    """While the server answers nothing, 30 enqueues made at once (two calls under way,
+    the rest waiting in line) each raise StorageError once retry_timeout is over (those
+    in line with the calls under way, not after another retry_timeout each), none
+    hanging; once traffic flows again, enqueues succeed."""
+    storage = RedisStorage(
+        proxy.url,
+        key_prefix=f"eb-{uuid.uuid4().hex[:8]}",
+        client=client,  # type: ignore[arg-type]
+        command_timeout=0.5,
+        retry_timeout=1.5,
+        health_check_interval=60.0,
+    )
+    async with storage:
+        assert await storage.server_command("PING") is not None
+        proxy.freeze()
+        began = trio.current_time()
+        with trio.fail_after(15):
+            results = await _enqueue_all(storage, [f"silent-{n:02d}" for n in range(30)])
+        elapsed = trio.current_time() - began
+        print(f"{client}: 30 enqueues gave up after {elapsed:.2f} s")
+        assert all(isinstance(r, StorageError) for r in results.values())
+        # Those waiting in line fail with the calls under way: retry_timeout once.
+        assert elapsed <= 1.5 + 0.5 + 1.0
+        proxy.thaw(stale="drop")
+        with trio.fail_after(5):
+            assert (await _enqueue(storage, "after")).status is EnqueueStatus.QUEUED

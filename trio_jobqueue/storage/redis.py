@@ -965,6 +965,16 @@ class RedisStorage(Storage):
                 else:
                     outcomes = _chunk_results(ns, [e.job for e in entries], reply)
             except StorageError as exc:
+                # The call failed whole (Redis unreachable for retry_timeout, a refused
+                # write): so do the enqueues waiting behind it, at once, as they would
+                # have as calls of their own in the same pipeline, rather than each wait
+                # out retry_timeout again in turn. Those in line were never sent; those
+                # of a batch to send again may have been written, as with any call whose
+                # reply never came.
+                behind = [e for b in line.formed for e in b.entries] + list(line.line)
+                line.formed.clear()
+                line.line.clear()
+                entries = entries + behind
                 outcomes = [exc] * len(entries)
             done = True
         finally:
