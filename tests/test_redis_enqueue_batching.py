@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 from _tcp_proxy import TcpProxy
-from fixtures_redis import RedisServer, require_redis_server
+from fixtures_redis import RedisServer
 
 from trio_jobqueue import EnqueueStatus, JobState, StorageError
 from trio_jobqueue.storage import EnqueueOutcome
@@ -112,14 +112,15 @@ async def _blocked() -> None:
 
 
 @asynccontextmanager
-async def _opened(proxy: TcpProxy, client: str) -> AsyncIterator[RedisStorage]:
-    """A storage through ``proxy``, connected (deadlines far beyond a test's holds)."""
+async def _opened(proxy: TcpProxy, client: str, **options: float) -> AsyncIterator[RedisStorage]:
+    """A storage through ``proxy``, connected (by default with deadlines far beyond a
+    test's holds)."""
+    settings = {"command_timeout": 30.0, "health_check_interval": 60.0, **options}
     storage = RedisStorage(
         proxy.url,
         key_prefix=f"eb-{uuid.uuid4().hex[:8]}",
         client=client,  # type: ignore[arg-type]
-        command_timeout=30.0,
-        health_check_interval=60.0,
+        **settings,  # type: ignore[arg-type]
     )
     async with storage:
         assert await storage.server_command("PING") is not None
@@ -271,35 +272,6 @@ async def _enqueue_all(storage: RedisStorage, job_ids: list[str]) -> dict[str, o
     return results
 
 
-@pytest.fixture
-def full_server() -> Iterator[RedisServer]:
-    """A private redis-server whose maxmemory the test may change."""
-    server = RedisServer(require_redis_server(), extra=("--maxmemory-policy", "noeviction"))
-    server.start()
-    yield server
-    server.cleanup()
-
-
-async def test_shared_calls_refused_above_maxmemory_write_nothing(
-    full_server: RedisServer,
-) -> None:
-    """At maxmemory, 50 enqueues made at once (shared calls) each raise StorageError with
-    the server's message and none of their jobs is written; once memory is available
-    again, the same ids are accepted."""
-    job_ids = [f"oom-{n:02d}" for n in range(50)]
-    async with RedisStorage(full_server.url, key_prefix=f"eb-{uuid.uuid4().hex[:8]}") as storage:
-        await _enqueue(storage, "before")
-        await storage.server_command("CONFIG", "SET", "maxmemory", "1")
-        try:
-            refused = await _enqueue_all(storage, job_ids)
-        finally:
-            await storage.server_command("CONFIG", "SET", "maxmemory", "0")
-        assert all(isinstance(r, StorageError) and "maxmemory" in str(r) for r in refused.values())
-        assert (await storage.stats(NS)).queued == 1
-        accepted = await _enqueue_all(storage, job_ids)
-        assert all(getattr(r, "status", None) is EnqueueStatus.QUEUED for r in accepted.values())
-
-
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_enqueues_in_line_on_a_silent_server_fail_and_none_hangs(
     proxy: TcpProxy, client: str
@@ -308,16 +280,7 @@ async def test_enqueues_in_line_on_a_silent_server_fail_and_none_hangs(
     the rest waiting in line) each raise StorageError once retry_timeout is over (those
     in line with the calls under way, not after another retry_timeout each), none
     hanging; once traffic flows again, enqueues succeed."""
-    storage = RedisStorage(
-        proxy.url,
-        key_prefix=f"eb-{uuid.uuid4().hex[:8]}",
-        client=client,  # type: ignore[arg-type]
-        command_timeout=0.5,
-        retry_timeout=1.5,
-        health_check_interval=60.0,
-    )
-    async with storage:
-        assert await storage.server_command("PING") is not None
+    async with _opened(proxy, client, command_timeout=0.5, retry_timeout=1.5) as storage:
         proxy.freeze()
         began = trio.current_time()
         with trio.fail_after(15):

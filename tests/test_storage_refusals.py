@@ -49,6 +49,43 @@ async def test_enqueue_above_maxmemory_is_refused_with_nothing_written(
 
 
 @pytest.mark.redis
+async def test_enqueues_made_at_once_above_maxmemory_are_refused_with_nothing_written(
+    own_server: RedisServer,
+) -> None:
+    """At maxmemory, 50 enqueues made at once (they share script calls) each raise
+    StorageError with the server's message and none of their jobs is written; once memory
+    is available again, the same ids are accepted."""
+    job_ids = [f"oom-{n:02d}" for n in range(50)]
+    storage = RedisStorage(own_server.url, key_prefix="oom-many")
+    async with jq.open_queue(storage, name="q") as q:
+
+        async def all_at_once() -> list[object]:
+            results: list[object] = []
+
+            async def one(job_id: str) -> None:
+                try:
+                    results.append((await q.enqueue(job_id, None)).status)
+                except jq.StorageError as exc:
+                    results.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for job_id in job_ids:
+                    nursery.start_soon(one, job_id)
+            return results
+
+        await q.enqueue("before", None)
+        await storage.server_command("CONFIG", "SET", "maxmemory", "1")
+        try:
+            refused = await all_at_once()
+        finally:
+            await storage.server_command("CONFIG", "SET", "maxmemory", "0")
+        assert len(refused) == 50
+        assert all(isinstance(r, jq.StorageError) and "maxmemory" in str(r) for r in refused)
+        assert (await q.counts())["queued"] == 1
+        assert await all_at_once() == [jq.EnqueueStatus.QUEUED] * 50
+
+
+@pytest.mark.redis
 async def test_enqueue_on_a_read_only_replica_is_refused(own_server: RedisServer) -> None:
     """Against a read-only replica, enqueue raises StorageError naming the refusal."""
     replica = RedisServer(
